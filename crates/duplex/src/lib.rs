@@ -73,6 +73,7 @@ mod stream;
 mod websocket;
 
 pub use client::{connect, ClientBuilder};
+pub use duplex_proto::handshake::server::{Accept, Reject, Request};
 pub use duplex_proto::{
     self as proto, handshake, CloseCode, CloseFrame, Closed, Config, Event, Message, Prepared,
     Role, Side, State, Utf8Bytes,

@@ -121,7 +121,7 @@ where
 /// must be one the client offered.
 ///
 /// ```no_run
-/// use duplex::{accept_with, handshake::{Accept, Reject}, ServerConfig};
+/// use duplex::{accept_with, Accept, Reject, ServerConfig};
 ///
 /// # async fn run(tcp: tokio::net::TcpStream) -> duplex::Result<()> {
 /// let ws = accept_with(tcp, ServerConfig::default(), |req| {
