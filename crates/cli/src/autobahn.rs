@@ -2,7 +2,7 @@
 //! duplex client, echoing each message, then asks it to write the reports.
 
 use anyhow::Context as _;
-use duplex::{ClientBuilder, Config, Message};
+use duplex::{deflate::DeflateConfig, ClientBuilder, Config, Message};
 
 /// Options of `duplex autobahn-client`.
 #[derive(Debug, clap::Args)]
@@ -51,9 +51,13 @@ async fn drive(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_case(url: &str) -> duplex::Result<()> {
+    // Offer compression the way the suite's server cases expect: accepting a limit on our
+    // window and promising no context takeover when asked.
+    let deflate = DeflateConfig::default().client_no_context_takeover(true);
     let config = Config::default()
         .max_message_size(64 << 20)
-        .max_frame_size(64 << 20);
+        .max_frame_size(64 << 20)
+        .deflate(Some(deflate));
     let (mut ws, _) = ClientBuilder::new(url).config(config).connect().await?;
     while let Some(message) = ws.recv().await {
         let message: Message = message?;

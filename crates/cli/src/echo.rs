@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use duplex::{Config, ServerConfig};
+use duplex::{deflate::DeflateConfig, Config, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Options of `duplex echo`.
@@ -23,6 +23,9 @@ pub(crate) struct Args {
     /// Largest message accepted, in bytes; larger ones are refused with close code 1009.
     #[arg(long, default_value_t = 64 << 20)]
     max_message_size: usize,
+    /// Decline permessage-deflate (by default it is accepted when a client offers it).
+    #[arg(long)]
+    no_deflate: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -41,7 +44,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let config = ServerConfig::default().connection(
         Config::default()
             .max_message_size(args.max_message_size)
-            .max_frame_size(args.max_message_size),
+            .max_frame_size(args.max_message_size)
+            .deflate((!args.no_deflate).then(DeflateConfig::default)),
     );
     loop {
         let (tcp, peer) = match listener.accept().await {

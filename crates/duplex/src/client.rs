@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use duplex_proto::{
+    deflate::{self, DeflateConfig},
     handshake::client::{ClientHandshake, Response},
     Config, HandshakeError, Role,
 };
@@ -74,6 +75,14 @@ impl ClientBuilder {
     #[must_use]
     pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
         self.subprotocols.push(protocol.into());
+        self
+    }
+
+    /// Offer permessage-deflate (RFC 7692) with these settings; `None` offers no compression
+    /// (the default). Shorthand for setting [`Config::deflate`].
+    #[must_use]
+    pub fn deflate(mut self, settings: Option<DeflateConfig>) -> Self {
+        self.config.deflate = settings;
         self
     }
 
@@ -150,6 +159,9 @@ impl ClientBuilder {
         for (name, value) in &self.headers {
             hs = hs.header(name.clone(), value.clone());
         }
+        if let Some(settings) = &self.config.deflate {
+            hs = hs.extensions(deflate::client_offer(settings));
+        }
         io.write_all(&hs.request()).await?;
         io.flush().await?;
         let mut buf = BytesMut::with_capacity(1024);
@@ -158,7 +170,14 @@ impl ClientBuilder {
                 Ok(Some((response, used))) => {
                     let _ = buf.split_to(used);
                     let subprotocol = response.subprotocol.clone();
+                    let deflate = match (&response.extensions, &self.config.deflate) {
+                        (Some(selected), Some(settings)) => {
+                            Some(deflate::client_accept(selected, settings)?)
+                        }
+                        _ => None,
+                    };
                     let ws = WebSocket::from_raw(io, Role::Client, self.config, buf)
+                        .with_deflate(deflate)
                         .with_subprotocol(subprotocol);
                     return Ok((ws, response));
                 }

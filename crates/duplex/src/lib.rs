@@ -75,8 +75,8 @@ mod websocket;
 pub use client::{connect, ClientBuilder};
 pub use duplex_proto::handshake::server::{Accept, Reject, Request};
 pub use duplex_proto::{
-    self as proto, handshake, CloseCode, CloseFrame, Closed, Config, Event, Message, Prepared,
-    Role, Side, State, Utf8Bytes,
+    self as proto, deflate, handshake, CloseCode, CloseFrame, Closed, Config, Event, Message,
+    Prepared, Role, Side, State, Utf8Bytes,
 };
 pub use error::{Error, Result};
 pub use server::{accept, accept_with, ServerConfig};

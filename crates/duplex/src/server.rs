@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use duplex_proto::{
+    deflate,
     handshake::server::{parse_request, Accept, Reject, Request},
     Config, HandshakeError, Role,
 };
@@ -183,11 +184,22 @@ where
         refuse(&mut io, &reject).await;
         return Err(Error::Rejected(400));
     }
+    // RFC 7692 §5: accept the first acceptable permessage-deflate offer, if enabled.
+    let deflate = match (&config.connection.deflate, &accept.extensions) {
+        (Some(settings), None) => {
+            deflate::negotiate(request.extensions(), settings).map(|(params, response)| {
+                accept.extensions = Some(response);
+                params
+            })
+        }
+        _ => None,
+    };
     io.write_all(&accept.response(&request)).await?;
     io.flush().await?;
     let leftover = buf.split_off(0);
     Ok(
         WebSocket::from_raw(io, Role::Server, config.connection, leftover)
+            .with_deflate(deflate)
             .with_subprotocol(accept.subprotocol),
     )
 }

@@ -9,8 +9,8 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use duplex_proto::{
-    CloseCode, CloseError, CloseFrame, Closed, Config, Connection, Event, Message, Prepared, Role,
-    State,
+    deflate::DeflateParams, CloseCode, CloseError, CloseFrame, Closed, Config, Connection, Event,
+    Message, Prepared, Role, State,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -62,13 +62,17 @@ enum Shutdown {
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wrap a transport whose opening handshake is complete.
     ///
-    /// `leftover` holds bytes read past the handshake; they are the first frames.
+    /// `leftover` holds bytes read past the handshake; they are the first frames, processed on
+    /// the first receive.
     pub fn from_raw(io: S, role: Role, config: Config, leftover: BytesMut) -> Self {
         let mut conn = Connection::new(role, config);
-        if !leftover.is_empty() {
-            conn.read_buf().extend_from_slice(&leftover);
-            conn.receive();
-        }
+        conn.read_buf().extend_from_slice(&leftover);
+        Self::from_connection(io, conn)
+    }
+
+    /// Wrap a transport and a [`Connection`] set up by the caller (e.g. with negotiated
+    /// permessage-deflate parameters, [`Connection::with_deflate`]).
+    pub fn from_connection(io: S, conn: Connection) -> Self {
         Self {
             io,
             conn,
@@ -80,6 +84,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             shutdown: Shutdown::NotStarted,
             io_error: None,
         }
+    }
+
+    /// Use the permessage-deflate parameters agreed in the handshake (RFC 7692). Call before
+    /// the first receive.
+    #[must_use]
+    pub fn with_deflate(mut self, params: Option<DeflateParams>) -> Self {
+        let config = self.conn.config().clone();
+        let mut conn = Connection::with_deflate(self.conn.role(), config, params);
+        conn.read_buf().extend_from_slice(self.conn.read_buf());
+        self.conn = conn;
+        self
+    }
+
+    /// The permessage-deflate parameters in force, if compression was negotiated.
+    #[must_use]
+    pub const fn deflate_params(&self) -> Option<&DeflateParams> {
+        self.conn.deflate_params()
     }
 
     /// Record the subprotocol agreed in the handshake.

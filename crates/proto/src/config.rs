@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::deflate::DeflateConfig;
+
 /// Settings of a [`Connection`](crate::Connection).
 ///
 /// Every field has a default suited to a public-facing server; change one with the setter of
@@ -38,6 +40,9 @@ pub struct Config {
     /// Fail the connection when nothing arrives this long after a keepalive Ping.
     /// Default 10 s. Only used with [`ping_interval`](Self::ping_interval).
     pub pong_timeout: Duration,
+    /// permessage-deflate (RFC 7692) settings: offered by a client, accepted by a server.
+    /// Default `None`: compression is neither offered nor accepted.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for Config {
@@ -48,6 +53,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
+            deflate: None,
         }
     }
 }
@@ -78,6 +84,13 @@ impl Config {
     #[must_use]
     pub const fn ping_interval(mut self, interval: Option<Duration>) -> Self {
         self.ping_interval = interval;
+        self
+    }
+
+    /// Set [`deflate`](Self::deflate).
+    #[must_use]
+    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
+        self.deflate = deflate;
         self
     }
 

@@ -37,6 +37,7 @@
 //! - [`CloseCode`], [`CloseFrame`]: the closing handshake's payload.
 //! - [`Message`], [`Utf8Bytes`], [`Prepared`]: what applications send and receive.
 //! - [`handshake`]: the opening handshake, client and server.
+//! - [`deflate`]: permessage-deflate (RFC 7692) negotiation and compression.
 //! - [`Config`]: limits and timers, each with a documented default.
 //! - [`ProtocolError`], [`CloseError`], [`SendError`], [`HandshakeError`]: errors by layer.
 
@@ -46,6 +47,7 @@
 mod close;
 mod config;
 mod connection;
+pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;

@@ -15,6 +15,7 @@ use writer::{Output, Payload};
 use crate::{
     close::{CloseCode, CloseFrame},
     config::Config,
+    deflate::{Deflate, DeflateParams},
     error::{CloseError, SendError},
     frame::OpCode,
     message::{Message, Utf8Bytes},
@@ -106,6 +107,10 @@ pub struct Connection {
     events: VecDeque<Event>,
     peer_close: Option<CloseFrame>,
     timers: Timers,
+    deflate: Option<Deflate>,
+    deflate_params: Option<DeflateParams>,
+    /// Reused buffer for compressing outgoing messages.
+    scratch: BytesMut,
 }
 
 #[derive(Debug, Default)]
@@ -123,9 +128,27 @@ impl Connection {
     /// A connection in the open state, for the given role.
     #[must_use]
     pub fn new(role: Role, config: Config) -> Self {
+        Self::with_deflate(role, config, None)
+    }
+
+    /// A connection in the open state with the permessage-deflate parameters agreed in the
+    /// opening handshake (see [`deflate::negotiate`](crate::deflate::negotiate) and
+    /// [`deflate::client_accept`](crate::deflate::client_accept)). Level and threshold come
+    /// from [`Config::deflate`].
+    #[must_use]
+    pub fn with_deflate(role: Role, config: Config, deflate: Option<DeflateParams>) -> Self {
+        let mut reader = reader::Reader::new(&config);
+        let codec = deflate.map(|params| {
+            reader.enable_deflate();
+            let settings = config.deflate.clone().unwrap_or_default();
+            Deflate::new(role, &params, settings.level, settings.threshold)
+        });
         Self {
+            deflate: codec,
+            deflate_params: deflate,
+            scratch: BytesMut::new(),
             role,
-            reader: reader::Reader::new(&config),
+            reader,
             config,
             state: State::Open,
             read_buf: BytesMut::new(),
@@ -155,6 +178,12 @@ impl Connection {
     #[must_use]
     pub const fn state(&self) -> State {
         self.state
+    }
+
+    /// The permessage-deflate parameters in force, if it was negotiated.
+    #[must_use]
+    pub const fn deflate_params(&self) -> Option<&DeflateParams> {
+        self.deflate_params.as_ref()
     }
 
     /// The Close frame the peer sent, once it has arrived.
@@ -241,8 +270,22 @@ impl Connection {
             Message::Binary(b) => (OpCode::Binary, b.clone()),
         };
         let mask = self.mask_key();
-        self.output
-            .frame(opcode, true, false, mask, Payload::Shared(&payload));
+        match &mut self.deflate {
+            Some(deflate) if deflate.should_compress(payload.len()) => {
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.clear();
+                deflate.compress(&payload, &mut buf);
+                // RFC 7692 §6: RSV1 on the (only) frame of a compressed message.
+                self.output
+                    .frame(opcode, true, true, mask, Payload::Borrowed(&buf));
+                if buf.capacity() <= 64 * 1024 {
+                    self.scratch = buf;
+                }
+            }
+            _ => self
+                .output
+                .frame(opcode, true, false, mask, Payload::Shared(&payload)),
+        }
         Ok(())
     }
 

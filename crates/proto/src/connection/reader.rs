@@ -10,6 +10,7 @@ use super::{Closed, Connection, Event, Input, Side};
 use crate::{
     close::{CloseCode, CloseFrame},
     config::Config,
+    deflate::Deflate,
     error::{CloseError, ProtocolError},
     frame::{FrameHeader, OpCode},
     mask::apply_mask,
@@ -24,6 +25,10 @@ pub(crate) struct Reader {
     frame: Option<FrameInProgress>,
     /// The data message in progress: `Text` or `Binary`.
     message: Option<OpCode>,
+    /// The message in progress is compressed (RSV1 on its first frame, RFC 7692 §6).
+    compressed: bool,
+    /// permessage-deflate was negotiated, so RSV1 has a meaning.
+    deflate: bool,
     /// Bytes of earlier fragments of the message in progress.
     fragments: BytesMut,
     /// Payload bytes received so far for the message in progress.
@@ -46,6 +51,8 @@ impl Reader {
         Self {
             frame: None,
             message: None,
+            compressed: false,
+            deflate: false,
             fragments: BytesMut::new(),
             message_len: 0,
             utf8: Utf8Validator::new(),
@@ -71,6 +78,10 @@ impl Reader {
         self.frame.is_some() || self.message.is_some()
     }
 
+    pub(crate) fn enable_deflate(&mut self) {
+        self.deflate = true;
+    }
+
     pub(crate) fn reset(&mut self) {
         self.frame = None;
         self.message = None;
@@ -81,8 +92,11 @@ impl Reader {
 
     /// Check a header against the role, the extensions and the message in progress.
     fn accept_header(&mut self, h: &FrameHeader, expect_mask: bool) -> Result<(), ProtocolError> {
-        // RFC 6455 §5.2: RSV bits MUST be 0 unless an extension defines them.
-        if h.rsv1 || h.rsv2 || h.rsv3 {
+        // RFC 6455 §5.2: RSV bits MUST be 0 unless an extension defines them. RFC 7692 §6:
+        // with permessage-deflate, RSV1 marks the first frame of a compressed message, and is
+        // never set on control frames or continuation frames.
+        let rsv1_allowed = self.deflate && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        if h.rsv2 || h.rsv3 || (h.rsv1 && !rsv1_allowed) {
             return Err(ProtocolError::ReservedBits);
         }
         // §5.1: the server MUST fail on an unmasked frame, the client on a masked one.
@@ -116,7 +130,9 @@ impl Reader {
             }
             (OpCode::Text | OpCode::Binary, None) => {
                 self.message = Some(h.opcode);
+                self.compressed = h.rsv1;
                 self.message_len = 0;
+                self.utf8 = Utf8Validator::new();
             }
             _ => {}
         }
@@ -132,7 +148,7 @@ impl Reader {
 
     /// Whether the payload of `h` is text to validate as it arrives.
     fn is_text(&self, h: &FrameHeader) -> bool {
-        !h.opcode.is_control() && self.message == Some(OpCode::Text)
+        !h.opcode.is_control() && self.message == Some(OpCode::Text) && !self.compressed
     }
 
     /// A complete data frame: returns the message when it was the last fragment.
@@ -140,25 +156,43 @@ impl Reader {
         &mut self,
         h: &FrameHeader,
         payload: Bytes,
+        deflate: Option<&mut Deflate>,
     ) -> Result<Option<Message>, ProtocolError> {
+        if self.compressed {
+            let deflate = deflate.ok_or(ProtocolError::ReservedBits)?;
+            let start = self.fragments.len();
+            deflate.decompress(&payload, h.fin, &mut self.fragments, self.max_message)?;
+            if self.message == Some(OpCode::Text) {
+                self.utf8.feed(&self.fragments[start..])?;
+            }
+            if !h.fin {
+                return Ok(None);
+            }
+            let data = self.fragments.split().freeze();
+            return self.finish_message(data).map(Some);
+        }
         if !h.fin {
             self.fragments.extend_from_slice(&payload);
             return Ok(None);
         }
-        let kind = self.message.take();
         let data = if self.fragments.is_empty() {
             payload
         } else {
             self.fragments.extend_from_slice(&payload);
             self.fragments.split().freeze()
         };
-        Ok(Some(match kind {
+        self.finish_message(data).map(Some)
+    }
+
+    fn finish_message(&mut self, data: Bytes) -> Result<Message, ProtocolError> {
+        self.compressed = false;
+        Ok(match self.message.take() {
             Some(OpCode::Text) => {
                 self.utf8.finish()?;
                 Message::Text(Utf8Bytes::from_bytes_unchecked(data))
             }
             _ => Message::Binary(data),
-        }))
+        })
     }
 }
 
@@ -190,9 +224,6 @@ impl Connection {
                 };
                 self.reader
                     .accept_header(&header, self.role.expects_masked_incoming())?;
-                if self.reader.is_text(&header) && header.opcode != OpCode::Continuation {
-                    self.reader.utf8 = Utf8Validator::new();
-                }
                 FrameInProgress {
                     header,
                     header_len,
@@ -224,7 +255,7 @@ impl Connection {
         let payload = bytes.split_off(frame.header_len).freeze();
         match h.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                if let Some(message) = self.reader.data_frame(&h, payload)? {
+                if let Some(message) = self.reader.data_frame(&h, payload, self.deflate.as_mut())? {
                     self.events.push_back(Event::Message(message));
                 }
             }

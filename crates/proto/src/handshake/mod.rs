@@ -64,6 +64,9 @@ pub enum HandshakeError {
     /// The server selected a subprotocol we did not offer (§4.1).
     #[error("server selected subprotocol {0:?}, which was not offered")]
     UnofferedSubprotocol(String),
+    /// The extension negotiation failed (e.g. invalid permessage-deflate parameters).
+    #[error("{0}")]
+    Extension(String),
     /// The server selected an extension we did not offer (§4.1).
     #[error("server selected extension {0:?}, which was not offered")]
     UnofferedExtension(String),

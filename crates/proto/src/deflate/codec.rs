@@ -1,0 +1,244 @@
+//! Compressing and decompressing messages (RFC 7692 §7.2).
+
+use bytes::BytesMut;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::DeflateParams;
+use crate::{error::ProtocolError, role::Role};
+
+/// RFC 7692 §7.2.1: the empty stored block a sync flush ends with, removed from each message
+/// by the sender and appended again by the receiver.
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Output grows by at most this much per step, so a bomb is caught early.
+const STEP: usize = 16 * 1024;
+
+/// The compression state of one connection.
+pub(crate) struct Deflate {
+    compress: Compress,
+    decompress: Decompress,
+    reset_compress: bool,
+    reset_decompress: bool,
+    threshold: usize,
+}
+
+impl std::fmt::Debug for Deflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deflate")
+            .field("reset_compress", &self.reset_compress)
+            .field("reset_decompress", &self.reset_decompress)
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deflate {
+    pub(crate) fn new(role: Role, params: &DeflateParams, level: u32, threshold: usize) -> Self {
+        let (ours, theirs, reset_ours, reset_theirs) = match role {
+            Role::Server => (
+                params.server_max_window_bits,
+                params.client_max_window_bits,
+                params.server_no_context_takeover,
+                params.client_no_context_takeover,
+            ),
+            Role::Client => (
+                params.client_max_window_bits,
+                params.server_max_window_bits,
+                params.client_no_context_takeover,
+                params.server_no_context_takeover,
+            ),
+        };
+        Self {
+            compress: Compress::new_with_window_bits(
+                Compression::new(level),
+                false,
+                ours.clamp(9, 15),
+            ),
+            // A window at least as large as the peer's always decodes its stream.
+            decompress: Decompress::new_with_window_bits(false, theirs.clamp(9, 15)),
+            reset_compress: reset_ours,
+            reset_decompress: reset_theirs,
+            threshold,
+        }
+    }
+
+    /// Whether a payload of `len` bytes is worth compressing.
+    pub(crate) const fn should_compress(&self, len: usize) -> bool {
+        len >= self.threshold
+    }
+
+    /// Compress one whole message into `out` (without the trailing empty block).
+    pub(crate) fn compress(&mut self, payload: &[u8], out: &mut BytesMut) {
+        let start = out.len();
+        let mut input = payload;
+        loop {
+            let filled = out.len();
+            let room = (input.len() / 2).max(64);
+            out.resize(filled + room, 0);
+            let (before_in, before_out) = (self.compress.total_in(), self.compress.total_out());
+            let result = self
+                .compress
+                .compress(input, &mut out[filled..], FlushCompress::Sync);
+            let written = (self.compress.total_out() - before_out) as usize;
+            out.truncate(filled + written);
+            input = &input[(self.compress.total_in() - before_in) as usize..];
+            // The flush is complete once all input is taken and zlib did not fill the room.
+            if result.is_err() || (input.is_empty() && written < room) {
+                break;
+            }
+        }
+        if out[start..].ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
+        }
+        if self.reset_compress {
+            self.compress.reset();
+        }
+    }
+
+    /// Decompress the payload of one frame of a compressed message, appending to `out`.
+    /// `last` marks the final frame, after which the trailing block is fed.
+    ///
+    /// # Errors
+    /// Invalid deflate data (1002), or output past `max` bytes in total (1009) — checked while
+    /// inflating, so a small frame cannot expand without bound.
+    pub(crate) fn decompress(
+        &mut self,
+        payload: &[u8],
+        last: bool,
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
+        self.inflate(payload, out, max)?;
+        if last {
+            self.inflate(&TAIL, out, max)?;
+            if self.reset_decompress {
+                self.decompress.reset(false);
+            }
+        }
+        Ok(())
+    }
+
+    fn inflate(
+        &mut self,
+        mut input: &[u8],
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
+        loop {
+            let filled = out.len();
+            // One byte past the limit is enough to know it was crossed.
+            let room = STEP.min(max + 1 - filled.min(max));
+            out.resize(filled + room, 0);
+            let (before_in, before_out) = (self.decompress.total_in(), self.decompress.total_out());
+            let status =
+                self.decompress
+                    .decompress(input, &mut out[filled..], FlushDecompress::Sync);
+            let written = (self.decompress.total_out() - before_out) as usize;
+            out.truncate(filled + written);
+            let used = (self.decompress.total_in() - before_in) as usize;
+            input = &input[used..];
+            if out.len() > max {
+                return Err(ProtocolError::MessageTooLarge {
+                    size: out.len() as u64,
+                    max,
+                });
+            }
+            match status {
+                Err(e) => return Err(ProtocolError::InvalidCompressedData(e.to_string())),
+                // RFC 7692 §7.2.2: a message is a series of non-final blocks; BFINAL ends the
+                // stream, after which nothing more could be decoded.
+                Ok(Status::StreamEnd) if !input.is_empty() => {
+                    return Err(ProtocolError::InvalidCompressedData(
+                        "data after the final block".into(),
+                    ))
+                }
+                Ok(_) if input.is_empty() && written < room => return Ok(()),
+                Ok(_) if used == 0 && written == 0 => {
+                    return Err(ProtocolError::InvalidCompressedData("no progress".into()))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(params: &DeflateParams) -> (Deflate, Deflate) {
+        (
+            Deflate::new(Role::Client, params, 6, 0),
+            Deflate::new(Role::Server, params, 6, 0),
+        )
+    }
+
+    #[test]
+    fn round_trip_with_and_without_context_takeover() {
+        for reset in [false, true] {
+            let params = DeflateParams {
+                client_no_context_takeover: reset,
+                server_no_context_takeover: reset,
+                ..DeflateParams::default()
+            };
+            let (mut client, mut server) = pair(&params);
+            let mut sizes = Vec::new();
+            for _ in 0..3 {
+                let msg = b"Hello, hello, hello! The same text again and again.".repeat(20);
+                let mut wire = BytesMut::new();
+                client.compress(&msg, &mut wire);
+                assert!(!wire.ends_with(&TAIL));
+                sizes.push(wire.len());
+                let mut out = BytesMut::new();
+                server.decompress(&wire, true, &mut out, 1 << 20).unwrap();
+                assert_eq!(&out[..], &msg[..]);
+            }
+            // With context takeover, repeats compress to almost nothing.
+            if reset {
+                assert_eq!(sizes[0], sizes[2]);
+            } else {
+                assert!(sizes[2] < sizes[0] / 2, "{sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rfc_7692_hello_example() {
+        // RFC 7692 §7.2.3.1: "Hello" compressed.
+        let (_, mut server) = pair(&DeflateParams::default());
+        let mut out = BytesMut::new();
+        server
+            .decompress(
+                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+                true,
+                &mut out,
+                100,
+            )
+            .unwrap();
+        assert_eq!(&out[..], b"Hello");
+    }
+
+    #[test]
+    fn bombs_stop_at_the_limit() {
+        let (mut client, mut server) = pair(&DeflateParams::default());
+        let mut wire = BytesMut::new();
+        client.compress(&vec![0u8; 10 << 20], &mut wire);
+        assert!(wire.len() < 20_000, "{}", wire.len());
+        let mut out = BytesMut::new();
+        let err = server
+            .decompress(&wire, true, &mut out, 1 << 20)
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::MessageTooLarge { .. }));
+        assert!(out.len() <= (1 << 20) + 1 + STEP);
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        let (_, mut server) = pair(&DeflateParams::default());
+        let mut out = BytesMut::new();
+        let err = server
+            .decompress(&[0xff; 16], true, &mut out, 1 << 20)
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::InvalidCompressedData(_)));
+    }
+}
