@@ -19,5 +19,7 @@ mod utf8;
 mod limits;
 // The close-handshake timeout and keepalive pings, on a synthetic clock.
 mod keepalive;
+// The opening handshake end to end (§4).
+mod handshake;
 // Property tests: header round trip, re-chunking, fragmentation model, arbitrary input.
 mod properties;
