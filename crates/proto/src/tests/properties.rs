@@ -363,3 +363,83 @@ proptest! {
         }
     }
 }
+
+/// Something a server queues, small or large enough to be queued by reference.
+#[derive(Debug, Clone)]
+enum Queued {
+    Send(Message),
+    Prepared(Message),
+    Ping(Vec<u8>),
+}
+
+fn queued() -> impl Strategy<Value = Queued> {
+    let large = vec(any::<u8>(), 4000..9000).prop_map(Message::binary);
+    prop_oneof![
+        2 => message().prop_map(Queued::Send),
+        1 => large.clone().prop_map(Queued::Send),
+        1 => message().prop_map(Queued::Prepared),
+        1 => large.prop_map(Queued::Prepared),
+        1 => vec(any::<u8>(), 0..=125).prop_map(Queued::Ping),
+    ]
+}
+
+fn queue(conn: &mut Connection, q: &Queued) {
+    match q {
+        Queued::Send(m) => conn.send(m.clone()).unwrap(),
+        Queued::Prepared(m) => conn.send_prepared(&crate::Prepared::new(m)).unwrap(),
+        Queued::Ping(p) => conn.ping(p).unwrap(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Writing the output through `output_chunks`/`advance_output` in arbitrary partial writes,
+    /// with more frames queued between writes, gives the same bytes as `poll_output`.
+    #[test]
+    fn partial_writes_give_the_same_bytes(
+        rounds in vec((vec(queued(), 0..4), vec((1usize..5, 0usize..5000), 0..6)), 1..6),
+    ) {
+        let mut reference = Connection::new(Role::Server, Config::default());
+        let mut expected = BytesMut::new();
+        let mut conn = Connection::new(Role::Server, Config::default());
+        let mut written = Vec::new();
+        for (items, writes) in &rounds {
+            for q in items {
+                queue(&mut reference, q);
+                queue(&mut conn, q);
+            }
+            reference.poll_output(&mut expected);
+            for &(slices, max) in writes {
+                let mut io = vec![std::io::IoSlice::new(&[]); slices];
+                let n = conn.output_chunks(&mut io);
+                // A writer that accepts at most `max` bytes, like a full socket buffer.
+                let mut budget = max;
+                for slice in &io[..n] {
+                    let take = slice.len().min(budget);
+                    written.extend_from_slice(&slice[..take]);
+                    budget -= take;
+                }
+                let accepted = max - budget;
+                let before = conn.output_len();
+                conn.advance_output(accepted);
+                prop_assert_eq!(conn.output_len(), before - accepted);
+            }
+        }
+        // Flush what is left.
+        while conn.output_len() > 0 {
+            let mut io = [std::io::IoSlice::new(&[]); 4];
+            let n = conn.output_chunks(&mut io);
+            prop_assert!(n > 0);
+            let accepted: usize = io[..n].iter().map(|s| s.len()).sum();
+            for slice in &io[..n] {
+                written.extend_from_slice(slice);
+            }
+            conn.advance_output(accepted);
+        }
+        prop_assert_eq!(&written[..], &expected[..]);
+        let mut rest = BytesMut::new();
+        conn.poll_output(&mut rest);
+        prop_assert!(rest.is_empty());
+    }
+}
