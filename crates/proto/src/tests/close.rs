@@ -300,3 +300,34 @@ fn the_failing_close_reason_names_the_violation_and_fits() {
     let sent = sent_frames(Role::Server, &out);
     assert_eq!(sent[0].opcode(), OpCode::Close);
 }
+
+#[test]
+fn a_violation_while_closing_fails_without_a_second_close() {
+    let mut server = Connection::new(Role::Server, Config::default());
+    server.close(CloseCode::NORMAL, "").unwrap();
+    let _ = take_output(&mut server);
+    server.receive_bytes(&frames::text(b"\xff").masked().bytes());
+    // §5.5.1: after our Close nothing more is sent, not even the 1007.
+    assert!(take_output(&mut server).is_empty());
+    let ev = events(&mut server);
+    let c = closed(&ev);
+    assert_eq!(c.code, CloseCode::INVALID_DATA);
+    assert_eq!(
+        c.error,
+        Some(CloseError::Protocol(ProtocolError::InvalidUtf8))
+    );
+    assert_eq!(server.state(), State::Closed);
+}
+
+#[test]
+fn the_reported_code_is_the_one_received() {
+    // §7.1.5: "the WebSocket Connection Close Code is ... the status code contained in the
+    // first Close control frame received", even when the peer answers ours with another code.
+    let mut server = Connection::new(Role::Server, Config::default());
+    server.close(CloseCode(4000), "ours").unwrap();
+    server.receive_bytes(&frames::close(1001, "theirs").masked().bytes());
+    let ev = events(&mut server);
+    let c = closed(&ev);
+    assert_eq!((c.code, c.reason.as_str()), (CloseCode::AWAY, "theirs"));
+    assert_eq!(c.initiated_by, Side::Local);
+}
