@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::time::{Duration, Instant};
+
 use bytes::BytesMut;
 use duplex_proto::{
     frame::FrameHeader,
@@ -64,10 +66,16 @@ struct Run {
 fn run(role: Role, data: &[u8], chunk: usize) -> Run {
     let config = Config::default()
         .max_frame_size(1024)
-        .max_message_size(4096);
+        .max_message_size(4096)
+        .ping_interval(Some(Duration::from_secs(1)));
     let mut conn = Connection::new(role, config);
+    let start = Instant::now();
     for piece in data.chunks(chunk) {
         conn.receive_bytes(piece);
+    }
+    // Whatever timer the input left armed fires (a keepalive ping, or a pong timeout).
+    if let Some(deadline) = conn.poll_timeout(start) {
+        conn.handle_timeout(deadline);
     }
     // Commands in whatever state the input left the connection in.
     let _ = conn.send(Message::text("after"));
