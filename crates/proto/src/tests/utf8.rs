@@ -168,3 +168,55 @@ fn each_text_message_starts_a_fresh_validator() {
     assert_eq!(ev.len(), 3, "{ev:?}");
     assert_close_sent(Role::Server, &out, CloseCode::INVALID_DATA);
 }
+
+/// The index of the first byte at which `data` can no longer be the start of valid UTF-8:
+/// where a streaming validator that fails fast must stop. `None` if every prefix is valid
+/// (possibly ending inside a code point).
+fn detection_point(data: &[u8]) -> Option<usize> {
+    let start = match std::str::from_utf8(data) {
+        Ok(_) => return None,
+        Err(e) => e.valid_up_to(),
+    };
+    (start..data.len()).find(
+        |&i| matches!(std::str::from_utf8(&data[start..=i]), Err(e) if e.error_len().is_some()),
+    )
+}
+
+/// Valid text with bytes that often break UTF-8 spliced in.
+fn mostly_text() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let odd = prop::sample::select(vec![
+        0x80u8, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF,
+    ]);
+    (
+        "\\PC{0,30}",
+        proptest::collection::vec((any::<prop::sample::Index>(), odd), 0..3),
+    )
+        .prop_map(|(s, inserts)| {
+            let mut data = s.into_bytes();
+            for (at, byte) in inserts {
+                let at = at.index(data.len() + 1);
+                data.insert(at, byte);
+            }
+            data
+        })
+}
+
+proptest::proptest! {
+    /// A text frame is failed with 1007 exactly when the byte that makes it invalid arrives
+    /// (or, for a code point cut off by the end of the message, when the frame ends), however
+    /// the bytes are split into reads.
+    #[test]
+    fn the_connection_fails_at_the_detection_point(data in mostly_text()) {
+        let frame = frames::text(&data).masked();
+        let header = frame.header().len();
+        let expected = match (detection_point(&data), std::str::from_utf8(&data)) {
+            (Some(i), _) => Some(header + i),
+            (None, Err(_)) => Some(header + data.len() - 1),
+            (None, Ok(_)) => None,
+        };
+        let got = closing_byte(&frame.bytes()).map(|(i, _)| i);
+        // An empty invalid message cannot exist, so `data.len() - 1` above never underflows.
+        proptest::prop_assert_eq!(got, expected);
+    }
+}
