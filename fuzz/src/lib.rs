@@ -163,6 +163,29 @@ pub fn handshake_client(data: &[u8]) {
         Ok(Some((response, used))) => {
             assert!(used <= data.len() && used <= MAX_HEAD);
             assert_eq!(response.status, 101);
+            // §4.1: whatever the server selected must be something we offered.
+            let values = |name: &str| -> Vec<Vec<u8>> {
+                response
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                    .map(|v| v.trim_ascii().to_vec())
+                    .filter(|v| !v.is_empty())
+                    .collect()
+            };
+            for p in values("sec-websocket-protocol") {
+                assert_eq!(p, b"chat", "unoffered subprotocol accepted");
+            }
+            for e in values("sec-websocket-extensions") {
+                let name = e.split(|&b| b == b';').next().unwrap_or_default();
+                assert!(
+                    name.trim_ascii()
+                        .eq_ignore_ascii_case(b"permessage-deflate"),
+                    "unoffered extension accepted: {:?}",
+                    String::from_utf8_lossy(&e)
+                );
+            }
             if let Some(p) = &response.subprotocol {
                 assert_eq!(p, "chat");
             }
