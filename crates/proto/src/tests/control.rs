@@ -6,8 +6,8 @@ use bytes::Bytes;
 use super::{
     frames::{self, wire},
     pair::{
-        after, assert_close_sent, client_after, closed, events, sent_frames, server_after,
-        take_output, Pair,
+        after, assert_close_sent, client_after, closed, sent_frames, server_after, take_output,
+        Pair,
     },
 };
 use crate::{
@@ -221,17 +221,17 @@ fn ping_and_pong_round_trip_through_a_pair() {
     pair.client.ping(b"are you there").unwrap();
     pair.drive();
     assert_eq!(
-        events(&mut pair.server),
+        pair.server_events(),
         [Event::Ping(Bytes::from_static(b"are you there"))]
     );
     assert_eq!(
-        events(&mut pair.client),
+        pair.client_events(),
         [Event::Pong(Bytes::from_static(b"are you there"))]
     );
     pair.server.pong(b"one-way").unwrap();
     pair.drive();
     assert_eq!(
-        events(&mut pair.client),
+        pair.client_events(),
         [Event::Pong(Bytes::from_static(b"one-way"))]
     );
     assert_eq!(pair.server.output_len(), 0);

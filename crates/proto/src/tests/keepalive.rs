@@ -164,5 +164,5 @@ fn a_pair_with_keepalive_on_both_sides_stays_up() {
     assert_eq!(pair.client.state(), State::Open);
     assert_eq!(pair.server.state(), State::Open);
     let pings = |ev: Vec<Event>| ev.iter().filter(|e| matches!(e, Event::Ping(_))).count();
-    assert!(pings(events(&mut pair.client)) + pings(events(&mut pair.server)) >= 5);
+    assert!(pings(pair.client_events()) + pings(pair.server_events()) >= 5);
 }

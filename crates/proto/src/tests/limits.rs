@@ -123,13 +123,13 @@ fn the_client_enforces_its_limits_too() {
     pair.server.send(Message::binary(vec![0; 100])).unwrap();
     pair.server.send(Message::binary(vec![0; 101])).unwrap();
     pair.drive_server();
-    let ev = events(&mut pair.client);
+    let ev = pair.client_events();
     assert!(matches!(&ev[0], Event::Message(m) if m.len() == 100));
     assert_eq!(closed(&ev).code, CloseCode::TOO_BIG);
     let out = take_output(&mut pair.client);
     assert_close_sent(Role::Client, &out, CloseCode::TOO_BIG);
     // The server reads the client's 1009 and finishes the handshake.
     pair.server.receive_bytes(&out);
-    assert_eq!(closed(&events(&mut pair.server)).code, CloseCode::TOO_BIG);
+    assert_eq!(closed(&pair.server_events()).code, CloseCode::TOO_BIG);
     assert_eq!(pair.server.send(Message::text("x")), Err(SendError::Closed));
 }

@@ -113,7 +113,7 @@ fn each_frame_gets_its_own_key() {
     assert_ne!(keys[0], KEY);
     // The payload on the wire is not the plain text.
     assert!(!wire.windows(4).any(|w| w == b"same"));
-    assert_eq!(events(&mut pair.server).len(), 4);
+    assert_eq!(pair.server_events().len(), 4);
 }
 
 #[test]

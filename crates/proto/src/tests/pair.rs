@@ -14,12 +14,18 @@ use crate::{
 };
 
 /// Two connected endpoints and a synthetic clock.
+///
+/// A connection reads lazily, one event at a time, so after each delivery the pair takes every
+/// event from the receiving side (as an application reading in a loop would) and keeps it for
+/// [`client_events`](Self::client_events) and [`server_events`](Self::server_events).
 #[derive(Debug)]
 pub(crate) struct Pair {
     pub(crate) client: Connection,
     pub(crate) server: Connection,
     /// The time handed to `poll_timeout`/`handle_timeout`; tests move it forward by hand.
     pub(crate) now: Instant,
+    client_events: Vec<Event>,
+    server_events: Vec<Event>,
 }
 
 impl Pair {
@@ -32,13 +38,28 @@ impl Pair {
             client: Connection::new(Role::Client, client),
             server: Connection::new(Role::Server, server),
             now: Instant::now(),
+            client_events: Vec::new(),
+            server_events: Vec::new(),
         }
+    }
+
+    /// The client's events so far, taken.
+    pub(crate) fn client_events(&mut self) -> Vec<Event> {
+        self.client_events.extend(events(&mut self.client));
+        std::mem::take(&mut self.client_events)
+    }
+
+    /// The server's events so far, taken.
+    pub(crate) fn server_events(&mut self) -> Vec<Event> {
+        self.server_events.extend(events(&mut self.server));
+        std::mem::take(&mut self.server_events)
     }
 
     /// Move the client's pending output to the server, in one piece. Returns the bytes moved.
     pub(crate) fn drive_client(&mut self) -> Vec<u8> {
         let wire = take_output(&mut self.client);
         self.server.receive_bytes(&wire);
+        self.server_events.extend(events(&mut self.server));
         wire
     }
 
@@ -46,6 +67,7 @@ impl Pair {
     pub(crate) fn drive_server(&mut self) -> Vec<u8> {
         let wire = take_output(&mut self.server);
         self.client.receive_bytes(&wire);
+        self.client_events.extend(events(&mut self.client));
         wire
     }
 
@@ -54,6 +76,7 @@ impl Pair {
     pub(crate) fn drive_client_chunked(&mut self, sizes: &[usize]) -> Vec<u8> {
         let wire = take_output(&mut self.client);
         feed_chunked(&mut self.server, &wire, sizes);
+        self.server_events.extend(events(&mut self.server));
         wire
     }
 
@@ -61,6 +84,7 @@ impl Pair {
     pub(crate) fn drive_server_chunked(&mut self, sizes: &[usize]) -> Vec<u8> {
         let wire = take_output(&mut self.server);
         feed_chunked(&mut self.client, &wire, sizes);
+        self.client_events.extend(events(&mut self.client));
         wire
     }
 
@@ -124,8 +148,9 @@ pub(crate) fn client_after(data: &[u8]) -> (Connection, Vec<u8>, Vec<Event>) {
 pub(crate) fn after(role: Role, config: Config, data: &[u8]) -> (Connection, Vec<u8>, Vec<Event>) {
     let mut conn = Connection::new(role, config);
     conn.receive_bytes(data);
-    let out = take_output(&mut conn);
+    // Events first: taking them lets the connection read on, which may queue more output.
     let events = events(&mut conn);
+    let out = take_output(&mut conn);
     (conn, out, events)
 }
 
@@ -224,11 +249,11 @@ mod tests {
             .unwrap();
         pair.drive();
         assert_eq!(
-            events(&mut pair.server),
+            pair.server_events(),
             [Event::Message(Message::text("from client"))]
         );
         assert_eq!(
-            events(&mut pair.client),
+            pair.client_events(),
             [Event::Message(Message::binary(&b"from server"[..]))]
         );
     }
@@ -244,8 +269,8 @@ mod tests {
         }
         pair.drive_client_chunked(&[1, 7, 0, 4096]);
         pair.drive_server_chunked(&[3, 1, 65536]);
-        for conn in [&mut pair.server, &mut pair.client] {
-            let got: Vec<usize> = events(conn)
+        for ev in [pair.server_events(), pair.client_events()] {
+            let got: Vec<usize> = ev
                 .into_iter()
                 .map(|e| match e {
                     Event::Message(Message::Binary(b)) => {
@@ -276,7 +301,7 @@ mod tests {
         pair.drive();
         assert_eq!(pair.client.state(), State::Closed);
         assert_eq!(pair.server.state(), State::Closed);
-        assert!(closed(&events(&mut pair.client)).is_clean());
-        assert!(closed(&events(&mut pair.server)).is_clean());
+        assert!(closed(&pair.client_events()).is_clean());
+        assert!(closed(&pair.server_events()).is_clean());
     }
 }

@@ -21,6 +21,8 @@ fn closing_byte(bytes: &[u8]) -> Option<(usize, Vec<u8>)> {
     let mut server = Connection::new(Role::Server, Config::default());
     for (i, b) in bytes.iter().enumerate() {
         server.receive_bytes(std::slice::from_ref(b));
+        // Take events as they come, so the connection keeps reading.
+        let _ = events(&mut server);
         if server.state() == State::Closed {
             return Some((i, take_output(&mut server)));
         }
