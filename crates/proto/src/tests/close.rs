@@ -216,14 +216,14 @@ fn either_side_can_start_the_closing_handshake() {
         };
         first.close(code, "done").unwrap();
         pair.drive();
-        let server_events = events(&mut pair.server);
+        let server_events = pair.server_events();
         assert_eq!(
             server_events[0],
             Event::Message(Message::text("last words"))
         );
         for (ev, local) in [
             (server_events, !client_starts),
-            (events(&mut pair.client), client_starts),
+            (pair.client_events(), client_starts),
         ] {
             let c = closed(&ev);
             assert!(c.is_clean());
@@ -247,8 +247,8 @@ fn simultaneous_closes_finish_both_sides() {
     pair.client.receive_bytes(&server_wire);
     // Each side got the other's Close while closing: neither answers again.
     assert_eq!(pair.client.output_len() + pair.server.output_len(), 0);
-    let c = closed(&events(&mut pair.client)).clone();
-    let s = closed(&events(&mut pair.server)).clone();
+    let c = closed(&pair.client_events()).clone();
+    let s = closed(&pair.server_events()).clone();
     assert_eq!((c.code, c.initiated_by), (CloseCode::AWAY, Side::Local));
     assert_eq!((s.code, s.initiated_by), (CloseCode::NORMAL, Side::Local));
 }
@@ -330,4 +330,19 @@ fn the_reported_code_is_the_one_received() {
     let c = closed(&ev);
     assert_eq!((c.code, c.reason.as_str()), (CloseCode::AWAY, "theirs"));
     assert_eq!(c.initiated_by, Side::Local);
+}
+
+#[test]
+fn eof_right_behind_a_close_that_is_not_read_yet_is_still_clean() {
+    // The server sends a message and its Close, then closes TCP (§7.1.1); the client's reader
+    // sees the bytes and the end of stream before the application takes any event.
+    let mut client = Connection::new(Role::Client, Config::default());
+    client.receive_bytes(&wire(&[frames::text("last"), frames::close(1000, "bye")]));
+    client.receive_eof();
+    let ev = events(&mut client);
+    assert_eq!(ev[0], Event::Message(Message::text("last")));
+    let c = closed(&ev);
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!((c.code, c.reason.as_str()), (CloseCode::NORMAL, "bye"));
+    assert_close_sent(Role::Client, &take_output(&mut client), CloseCode::NORMAL);
 }
