@@ -19,6 +19,8 @@ mod utf8;
 mod limits;
 // The close-handshake timeout and keepalive pings, on a synthetic clock.
 mod keepalive;
+// Reading one event at a time: replies go out before reactions to later frames.
+mod reading;
 // The opening handshake end to end (§4).
 mod handshake;
 // Property tests: header round trip, re-chunking, fragmentation model, arbitrary input.
