@@ -111,6 +111,8 @@ pub struct Connection {
     deflate_params: Option<DeflateParams>,
     /// Reused buffer for compressing outgoing messages.
     scratch: BytesMut,
+    /// The transport ended; what is buffered is still read before the connection is closed.
+    eof: bool,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +161,7 @@ impl Connection {
                 activity: true,
                 ..Timers::default()
             },
+            eof: false,
         }
     }
 
@@ -217,12 +220,13 @@ impl Connection {
 
     /// The transport reached end of stream.
     ///
-    /// After a finished closing handshake this is expected; otherwise the connection closed
-    /// abnormally (RFC 6455 §7.1.5: code 1006).
+    /// After a finished closing handshake this is expected; otherwise, once the frames already
+    /// received are read, the connection closed abnormally (RFC 6455 §7.1.5: code 1006).
     pub fn receive_eof(&mut self) {
-        if self.state.can_receive() {
-            self.finish_failed(CloseError::UnexpectedEof, Side::Peer);
-        }
+        // Frames that arrived before the end (such as the peer's Close, which the server sends
+        // right before closing TCP) are read first, as the events before them are taken.
+        self.eof = true;
+        self.process();
     }
 
     /// Run the timers whose deadline is at or before `now`.

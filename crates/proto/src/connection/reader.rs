@@ -202,6 +202,10 @@ impl Connection {
         while self.state.can_receive() && self.events.is_empty() {
             match self.next_frame() {
                 Ok(true) => {}
+                Ok(false) if self.eof => {
+                    self.finish_failed(CloseError::UnexpectedEof, Side::Peer);
+                    break;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     self.fail(e);

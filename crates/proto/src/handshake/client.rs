@@ -168,6 +168,24 @@ impl ClientHandshake {
             Some(v) if v.as_bytes().trim_ascii() == expected.as_bytes() => {}
             _ => return Err(HandshakeError::BadAccept),
         }
+        // `list_values` skips values that are not visible ASCII. Such a value cannot name
+        // anything we offered, so it fails the handshake instead of reading as "none" (§4.1).
+        for (name, unoffered) in [
+            (
+                "sec-websocket-protocol",
+                HandshakeError::UnofferedSubprotocol as fn(String) -> HandshakeError,
+            ),
+            (
+                "sec-websocket-extensions",
+                HandshakeError::UnofferedExtension,
+            ),
+        ] {
+            if let Some(v) = headers.get_all(name).iter().find(|v| v.to_str().is_err()) {
+                return Err(unoffered(
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
+            }
+        }
         let protocols: Vec<&str> = list_values(&headers, "sec-websocket-protocol").collect();
         let subprotocol = match protocols[..] {
             [] => None,

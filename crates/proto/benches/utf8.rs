@@ -1,0 +1,51 @@
+//! Validating 64 KiB of text: in one call, incrementally in 4 KiB pieces (as a text message
+//! arrives), and a plain copy of the same buffer as the memory-bandwidth yardstick.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use duplex_proto::utf8::{validate, Utf8Validator};
+
+const LEN: usize = 64 * 1024;
+
+/// Mostly ASCII with two-, three- and four-byte code points mixed in, like chat text.
+fn text() -> Vec<u8> {
+    let sample = "The quick brown fox — κόσμε — 快速的棕色狐狸 🦊 jumps over the lazy dog. ";
+    let mut out = String::with_capacity(LEN + sample.len());
+    while out.len() < LEN {
+        out.push_str(sample);
+    }
+    let mut end = LEN;
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.truncate(end);
+    out.into_bytes()
+}
+
+fn utf8(c: &mut Criterion) {
+    let data = text();
+    let mut group = c.benchmark_group("utf8_64KiB");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.bench_function("validate", |b| {
+        b.iter(|| validate(black_box(&data)).unwrap());
+    });
+    group.bench_function("incremental_4KiB", |b| {
+        b.iter(|| {
+            let mut v = Utf8Validator::new();
+            // 4096-byte pieces cut code points in half, as reads do.
+            for piece in black_box(&data).chunks(4096) {
+                v.feed(piece).unwrap();
+            }
+            v.finish().unwrap();
+        });
+    });
+    let mut dst = vec![0u8; data.len()];
+    group.bench_function("memcpy", |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&data)));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, utf8);
+criterion_main!(benches);
