@@ -181,7 +181,7 @@ fn execute(
     let index = match role {
         Role::Server => {
             let spec = json!({
-                "outdir": reports,
+                "outdir": reports.join("servers"),
                 "servers": [{ "agent": AGENT, "url": url }],
                 "cases": cases,
                 "exclude-cases": EXCLUDED,
@@ -194,7 +194,7 @@ fn execute(
                 "duplex echo",
             )?;
             cmd::wait_for_port(port, &mut server, Duration::from_secs(20))
-                .with_context(|| format!("log:\n{}", cmd::tail(&duplex_log, 20)))?;
+                .with_context(|| format!("duplex echo did not start; {}", log_note(&duplex_log)))?;
             let mut fuzzer = Command::new(wstest);
             fuzzer
                 .current_dir(&dir)
@@ -203,13 +203,13 @@ fn execute(
             run_logged(&mut fuzzer, &wstest_log)?;
             server
                 .check_running()
-                .with_context(|| format!("log:\n{}", cmd::tail(&duplex_log, 20)))?;
+                .with_context(|| format!("duplex echo crashed; {}", log_note(&duplex_log)))?;
             reports.join("servers").join("index.json")
         }
         Role::Client => {
             let spec = json!({
                 "url": url,
-                "outdir": reports,
+                "outdir": reports.join("clients"),
                 "webport": 0,
                 "cases": cases,
                 "exclude-cases": EXCLUDED,
@@ -223,7 +223,7 @@ fn execute(
                 .arg(&spec_path);
             let mut server = spawn_logged(&mut fuzzer, &wstest_log, "wstest fuzzingserver")?;
             cmd::wait_for_port(port, &mut server, Duration::from_secs(60))
-                .with_context(|| format!("log:\n{}", cmd::tail(&wstest_log, 20)))?;
+                .with_context(|| format!("wstest did not start; {}", log_note(&wstest_log)))?;
             run_logged(
                 Command::new(duplex).args(["autobahn-client", "--url", &url, "--agent", AGENT]),
                 &duplex_log,
@@ -258,17 +258,22 @@ fn run_logged(command: &mut Command, log: &Path) -> Result<()> {
     let status = cmd::wait(guard.child(), RUN_LIMIT)?;
     match status {
         Some(status) if status.success() => Ok(()),
-        Some(status) => bail!(
-            "`{line}` failed ({status}); end of {}:\n{}",
-            log.display(),
-            cmd::tail(log, 20)
-        ),
+        Some(status) => bail!("`{line}` failed ({status}); {}", log_note(log)),
         None => bail!(
-            "`{line}` did not finish within {} s; end of {}:\n{}",
+            "`{line}` did not finish within {} s; {}",
             RUN_LIMIT.as_secs(),
-            log.display(),
-            cmd::tail(log, 20)
+            log_note(log)
         ),
+    }
+}
+
+/// The end of a log file, for an error message.
+fn log_note(log: &Path) -> String {
+    let tail = cmd::tail(log, 20);
+    if tail.trim().is_empty() {
+        format!("{} is empty", log.display())
+    } else {
+        format!("end of {}:\n{tail}", log.display())
     }
 }
 

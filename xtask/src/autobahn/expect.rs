@@ -189,6 +189,9 @@ impl Expected {
             ));
         }
         text.push_str("}\n");
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
@@ -259,6 +262,12 @@ impl Verdict {
             for change in &self.changes {
                 println!("  {change}");
             }
+        }
+        if self.file.is_none() {
+            println!(
+                "no expectations recorded yet: once every case passes, \
+                 `cargo xtask autobahn --bless` writes them"
+            );
         }
         if self.failures.is_empty() {
             println!("every case is as expected in {file}");
