@@ -1,7 +1,8 @@
 //! Where things are: the repository, cargo's target directory and the `duplex` binary.
 
 use std::{
-    env,
+    env, fs,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -93,11 +94,28 @@ impl Workspace {
             };
             if message["reason"] == "compiler-artifact" && message["target"]["name"] == "duplex" {
                 if let Some(path) = message["executable"].as_str() {
-                    return Ok(path.into());
+                    return self.keep(Path::new(path));
                 }
             }
         }
         bail!("cargo built no `duplex` executable")
+    }
+
+    /// Copies the freshly built binary to a path of this checkout's own. Several checkouts
+    /// may share one `CARGO_TARGET_DIR`, and all of them build to the same `release/duplex`;
+    /// the copy makes sure a run tests the code of the checkout that started it.
+    fn keep(&self, built: &Path) -> Result<PathBuf> {
+        let mut hasher = DefaultHasher::new();
+        self.root.hash(&mut hasher);
+        let dir = self
+            .target
+            .join("xtask")
+            .join(format!("{:016x}", hasher.finish()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let kept = dir.join("duplex");
+        fs::copy(built, &kept)
+            .with_context(|| format!("copying {} to {}", built.display(), kept.display()))?;
+        Ok(kept)
     }
 }
 
