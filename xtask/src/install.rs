@@ -217,7 +217,11 @@ impl<'a> Installer<'a> {
         if python.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
             return Ok(());
         }
-        println!("creating {} with {}", venv.display(), wanted.trim());
+        println!(
+            "creating the virtualenv {} from {}",
+            venv.display(),
+            requirements.display()
+        );
         let python3 = cmd::find_program("python3").context("python3 is not on the PATH")?;
         cmd::run(
             Command::new(python3)

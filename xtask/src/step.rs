@@ -57,23 +57,26 @@ impl Step {
             .unwrap_or_default()
     }
 
-    fn needs(self) -> &'static [Need] {
+    fn needs(self, ws: &Workspace) -> &'static [Need] {
         match self {
             Self::Fmt | Self::Clippy | Self::Doc | Self::FuzzBuild => &[],
             // The multi-node tests spawn their own redis-server and nginx on free ports.
             Self::Unit => &[Need::Nextest, Need::RedisServer, Need::Nginx],
             Self::AutobahnServer | Self::AutobahnClient => &[Need::Wstest],
             Self::Peers => &[Need::Nextest, Need::PythonPeers, Need::NodePeers],
+            // No browser to install while there are no browser tests to run.
+            Self::E2e if !e2e_exists(ws) => &[],
             Self::E2e => &[Need::Chromium, Need::E2eModules],
         }
     }
 
     /// Whether the step runs the release `duplex` binary.
-    fn uses_duplex(self) -> bool {
-        matches!(
-            self,
-            Self::AutobahnServer | Self::AutobahnClient | Self::Peers | Self::E2e
-        )
+    fn uses_duplex(self, ws: &Workspace) -> bool {
+        match self {
+            Self::AutobahnServer | Self::AutobahnClient | Self::Peers => true,
+            Self::E2e => e2e_exists(ws),
+            _ => false,
+        }
     }
 
     /// A generous bound for the step's commands; reaching it fails the step.
@@ -140,10 +143,12 @@ pub(crate) fn test(args: &TestArgs) -> Result<bool> {
     let mut installer = Installer::new(&ws);
     let mut rows = Vec::new();
 
-    rows.push(timed("install", false, || install(&mut installer, &steps)));
+    rows.push(timed("install", false, || {
+        install(&ws, &mut installer, &steps)
+    }));
 
     let mut duplex: Result<PathBuf, String> = Err("not built".into());
-    if steps.iter().any(|step| step.uses_duplex()) {
+    if steps.iter().any(|step| step.uses_duplex(&ws)) {
         banner("build (release duplex)");
         rows.push(timed("build", false, || match ws.build_duplex() {
             Ok(path) => {
@@ -176,15 +181,15 @@ pub(crate) fn test(args: &TestArgs) -> Result<bool> {
 pub(crate) fn install_only(selection: &Selection) -> Result<bool> {
     let ws = Workspace::locate()?;
     let mut installer = Installer::new(&ws);
-    let outcome = install(&mut installer, &selection.steps());
+    let outcome = install(&ws, &mut installer, &selection.steps());
     println!("install: {}", describe(&outcome));
     Ok(!matches!(outcome, Outcome::Failed(_)))
 }
 
 /// Installs what `steps` need, each need once, before anything runs; a failure is reported
 /// here and again by every step that needs the missing piece.
-fn install(installer: &mut Installer<'_>, steps: &[Step]) -> Outcome {
-    let mut needs: Vec<Need> = steps.iter().flat_map(|s| s.needs()).copied().collect();
+fn install(ws: &Workspace, installer: &mut Installer<'_>, steps: &[Step]) -> Outcome {
+    let mut needs: Vec<Need> = steps.iter().flat_map(|s| s.needs(ws)).copied().collect();
     needs.sort();
     needs.dedup();
     if needs.is_empty() {
@@ -211,7 +216,7 @@ fn run(
     installer: &mut Installer<'_>,
     duplex: &Result<PathBuf, String>,
 ) -> Result<Outcome> {
-    for need in step.needs() {
+    for need in step.needs(ws) {
         installer.ensure(*need)?;
     }
     let duplex = || -> Result<&PathBuf> {
@@ -273,7 +278,7 @@ fn run(
         }
         Step::E2e => {
             let dir = ws.path("tests/e2e");
-            if !dir.join("package.json").is_file() {
+            if !e2e_exists(ws) {
                 return Ok(Outcome::Skipped(
                     "tests/e2e/package.json does not exist yet".into(),
                 ));
@@ -291,6 +296,10 @@ fn run(
         }
     }
     Ok(Outcome::Passed)
+}
+
+fn e2e_exists(ws: &Workspace) -> bool {
+    ws.path("tests/e2e/package.json").is_file()
 }
 
 fn timed(name: &str, counted: bool, f: impl FnOnce() -> Outcome) -> Row {
