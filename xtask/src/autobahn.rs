@@ -136,7 +136,8 @@ pub(crate) fn check(
     let verdict = expected.compare(&results, &[]);
     verdict.print();
     Ok(if verdict.passed() {
-        Outcome::Passed
+        let counts = Counts::of(results.values().map(|r| r.behavior.as_str()));
+        Outcome::Passed(format!("{} cases: {counts}", results.len()))
     } else {
         Outcome::Failed(verdict.headline())
     })

@@ -83,7 +83,7 @@ pub(crate) fn run(ws: &Workspace) -> Result<Outcome> {
             cmd::run(&mut fuzz, Duration::from_secs(seconds + 60))?;
         }
     }
-    Ok(Outcome::Passed)
+    Ok(Outcome::Passed(format!("{} targets", targets.len())))
 }
 
 /// Builds every binary of the fuzz crate; returns (name, executable) pairs.

@@ -73,7 +73,7 @@ impl Step {
     /// Whether the step runs the release `duplex` binary.
     fn uses_duplex(self, ws: &Workspace) -> bool {
         match self {
-            Self::AutobahnServer | Self::AutobahnClient | Self::Peers => true,
+            Self::AutobahnServer | Self::AutobahnClient => true,
             Self::E2e => e2e_exists(ws),
             _ => false,
         }
@@ -122,7 +122,8 @@ pub(crate) struct TestArgs {
 /// How a step ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Passed,
+    /// Passed; the text (often empty) is shown in the summary table.
+    Passed(String),
     Failed(String),
     Skipped(String),
 }
@@ -154,7 +155,7 @@ pub(crate) fn test(args: &TestArgs) -> Result<bool> {
             Ok(path) => {
                 println!("duplex binary: {}", path.display());
                 duplex = Ok(path);
-                Outcome::Passed
+                Outcome::Passed(String::new())
             }
             Err(error) => {
                 duplex = Err(format!("{error:#}"));
@@ -204,7 +205,7 @@ fn install(ws: &Workspace, installer: &mut Installer<'_>, steps: &[Step]) -> Out
         }
     }
     if failed.is_empty() {
-        Outcome::Passed
+        Outcome::Passed(String::new())
     } else {
         Outcome::Failed(format!("could not install: {}", failed.join(", ")))
     }
@@ -265,11 +266,15 @@ fn run(
         Step::Peers => {
             // The peer tests are #[ignore]d so that a plain `cargo nextest run` does not need
             // Python and Node; here they run on their own, on the same build as `unit`.
+            // They test the library in-process, so they need no release build.
             let python = install::python_venv(ws).join("bin").join("python");
+            let mut tests = ws.cargo();
+            tests.env("DUPLEX_PEERS_PYTHON", python);
+            if let Ok(bin) = duplex() {
+                tests.env(DUPLEX_BIN, bin);
+            }
             cmd::run(
-                ws.cargo()
-                    .env("DUPLEX_PEERS_PYTHON", python)
-                    .env(DUPLEX_BIN, duplex()?)
+                tests
                     .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                     .args(["--run-ignored", "only"])
                     .args(["-E", "package(duplex) & binary(it) & test(/^peers::/)"]),
@@ -295,7 +300,7 @@ fn run(
             )?;
         }
     }
-    Ok(Outcome::Passed)
+    Ok(Outcome::Passed(String::new()))
 }
 
 fn e2e_exists(ws: &Workspace) -> bool {
@@ -319,7 +324,7 @@ fn banner(title: &str) {
 
 fn describe(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Passed => "passed".into(),
+        Outcome::Passed(_) => "passed".into(),
         Outcome::Failed(why) => format!("FAILED: {why}"),
         Outcome::Skipped(why) => format!("skipped: {why}"),
     }
@@ -331,7 +336,7 @@ fn summary(rows: &[Row], total: Duration) -> bool {
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for row in rows {
         let (result, note) = match &row.outcome {
-            Outcome::Passed => ("passed", String::new()),
+            Outcome::Passed(note) => ("passed", first_line(note)),
             Outcome::Failed(why) => ("FAILED", first_line(why)),
             Outcome::Skipped(why) => ("skipped", first_line(why)),
         };
@@ -343,7 +348,7 @@ fn summary(rows: &[Row], total: Duration) -> bool {
         println!("{name:<17} {result:<8} {:>8.1}  {note}", row.seconds);
         if row.counted {
             match row.outcome {
-                Outcome::Passed => passed += 1,
+                Outcome::Passed(_) => passed += 1,
                 Outcome::Failed(_) => failed += 1,
                 Outcome::Skipped(_) => skipped += 1,
             }
