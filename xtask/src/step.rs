@@ -1,0 +1,373 @@
+//! The steps of `cargo xtask test`: selection, setup, running, and the summary table.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use clap::ValueEnum;
+
+use crate::{
+    autobahn, cmd, fuzz,
+    install::{self, Installer, Need},
+    workspace::{Workspace, DUPLEX_BIN},
+};
+
+/// One step of the test command, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Step {
+    /// `cargo fmt --check`.
+    Fmt,
+    /// `cargo clippy` on every target, warnings denied.
+    Clippy,
+    /// `cargo doc`, rustdoc warnings denied.
+    Doc,
+    /// Every test of the workspace under nextest, then the doctests.
+    Unit,
+    /// Build the fuzz targets (stable toolchain) and replay their seeds.
+    FuzzBuild,
+    /// Autobahn fuzzingclient against `duplex echo`.
+    AutobahnServer,
+    /// Autobahn fuzzingserver against `duplex autobahn-client`.
+    AutobahnClient,
+    /// Interop tests against Python `websockets` and Node `ws`, both directions.
+    Peers,
+    /// Browser tests (tests/e2e, headless Chromium).
+    E2e,
+}
+
+impl Step {
+    const ALL: [Self; 9] = [
+        Self::Fmt,
+        Self::Clippy,
+        Self::Doc,
+        Self::Unit,
+        Self::FuzzBuild,
+        Self::AutobahnServer,
+        Self::AutobahnClient,
+        Self::Peers,
+        Self::E2e,
+    ];
+
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn needs(self, ws: &Workspace) -> &'static [Need] {
+        match self {
+            Self::Fmt | Self::Clippy | Self::Doc | Self::FuzzBuild => &[],
+            // The multi-node tests spawn their own redis-server and nginx on free ports.
+            Self::Unit => &[Need::Nextest, Need::RedisServer, Need::Nginx],
+            Self::AutobahnServer | Self::AutobahnClient => &[Need::Wstest],
+            Self::Peers => &[Need::Nextest, Need::PythonPeers, Need::NodePeers],
+            // No browser to install while there are no browser tests to run.
+            Self::E2e if !e2e_exists(ws) => &[],
+            Self::E2e => &[Need::Chromium, Need::E2eModules],
+        }
+    }
+
+    /// Whether the step runs the release `duplex` binary.
+    fn uses_duplex(self, ws: &Workspace) -> bool {
+        match self {
+            Self::AutobahnServer | Self::AutobahnClient => true,
+            Self::E2e => e2e_exists(ws),
+            _ => false,
+        }
+    }
+
+    /// A generous bound for the step's commands; reaching it fails the step.
+    fn limit(self) -> Duration {
+        let minutes = match self {
+            Self::Fmt => 5,
+            Self::Doc | Self::FuzzBuild | Self::AutobahnServer | Self::AutobahnClient => 20,
+            Self::Peers | Self::E2e => 20,
+            Self::Clippy | Self::Unit => 30,
+        };
+        Duration::from_secs(minutes * 60)
+    }
+}
+
+/// Which steps to run.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Selection {
+    /// Run only these steps (comma-separated, in the usual order).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "STEP")]
+    only: Vec<Step>,
+    /// Leave these steps out (comma-separated; may be repeated).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "STEP")]
+    skip: Vec<Step>,
+}
+
+impl Selection {
+    fn steps(&self) -> Vec<Step> {
+        Step::ALL
+            .into_iter()
+            .filter(|step| self.only.is_empty() || self.only.contains(step))
+            .filter(|step| !self.skip.contains(step))
+            .collect()
+    }
+}
+
+/// Arguments of `cargo xtask test`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TestArgs {
+    #[command(flatten)]
+    selection: Selection,
+}
+
+/// How a step ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Passed; the text (often empty) is shown in the summary table.
+    Passed(String),
+    Failed(String),
+    Skipped(String),
+}
+
+struct Row {
+    name: String,
+    outcome: Outcome,
+    seconds: f64,
+    /// Setup rows (install, build) are shown but not counted as steps.
+    counted: bool,
+}
+
+/// `cargo xtask test`.
+pub(crate) fn test(args: &TestArgs) -> Result<bool> {
+    let started = Instant::now();
+    let ws = Workspace::locate()?;
+    let steps = args.selection.steps();
+    let mut installer = Installer::new(&ws);
+    let mut rows = Vec::new();
+
+    rows.push(timed("install", false, || {
+        install(&ws, &mut installer, &steps)
+    }));
+
+    let mut duplex: Result<PathBuf, String> = Err("not built".into());
+    if steps.iter().any(|step| step.uses_duplex(&ws)) {
+        banner("build (release duplex)");
+        rows.push(timed("build", false, || match ws.build_duplex() {
+            Ok(path) => {
+                println!("duplex binary: {}", path.display());
+                duplex = Ok(path);
+                Outcome::Passed(String::new())
+            }
+            Err(error) => {
+                duplex = Err(format!("{error:#}"));
+                Outcome::Failed(format!("{error:#}"))
+            }
+        }));
+    }
+
+    for step in steps {
+        banner(&step.name());
+        let row = timed(&step.name(), true, || {
+            run(step, &ws, &mut installer, &duplex)
+                .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")))
+        });
+        if let Outcome::Failed(why) = &row.outcome {
+            eprintln!("xtask: {} failed: {why}", row.name);
+        }
+        rows.push(row);
+    }
+    Ok(summary(&rows, started.elapsed()))
+}
+
+/// `cargo xtask install`.
+pub(crate) fn install_only(selection: &Selection) -> Result<bool> {
+    let ws = Workspace::locate()?;
+    let mut installer = Installer::new(&ws);
+    let outcome = install(&ws, &mut installer, &selection.steps());
+    println!("install: {}", describe(&outcome));
+    Ok(!matches!(outcome, Outcome::Failed(_)))
+}
+
+/// Installs what `steps` need, each need once, before anything runs; a failure is reported
+/// here and again by every step that needs the missing piece.
+fn install(ws: &Workspace, installer: &mut Installer<'_>, steps: &[Step]) -> Outcome {
+    let mut needs: Vec<Need> = steps.iter().flat_map(|s| s.needs(ws)).copied().collect();
+    needs.sort();
+    needs.dedup();
+    if needs.is_empty() {
+        return Outcome::Skipped("nothing needed".into());
+    }
+    banner("install");
+    let mut failed = Vec::new();
+    for need in needs {
+        println!("checking {need}");
+        if installer.ensure(need).is_err() {
+            failed.push(need.to_string());
+        }
+    }
+    if failed.is_empty() {
+        Outcome::Passed(String::new())
+    } else {
+        Outcome::Failed(format!("could not install: {}", failed.join(", ")))
+    }
+}
+
+fn run(
+    step: Step,
+    ws: &Workspace,
+    installer: &mut Installer<'_>,
+    duplex: &Result<PathBuf, String>,
+) -> Result<Outcome> {
+    for need in step.needs(ws) {
+        installer.ensure(*need)?;
+    }
+    let duplex = || -> Result<&PathBuf> {
+        duplex
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the release build of duplex failed: {e}"))
+    };
+    let limit = step.limit();
+    match step {
+        Step::Fmt => cmd::run(ws.cargo().args(["fmt", "--all", "--", "--check"]), limit)?,
+        Step::Clippy => cmd::run(
+            ws.cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            limit,
+        )?,
+        Step::Doc => cmd::run(
+            ws.cargo()
+                .env("RUSTDOCFLAGS", "-Dwarnings")
+                .args(["doc", "--workspace", "--no-deps"]),
+            limit,
+        )?,
+        Step::Unit => {
+            // Both halves run even if the first fails, so one run shows every failure.
+            let tests = cmd::run(
+                ws.cargo()
+                    .args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+                limit,
+            );
+            let doctests = cmd::run(ws.cargo().args(["test", "--doc", "--workspace"]), limit);
+            tests?;
+            doctests?;
+        }
+        Step::FuzzBuild => return fuzz::run(ws),
+        Step::AutobahnServer => {
+            return autobahn::check(ws, installer, duplex()?, autobahn::Role::Server)
+        }
+        Step::AutobahnClient => {
+            return autobahn::check(ws, installer, duplex()?, autobahn::Role::Client)
+        }
+        Step::Peers => {
+            // The peer tests are #[ignore]d so that a plain `cargo nextest run` does not need
+            // Python and Node; here they run on their own, on the same build as `unit`.
+            // They test the library in-process, so they need no release build.
+            let python = install::python_venv(ws).join("bin").join("python");
+            let mut tests = ws.cargo();
+            tests.env("DUPLEX_PEERS_PYTHON", python);
+            if let Ok(bin) = duplex() {
+                tests.env(DUPLEX_BIN, bin);
+            }
+            cmd::run(
+                tests
+                    .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                    .args(["--run-ignored", "only"])
+                    .args(["-E", "package(duplex) & binary(it) & test(/^peers::/)"]),
+                limit,
+            )?;
+        }
+        Step::E2e => {
+            let dir = ws.path("tests/e2e");
+            if !e2e_exists(ws) {
+                return Ok(Outcome::Skipped(
+                    "tests/e2e/package.json does not exist yet".into(),
+                ));
+            }
+            let npm = cmd::find_program("npm").context("npm is not on the PATH")?;
+            let chromium = cmd::find_program("chromium").context("chromium is not installed")?;
+            cmd::run(
+                Command::new(npm)
+                    .current_dir(&dir)
+                    .env(DUPLEX_BIN, duplex()?)
+                    .env("CHROMIUM_BIN", chromium)
+                    .arg("test"),
+                limit,
+            )?;
+        }
+    }
+    Ok(Outcome::Passed(String::new()))
+}
+
+fn e2e_exists(ws: &Workspace) -> bool {
+    ws.path("tests/e2e/package.json").is_file()
+}
+
+fn timed(name: &str, counted: bool, f: impl FnOnce() -> Outcome) -> Row {
+    let started = Instant::now();
+    let outcome = f();
+    Row {
+        name: name.to_owned(),
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+        counted,
+    }
+}
+
+fn banner(title: &str) {
+    println!("\n==> {title}");
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Passed(_) => "passed".into(),
+        Outcome::Failed(why) => format!("FAILED: {why}"),
+        Outcome::Skipped(why) => format!("skipped: {why}"),
+    }
+}
+
+/// Prints the table and the closing line; true when no step failed.
+fn summary(rows: &[Row], total: Duration) -> bool {
+    println!("\n{:<17} {:<8} {:>8}  note", "step", "result", "seconds");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for row in rows {
+        let (result, note) = match &row.outcome {
+            Outcome::Passed(note) => ("passed", first_line(note)),
+            Outcome::Failed(why) => ("FAILED", first_line(why)),
+            Outcome::Skipped(why) => ("skipped", first_line(why)),
+        };
+        let name = if row.counted {
+            row.name.clone()
+        } else {
+            format!("({})", row.name)
+        };
+        println!("{name:<17} {result:<8} {:>8.1}  {note}", row.seconds);
+        if row.counted {
+            match row.outcome {
+                Outcome::Passed(_) => passed += 1,
+                Outcome::Failed(_) => failed += 1,
+                Outcome::Skipped(_) => skipped += 1,
+            }
+        }
+    }
+    println!("{:<17} {:<8} {:>8.1}", "total", "", total.as_secs_f64());
+    let mut line = format!("xtask: {passed} passed, {failed} failed");
+    if skipped > 0 {
+        line.push_str(&format!(", {skipped} skipped"));
+    }
+    println!("{line}");
+    failed == 0
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() > 100 {
+        format!("{}...", line.chars().take(97).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
