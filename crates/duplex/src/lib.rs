@@ -67,9 +67,11 @@
 
 mod client;
 mod error;
+mod proxy;
 mod server;
 mod split;
 mod stream;
+pub mod tls;
 mod websocket;
 
 pub use client::{connect, ClientBuilder};
@@ -82,4 +84,5 @@ pub use error::{Error, Result};
 pub use server::{accept, accept_with, ServerConfig};
 pub use split::{WsSink, WsStream};
 pub use stream::MaybeTlsStream;
+pub use tls::TlsError;
 pub use websocket::WebSocket;
