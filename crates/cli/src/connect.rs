@@ -160,8 +160,8 @@ async fn session(args: Args) -> i32 {
             args.url
         ));
     }
-    let code = Session::new(&args).run(ws, inputs, &mut out).await;
-    out.finish();
+    let (code, last_line) = Session::new(&args).run(ws, inputs, &mut out).await;
+    out.finish(&last_line);
     code
 }
 
@@ -261,6 +261,8 @@ enum Report {
     Notice(String),
     /// A `/ping` went out.
     PingSent,
+    /// Our Close frame went out with this code and reason.
+    CloseSent(CloseCode, String),
 }
 
 /// The receiving side of a session: prints what arrives and decides when to close.
@@ -271,6 +273,8 @@ struct Session {
     received: u64,
     pings_awaiting_pong: u32,
     closing: bool,
+    /// The code and reason of the Close we sent.
+    sent_close: Option<(CloseCode, String)>,
     failure: Option<String>,
 }
 
@@ -283,17 +287,19 @@ impl Session {
             received: 0,
             pings_awaiting_pong: 0,
             closing: false,
+            sent_close: None,
             failure: None,
         }
     }
 
-    /// Run until the connection closes; returns the exit status.
+    /// Run until the connection closes; returns the exit status and the line that says how
+    /// it ended.
     async fn run(
         mut self,
         ws: duplex::WebSocket<MaybeTlsStream>,
         inputs: mpsc::Receiver<Input>,
         out: &mut Output,
-    ) -> i32 {
+    ) -> (i32, String) {
         let (sink, mut stream) = ws.split();
         let (close_tx, close_rx) = mpsc::unbounded_channel();
         let (report_tx, mut reports) = mpsc::unbounded_channel();
@@ -332,15 +338,11 @@ impl Session {
                     }
                     Some(Ok(Event::Closed(closed))) => {
                         let (line, code) = self.outcome(&closed);
-                        out.note(&line);
-                        return code;
+                        return (code, line);
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        out.note(&format!("duplex: {e}"));
-                        return 1;
-                    }
-                    None => return i32::from(self.failure.is_some()),
+                    Some(Err(e)) => return (1, format!("duplex: {e}")),
+                    None => return (1, "duplex: connection ended".into()),
                 },
                 Some(report) = reports.recv() => match report {
                     Report::InputDone { sent } => {
@@ -361,38 +363,37 @@ impl Session {
                     }
                     Report::Notice(text) => out.note(&text),
                     Report::PingSent => self.pings_awaiting_pong += 1,
+                    Report::CloseSent(code, reason) => self.sent_close = Some((code, reason)),
                 },
             }
         }
     }
 
-    /// The line that says how the connection ended, and the exit status.
+    /// The line that says how the connection ended, and the exit status: 0 for a clean
+    /// close we started, or one the server started with 1000, 1001 or no code.
     fn outcome(&self, closed: &Closed) -> (String, i32) {
-        let code = closed.code;
+        let (code, reason) = match (&self.sent_close, closed.initiated_by) {
+            (Some((code, reason)), Side::Local) => (*code, reason.as_str()),
+            _ => (closed.code, closed.reason.as_str()),
+        };
         let described = format!(
             "{code} ({}){}",
             code_name(code),
-            if closed.reason.is_empty() {
+            if reason.is_empty() {
                 String::new()
             } else {
-                format!(" {:?}", closed.reason.as_str())
+                format!(" {reason:?}")
             }
         );
         if let Some(failure) = &self.failure {
             return (format!("duplex: {failure} (closed: {described})"), 1);
         }
         match &closed.error {
-            None => {
-                let by = match closed.initiated_by {
-                    Side::Local => "closed",
-                    Side::Peer => "closed by the server",
-                };
-                if matches!(code.into(), 1000 | 1001 | 1005) {
-                    (format!("{by}: {described}"), 0)
-                } else {
-                    (format!("duplex: {by}: {described}"), 1)
-                }
+            None if closed.initiated_by == Side::Local => (format!("closed: {described}"), 0),
+            None if matches!(code.into(), 1000 | 1001 | 1005) => {
+                (format!("closed by the server: {described}"), 0)
             }
+            None => (format!("duplex: closed by the server: {described}"), 1),
             Some(duplex::proto::CloseError::Protocol(e)) => (
                 format!("duplex: the server broke the protocol: {e} (closed: {described})"),
                 1,
@@ -423,6 +424,7 @@ async fn send(
 ) {
     let mut sent = 0;
     let mut reading = true;
+    let mut close_sent = false;
     loop {
         let input = tokio::select! {
             biased;
@@ -445,7 +447,13 @@ async fn send(
                 let _ = reports.send(Report::PingSent);
                 sink.ping(payload).await
             }
-            Input::Close(code, reason) => sink.close(code, &reason).await,
+            Input::Close(..) if close_sent => Ok(()),
+            Input::Close(code, reason) => {
+                close_sent = true;
+                // Reported first, so it is known before the server's answer arrives.
+                let _ = reports.send(Report::CloseSent(code, reason.clone()));
+                sink.close(code, &reason).await
+            }
             Input::Notice(text) => {
                 let _ = reports.send(Report::Notice(text));
                 Ok(())
@@ -512,11 +520,15 @@ impl Output {
         }
     }
 
-    /// Leave the terminal as it was found.
-    fn finish(&mut self) {
+    /// Leave the terminal as it was found, and say how the connection ended (on stderr).
+    fn finish(&mut self, last_line: &str) {
         if let Self::Prompt { terminal, .. } = self {
+            // The editor's thread prints what it was handed on its own time; give it a moment
+            // to show the last messages before the prompt is taken down.
+            std::thread::sleep(Duration::from_millis(50));
             terminal.restore();
         }
+        eprintln!("{last_line}");
     }
 }
 
