@@ -51,8 +51,15 @@
 //! # Layout
 //! - [`WebSocket`]: a connection; [`split`](WebSocket::split) gives [`WsSink`] and [`WsStream`].
 //! - [`accept`], [`accept_with`], [`ServerConfig`]: the server side of the opening handshake.
-//! - [`connect`], [`ClientBuilder`]: the client side.
+//! - [`connect`], [`ClientBuilder`]: the client side: `ws://` and `wss://`, headers,
+//!   subprotocols, timeouts, HTTP CONNECT proxies, redirects.
+//! - [`tls`]: trusted roots and readable [`TlsError`]s for clients, an acceptor from PEM
+//!   files for servers.
 //! - [`Error`]: one error type, keeping IO, handshake and protocol causes apart.
+//!
+//! # Feature flags
+//! - `tls` (default): `wss://` through rustls with the *ring* provider, the bundled web PKI
+//!   roots, and OS roots on request.
 //!
 //! # Cancel safety
 //! [`WebSocket::recv`] and [`WebSocket::next_event`] are cancel-safe: if the future is dropped

@@ -1,6 +1,8 @@
 //! Client-side integration tests: TLS, subprotocols, proxies, redirects and the errors a
 //! client reports. Every server here is started by the test on 127.0.0.1, port 0.
 
+#![cfg(feature = "tls")]
+
 // Servers, certificates and a CONNECT proxy the tests start.
 #[path = "client/support.rs"]
 mod support;
