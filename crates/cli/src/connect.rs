@@ -32,8 +32,9 @@ Ctrl-D), /help.
 Otherwise each stdin line is sent as a text message, and each message received is printed on \
 its own line; stdin's end closes the connection (with --oneshot: waits for the replies).
 
-Exit status: 0 after a normal close (1000, 1001 or no code), 1 when connecting fails, the \
-connection fails or closes with another code, 2 for bad arguments.")]
+Exit status: 0 after a clean close that we started, or that the server started with 1000, \
+1001 or no code; 1 when connecting fails, the connection fails, or the server closes with \
+another code; 2 for bad arguments.")]
 pub(crate) struct Args {
     /// The ws:// or wss:// URL to connect to.
     url: String,
