@@ -186,14 +186,14 @@ fn binary_mode_sends_bytes_and_prints_raw_or_hex() {
     assert_eq!(run.stdout, [0, 1, 0xab, 0xff, b'\n']);
 }
 
-/// Answers each message with `re: MESSAGE` 300 ms later, while reading on: a Close that
+/// Answers each message with `re: MESSAGE` 600 ms later, while reading on: a Close that
 /// arrives meanwhile ends the connection before the replies go out.
 async fn slow_replies(ws: WebSocket<TcpStream>) {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(text) = rx.recv().await {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
             if sink
                 .send(Message::text(format!("re: {text}")))
                 .await
@@ -373,7 +373,7 @@ fn keepalive_pings_show_pongs_and_time_out() {
         .lines()
         .filter(|l| l.starts_with("< pong"))
         .count();
-    assert!(pongs >= 2, "{run:?}");
+    assert!(pongs >= 1, "{run:?}");
 
     // A server that never reads, so never answers.
     let addr = server(ServerConfig::default(), |ws| async move {
