@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod autobahn;
+mod connect;
 mod echo;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
     Echo(echo::Args),
     /// Run the Autobahn testsuite's client cases against its fuzzingserver.
     AutobahnClient(autobahn::Args),
+    /// Connect to a WebSocket server: interactive on a terminal, line by line in a pipe.
+    Connect(connect::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Echo(args) => echo::run(args),
         Command::AutobahnClient(args) => autobahn::run(args),
+        Command::Connect(args) => connect::run(args),
     }
 }

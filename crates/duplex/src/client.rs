@@ -1,6 +1,11 @@
-//! Opening client connections.
+//! Opening client connections: DNS, TCP, an optional HTTP CONNECT proxy, TLS for `wss://`,
+//! the opening handshake, and optional redirects.
 
-use std::time::Duration;
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use bytes::BytesMut;
 use duplex_proto::{
@@ -11,15 +16,17 @@ use duplex_proto::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    time::{timeout_at, Instant},
 };
 
 use crate::{
     error::{Error, Result},
+    proxy::{authority, Proxy},
     stream::MaybeTlsStream,
     WebSocket,
 };
 
-/// Connect to a `ws://` URL with the default settings.
+/// Connect to a `ws://` or `wss://` URL with the default settings.
 ///
 /// ```no_run
 /// # async fn run() -> duplex::Result<()> {
@@ -41,6 +48,22 @@ pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response)>
 }
 
 /// Options for a client connection.
+///
+/// ```no_run
+/// # async fn run() -> duplex::Result<()> {
+/// use std::time::Duration;
+///
+/// let (ws, _response) = duplex::ClientBuilder::new("wss://chat.example/live")
+///     .header("Authorization", "Bearer 0123")
+///     .subprotocol("chat.v2")
+///     .proxy_from_env(true)
+///     .follow_redirects(3)
+///     .connect_timeout(Duration::from_secs(5))
+///     .connect()
+///     .await?;
+/// assert_eq!(ws.subprotocol(), Some("chat.v2"));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     url: String,
@@ -49,10 +72,21 @@ pub struct ClientBuilder {
     config: Config,
     connect_timeout: Duration,
     handshake_timeout: Duration,
+    proxy: ProxyChoice,
+    max_redirects: u32,
+    #[cfg(feature = "tls")]
+    tls: crate::tls::ClientTls,
+}
+
+#[derive(Debug, Clone)]
+enum ProxyChoice {
+    Direct,
+    FromEnv,
+    Explicit(String),
 }
 
 impl ClientBuilder {
-    /// Options for connecting to `url` (`ws://host[:port]/path?query`).
+    /// Options for connecting to `url` (`ws://` or `wss://host[:port]/path?query`).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -61,6 +95,10 @@ impl ClientBuilder {
             config: Config::default(),
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            proxy: ProxyChoice::Direct,
+            max_redirects: 0,
+            #[cfg(feature = "tls")]
+            tls: crate::tls::ClientTls::default(),
         }
     }
 
@@ -71,7 +109,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Offer a subprotocol, in order of preference.
+    /// Offer a subprotocol, in order of preference. The one the server selects is
+    /// [`WebSocket::subprotocol`]; a server that selects one that was not offered fails the
+    /// handshake (RFC 6455 §4.1).
     #[must_use]
     pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
         self.subprotocols.push(protocol.into());
@@ -93,70 +133,232 @@ impl ClientBuilder {
         self
     }
 
-    /// Time allowed to establish TCP. Default 10 s.
+    /// Time allowed to resolve the host and establish TCP, including the proxy tunnel.
+    /// Default 10 s.
     #[must_use]
     pub const fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// Time allowed for the opening handshake. Default 10 s.
+    /// Time allowed for the TLS handshake and the opening handshake. Default 10 s.
     #[must_use]
     pub const fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
+    /// Tunnel through this HTTP proxy with `CONNECT`: `http://[user:password@]host[:port]`
+    /// (a bare `host:port` works too). The user and password, percent-decoded, are sent as
+    /// Basic `Proxy-Authorization`. An explicit proxy wins over
+    /// [`proxy_from_env`](Self::proxy_from_env).
+    #[must_use]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = ProxyChoice::Explicit(url.into());
+        self
+    }
+
+    /// Take the proxy from the environment, as curl does: `http_proxy` for `ws://`,
+    /// `https_proxy` (or `HTTPS_PROXY`) for `wss://`, then `all_proxy`; hosts matching
+    /// `no_proxy` (domains, `.suffix`, IPs, CIDR blocks, `*`) go direct. Upper-case
+    /// `HTTP_PROXY` is ignored: CGI servers set it from a request header. Default off.
+    #[must_use]
+    pub fn proxy_from_env(mut self, enabled: bool) -> Self {
+        match (&self.proxy, enabled) {
+            (ProxyChoice::Explicit(_), _) => {}
+            (_, true) => self.proxy = ProxyChoice::FromEnv,
+            (_, false) => self.proxy = ProxyChoice::Direct,
+        }
+        self
+    }
+
+    /// Follow up to `max` redirects (301, 302, 303, 307, 308 with a `Location`), reconnecting
+    /// to the new URL. `http(s)://` locations are taken as `ws(s)://`; a redirect from
+    /// `wss://` to `ws://` is refused. Headers are kept, except `Authorization` and `Cookie`
+    /// when the scheme, host or port changes. Default 0: a redirect is
+    /// [`Error::Redirected`].
+    #[must_use]
+    pub const fn follow_redirects(mut self, max: u32) -> Self {
+        self.max_redirects = max;
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file (may be called more than once). They
+    /// replace the bundled web PKI roots; add [`native_roots`](Self::native_roots) to keep
+    /// the OS store as well.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_files.push(path.into());
+        self
+    }
+
+    /// Trust the operating system's certificate store instead of the bundled web PKI roots
+    /// (Mozilla's list, the default). Together with [`ca_file`](Self::ca_file), both are
+    /// trusted.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub const fn native_roots(mut self, enabled: bool) -> Self {
+        self.tls.native_roots = enabled;
+        self
+    }
+
+    /// Accept any server certificate without verifying it. The connection is still
+    /// encrypted, but anyone on the path can intercept it: for testing against self-signed
+    /// servers only.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub const fn insecure(mut self, enabled: bool) -> Self {
+        self.tls.insecure = enabled;
+        self
+    }
+
+    /// Use this rustls configuration for `wss://` as it is, instead of the one built from
+    /// [`ca_file`](Self::ca_file), [`native_roots`](Self::native_roots) and
+    /// [`insecure`](Self::insecure). Set its ALPN to `http/1.1` if the server expects it.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls_config(mut self, config: std::sync::Arc<crate::tls::rustls::ClientConfig>) -> Self {
+        self.tls.config = Some(config);
+        self
+    }
+
     /// Connect and run the opening handshake.
     ///
     /// # Errors
-    /// [`Error::Url`] for a bad URL, [`Error::Io`] if TCP fails, [`Error::Timeout`],
-    /// [`Error::Refused`] when the server answers with another status than 101, and
-    /// [`Error::Handshake`] for an invalid 101 response.
+    /// Each says what failed: [`Error::Url`] for a bad URL, [`Error::Dns`], [`Error::Connect`]
+    /// (with the address), [`Error::Proxy`] (with its status), [`Error::Tls`] (unknown CA,
+    /// name mismatch, expiry, ...), [`Error::Timeout`], [`Error::Refused`] when the server
+    /// answers with another status than 101 (with the start of the body),
+    /// [`Error::Redirected`] or [`Error::TooManyRedirects`], and [`Error::Handshake`] for an
+    /// invalid 101 response (a wrong `Sec-WebSocket-Accept`, an unoffered subprotocol).
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
-        let target = Target::parse(&self.url)?;
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        )
-        .await
-        .map_err(|_| Error::Timeout("TCP connect"))?
-        .map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("connecting to {}:{}: {e}", target.host, target.port),
-            ))
-        })?;
-        tcp.set_nodelay(true)?;
-        let io = MaybeTlsStream::Plain(tcp);
-        let handshake_timeout = self.handshake_timeout;
-        tokio::time::timeout(handshake_timeout, self.handshake(io, &target))
-            .await
-            .map_err(|_| Error::Timeout("opening handshake"))?
+        let mut url = self.url.clone();
+        let mut headers = self.headers.clone();
+        let mut followed = 0;
+        loop {
+            let target = Target::parse(&url)?;
+            let tcp = self.open(&target).await?;
+            let deadline = Instant::now() + self.handshake_timeout;
+            let io = timeout_at(deadline, self.secure(tcp, &target))
+                .await
+                .map_err(|_| Error::Timeout("TLS handshake"))??;
+            let outcome = timeout_at(deadline, self.handshake(io, &target, &headers))
+                .await
+                .map_err(|_| Error::Timeout("opening handshake"))??;
+            let (status, location) = match outcome {
+                Outcome::Open(ws, response) => return Ok((*ws, response)),
+                Outcome::Redirect { status, location } => (status, location),
+            };
+            if self.max_redirects == 0 {
+                return Err(Error::Redirected { status, location });
+            }
+            if followed == self.max_redirects {
+                return Err(Error::TooManyRedirects {
+                    limit: self.max_redirects,
+                    location,
+                });
+            }
+            let next = redirect_url(&url, &location)?;
+            if !target.same_origin(&Target::parse(&next)?) {
+                // Credentials meant for one server are not handed to another.
+                headers.retain(|(name, _)| {
+                    !name.eq_ignore_ascii_case("authorization")
+                        && !name.eq_ignore_ascii_case("cookie")
+                });
+            }
+            tracing::debug!(from = %url, to = %next, status, "following redirect");
+            url = next;
+            followed += 1;
+        }
     }
 
-    /// Run the opening handshake on an established transport.
+    /// Run the opening handshake on an established transport (no proxy, TLS or redirects:
+    /// the transport is used as it is).
     ///
     /// # Errors
-    /// As for [`connect`](Self::connect), minus the TCP part.
+    /// As for [`connect`](Self::connect), from the handshake on.
     pub async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(
         self,
         io: S,
     ) -> Result<(WebSocket<S>, Response)> {
         let target = Target::parse(&self.url)?;
-        self.handshake(io, &target).await
+        let deadline = Instant::now() + self.handshake_timeout;
+        let outcome = timeout_at(deadline, self.handshake(io, &target, &self.headers))
+            .await
+            .map_err(|_| Error::Timeout("opening handshake"))??;
+        match outcome {
+            Outcome::Open(ws, response) => Ok((*ws, response)),
+            Outcome::Redirect { status, location } => Err(Error::Redirected { status, location }),
+        }
+    }
+
+    /// Resolve, connect TCP and open the proxy tunnel, within the connect timeout.
+    async fn open(&self, target: &Target) -> Result<TcpStream> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let proxy = match &self.proxy {
+            ProxyChoice::Direct => None,
+            ProxyChoice::Explicit(raw) => Some(Proxy::parse(raw)?),
+            ProxyChoice::FromEnv => Proxy::from_env(target.tls, &target.host, target.port, |n| {
+                std::env::var(n).ok()
+            })?,
+        };
+        let tcp = match proxy {
+            None => tcp_connect(&target.host, target.port, deadline, self.connect_timeout).await?,
+            Some(proxy) => {
+                let proxy_error = |e: Error| Error::Proxy {
+                    proxy: proxy.authority(),
+                    status: None,
+                    message: e.to_string(),
+                };
+                let mut tcp = tcp_connect(&proxy.host, proxy.port, deadline, self.connect_timeout)
+                    .await
+                    .map_err(proxy_error)?;
+                timeout_at(deadline, proxy.tunnel(&mut tcp, &target.host, target.port))
+                    .await
+                    .map_err(|_| Error::Proxy {
+                        proxy: proxy.authority(),
+                        status: None,
+                        message: format!("no answer to CONNECT within {:?}", self.connect_timeout),
+                    })??;
+                tcp
+            }
+        };
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    /// Run TLS over `tcp` for `wss://`.
+    #[cfg_attr(not(feature = "tls"), allow(clippy::unused_async))]
+    async fn secure(&self, tcp: TcpStream, target: &Target) -> Result<MaybeTlsStream> {
+        if !target.tls {
+            return Ok(MaybeTlsStream::Plain(tcp));
+        }
+        #[cfg(feature = "tls")]
+        {
+            let config = self.tls.client_config()?;
+            let name = crate::tls::server_name(&target.host)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| crate::tls::handshake_error(e, &target.host))?;
+            Ok(MaybeTlsStream::Tls(Box::new(tls)))
+        }
+        #[cfg(not(feature = "tls"))]
+        Err(Error::Url(format!("{}: {WSS_NEEDS_TLS}", self.url)))
     }
 
     async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-        self,
+        &self,
         mut io: S,
         target: &Target,
-    ) -> Result<(WebSocket<S>, Response)> {
+        headers: &[(String, String)],
+    ) -> Result<Outcome<S>> {
         let mut hs = ClientHandshake::new(target.host_header(), target.resource.clone());
         for p in &self.subprotocols {
             hs = hs.subprotocol(p.clone());
         }
-        for (name, value) in &self.headers {
+        for (name, value) in headers {
             hs = hs.header(name.clone(), value.clone());
         }
         if let Some(settings) = &self.config.deflate {
@@ -176,13 +378,16 @@ impl ClientBuilder {
                         }
                         _ => None,
                     };
-                    let ws = WebSocket::from_raw(io, Role::Client, self.config, buf)
+                    let ws = WebSocket::from_raw(io, Role::Client, self.config.clone(), buf)
                         .with_deflate(deflate)
                         .with_subprotocol(subprotocol);
-                    return Ok((ws, response));
+                    return Ok(Outcome::Open(Box::new(ws), response));
                 }
                 Ok(None) => {}
                 Err(HandshakeError::Status { status }) => {
+                    if let Some(location) = redirect_location(status, &buf) {
+                        return Ok(Outcome::Redirect { status, location });
+                    }
                     return Err(Error::Refused {
                         status,
                         body: read_body_prefix(&mut io, &mut buf).await,
@@ -197,6 +402,102 @@ impl ClientBuilder {
             }
         }
     }
+}
+
+/// How an opening handshake ended, short of an error.
+enum Outcome<S> {
+    Open(Box<WebSocket<S>>, Response),
+    Redirect { status: u16, location: String },
+}
+
+#[cfg(not(feature = "tls"))]
+const WSS_NEEDS_TLS: &str = "wss:// needs the `tls` feature of duplex";
+
+/// Resolve `host` (unless it is an address) and connect to its addresses in turn, all before
+/// `deadline`.
+async fn tcp_connect(
+    host: &str,
+    port: u16,
+    deadline: Instant,
+    budget: Duration,
+) -> Result<TcpStream> {
+    let dns_error = |source| Error::Dns {
+        host: host.to_owned(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = if let Ok(ip) = host.parse::<IpAddr>() {
+        vec![SocketAddr::new(ip, port)]
+    } else {
+        timeout_at(deadline, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| {
+                dns_error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {budget:?}"),
+                ))
+            })?
+            .map_err(dns_error)?
+            .collect()
+    };
+    let mut last = None;
+    for addr in addrs {
+        match timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(source)) => last = Some(Error::Connect { addr, source }),
+            Err(_) => {
+                return Err(Error::Connect {
+                    addr,
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connection timed out after {budget:?}"),
+                    ),
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        dns_error(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the name has no addresses",
+        ))
+    }))
+}
+
+/// The `Location` of a redirect response whose head is at the start of `head`.
+fn redirect_location(status: u16, head: &[u8]) -> Option<String> {
+    if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(head).ok()?;
+    response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("location"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The absolute `ws(s)://` URL a redirect from `current` to `location` leads to.
+fn redirect_url(current: &str, location: &str) -> Result<String> {
+    let bad = |why: String| Error::Url(format!("redirect to {location:?}: {why}"));
+    let base = url::Url::parse(current).map_err(|e| bad(e.to_string()))?;
+    let mut next = base.join(location).map_err(|e| bad(e.to_string()))?;
+    let scheme = match next.scheme() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        other => return Err(bad(format!("unsupported scheme {other}://"))),
+    };
+    if base.scheme() == "wss" && scheme == "ws" {
+        return Err(bad("refusing to leave wss:// for ws://".into()));
+    }
+    if next.set_scheme(scheme).is_err() {
+        return Err(bad(format!("cannot use it as a {scheme}:// URL")));
+    }
+    next.set_fragment(None);
+    Ok(next.into())
 }
 
 /// Up to 512 bytes of the body that follows a refusal, for the error message.
@@ -222,9 +523,10 @@ async fn read_body_prefix<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) 
     String::from_utf8_lossy(body).trim().to_owned()
 }
 
-/// The parts of a `ws://` URL the handshake needs.
+/// The parts of a `ws://` or `wss://` URL the connection needs.
 #[derive(Debug, Clone)]
 struct Target {
+    tls: bool,
     host: String,
     port: u16,
     default_port: bool,
@@ -234,26 +536,27 @@ struct Target {
 impl Target {
     fn parse(raw: &str) -> Result<Self> {
         let url = url::Url::parse(raw).map_err(|e| Error::Url(format!("{raw}: {e}")))?;
-        match url.scheme() {
-            "ws" => {}
-            "wss" => {
-                return Err(Error::Url(format!(
-                    "{raw}: wss:// is not supported by this build"
-                )))
-            }
+        let tls = match url.scheme() {
+            "ws" => false,
+            #[cfg(feature = "tls")]
+            "wss" => true,
+            #[cfg(not(feature = "tls"))]
+            "wss" => return Err(Error::Url(format!("{raw}: {WSS_NEEDS_TLS}"))),
             other => {
                 return Err(Error::Url(format!(
                     "{raw}: scheme must be ws:// or wss://, not {other}://"
                 )))
             }
-        }
+        };
         let host = url
             .host_str()
             .ok_or_else(|| Error::Url(format!("{raw}: no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = url.port_or_known_default().unwrap_or(80);
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
         let mut resource = url.path().to_owned();
         if resource.is_empty() {
             resource.push('/');
@@ -263,6 +566,7 @@ impl Target {
             resource.push_str(q);
         }
         Ok(Self {
+            tls,
             host,
             port,
             default_port: url.port().is_none(),
@@ -271,16 +575,18 @@ impl Target {
     }
 
     fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
         if self.default_port {
-            host
+            authority(&self.host, 0).trim_end_matches(":0").to_owned()
         } else {
-            format!("{host}:{}", self.port)
+            authority(&self.host, self.port)
         }
+    }
+
+    /// Same scheme, host and port: where credentials may follow a redirect.
+    fn same_origin(&self, other: &Self) -> bool {
+        self.tls == other.tls
+            && self.port == other.port
+            && self.host.eq_ignore_ascii_case(&other.host)
     }
 }
 
@@ -301,5 +607,32 @@ mod tests {
         );
         assert!(matches!(Target::parse("http://x/"), Err(Error::Url(_))));
         assert!(matches!(Target::parse("not a url"), Err(Error::Url(_))));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn wss_targets() {
+        let t = Target::parse("wss://example.com/x").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.port, t.host_header().as_str()), (443, "example.com"));
+        let u = Target::parse("wss://EXAMPLE.com:443/y").unwrap();
+        assert!(t.same_origin(&u));
+        assert!(!t.same_origin(&Target::parse("ws://example.com:443/").unwrap()));
+        assert!(!t.same_origin(&Target::parse("wss://example.com:8443/").unwrap()));
+    }
+
+    #[test]
+    fn redirects() {
+        let r = |cur, loc| redirect_url(cur, loc).map_err(|e| e.to_string());
+        assert_eq!(r("ws://a:1/x?q", "/y").unwrap(), "ws://a:1/y");
+        assert_eq!(r("ws://a/x/z", "w").unwrap(), "ws://a/x/w");
+        assert_eq!(r("ws://a/", "http://b:8/c#f").unwrap(), "ws://b:8/c");
+        assert_eq!(r("ws://a/", "https://b/c").unwrap(), "wss://b/c");
+        assert!(r("wss://a/", "ws://b/").unwrap_err().contains("refusing"));
+        assert!(r("ws://a/", "ftp://b/").unwrap_err().contains("ftp://"));
+        let head = b"HTTP/1.1 301 Moved\r\nlocation:  /new \r\n\r\n";
+        assert_eq!(redirect_location(301, head).as_deref(), Some("/new"));
+        assert_eq!(redirect_location(404, head), None);
+        assert_eq!(redirect_location(302, b"HTTP/1.1 302 X\r\n\r\n"), None);
     }
 }

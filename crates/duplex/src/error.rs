@@ -1,8 +1,10 @@
 //! The one error type of the async layer, keeping IO, handshake and protocol causes apart.
 
-use std::io;
+use std::{io, net::SocketAddr};
 
 use duplex_proto::{CloseError, HandshakeError, ProtocolError, SendError};
+
+use crate::tls::TlsError;
 
 /// An error from a WebSocket operation.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,54 @@ pub enum Error {
     /// Connecting, the handshake or the closing handshake took too long.
     #[error("{0} timed out")]
     Timeout(&'static str),
+    /// The host name of the URL (or of the proxy) could not be resolved.
+    #[error("cannot resolve {host:?}: {source}")]
+    Dns {
+        /// The name that was looked up.
+        host: String,
+        /// The resolver's error.
+        source: io::Error,
+    },
+    /// TCP could not connect to the server (the last address tried, when the name had
+    /// several).
+    #[error("{} ({addr})", io_reason(source))]
+    Connect {
+        /// The address that failed.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The HTTP proxy could not be reached or refused to open the tunnel.
+    #[error("proxy {proxy}: {message}")]
+    Proxy {
+        /// The proxy's `host:port`.
+        proxy: String,
+        /// The proxy's HTTP status, when it answered with one.
+        status: Option<u16>,
+        /// What went wrong.
+        message: String,
+    },
+    /// TLS could not be set up: the certificate was refused (and why), the handshake failed,
+    /// or a certificate file is unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The server redirected and following redirects is off
+    /// ([`ClientBuilder::follow_redirects`](crate::ClientBuilder::follow_redirects)).
+    #[error("server redirected with HTTP {status} to {location}")]
+    Redirected {
+        /// The HTTP status (301, 302, 303, 307 or 308).
+        status: u16,
+        /// The `Location` it pointed to.
+        location: String,
+    },
+    /// More redirects than allowed.
+    #[error("more than {limit} redirects (the last one to {location})")]
+    TooManyRedirects {
+        /// The limit that was reached.
+        limit: u32,
+        /// The `Location` that was not followed.
+        location: String,
+    },
 }
 
 impl Error {
@@ -62,6 +112,19 @@ impl From<SendError> for Error {
             SendError::Closed => Self::Closed,
             other => Self::InvalidSend(other),
         }
+    }
+}
+
+/// The gist of a connect error, without the OS error number.
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::HostUnreachable => "host unreachable".into(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available".into(),
+        io::ErrorKind::TimedOut if e.get_ref().is_none() => "connection timed out".into(),
+        _ => e.to_string(),
     }
 }
 

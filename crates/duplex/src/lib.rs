@@ -51,8 +51,15 @@
 //! # Layout
 //! - [`WebSocket`]: a connection; [`split`](WebSocket::split) gives [`WsSink`] and [`WsStream`].
 //! - [`accept`], [`accept_with`], [`ServerConfig`]: the server side of the opening handshake.
-//! - [`connect`], [`ClientBuilder`]: the client side.
+//! - [`connect`], [`ClientBuilder`]: the client side: `ws://` and `wss://`, headers,
+//!   subprotocols, timeouts, HTTP CONNECT proxies, redirects.
+//! - [`tls`]: trusted roots and readable [`TlsError`]s for clients, an acceptor from PEM
+//!   files for servers.
 //! - [`Error`]: one error type, keeping IO, handshake and protocol causes apart.
+//!
+//! # Feature flags
+//! - `tls` (default): `wss://` through rustls with the *ring* provider, the bundled web PKI
+//!   roots, and OS roots on request.
 //!
 //! # Cancel safety
 //! [`WebSocket::recv`] and [`WebSocket::next_event`] are cancel-safe: if the future is dropped
@@ -67,9 +74,11 @@
 
 mod client;
 mod error;
+mod proxy;
 mod server;
 mod split;
 mod stream;
+pub mod tls;
 mod websocket;
 
 pub use client::{connect, ClientBuilder};
@@ -82,4 +91,5 @@ pub use error::{Error, Result};
 pub use server::{accept, accept_with, ServerConfig};
 pub use split::{WsSink, WsStream};
 pub use stream::MaybeTlsStream;
+pub use tls::TlsError;
 pub use websocket::WebSocket;
