@@ -199,18 +199,27 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 /// Parses one text frame. On failure the error comes with the command's `id` when that much
 /// could be read, so the error reply can carry it.
 pub fn parse_command(text: &str) -> Result<(Option<u64>, Command<'_>), (Option<u64>, CommandError)> {
+    // Serde would also accept a JSON array for a struct; commands are objects only.
+    if !text.trim_start().starts_with('{') {
+        let msg = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => "a command must be a JSON object".to_owned(),
+            Err(e) => format!("invalid JSON: {e}"),
+        };
+        return Err((None, CommandError::new(ErrorCode::BadJson, msg)));
+    }
     let env: Envelope<'_> = match serde_json::from_str(text) {
         Ok(env) => env,
         Err(e) if e.is_data() => {
-            let msg = if text.trim_start().starts_with('{') {
-                format!("invalid command: {e}")
-            } else {
-                "a command must be a JSON object".to_owned()
-            };
-            return Err((None, CommandError::new(ErrorCode::BadJson, msg)));
+            return Err((
+                None,
+                CommandError::new(ErrorCode::BadJson, format!("invalid command: {e}")),
+            ))
         }
         Err(e) => {
-            return Err((None, CommandError::new(ErrorCode::BadJson, format!("invalid JSON: {e}"))))
+            return Err((
+                None,
+                CommandError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")),
+            ))
         }
     };
     let id = match env.id {
@@ -317,13 +326,13 @@ struct Envelope2<'a, T> {
     body: T,
 }
 
-fn encode<T: Serialize>(ty: &str, id: Option<u64>, body: T) -> Vec<u8> {
-    // Serializing these plain structs (strings, integers, RawValues) into a Vec cannot fail.
-    serde_json::to_vec(&Envelope2 { ty, id, body }).unwrap_or_default()
+fn encode<T: Serialize>(ty: &str, id: Option<u64>, body: T) -> String {
+    // Serializing these plain structs (strings, integers, RawValues) cannot fail.
+    serde_json::to_string(&Envelope2 { ty, id, body }).unwrap_or_default()
 }
 
 /// `{"type":"welcome",...}`.
-pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u64) -> Vec<u8> {
+pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u64) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         client: &'a str,
@@ -346,7 +355,7 @@ pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u
 }
 
 /// `{"type":"error",...}`.
-pub fn error(id: Option<u64>, err: &CommandError) -> Vec<u8> {
+pub fn error(id: Option<u64>, err: &CommandError) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         code: &'a str,
@@ -363,14 +372,14 @@ pub fn error(id: Option<u64>, err: &CommandError) -> Vec<u8> {
 }
 
 /// `{"type":"pong"}`.
-pub fn pong(id: Option<u64>) -> Vec<u8> {
+pub fn pong(id: Option<u64>) -> String {
     #[derive(Serialize)]
     struct Body {}
     encode("pong", id, Body {})
 }
 
 /// The reply to `subscribe`.
-pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovered: bool) -> Vec<u8> {
+pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovered: bool) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
@@ -391,7 +400,7 @@ pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovere
 }
 
 /// The reply to `unsubscribe`.
-pub fn unsubscribed(id: Option<u64>, channel: &str) -> Vec<u8> {
+pub fn unsubscribed(id: Option<u64>, channel: &str) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
@@ -400,7 +409,7 @@ pub fn unsubscribed(id: Option<u64>, channel: &str) -> Vec<u8> {
 }
 
 /// The reply to `publish` (and the body of `POST /api/publish` without the envelope).
-pub fn published(id: Option<u64>, channel: &str, pos: &StreamPosition) -> Vec<u8> {
+pub fn published(id: Option<u64>, channel: &str, pos: &StreamPosition) -> String {
     encode("reply", id, PositionBody::new(channel, pos))
 }
 
@@ -424,7 +433,7 @@ impl<'a> PositionBody<'a> {
 }
 
 /// The reply to `presence`.
-pub fn presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> Vec<u8> {
+pub fn presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
@@ -434,7 +443,7 @@ pub fn presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> Ve
 }
 
 /// The reply to `history`.
-pub fn history(id: Option<u64>, channel: &str, pos: &StreamPosition, pubs: &[Publication]) -> Vec<u8> {
+pub fn history(id: Option<u64>, channel: &str, pos: &StreamPosition, pubs: &[Publication]) -> String {
     #[derive(Serialize)]
     struct Item<'a> {
         offset: u64,
@@ -469,7 +478,7 @@ pub fn history(id: Option<u64>, channel: &str, pos: &StreamPosition, pubs: &[Pub
 }
 
 /// `{"type":"message",...}`: the frame every subscriber receives for a publication.
-pub fn message(channel: &str, p: &Publication) -> Vec<u8> {
+pub fn message(channel: &str, p: &Publication) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
@@ -490,7 +499,7 @@ pub fn message(channel: &str, p: &Publication) -> Vec<u8> {
 }
 
 /// `{"type":"join"|"leave",...}`.
-pub fn presence_event(join: bool, channel: &str, entry: &PresenceEntry) -> Vec<u8> {
+pub fn presence_event(join: bool, channel: &str, entry: &PresenceEntry) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
@@ -560,10 +569,10 @@ mod tests {
 
     #[test]
     fn frames_are_json() {
-        let v: serde_json::Value = serde_json::from_slice(&pong(Some(7))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&pong(Some(7))).unwrap();
         assert_eq!(v, serde_json::json!({"type":"pong","id":7}));
         let e = CommandError::new(ErrorCode::BadChannel, "x");
-        let v: serde_json::Value = serde_json::from_slice(&error(None, &e)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&error(None, &e)).unwrap();
         assert_eq!(v, serde_json::json!({"type":"error","code":"bad_channel","message":"x"}));
     }
 }

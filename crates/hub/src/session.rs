@@ -129,7 +129,7 @@ impl Session {
         );
     }
 
-    fn send(&self, json: Vec<u8>) {
+    fn send(&self, json: String) {
         self.peer.queue.push(Frame::text(json), false);
     }
 
