@@ -30,7 +30,9 @@ pub struct Identity {
 impl Identity {
     /// May this identity subscribe to (and query) `channel`?
     pub fn may_subscribe(&self, channel: &str) -> bool {
-        self.channels.as_ref().is_none_or(|p| matches_any(p, channel))
+        self.channels
+            .as_ref()
+            .is_none_or(|p| matches_any(p, channel))
     }
 
     /// May this identity publish to `channel`?
@@ -90,7 +92,10 @@ impl Authenticator {
     /// Loads the configured key (reading the PEM file, if any).
     pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
         let key = if let Some(secret) = &config.jwt_secret {
-            Some((DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256))
+            Some((
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ))
         } else if let Some(path) = &config.jwt_public_key_file {
             let pem = std::fs::read(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -154,7 +159,11 @@ impl Authenticator {
                 }
                 RawValue::from_string(text).ok().map(Arc::from)
             }
-            Some(_) => return Err(AuthError::Invalid("\"info\" claim must be an object".into())),
+            Some(_) => {
+                return Err(AuthError::Invalid(
+                    "\"info\" claim must be an object".into(),
+                ))
+            }
         };
         Ok(Identity {
             user: Some(c.sub.into()),
@@ -171,7 +180,11 @@ impl Authenticator {
         let Some(origin) = origin else {
             return true;
         };
-        if self.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)) {
+        if self
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        {
             return true;
         }
         let authority = origin
@@ -253,9 +266,15 @@ mod tests {
         assert!(id.may_subscribe("chat:x") && !id.may_subscribe("lobby"));
         assert!(id.may_publish("chat:x") && !id.may_publish("lobby"));
         assert_eq!(id.info.as_ref().map(|i| i.get()), Some(r#"{"n":1}"#));
-        let expired = token(serde_json::json!({"sub":"ada","exp":1000}), "0123456789abcdef0123");
+        let expired = token(
+            serde_json::json!({"sub":"ada","exp":1000}),
+            "0123456789abcdef0123",
+        );
         assert!(a.authenticate(Some(&expired)).is_err());
-        let wrong = token(serde_json::json!({"sub":"ada","exp":future()}), "another-secret-0000");
+        let wrong = token(
+            serde_json::json!({"sub":"ada","exp":future()}),
+            "another-secret-0000",
+        );
         assert!(a.authenticate(Some(&wrong)).is_err());
         let no_sub = token(serde_json::json!({"exp":future()}), "0123456789abcdef0123");
         assert!(a.authenticate(Some(&no_sub)).is_err());

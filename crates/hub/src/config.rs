@@ -211,7 +211,10 @@ pub struct NamespaceConfig {
 pub struct NamespaceOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_size: Option<usize>,
-    #[serde(with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub history_ttl: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
@@ -452,8 +455,7 @@ impl Config {
             }
         }
         for origin in &self.auth.allowed_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://"))
-            {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return invalid(format!(
                     "auth.allowed_origins: {origin:?} is not \"*\" or an http(s) origin"
                 ));
@@ -507,21 +509,26 @@ mod tests {
         let text = Config::default().to_toml_redacted();
         let back = Config::from_toml(&text).unwrap();
         assert_eq!(back.listen, Config::default().listen);
-        assert_eq!(back.namespace("ticker"), Config::default().namespace("ticker"));
+        assert_eq!(
+            back.namespace("ticker"),
+            Config::default().namespace("ticker")
+        );
         assert_eq!(back.websocket.ping_interval, Duration::from_secs(25));
     }
 
     #[test]
     fn namespaces_inherit_from_channels() {
-        let c = Config::from_toml(
-            "[channels]\nhistory_size = 7\n[namespaces.a]\npresence = false\n",
-        )
-        .unwrap();
+        let c =
+            Config::from_toml("[channels]\nhistory_size = 7\n[namespaces.a]\npresence = false\n")
+                .unwrap();
         let a = c.namespace("a").unwrap();
         assert_eq!(a.history_size, 7);
         assert!(!a.presence);
         assert!(c.namespace("b").is_none());
-        assert!(c.namespace("ticker").is_some(), "demo ticker namespace stays");
+        assert!(
+            c.namespace("ticker").is_some(),
+            "demo ticker namespace stays"
+        );
     }
 
     #[test]

@@ -84,27 +84,51 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("connections", "Open WebSocket connections", m.connections.clone());
+        r.register(
+            "connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
         r.register(
             "connections_opened",
             "WebSocket connections accepted",
             m.connections_opened.clone(),
         );
-        r.register("subscriptions", "Active channel subscriptions", m.subscriptions.clone());
-        r.register("channels", "Channels with local subscribers", m.channels.clone());
+        r.register(
+            "subscriptions",
+            "Active channel subscriptions",
+            m.subscriptions.clone(),
+        );
+        r.register(
+            "channels",
+            "Channels with local subscribers",
+            m.channels.clone(),
+        );
         r.register(
             "messages_received",
             "WebSocket messages received",
             m.messages_received.clone(),
         );
-        r.register("messages_sent", "WebSocket messages sent", m.messages_sent.clone());
+        r.register(
+            "messages_sent",
+            "WebSocket messages sent",
+            m.messages_sent.clone(),
+        );
         r.register(
             "bytes_received",
             "WebSocket payload bytes received",
             m.bytes_received.clone(),
         );
-        r.register("bytes_sent", "WebSocket payload bytes sent", m.bytes_sent.clone());
-        r.register("publications", "Publications accepted", m.publications.clone());
+        r.register(
+            "bytes_sent",
+            "WebSocket payload bytes sent",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "publications",
+            "Publications accepted",
+            m.publications.clone(),
+        );
         r.register(
             "slow_consumer",
             "Slow-consumer actions (disconnect, or frames dropped under drop_oldest)",
@@ -135,7 +159,9 @@ impl Metrics {
     }
 
     pub(crate) fn slow_consumer_disconnect(&self) {
-        self.slow_consumer.get_or_create(&[("action", "disconnect")]).inc();
+        self.slow_consumer
+            .get_or_create(&[("action", "disconnect")])
+            .inc();
     }
 
     pub(crate) fn slow_consumer_dropped(&self, frames: u64) {
@@ -163,11 +189,15 @@ impl Metrics {
     }
 
     pub(crate) fn slow_consumer_disconnects(&self) -> u64 {
-        self.slow_consumer.get_or_create(&[("action", "disconnect")]).get()
+        self.slow_consumer
+            .get_or_create(&[("action", "disconnect")])
+            .get()
     }
 
     pub(crate) fn slow_consumer_drops(&self) -> u64 {
-        self.slow_consumer.get_or_create(&[("action", "drop_oldest")]).get()
+        self.slow_consumer
+            .get_or_create(&[("action", "drop_oldest")])
+            .get()
     }
 
     pub(crate) fn handshake_failures_total(&self) -> u64 {

@@ -122,7 +122,10 @@ impl Node {
             return;
         };
         let mut subs = ch.subscribers.lock();
-        let Some(sub) = subs.iter_mut().find(|s| std::ptr::eq(Arc::as_ptr(&s.peer), peer)) else {
+        let Some(sub) = subs
+            .iter_mut()
+            .find(|s| std::ptr::eq(Arc::as_ptr(&s.peer), peer))
+        else {
             return;
         };
         let held = sub.held.take().map(|(held, _)| held).unwrap_or_default();
@@ -223,7 +226,9 @@ impl Node {
                         // Recovery is taking long enough for its buffer to pass the queue
                         // limit: the same slow-consumer rule applies.
                         held.clear();
-                        sub.peer.queue.close(crate::queue::TRY_AGAIN, "slow consumer", true);
+                        sub.peer
+                            .queue
+                            .close(crate::queue::TRY_AGAIN, "slow consumer", true);
                         self.metrics.slow_consumer_disconnect();
                     } else {
                         held.push((offset, frame.clone()));

@@ -198,7 +198,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 /// Parses one text frame. On failure the error comes with the command's `id` when that much
 /// could be read, so the error reply can carry it.
-pub fn parse_command(text: &str) -> Result<(Option<u64>, Command<'_>), (Option<u64>, CommandError)> {
+pub fn parse_command(
+    text: &str,
+) -> Result<(Option<u64>, Command<'_>), (Option<u64>, CommandError)> {
     // Serde would also accept a JSON array for a struct; commands are objects only.
     if !text.trim_start().starts_with('{') {
         let msg = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -443,7 +445,12 @@ pub fn presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> St
 }
 
 /// The reply to `history`.
-pub fn history(id: Option<u64>, channel: &str, pos: &StreamPosition, pubs: &[Publication]) -> String {
+pub fn history(
+    id: Option<u64>,
+    channel: &str,
+    pos: &StreamPosition,
+    pubs: &[Publication],
+) -> String {
     #[derive(Serialize)]
     struct Item<'a> {
         offset: u64,
@@ -506,7 +513,11 @@ pub fn presence_event(join: bool, channel: &str, entry: &PresenceEntry) -> Strin
         #[serde(flatten)]
         entry: &'a PresenceEntry,
     }
-    encode(if join { "join" } else { "leave" }, None, Body { channel, entry })
+    encode(
+        if join { "join" } else { "leave" },
+        None,
+        Body { channel, entry },
+    )
 }
 
 #[cfg(test)]
@@ -522,21 +533,33 @@ mod tests {
 
     #[test]
     fn parses_every_command() {
-        let (id, c) = parse_command(r#"{"type":"publish","id":3,"channel":"a","data":null}"#).unwrap();
+        let (id, c) =
+            parse_command(r#"{"type":"publish","id":3,"channel":"a","data":null}"#).unwrap();
         assert_eq!(id, Some(3));
-        assert!(matches!(c, Command::Publish { ref channel, data } if channel == "a" && data.get() == "null"));
+        assert!(
+            matches!(c, Command::Publish { ref channel, data } if channel == "a" && data.get() == "null")
+        );
         let (_, c) = parse_command(
             r#"{"type":"subscribe","channel":"a","since":{"epoch":"e","offset":4},"info":{"n":1}}"#,
         )
         .unwrap();
         match c {
             Command::Subscribe { since, info, .. } => {
-                assert_eq!(since, Some(Since { epoch: "e".into(), offset: 4 }));
+                assert_eq!(
+                    since,
+                    Some(Since {
+                        epoch: "e".into(),
+                        offset: 4
+                    })
+                );
                 assert_eq!(info.map(RawValue::get), Some(r#"{"n":1}"#));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_command(r#"{"type":"ping"}"#), Ok((None, Command::Ping))));
+        assert!(matches!(
+            parse_command(r#"{"type":"ping"}"#),
+            Ok((None, Command::Ping))
+        ));
         assert!(matches!(
             parse_command(r#"{"type":"history","channel":"a","limit":5,"extra":[1]}"#),
             Ok((None, Command::History { limit: Some(5), .. }))
@@ -545,9 +568,12 @@ mod tests {
 
     #[test]
     fn data_is_forwarded_verbatim() {
-        let text = r#"{"type":"publish","channel":"a","data":{"big":123456789012345678901234567890}}"#;
+        let text =
+            r#"{"type":"publish","channel":"a","data":{"big":123456789012345678901234567890}}"#;
         let (_, c) = parse_command(text).unwrap();
-        let Command::Publish { data, .. } = c else { panic!() };
+        let Command::Publish { data, .. } = c else {
+            panic!()
+        };
         assert_eq!(data.get(), r#"{"big":123456789012345678901234567890}"#);
     }
 
@@ -555,15 +581,43 @@ mod tests {
     fn errors_name_the_problem() {
         assert_eq!(err_of("not json").1, ErrorCode::BadJson);
         assert_eq!(err_of("[1,2]").1, ErrorCode::BadJson);
-        assert_eq!(err_of(r#"{"id":1}"#), (Some(1), ErrorCode::BadRequest, "missing field \"type\"".into()));
-        assert_eq!(err_of(r#"{"type":"nope","id":2}"#).1, ErrorCode::UnknownType);
-        assert_eq!(err_of(r#"{"type":"publish","channel":"a"}"#).2, "missing field \"data\"");
-        assert_eq!(err_of(r#"{"type":"publish","channel":5,"data":1}"#).2, "\"channel\" must be a string");
+        assert_eq!(
+            err_of(r#"{"id":1}"#),
+            (
+                Some(1),
+                ErrorCode::BadRequest,
+                "missing field \"type\"".into()
+            )
+        );
+        assert_eq!(
+            err_of(r#"{"type":"nope","id":2}"#).1,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            err_of(r#"{"type":"publish","channel":"a"}"#).2,
+            "missing field \"data\""
+        );
+        assert_eq!(
+            err_of(r#"{"type":"publish","channel":5,"data":1}"#).2,
+            "\"channel\" must be a string"
+        );
         assert_eq!(err_of(r#"{"type":"ping","id":-1}"#).0, None);
-        assert_eq!(err_of(r#"{"type":"ping","id":9007199254740992}"#).1, ErrorCode::BadRequest);
-        assert_eq!(err_of(r#"{"type":"subscribe","channel":"a","since":{"offset":1}}"#).1, ErrorCode::BadRequest);
-        assert_eq!(err_of(r#"{"type":"subscribe","channel":"a","info":[1]}"#).1, ErrorCode::BadRequest);
-        assert_eq!(err_of(r#"{"type":"history","channel":"a","limit":-1}"#).1, ErrorCode::BadRequest);
+        assert_eq!(
+            err_of(r#"{"type":"ping","id":9007199254740992}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err_of(r#"{"type":"subscribe","channel":"a","since":{"offset":1}}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err_of(r#"{"type":"subscribe","channel":"a","info":[1]}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err_of(r#"{"type":"history","channel":"a","limit":-1}"#).1,
+            ErrorCode::BadRequest
+        );
         assert_eq!(err_of(r#"{"type":1}"#).1, ErrorCode::BadRequest);
     }
 
@@ -573,6 +627,9 @@ mod tests {
         assert_eq!(v, serde_json::json!({"type":"pong","id":7}));
         let e = CommandError::new(ErrorCode::BadChannel, "x");
         let v: serde_json::Value = serde_json::from_str(&error(None, &e)).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"error","code":"bad_channel","message":"x"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","code":"bad_channel","message":"x"})
+        );
     }
 }

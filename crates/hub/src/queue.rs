@@ -223,7 +223,9 @@ mod tests {
         assert_eq!(q.bytes(), 500);
         assert_eq!(q.push(frame(600), true), Pushed::Discarded);
         assert_eq!(q.bytes(), 500, "a frame that cannot fit evicts nothing");
-        let Some(Next::Frame(first)) = q.pop().await else { panic!() };
+        let Some(Next::Frame(first)) = q.pop().await else {
+            panic!()
+        };
         assert_eq!(first.payload_len(), 98, "the non-droppable head survived");
     }
 

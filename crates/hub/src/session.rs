@@ -66,7 +66,8 @@ impl Session {
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                 .allow_burst(nonzero(limits.max_errors)),
         );
-        let ping_ms = u64::try_from(hub.config.websocket.ping_interval.as_millis()).unwrap_or(u64::MAX);
+        let ping_ms =
+            u64::try_from(hub.config.websocket.ping_interval.as_millis()).unwrap_or(u64::MAX);
         let welcome = protocol::welcome(&peer.id, identity.user.as_deref(), &hub.node_id, ping_ms);
         peer.queue.push(Frame::text(welcome), false);
         Self {
@@ -314,9 +315,10 @@ impl Session {
                 format!("data is {} bytes; the limit is {max}", data.get().len()),
             ));
         }
-        let data: Arc<RawValue> = Arc::from(RawValue::from_string(data.get().to_owned()).map_err(
-            |e| CommandError::new(ErrorCode::Internal, e.to_string()),
-        )?);
+        let data: Arc<RawValue> = Arc::from(
+            RawValue::from_string(data.get().to_owned())
+                .map_err(|e| CommandError::new(ErrorCode::Internal, e.to_string()))?,
+        );
         let from = self
             .identity
             .user
@@ -335,7 +337,12 @@ impl Session {
                 format!("presence is off for {channel:?}"),
             ));
         }
-        let clients = self.hub.broker.presence(channel).await.map_err(unavailable)?;
+        let clients = self
+            .hub
+            .broker
+            .presence(channel)
+            .await
+            .map_err(unavailable)?;
         self.send(protocol::presence(id, channel, &clients));
         Ok(())
     }

@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use super::{
-    Broker, BrokerError, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry,
-    Publication, Retention, StreamPosition,
+    Broker, BrokerError, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry, Publication,
+    Retention, StreamPosition,
 };
 
 /// How often idle channels are looked for and forgotten.
@@ -230,7 +230,12 @@ impl Broker for MemoryBroker {
                 None => {
                     let n = query.limit.unwrap_or(usize::MAX).min(s.history.len());
                     let skip = s.history.len() - n;
-                    let pubs = s.history.iter().skip(skip).map(|(_, p)| p.clone()).collect();
+                    let pubs = s
+                        .history
+                        .iter()
+                        .skip(skip)
+                        .map(|(_, p)| p.clone())
+                        .collect();
                     (pubs, true)
                 }
             };
@@ -321,30 +326,51 @@ mod tests {
         let b = MemoryBroker::new(sink.clone());
         b.subscribe("c").await.unwrap();
         for i in 1..=5 {
-            let pos = b.publish("c", raw(&i.to_string()), None, KEEP).await.unwrap();
+            let pos = b
+                .publish("c", raw(&i.to_string()), None, KEEP)
+                .await
+                .unwrap();
             assert_eq!(pos.offset, i);
         }
         assert_eq!(sink.0.lock().len(), 5);
         let all = b.history("c", HistoryQuery::default(), KEEP).await.unwrap();
         assert_eq!(offsets(&all), [3, 4, 5]);
-        let q = |since| HistoryQuery { since: Some(since), limit: None };
+        let q = |since| HistoryQuery {
+            since: Some(since),
+            limit: None,
+        };
         let h = b.history("c", q(2), KEEP).await.unwrap();
         assert!(h.complete);
         assert_eq!(offsets(&h), [3, 4, 5]);
-        assert!(!b.history("c", q(1), KEEP).await.unwrap().complete, "4 is out of the window");
+        assert!(
+            !b.history("c", q(1), KEEP).await.unwrap().complete,
+            "4 is out of the window"
+        );
         assert!(b.history("c", q(5), KEEP).await.unwrap().complete);
-        assert!(!b.history("c", q(6), KEEP).await.unwrap().complete, "future offset");
-        let last2 = HistoryQuery { since: None, limit: Some(2) };
+        assert!(
+            !b.history("c", q(6), KEEP).await.unwrap().complete,
+            "future offset"
+        );
+        let last2 = HistoryQuery {
+            since: None,
+            limit: Some(2),
+        };
         assert_eq!(offsets(&b.history("c", last2, KEEP).await.unwrap()), [4, 5]);
     }
 
     #[tokio::test]
     async fn ttl_expires_history_and_idle_channels_get_a_new_epoch() {
         let b = MemoryBroker::new(Arc::new(Collect::default()));
-        let short = Retention { size: 10, ttl: Duration::from_millis(30) };
+        let short = Retention {
+            size: 10,
+            ttl: Duration::from_millis(30),
+        };
         let first = b.publish("c", raw("1"), None, short).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let h = b.history("c", HistoryQuery::default(), short).await.unwrap();
+        let h = b
+            .history("c", HistoryQuery::default(), short)
+            .await
+            .unwrap();
         assert!(h.publications.is_empty());
         assert_eq!(b.sweep_once(), 0, "nothing left to keep");
         let again = b.publish("c", raw("2"), None, short).await.unwrap();
@@ -357,14 +383,23 @@ mod tests {
         let sink = Arc::new(Collect::default());
         let b = MemoryBroker::new(sink.clone());
         b.subscribe("c").await.unwrap();
-        let e = PresenceEntry { client: "k1".into(), user: Some("ada".into()), info: None };
+        let e = PresenceEntry {
+            client: "k1".into(),
+            user: Some("ada".into()),
+            info: None,
+        };
         b.presence_add("c", e.clone(), true).await.unwrap();
         b.presence_add("c", e, false).await.unwrap();
         assert_eq!(b.presence("c").await.unwrap().len(), 1);
         b.presence_remove("c", "k1", true).await.unwrap();
         b.presence_remove("c", "k1", true).await.unwrap();
         assert!(b.presence("c").await.unwrap().is_empty());
-        let kinds: Vec<_> = sink.0.lock().iter().map(|d| matches!(d, Delivery::Join { .. })).collect();
+        let kinds: Vec<_> = sink
+            .0
+            .lock()
+            .iter()
+            .map(|d| matches!(d, Delivery::Join { .. }))
+            .collect();
         assert_eq!(kinds, [true, false], "one join, one leave");
     }
 }
