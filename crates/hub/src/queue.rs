@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::frame::Frame;
 
@@ -76,6 +76,8 @@ impl Inner {
 pub(crate) struct Outbound {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Flips to `true` once, when the queue closes.
+    closed: watch::Sender<bool>,
     max_bytes: usize,
 }
 
@@ -85,6 +87,7 @@ impl Outbound {
         Self {
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
+            closed: watch::channel(false).0,
             max_bytes,
         }
     }
@@ -109,6 +112,7 @@ impl Outbound {
                 inner.close = Some((TRY_AGAIN, "slow consumer"));
                 drop(inner);
                 self.notify.notify_one();
+                self.closed.send_replace(true);
                 return Pushed::Overflow;
             }
             let mut i = 0;
@@ -150,6 +154,14 @@ impl Outbound {
         inner.close = Some((code, reason));
         drop(inner);
         self.notify.notify_one();
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once the queue is closed (at once if it already is).
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        // The sender lives as long as `self`, so `wait_for` cannot fail while we borrow it.
+        let _ = rx.wait_for(|closed| *closed).await;
     }
 
     /// Whether the queue has been closed.
@@ -207,6 +219,7 @@ mod tests {
         assert_eq!(q.push(frame(200), false), Pushed::Overflow);
         assert_eq!(q.bytes(), 0);
         assert_eq!(q.push(frame(1), false), Pushed::Closed);
+        q.closed().await;
         assert!(matches!(q.pop().await, Some(Next::Close(1013, _))));
         assert!(q.pop().await.is_none());
     }
