@@ -183,8 +183,15 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs `duplex serve`.
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+/// Runs `duplex serve` on a multi-threaded runtime.
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
     if args.print_config {
         print!("{}", config.to_toml_redacted());

@@ -62,6 +62,7 @@ impl Hub {
             .route("/api/stats", get(api_stats))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics));
+        router = crate::ws::route(router);
         for asset in ASSETS {
             let a = *asset;
             router = router.route(

@@ -53,6 +53,7 @@ mod node;
 mod queue;
 mod server;
 mod session;
+mod ws;
 
 pub use config::Config;
 pub use hub::{ChannelInfo, Hub, Stats};

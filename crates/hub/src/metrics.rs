@@ -151,10 +151,10 @@ impl Metrics {
         );
         // Pre-create the common series so they show as 0 before the first event.
         for code in ErrorCode::ALL {
-            m.command_errors.get_or_create(&[("code", code.as_str())]);
+            let _ = m.command_errors.get_or_create(&[("code", code.as_str())]);
         }
-        m.slow_consumer.get_or_create(&[("action", "disconnect")]);
-        m.slow_consumer.get_or_create(&[("action", "drop_oldest")]);
+        let _ = m.slow_consumer.get_or_create(&[("action", "disconnect")]);
+        let _ = m.slow_consumer.get_or_create(&[("action", "drop_oldest")]);
         Self { registry, ..m }
     }
 

@@ -416,7 +416,7 @@ pub fn published(id: Option<u64>, channel: &str, pos: &StreamPosition) -> String
 }
 
 /// `{"channel","epoch","offset"}`, the HTTP publish response.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct PositionBody<'a> {
     channel: &'a str,
     epoch: &'a str,

@@ -170,6 +170,7 @@ impl Outbound {
     }
 
     /// Bytes currently queued.
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.inner.lock().bytes
     }
@@ -192,12 +193,6 @@ impl Outbound {
             }
             self.notify.notified().await;
         }
-    }
-
-    /// Takes every frame queued right now without waiting (for batching writes).
-    pub(crate) fn try_pop_frame(&self) -> Option<Frame> {
-        let mut inner = self.inner.lock();
-        inner.pop_front().map(|item| item.frame)
     }
 }
 

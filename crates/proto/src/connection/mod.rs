@@ -174,7 +174,8 @@ impl Connection {
     }
 
     /// Process the bytes added to [`read_buf`](Self::read_buf): frames become events, and
-    /// pings, close replies and protocol failures become output.
+    /// pings, close replies and protocol failures become output. Processing stops at the first
+    /// event and resumes as events are taken with [`poll_event`](Self::poll_event).
     pub fn receive(&mut self) {
         self.process();
     }
@@ -312,9 +313,27 @@ impl Connection {
     // ---- output ----
 
     /// The next event, if any.
+    ///
+    /// Input is processed lazily, one event at a time: a frame is read only once the events
+    /// before it are taken. So whatever the caller sends in answer to a message goes out before
+    /// the reaction to a later frame (such as the Close that fails the connection on a
+    /// protocol violation further down the same read).
     #[must_use = "events must be handled"]
     pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            self.process();
+        }
         self.events.pop_front()
+    }
+
+    /// Whether events are waiting to be taken with [`poll_event`](Self::poll_event).
+    ///
+    /// An IO layer can hold back writes while this is true, so that everything a batch of
+    /// input produces goes out in one write.
+    #[must_use]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+            || (self.state.can_receive() && self.reader.frame_ready(&self.read_buf))
     }
 
     /// Fill `dst` with the pending output, in order; returns how many slices were filled.

@@ -54,6 +54,19 @@ impl Reader {
         }
     }
 
+    /// Whether `buf` holds the rest of a complete frame.
+    pub(crate) fn frame_ready(&self, buf: &[u8]) -> bool {
+        match &self.frame {
+            Some(f) => buf.len() >= f.header_len + f.header.payload_len as usize,
+            None => match FrameHeader::parse(buf) {
+                Ok(Some((h, len))) => (buf.len() - len) as u64 >= h.payload_len,
+                Ok(None) => false,
+                // An invalid header is ready too: it will fail the connection.
+                Err(_) => true,
+            },
+        }
+    }
+
     pub(crate) const fn in_frame(&self) -> bool {
         self.frame.is_some() || self.message.is_some()
     }
@@ -152,7 +165,7 @@ impl Reader {
 impl Connection {
     /// Process every complete frame in the read buffer.
     pub(super) fn process(&mut self) {
-        while self.state.can_receive() {
+        while self.state.can_receive() && self.events.is_empty() {
             match self.next_frame() {
                 Ok(true) => {}
                 Ok(false) => break,
