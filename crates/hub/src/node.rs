@@ -28,12 +28,19 @@ pub(crate) struct Peer {
     pub(crate) queue: Outbound,
 }
 
+/// Deliveries held back from a recovering subscriber: each with its offset (`None` for
+/// join/leave events), and their byte total.
+#[derive(Debug, Default)]
+struct Held {
+    frames: Vec<(Option<u64>, Frame)>,
+    bytes: usize,
+}
+
 #[derive(Debug)]
 struct Subscriber {
     peer: Arc<Peer>,
-    /// `Some` while recovering: deliveries held back, with their offsets (`None` for
-    /// join/leave events), and their byte total.
-    held: Option<(Vec<(Option<u64>, Frame)>, usize)>,
+    /// `Some` while recovering.
+    held: Option<Held>,
 }
 
 #[derive(Debug)]
@@ -107,7 +114,7 @@ impl Node {
             }
             ch.subscribers.lock().push(Subscriber {
                 peer: peer.clone(),
-                held: Some((Vec::new(), 0)),
+                held: Some(Held::default()),
             });
             self.metrics.subscriptions.inc();
             return Ok(());
@@ -128,7 +135,7 @@ impl Node {
         else {
             return;
         };
-        let held = sub.held.take().map(|(held, _)| held).unwrap_or_default();
+        let held = sub.held.take().unwrap_or_default().frames;
         for frame in frames {
             self.push(peer, frame, false);
         }
@@ -220,18 +227,19 @@ impl Node {
         for sub in subs.iter_mut() {
             match &mut sub.held {
                 None => self.push(&sub.peer, frame.clone(), droppable),
-                Some((held, bytes)) => {
-                    *bytes += frame.wire_len();
-                    if *bytes > max_held {
+                Some(_) if sub.peer.queue.is_closed() => {}
+                Some(held) => {
+                    held.bytes += frame.wire_len();
+                    if held.bytes > max_held {
                         // Recovery is taking long enough for its buffer to pass the queue
                         // limit: the same slow-consumer rule applies.
-                        held.clear();
+                        held.frames.clear();
                         sub.peer
                             .queue
                             .close(crate::queue::TRY_AGAIN, "slow consumer", true);
                         self.metrics.slow_consumer_disconnect();
                     } else {
-                        held.push((offset, frame.clone()));
+                        held.frames.push((offset, frame.clone()));
                     }
                 }
             }

@@ -87,7 +87,8 @@ impl ErrorCode {
 }
 
 /// A failed command: the code and a human-readable message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
 pub struct CommandError {
     /// Machine-readable code.
     pub code: ErrorCode,
