@@ -7,6 +7,10 @@ mod support;
 mod auth;
 // Every command and every error reply of the protocol.
 mod commands;
+// Fan-out to 1,000 subscribers.
+mod fanout;
+// Server pings; dead peers are dropped.
+mod heartbeat;
 // The HTTP API, health, metrics and embedded pages.
 mod http;
 // Recovery with `since`: exactly the missed publications, in order.
