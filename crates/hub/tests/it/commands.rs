@@ -274,3 +274,38 @@ async fn oversized_message_closes_with_1009() {
     let _ = c.ws.send(duplex::Message::text("x".repeat(4096))).await;
     assert_eq!(c.closed().await, Some(duplex::CloseCode::TOO_BIG));
 }
+
+#[tokio::test]
+async fn history_since_a_position() {
+    let mut config = config();
+    config.channels.history_size = 4;
+    let s = start_with(config).await;
+    let mut c = s.client().await;
+    let mut epoch = json!(null);
+    for i in 1..=6 {
+        epoch = c.call(json!({"type":"publish","channel":"log","data":i})).await["epoch"].clone();
+    }
+    let offsets = |v: &serde_json::Value| -> Vec<u64> {
+        v["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect()
+    };
+    let r = c
+        .call(json!({"type":"history","channel":"log","since":{"epoch":epoch,"offset":3},"limit":2}))
+        .await;
+    assert_eq!((offsets(&r), r["complete"].clone()), (vec![4, 5], json!(true)));
+    // Offsets 1 and 2 have left the 4-entry window.
+    let r = c
+        .call(json!({"type":"history","channel":"log","since":{"epoch":epoch,"offset":1}}))
+        .await;
+    assert_eq!((offsets(&r), r["complete"].clone()), (vec![3, 4, 5, 6], json!(false)));
+    let r = c
+        .call(json!({"type":"history","channel":"log","since":{"epoch":"old","offset":5},"limit":1}))
+        .await;
+    assert_eq!((offsets(&r), r["complete"].clone()), (vec![6], json!(false)));
+    let r = c.call(json!({"type":"history","channel":"log"})).await;
+    assert!(r.get("complete").is_none());
+}
