@@ -246,11 +246,13 @@ fn since(env: &Envelope<'_>) -> Result<Option<Since>, CommandError> {
     match env.since {
         None => Ok(None),
         Some(raw) if raw.get() == "null" => Ok(None),
-        Some(raw) => serde_json::from_str::<Since>(raw.get()).map(Some).map_err(|_| {
-            CommandError::bad_request(
-                "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
-            )
-        }),
+        Some(raw) => serde_json::from_str::<Since>(raw.get())
+            .map(Some)
+            .map_err(|_| {
+                CommandError::bad_request(
+                    "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
+                )
+            }),
     }
 }
 

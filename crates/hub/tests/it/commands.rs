@@ -283,7 +283,10 @@ async fn history_since_a_position() {
     let mut c = s.client().await;
     let mut epoch = json!(null);
     for i in 1..=6 {
-        epoch = c.call(json!({"type":"publish","channel":"log","data":i})).await["epoch"].clone();
+        epoch = c
+            .call(json!({"type":"publish","channel":"log","data":i}))
+            .await["epoch"]
+            .clone();
     }
     let offsets = |v: &serde_json::Value| -> Vec<u64> {
         v["publications"]
@@ -294,18 +297,31 @@ async fn history_since_a_position() {
             .collect()
     };
     let r = c
-        .call(json!({"type":"history","channel":"log","since":{"epoch":epoch,"offset":3},"limit":2}))
+        .call(
+            json!({"type":"history","channel":"log","since":{"epoch":epoch,"offset":3},"limit":2}),
+        )
         .await;
-    assert_eq!((offsets(&r), r["complete"].clone()), (vec![4, 5], json!(true)));
+    assert_eq!(
+        (offsets(&r), r["complete"].clone()),
+        (vec![4, 5], json!(true))
+    );
     // Offsets 1 and 2 have left the 4-entry window.
     let r = c
         .call(json!({"type":"history","channel":"log","since":{"epoch":epoch,"offset":1}}))
         .await;
-    assert_eq!((offsets(&r), r["complete"].clone()), (vec![3, 4, 5, 6], json!(false)));
+    assert_eq!(
+        (offsets(&r), r["complete"].clone()),
+        (vec![3, 4, 5, 6], json!(false))
+    );
     let r = c
-        .call(json!({"type":"history","channel":"log","since":{"epoch":"old","offset":5},"limit":1}))
+        .call(
+            json!({"type":"history","channel":"log","since":{"epoch":"old","offset":5},"limit":1}),
+        )
         .await;
-    assert_eq!((offsets(&r), r["complete"].clone()), (vec![6], json!(false)));
+    assert_eq!(
+        (offsets(&r), r["complete"].clone()),
+        (vec![6], json!(false))
+    );
     let r = c.call(json!({"type":"history","channel":"log"})).await;
     assert!(r.get("complete").is_none());
 }
