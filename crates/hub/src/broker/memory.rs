@@ -1,6 +1,6 @@
 //! The in-process broker: one node, nothing to install.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,8 @@ struct ChannelState {
     offset: u64,
     history: VecDeque<(Instant, Publication)>,
     ttl: Duration,
-    presence: Vec<PresenceEntry>,
+    /// By client id, so joins and leaves stay O(log n) in crowded channels.
+    presence: BTreeMap<Arc<str>, PresenceEntry>,
     interest: bool,
     /// Set when the sweeper removed this state from the map; a caller that still holds the
     /// `Arc` must look the channel up again.
@@ -55,7 +56,7 @@ impl ChannelState {
             offset: 0,
             history: VecDeque::new(),
             ttl: Duration::ZERO,
-            presence: Vec::new(),
+            presence: BTreeMap::new(),
             interest: false,
             forgotten: false,
         }
@@ -255,10 +256,7 @@ impl Broker for MemoryBroker {
     ) -> Result<(), BrokerError> {
         let channel_arc: Arc<str> = channel.into();
         self.with_channel(channel, |s| {
-            match s.presence.iter_mut().find(|e| e.client == entry.client) {
-                Some(existing) => *existing = entry.clone(),
-                None => s.presence.push(entry.clone()),
-            }
+            s.presence.insert(entry.client.clone(), entry.clone());
             if announce && s.interest {
                 self.sink.deliver(Delivery::Join {
                     channel: channel_arc,
@@ -277,8 +275,7 @@ impl Broker for MemoryBroker {
     ) -> Result<(), BrokerError> {
         let channel_arc: Arc<str> = channel.into();
         self.with_channel(channel, |s| {
-            if let Some(i) = s.presence.iter().position(|e| &*e.client == client) {
-                let entry = s.presence.remove(i);
+            if let Some(entry) = s.presence.remove(client) {
                 if announce && s.interest {
                     self.sink.deliver(Delivery::Leave {
                         channel: channel_arc,
@@ -291,7 +288,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
-        Ok(self.with_channel(channel, |s| s.presence.clone()))
+        Ok(self.with_channel(channel, |s| s.presence.values().cloned().collect()))
     }
 }
 
