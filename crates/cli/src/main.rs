@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `serve` installs its own subscriber (it has a JSON format and a config file).
     let command = match cli.command {
-        Command::Serve(args) => return serve::run(*args),
+        Command::Serve(args) => return serve::run(*args, &cli.log),
         other => other,
     };
     tracing_subscriber::fmt()
@@ -46,6 +46,6 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Echo(args) => echo::run(args),
         Command::AutobahnClient(args) => autobahn::run(args),
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(args) => serve::run(*args, &cli.log),
     }
 }

@@ -28,7 +28,8 @@ pub(crate) struct Args {
     /// Log format [default: text].
     #[arg(long, env = "DUPLEX_LOG_FORMAT", value_name = "text|json")]
     log_format: Option<String>,
-    /// Log filter, e.g. `info` or `duplex_hub=debug` [default: info].
+    /// Log filter for the server, e.g. `info` or `duplex_hub=debug`; overrides `log.level`
+    /// of the config file, which overrides `--log`.
     #[arg(long, env = "DUPLEX_LOG_LEVEL", value_name = "FILTER")]
     log_level: Option<String>,
     /// This node's id [default: random].
@@ -183,16 +184,22 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs `duplex serve` on a multi-threaded runtime.
-pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+/// Runs `duplex serve` on a multi-threaded runtime. `global_log` is the `--log` filter of the
+/// `duplex` command, used when neither `--log-level` nor the config file sets one.
+pub(crate) fn run(args: Args, global_log: &str) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(args))
+        .block_on(serve(args, global_log))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    let config = args.config()?;
+async fn serve(args: Args, global_log: &str) -> anyhow::Result<()> {
+    let mut config = args.config()?;
+    if args.log_level.is_none()
+        && config.log.level == duplex_hub::config::LogConfig::default().level
+    {
+        global_log.clone_into(&mut config.log.level);
+    }
     if args.print_config {
         print!("{}", config.to_toml_redacted());
         return Ok(());
