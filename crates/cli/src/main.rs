@@ -6,6 +6,7 @@
 mod autobahn;
 mod connect;
 mod echo;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -28,19 +29,27 @@ enum Command {
     AutobahnClient(autobahn::Args),
     /// Connect to a WebSocket server: interactive on a terminal, line by line in a pipe.
     Connect(connect::Args),
+    /// Run the real-time hub: pub/sub channels over WebSocket, HTTP API and demo pages.
+    Serve(Box<serve::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // `serve` installs its own subscriber (it has a JSON format and a config file).
+    let command = match cli.command {
+        Command::Serve(args) => return serve::run(*args, &cli.log),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    match command {
         Command::Echo(args) => echo::run(args),
         Command::AutobahnClient(args) => autobahn::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Serve(args) => serve::run(*args, &cli.log),
     }
 }

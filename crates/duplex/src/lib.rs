@@ -72,6 +72,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
 mod error;
 mod proxy;

@@ -1,0 +1,1 @@
+// Placeholder: the browser client and demo scripts live in web/.
