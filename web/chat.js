@@ -134,6 +134,8 @@ function joinRoom(room, since) {
   }
   state.room = room;
   state.users.clear();
+  for (const p of pendingLeaves.values()) clearTimeout(p.timer);
+  pendingLeaves.clear();
   renderUsers();
   if (!state.rooms.includes(room)) {
     state.rooms.push(room);
@@ -197,17 +199,36 @@ function displayName(entry) {
   return n || entry?.user || "anonymous";
 }
 
+// A rename is a leave and a join of the same connection (presence info is set
+// when subscribing), so a leave is announced only if no join follows shortly.
+const pendingLeaves = new Map(); // client id -> timer
+const RENAME_WINDOW_MS = 1500;
+
 function onJoin(e) {
   const known = state.users.has(e.client);
   state.users.set(e.client, e);
   renderUsers();
-  if (!known && e.client !== client.clientId) addSystem(`${displayName(e)} joined`);
+  if (e.client === client.clientId) return;
+  const pending = pendingLeaves.get(e.client);
+  if (pending) {
+    clearTimeout(pending.timer);
+    pendingLeaves.delete(e.client);
+    if (pending.name !== displayName(e)) addSystem(`${pending.name} is now ${displayName(e)}`);
+  } else if (!known) {
+    addSystem(`${displayName(e)} joined`);
+  }
 }
 
 function onLeave(e) {
   const known = state.users.delete(e.client);
   renderUsers();
-  if (known && e.client !== client.clientId) addSystem(`${displayName(e)} left`);
+  if (!known || e.client === client.clientId) return;
+  const name = displayName(e);
+  const timer = setTimeout(() => {
+    pendingLeaves.delete(e.client);
+    addSystem(`${name} left`);
+  }, RENAME_WINDOW_MS);
+  pendingLeaves.set(e.client, { timer, name });
 }
 
 function renderUsers() {
@@ -386,6 +407,7 @@ el.nick.addEventListener("keydown", (e) => {
   if (e.key === "Enter") {
     e.preventDefault();
     commitNick();
+    el.chat.classList.remove("drawer-open");
     el.text.focus();
   }
 });

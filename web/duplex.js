@@ -362,6 +362,15 @@ export class Client {
   }
 
   /**
+   * The subprotocol the server selected for the current connection
+   * (`duplex.v1`), or null when not connected.
+   * @returns {string|null}
+   */
+  get protocol() {
+    return this.state === State.CONNECTED && this._ws ? this._ws.protocol : null;
+  }
+
+  /**
    * Starts connecting, and keeps the connection up until {@link Client#close}.
    * Calling it while already connecting or connected does nothing.
    * @returns {Client} this client, for chaining

@@ -4,19 +4,23 @@ const POLL_MS = 1000;
 const SAMPLES = 60;
 const $ = (id) => document.getElementById(id);
 
-/** Cards: key in /api/stats, label, how to show it, and whether a rate applies. */
+/**
+ * Cards: key in /api/stats, label, group, whether the card shows a per-second
+ * rate (counters) and whether it draws a trend line (of the value or the rate).
+ */
+const GROUPS = ["Now", "Traffic", "Health"];
 const CARDS = [
-  { key: "connections", label: "Connections", spark: true },
-  { key: "subscriptions", label: "Subscriptions", spark: true },
-  { key: "channels", label: "Channels" },
-  { key: "publications", label: "Publications", rate: true, spark: true },
-  { key: "messages_in", label: "Messages in", rate: true },
-  { key: "messages_out", label: "Messages out", rate: true, spark: true },
-  { key: "bytes_in", label: "Bytes in", rate: true, bytes: true },
-  { key: "bytes_out", label: "Bytes out", rate: true, bytes: true },
-  { key: "slow_consumer_disconnects", label: "Slow consumers closed" },
-  { key: "slow_consumer_drops", label: "Slow consumer drops" },
-  { key: "handshake_failures", label: "Handshake failures" },
+  { key: "connections", label: "Connections", group: "Now", spark: true },
+  { key: "subscriptions", label: "Subscriptions", group: "Now", spark: true },
+  { key: "channels", label: "Channels", group: "Now", spark: true },
+  { key: "publications", label: "Publications", group: "Traffic", rate: true, spark: true },
+  { key: "messages_in", label: "Messages in", group: "Traffic", rate: true, spark: true },
+  { key: "messages_out", label: "Messages out", group: "Traffic", rate: true, spark: true },
+  { key: "bytes_in", label: "Bytes in", group: "Traffic", rate: true, bytes: true, spark: true },
+  { key: "bytes_out", label: "Bytes out", group: "Traffic", rate: true, bytes: true, spark: true },
+  { key: "slow_consumer_disconnects", label: "Slow consumers closed", group: "Health" },
+  { key: "slow_consumer_drops", label: "Slow consumer drops", group: "Health" },
+  { key: "handshake_failures", label: "Handshake failures", group: "Health" },
 ];
 
 const int = new Intl.NumberFormat();
@@ -25,6 +29,16 @@ const history = new Map(CARDS.map((c) => [c.key, []]));
 let previous = null; // {at, stats}
 
 const cards = new Map();
+const grids = new Map();
+for (const g of GROUPS) {
+  const title = document.createElement("h2");
+  title.className = "section-title";
+  title.textContent = g;
+  const grid = document.createElement("div");
+  grid.className = "stat-grid";
+  $("cards").append(title, grid);
+  grids.set(g, grid);
+}
 for (const c of CARDS) {
   const node = document.createElement("article");
   node.className = "card stat";
@@ -37,7 +51,7 @@ for (const c of CARDS) {
       `<svg class="spark" viewBox="0 0 100 32" preserveAspectRatio="none" aria-hidden="true"><polyline points=""></polyline></svg>`,
     );
   }
-  $("cards").append(node);
+  grids.get(c.group).append(node);
   cards.set(c.key, node);
 }
 
@@ -116,12 +130,12 @@ function render(stats, at) {
 
 function drawSpark(line, values) {
   if (values.length < 2) return;
-  const hi = Math.max(...values, 1);
-  const step = 100 / (SAMPLES - 1);
-  const x0 = 100 - (values.length - 1) * step;
+  // Headroom above the peak, so a steady value does not read as "at the limit".
+  const hi = Math.max(...values, 1) * 1.2;
+  const step = 100 / (values.length - 1);
   line.setAttribute(
     "points",
-    values.map((v, i) => `${(x0 + i * step).toFixed(2)},${(30 - (v / hi) * 28).toFixed(2)}`).join(" "),
+    values.map((v, i) => `${(i * step).toFixed(2)},${(30 - (v / hi) * 28).toFixed(2)}`).join(" "),
   );
 }
 

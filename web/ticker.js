@@ -102,7 +102,7 @@ function render(q, flash) {
     price.classList.remove("flash-up", "flash-down");
     void price.offsetWidth; // restart the colour fade
     price.classList.add(last.price > prev ? "flash-up" : "flash-down");
-    setTimeout(() => price.classList.remove("flash-up", "flash-down"), 150);
+    setTimeout(() => price.classList.remove("flash-up", "flash-down"), 200);
   }
 
   const diff = last.price - q.open;
@@ -110,7 +110,8 @@ function render(q, flash) {
   const dir = diff > 0 ? "up" : diff < 0 ? "down" : "";
   const change = c.querySelector(".change");
   change.className = `change ${dir}`;
-  change.textContent = `${diff >= 0 ? "▲" : "▼"} ${money.format(Math.abs(diff))} (${pct >= 0 ? "+" : ""}${pct.toFixed(2)}%)`;
+  const arrow = dir === "up" ? "▲ " : dir === "down" ? "▼ " : "";
+  change.textContent = `${arrow}${money.format(Math.abs(diff))} (${pct > 0 ? "+" : ""}${pct.toFixed(2)}%)`;
   change.title = "change since this page opened";
   c.classList.toggle("up", dir === "up");
   c.classList.toggle("down", dir === "down");
@@ -130,15 +131,14 @@ function drawSpark(svg, values) {
     hi += 0.5;
     lo -= 0.5;
   }
-  const step = 100 / (POINTS - 1);
-  const x0 = 100 - (values.length - 1) * step;
+  const step = 100 / (values.length - 1);
   const pts = values.map((v, i) => {
-    const x = x0 + i * step;
+    const x = i * step;
     const y = 38 - ((v - lo) / (hi - lo)) * 36;
     return `${x.toFixed(2)},${y.toFixed(2)}`;
   });
   svg.querySelector("polyline").setAttribute("points", pts.join(" "));
-  svg.querySelector(".area").setAttribute("points", `${x0.toFixed(2)},40 ${pts.join(" ")} 100,40`);
+  svg.querySelector(".area").setAttribute("points", `0,40 ${pts.join(" ")} 100,40`);
 }
 
 setInterval(() => {
