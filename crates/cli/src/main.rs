@@ -1,1 +1,51 @@
-fn main() {}
+//! `duplex`: the WebSocket toolbox — an echo server for conformance and benchmarks, and the
+//! Autobahn client driver; see `duplex --help`.
+
+#![forbid(unsafe_code)]
+
+mod autobahn;
+mod echo;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// duplex: fast, correct WebSocket tools.
+#[derive(Debug, Parser)]
+#[command(name = "duplex", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (e.g. `info`, `duplex=debug`); also read from RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Echo every text and binary message back (the conformance and benchmark server).
+    Echo(echo::Args),
+    /// Run the Autobahn testsuite's client cases against its fuzzingserver.
+    AutobahnClient(autobahn::Args),
+    /// Run the real-time hub: pub/sub channels over WebSocket, HTTP API and demo pages.
+    Serve(serve::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // `serve` installs its own subscriber (it has a JSON format and a config file).
+    let command = match cli.command {
+        Command::Serve(args) => return serve::run(args),
+        other => other,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match command {
+        Command::Echo(args) => echo::run(args),
+        Command::AutobahnClient(args) => autobahn::run(args),
+        Command::Serve(args) => serve::run(args),
+    }
+}

@@ -1,1 +1,87 @@
-//! x
+//! Fast, correct WebSocket connections for tokio: server and client, RFC 6455.
+//!
+//! `duplex` drives the sans-IO [`duplex_proto`] state machine over any `AsyncRead +
+//! AsyncWrite` transport. Frames are parsed in place, complete messages are handed out without
+//! copying, everything produced by one read goes out in one (vectored) write, and every
+//! protocol violation is answered with the right close code.
+//!
+//! An echo server:
+//!
+//! ```no_run
+//! use tokio::net::TcpListener;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = TcpListener::bind("127.0.0.1:9001").await?;
+//!     loop {
+//!         let (tcp, _) = listener.accept().await?;
+//!         tokio::spawn(async move {
+//!             let mut ws = duplex::accept(tcp).await?;
+//!             while let Some(message) = ws.recv().await {
+//!                 ws.send(message?).await?;
+//!             }
+//!             Ok::<_, duplex::Error>(())
+//!         });
+//!     }
+//! }
+//! ```
+//!
+//! And a client talking to it, runnable as it is:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> duplex::Result<()> {
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let addr = listener.local_addr()?;
+//! # tokio::spawn(async move {
+//! #     let (tcp, _) = listener.accept().await?;
+//! #     let mut ws = duplex::accept(tcp).await?;
+//! #     while let Some(m) = ws.recv().await { ws.send(m?).await?; }
+//! #     Ok::<_, duplex::Error>(())
+//! # });
+//! use duplex::{CloseCode, Message};
+//!
+//! let (mut ws, _) = duplex::connect(&format!("ws://{addr}/")).await?;
+//! ws.send(Message::text("hello")).await?;
+//! assert_eq!(ws.recv().await.transpose()?, Some(Message::text("hello")));
+//! ws.close(CloseCode::NORMAL, "bye").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`WebSocket`]: a connection; [`split`](WebSocket::split) gives [`WsSink`] and [`WsStream`].
+//! - [`accept`], [`accept_with`], [`ServerConfig`]: the server side of the opening handshake.
+//! - [`connect`], [`ClientBuilder`]: the client side.
+//! - [`Error`]: one error type, keeping IO, handshake and protocol causes apart.
+//!
+//! # Cancel safety
+//! [`WebSocket::recv`] and [`WebSocket::next_event`] are cancel-safe: if the future is dropped
+//! before it completes, no message is lost, and the next call returns it. `send` and its
+//! relatives queue the message whole before their first await point that can be cancelled
+//! (once the connection is ready for more), so a cancelled `send` either queued nothing or
+//! queued the whole message, which the next flush or send writes. [`WebSocket::close`] may be
+//! cancelled; the Close frame is then queued and the handshake finishes on the next receive.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "axum")]
+pub mod axum;
+mod client;
+mod error;
+mod server;
+mod split;
+mod stream;
+mod websocket;
+
+pub use client::{connect, ClientBuilder};
+pub use duplex_proto::handshake::server::{Accept, Reject, Request};
+pub use duplex_proto::{
+    self as proto, handshake, CloseCode, CloseFrame, Closed, Config, Event, Message, Prepared,
+    Role, Side, State, Utf8Bytes,
+};
+pub use error::{Error, Result};
+pub use server::{accept, accept_with, ServerConfig};
+pub use split::{WsSink, WsStream};
+pub use stream::MaybeTlsStream;
+pub use websocket::WebSocket;

@@ -1,1 +1,68 @@
-//! x
+//! A sans-IO implementation of the WebSocket protocol (RFC 6455) for both roles: bytes in,
+//! events and bytes out, with no sockets, no async runtime and no clock of its own.
+//!
+//! The [`Connection`] state machine parses frames, reassembles fragmented messages, validates
+//! UTF-8 as it arrives, answers pings, runs the closing handshake and fails the connection with
+//! the right close code on any violation. The [`handshake`] module parses and builds the HTTP
+//! upgrade. An IO layer (such as the `duplex` crate for tokio) moves bytes between a transport
+//! and these types.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use duplex_proto::{CloseCode, Config, Connection, Event, Message, Role};
+//!
+//! let mut client = Connection::new(Role::Client, Config::default());
+//! let mut server = Connection::new(Role::Server, Config::default());
+//!
+//! // The client sends a message; its bytes go over some transport to the server.
+//! client.send(Message::text("hello")).unwrap();
+//! let mut wire = BytesMut::new();
+//! client.poll_output(&mut wire);
+//! server.receive_bytes(&wire);
+//! assert_eq!(server.poll_event(), Some(Event::Message(Message::text("hello"))));
+//!
+//! // The server starts the closing handshake; the client answers it.
+//! server.close(CloseCode::NORMAL, "bye").unwrap();
+//! wire.clear();
+//! server.poll_output(&mut wire);
+//! client.receive_bytes(&wire);
+//! assert!(matches!(client.poll_event(), Some(Event::Closed(c)) if c.code == CloseCode::NORMAL));
+//! ```
+//!
+//! # Layout
+//! - [`Connection`], [`Event`], [`State`]: the state machine (`connection/`), with every state
+//!   transition in one place.
+//! - [`frame`]: the frame header codec and opcodes; [`mask`]: payload masking.
+//! - [`utf8`]: incremental UTF-8 validation that fails fast.
+//! - [`CloseCode`], [`CloseFrame`]: the closing handshake's payload.
+//! - [`Message`], [`Utf8Bytes`], [`Prepared`]: what applications send and receive.
+//! - [`handshake`]: the opening handshake, client and server.
+//! - [`Config`]: limits and timers, each with a documented default.
+//! - [`ProtocolError`], [`CloseError`], [`SendError`], [`HandshakeError`]: errors by layer.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod close;
+mod config;
+mod connection;
+mod error;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+mod message;
+mod prepared;
+mod role;
+pub mod utf8;
+
+#[cfg(test)]
+mod tests;
+
+pub use close::{CloseCode, CloseFrame};
+pub use config::Config;
+pub use connection::{Closed, Connection, Event, Side, State};
+pub use error::{CloseError, ProtocolError, SendError};
+pub use handshake::HandshakeError;
+pub use message::{Message, Utf8Bytes};
+pub use prepared::Prepared;
+pub use role::Role;

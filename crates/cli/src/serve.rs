@@ -1,0 +1,206 @@
+//! `duplex serve`: run the real-time hub.
+//!
+//! Settings come from, in increasing priority: built-in defaults, the TOML file given with
+//! `--config`, `DUPLEX_*` environment variables, and flags. `--print-config` shows the
+//! result (secrets redacted) and exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::ArgAction;
+use duplex_hub::config::LogFormat;
+use duplex_hub::{Config, Server};
+
+/// Flags of `duplex serve`. Each has a `DUPLEX_*` environment variable.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// TOML configuration file (see `--print-config` for every key and its default).
+    #[arg(long, env = "DUPLEX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "DUPLEX_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Log format [default: text].
+    #[arg(long, env = "DUPLEX_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<String>,
+    /// Log filter, e.g. `info` or `duplex_hub=debug` [default: info].
+    #[arg(long, env = "DUPLEX_LOG_LEVEL", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// This node's id [default: random].
+    #[arg(long, env = "DUPLEX_NODE")]
+    node: Option<String>,
+    /// Bearer key that enables `POST /api/publish`.
+    #[arg(long, env = "DUPLEX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// HS256 secret for client JWTs.
+    #[arg(long, env = "DUPLEX_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) for client JWTs.
+    #[arg(long, env = "DUPLEX_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    jwt_public_key_file: Option<PathBuf>,
+    /// Accept connections without a token [default: true].
+    #[arg(long, env = "DUPLEX_ANONYMOUS", action = ArgAction::Set, value_name = "BOOL")]
+    anonymous: Option<bool>,
+    /// Extra allowed origins, comma-separated (`*` for any).
+    #[arg(
+        long,
+        env = "DUPLEX_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    allowed_origins: Option<Vec<String>>,
+    /// Most concurrent WebSocket connections [default: 10000].
+    #[arg(long, env = "DUPLEX_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Most concurrent connections per IP address, 0 for no limit [default: 1000].
+    #[arg(long, env = "DUPLEX_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+    /// Largest incoming message in bytes [default: 65536].
+    #[arg(long, env = "DUPLEX_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    max_message_size: Option<usize>,
+    /// Largest publication `data` in bytes [default: 32768].
+    #[arg(long, env = "DUPLEX_MAX_PUBLICATION_SIZE", value_name = "BYTES")]
+    max_publication_size: Option<usize>,
+    /// Sustained commands per second per connection [default: 100].
+    #[arg(long, env = "DUPLEX_COMMANDS_PER_SECOND", value_name = "N")]
+    commands_per_second: Option<u32>,
+    /// Outbound bytes queued per connection before it is a slow consumer [default: 1048576].
+    #[arg(long, env = "DUPLEX_MAX_QUEUE_BYTES", value_name = "BYTES")]
+    max_queue_bytes: Option<usize>,
+    /// Server ping interval, e.g. `25s` [default: 25s].
+    #[arg(long, env = "DUPLEX_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ping_interval: Option<Duration>,
+    /// Time allowed for a pong, e.g. `10s` [default: 10s].
+    #[arg(long, env = "DUPLEX_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pong_timeout: Option<Duration>,
+    /// Longest graceful shutdown [default: 10s].
+    #[arg(long, env = "DUPLEX_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    shutdown_timeout: Option<Duration>,
+    /// Run the demo ticker feed on `ticker:prices` [default: true].
+    #[arg(long, env = "DUPLEX_DEMO_TICKER", action = ArgAction::Set, value_name = "BOOL")]
+    demo_ticker: Option<bool>,
+}
+
+impl Args {
+    /// Defaults, then the file, then environment and flags.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        set(&mut c.listen, &self.listen);
+        if let Some(format) = &self.log_format {
+            c.log.format = match format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => anyhow::bail!("--log-format must be text or json, not {other:?}"),
+            };
+        }
+        set(&mut c.log.level, &self.log_level);
+        if self.node.is_some() {
+            c.node.clone_from(&self.node);
+        }
+        if self.api_key.is_some() {
+            c.api.key.clone_from(&self.api_key);
+        }
+        if self.jwt_secret.is_some() {
+            c.auth.jwt_secret.clone_from(&self.jwt_secret);
+            c.auth.jwt_public_key_file = None;
+        }
+        if self.jwt_public_key_file.is_some() {
+            c.auth
+                .jwt_public_key_file
+                .clone_from(&self.jwt_public_key_file);
+            c.auth.jwt_secret = None;
+        }
+        set(&mut c.auth.anonymous, &self.anonymous);
+        set(&mut c.auth.allowed_origins, &self.allowed_origins);
+        set(&mut c.limits.max_connections, &self.max_connections);
+        set(
+            &mut c.limits.max_connections_per_ip,
+            &self.max_connections_per_ip,
+        );
+        set(&mut c.limits.max_message_size, &self.max_message_size);
+        set(
+            &mut c.limits.max_publication_size,
+            &self.max_publication_size,
+        );
+        set(&mut c.limits.commands_per_second, &self.commands_per_second);
+        set(&mut c.limits.max_queue_bytes, &self.max_queue_bytes);
+        set(&mut c.websocket.ping_interval, &self.ping_interval);
+        set(&mut c.websocket.pong_timeout, &self.pong_timeout);
+        set(&mut c.shutdown_timeout, &self.shutdown_timeout);
+        set(&mut c.demo.ticker, &self.demo_ticker);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+    if let Some(v) = value {
+        slot.clone_from(v);
+    }
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("invalid log filter {:?}", config.log.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A subscriber installed earlier by the binary wins; ours is then not needed.
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        _ => builder.try_init(),
+    };
+    Ok(())
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Runs `duplex serve` on a multi-threaded runtime.
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let config = args.config()?;
+    if args.print_config {
+        print!("{}", config.to_toml_redacted());
+        return Ok(());
+    }
+    init_logging(&config)?;
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr();
+    tracing::info!(%addr, node = server.hub().node_id(), "duplex serve listening: http://{addr}/");
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Upgrade axum requests to WebSockets, so an existing axum (hyper) stack can serve
+//! `duplex` connections next to its other routes. Needs the `axum` feature.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use duplex::axum::WebSocketUpgrade;
+//!
+//! async fn ws(upgrade: WebSocketUpgrade) -> axum::response::Response {
+//!     upgrade.on_upgrade(|mut ws| async move {
+//!         while let Some(Ok(message)) = ws.recv().await {
+//!             if ws.send(message).await.is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     })
+//! }
+//!
+//! # async fn serve() -> std::io::Result<()> {
+//! let app = Router::new().route("/ws", get(ws));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use duplex_proto::{handshake::accept_key, Config, Role};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+
+use crate::WebSocket;
+
+/// The stream type of a WebSocket upgraded from an axum request.
+pub type UpgradedIo = TokioIo<Upgraded>;
+
+/// An extractor for a valid RFC 6455 §4.2.1 upgrade request. Answer the request with
+/// [`WebSocketUpgrade::on_upgrade`]; the callback runs on its own task once the `101`
+/// response has been sent.
+///
+/// When the request is not a valid upgrade, extraction fails with an
+/// [`UpgradeRejection`]: `426 Upgrade Required` with `Sec-WebSocket-Version: 13` for another
+/// protocol version, `400 Bad Request` with a one-line reason otherwise. Extract
+/// `Result<WebSocketUpgrade, UpgradeRejection>` to inspect the rejection first.
+pub struct WebSocketUpgrade {
+    key: HeaderValue,
+    offered: Vec<String>,
+    selected: Option<String>,
+    config: Config,
+    on_upgrade: OnUpgrade,
+}
+
+impl fmt::Debug for WebSocketUpgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketUpgrade")
+            .field("offered", &self.offered)
+            .field("selected", &self.selected)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request is not a WebSocket upgrade; converts into the HTTP response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRejection {
+    status: StatusCode,
+    reason: &'static str,
+}
+
+impl UpgradeRejection {
+    fn bad(reason: &'static str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            reason,
+        }
+    }
+
+    /// The response status: 400, 426, or 500 when the server connection cannot upgrade.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The one-line reason sent as the body.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl fmt::Display for UpgradeRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for UpgradeRejection {}
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(Body::from(format!("{}\n", self.reason)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            // RFC 6455 §4.4: tell the client which versions we speak.
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        response
+    }
+}
+
+/// Whether any value of header `name` holds `token` in its comma-separated list
+/// (case-insensitive, as RFC 7230 §3.2.6 tokens are).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// RFC 6455 §4.2.1 item 5: the key is the base64 encoding of 16 bytes, which is exactly
+/// 22 alphabet characters, a last character whose low 4 bits are zero, and `==`.
+fn valid_key(key: &[u8]) -> bool {
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    key.len() == 24
+        && key[..22].iter().all(|&b| is_b64(b))
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.version != Version::HTTP_11 {
+            return Err(UpgradeRejection::bad(
+                "WebSocket upgrades need HTTP/1.1 (RFC 6455 §4.1)",
+            ));
+        }
+        if parts.method != Method::GET {
+            return Err(UpgradeRejection::bad("method must be GET"));
+        }
+        let headers = &parts.headers;
+        if !headers.contains_key(header::HOST) {
+            return Err(UpgradeRejection::bad("missing Host header"));
+        }
+        if !has_token(headers, header::UPGRADE, "websocket") {
+            return Err(UpgradeRejection::bad(
+                "missing \"Upgrade: websocket\" header",
+            ));
+        }
+        if !has_token(headers, header::CONNECTION, "upgrade") {
+            return Err(UpgradeRejection::bad(
+                "missing \"Connection: Upgrade\" header",
+            ));
+        }
+        match headers.get(header::SEC_WEBSOCKET_VERSION) {
+            Some(v) if v.as_bytes().trim_ascii() == b"13" => {}
+            _ => {
+                return Err(UpgradeRejection {
+                    status: StatusCode::UPGRADE_REQUIRED,
+                    reason: "Sec-WebSocket-Version must be 13",
+                })
+            }
+        }
+        let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
+            Some(k) if valid_key(k.as_bytes().trim_ascii()) => k.clone(),
+            Some(_) => {
+                return Err(UpgradeRejection::bad(
+                    "Sec-WebSocket-Key must be base64 of 16 bytes",
+                ))
+            }
+            None => return Err(UpgradeRejection::bad("missing Sec-WebSocket-Key header")),
+        };
+        let offered = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(UpgradeRejection {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                reason: "this connection cannot be upgraded (serve with HTTP/1.1 upgrades on)",
+            })?;
+        Ok(Self {
+            key,
+            offered,
+            selected: None,
+            config: Config::default(),
+            on_upgrade,
+        })
+    }
+}
+
+impl WebSocketUpgrade {
+    /// The subprotocols the client offered, in its order of preference.
+    pub fn offered_protocols(&self) -> impl Iterator<Item = &str> {
+        self.offered.iter().map(String::as_str)
+    }
+
+    /// Selects the first of `supported` (the server's preference order) that the client
+    /// offered; with no match, no subprotocol is confirmed (RFC 6455 §4.2.2 item 5.4).
+    #[must_use]
+    pub fn protocols<I, P>(mut self, supported: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        self.selected = supported
+            .into_iter()
+            .find(|s| self.offered.iter().any(|o| o == s.as_ref()))
+            .map(|s| s.as_ref().to_owned());
+        self
+    }
+
+    /// The subprotocol that will be confirmed, if any.
+    pub fn selected_protocol(&self) -> Option<&str> {
+        self.selected.as_deref()
+    }
+
+    /// The protocol configuration of the upgraded connection (limits, keepalive).
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Answers the request with `101 Switching Protocols` and runs `callback` with the
+    /// WebSocket on a new task once hyper hands over the connection.
+    #[must_use = "the returned response must be sent for the upgrade to happen"]
+    pub fn on_upgrade<F, Fut>(self, callback: F) -> Response
+    where
+        F: FnOnce(WebSocket<UpgradedIo>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Self {
+            key,
+            selected,
+            config,
+            on_upgrade,
+            ..
+        } = self;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let ws = WebSocket::from_raw(io, Role::Server, config, BytesMut::new());
+                    callback(ws).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),
+            }
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(accept) = HeaderValue::from_str(&accept_key(key.as_bytes().trim_ascii())) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if let Some(p) = selected.and_then(|p| HeaderValue::from_str(&p).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_validation() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(
+            !valid_key(b"dGhlIHNhbXBsZSBub25jZR=="),
+            "non-zero padding bits"
+        );
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25j*Q=="));
+        assert!(!valid_key(b""));
+    }
+
+    #[test]
+    fn tokens() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(has_token(&h, header::CONNECTION, "upgrade"));
+        assert!(!has_token(&h, header::CONNECTION, "close"));
+    }
+}

@@ -1,0 +1,470 @@
+//! [`WebSocket`]: a [`Connection`] driven over an async transport.
+
+use std::{
+    future::{poll_fn, Future},
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use duplex_proto::{
+    CloseCode, CloseError, CloseFrame, Closed, Config, Connection, Event, Message, Prepared, Role,
+    State,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::{Instant, Sleep},
+};
+
+use crate::error::{Error, Result};
+
+/// Above this many pending output bytes, `send` waits for the transport before queueing more.
+const WRITE_HIGH_WATERMARK: usize = 128 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// Slices handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+/// A WebSocket connection over a transport `S` (a `TcpStream`, a TLS stream, an HTTP upgrade).
+///
+/// Receive with [`recv`](Self::recv) (or as a [`Stream`](futures_core::Stream)), send with
+/// [`send`](Self::send) (or as a [`Sink`](futures_sink::Sink)), and end with
+/// [`close`](Self::close). Pings are answered and the closing handshake is completed while
+/// receiving, so a connection must be received from to stay healthy; use
+/// [`split`](Self::split) to receive and send from two tasks.
+///
+/// Writes are corked: what is sent while the messages of one read are being handled leaves in
+/// one write once they are all taken, and writes are vectored.
+#[derive(Debug)]
+pub struct WebSocket<S> {
+    io: S,
+    conn: Connection,
+    subprotocol: Option<String>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The Closed event, held back until the transport is shut down.
+    closed_event: Option<Closed>,
+    /// The transport's end: how the connection ended once the Closed event was returned.
+    finished: Option<Closed>,
+    read_eof: bool,
+    shutdown: Shutdown,
+    io_error: Option<io::Error>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    NotStarted,
+    /// A client waits for the server to close TCP first (RFC 6455 §7.1.1), until this deadline.
+    AwaitingEof(Instant),
+    Done,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wrap a transport whose opening handshake is complete.
+    ///
+    /// `leftover` holds bytes read past the handshake; they are the first frames.
+    pub fn from_raw(io: S, role: Role, config: Config, leftover: BytesMut) -> Self {
+        let mut conn = Connection::new(role, config);
+        if !leftover.is_empty() {
+            conn.read_buf().extend_from_slice(&leftover);
+            conn.receive();
+        }
+        Self {
+            io,
+            conn,
+            subprotocol: None,
+            sleep: None,
+            closed_event: None,
+            finished: None,
+            read_eof: false,
+            shutdown: Shutdown::NotStarted,
+            io_error: None,
+        }
+    }
+
+    /// Record the subprotocol agreed in the handshake.
+    #[must_use]
+    pub fn with_subprotocol(mut self, subprotocol: Option<String>) -> Self {
+        self.subprotocol = subprotocol;
+        self
+    }
+
+    /// The subprotocol agreed in the opening handshake.
+    #[must_use]
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// The role of this endpoint.
+    #[must_use]
+    pub const fn role(&self) -> Role {
+        self.conn.role()
+    }
+
+    /// The lifecycle state.
+    #[must_use]
+    pub const fn state(&self) -> State {
+        self.conn.state()
+    }
+
+    /// The Close frame the peer sent, once it has arrived.
+    #[must_use]
+    pub const fn close_frame(&self) -> Option<&CloseFrame> {
+        self.conn.peer_close()
+    }
+
+    /// How the connection ended, once [`recv`](Self::recv) has returned `None` or an error.
+    #[must_use]
+    pub const fn closed(&self) -> Option<&Closed> {
+        self.finished.as_ref()
+    }
+
+    /// The transport.
+    pub const fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The next message. `None` once the connection is closed cleanly; an error (once) when it
+    /// failed. Pings are answered and Pongs skipped; see [`next_event`](Self::next_event) to see
+    /// them.
+    pub async fn recv(&mut self) -> Option<Result<Message>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next event, control frames included: a message, a Ping (already answered), a Pong,
+    /// or the final [`Event::Closed`] (clean or not); then `None`.
+    pub async fn next_event(&mut self) -> Option<Result<Event>> {
+        poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Send a message.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the closing handshake started; [`Error::Io`] if the transport
+    /// fails.
+    pub async fn send(&mut self, message: Message) -> Result<()> {
+        poll_fn(|cx| self.poll_ready(cx)).await?;
+        self.conn.send(message)?;
+        self.flush_unless_corked().await
+    }
+
+    /// Send a message framed once for many connections (broadcast).
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send).
+    pub async fn send_prepared(&mut self, prepared: &Prepared) -> Result<()> {
+        poll_fn(|cx| self.poll_ready(cx)).await?;
+        self.conn.send_prepared(prepared)?;
+        self.flush_unless_corked().await
+    }
+
+    /// Send a Ping (payload at most 125 bytes); the Pong arrives as an [`Event::Pong`].
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send), or [`Error::InvalidSend`] for an oversized payload.
+    pub async fn ping(&mut self, payload: Bytes) -> Result<()> {
+        poll_fn(|cx| self.poll_ready(cx)).await?;
+        self.conn.ping(&payload)?;
+        self.flush_unless_corked().await
+    }
+
+    /// Queue a message without writing it; [`flush`](Self::flush) writes everything queued.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the closing handshake started.
+    pub fn feed(&mut self, message: Message) -> Result<()> {
+        Ok(self.conn.send(message)?)
+    }
+
+    /// Write everything queued.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the transport fails.
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
+    /// Run the closing handshake: send a Close frame with `code` and `reason` (at most 123
+    /// bytes), then receive until the peer's Close arrives (discarding messages) or the close
+    /// timeout passes, and shut the transport down.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSend`] for a code that may not be sent or a long reason;
+    /// [`Error::Failed`] if the handshake did not complete cleanly.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
+        self.conn.close(code, reason)?;
+        while let Some(event) = self.next_event().await {
+            if let Event::Closed(closed) = event? {
+                return match closed.error {
+                    Some(e) => Err(Error::Failed(e)),
+                    None => Ok(()),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_unless_corked(&mut self) -> Result<()> {
+        if self.conn.has_events() {
+            Ok(())
+        } else {
+            self.flush().await
+        }
+    }
+
+    // ---- the poll functions everything above is built on ----
+
+    /// Poll for the next message (see [`recv`](Self::recv)).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
+        loop {
+            match ready!(self.poll_event(cx)) {
+                Some(Ok(Event::Message(m))) => return Poll::Ready(Some(Ok(m))),
+                Some(Ok(Event::Closed(closed))) => {
+                    return Poll::Ready(closed.error.map(|e| Err(self.error_for(e))));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn error_for(&mut self, e: CloseError) -> Error {
+        match (e, self.io_error.take()) {
+            (CloseError::UnexpectedEof, Some(io)) => Error::Io(io),
+            (e, _) => Error::Failed(e),
+        }
+    }
+
+    /// Poll for the next event (see [`next_event`](Self::next_event)).
+    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
+        loop {
+            if let Some(event) = self.conn.poll_event() {
+                match event {
+                    Event::Closed(closed) => self.closed_event = Some(closed),
+                    other => return Poll::Ready(Some(Ok(other))),
+                }
+                continue;
+            }
+            if self.finished.is_some() {
+                return Poll::Ready(None);
+            }
+            if self.conn.state() == State::Closed {
+                ready!(self.poll_shutdown(cx));
+                let closed = self.closed_event.take().unwrap_or_else(|| Closed {
+                    code: CloseCode::ABNORMAL,
+                    reason: Default::default(),
+                    initiated_by: duplex_proto::Side::Local,
+                    error: Some(CloseError::UnexpectedEof),
+                });
+                self.finished = Some(closed.clone());
+                return Poll::Ready(Some(Ok(Event::Closed(closed))));
+            }
+            // The batch is handled: write what it produced, in one go.
+            if let Poll::Ready(Err(e)) = self.poll_write_all(cx) {
+                self.io_error = Some(e);
+                self.conn.receive_eof();
+                continue;
+            }
+            if self.conn.output_len() > WRITE_HIGH_WATERMARK {
+                // The peer is not reading: stop reading too, rather than queue without bound.
+                ready!(self.poll_timer(cx));
+                continue;
+            }
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    self.io_error = Some(e);
+                    self.conn.receive_eof();
+                }
+                Poll::Pending => {
+                    ready!(self.poll_timer(cx));
+                }
+            }
+        }
+    }
+
+    /// Read once into the connection and process it; EOF is passed on.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let buf = self.conn.read_buf();
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            buf
+        ))?;
+        if n == 0 {
+            self.read_eof = true;
+            self.conn.receive_eof();
+        } else {
+            self.conn.receive();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Poll the connection's timer; `Ready` when it fired (and was handled).
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        let Some(deadline) = self.conn.poll_timeout(now.into_std()) else {
+            self.sleep = None;
+            return Poll::Pending;
+        };
+        let deadline = Instant::from_std(deadline);
+        if deadline > now {
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            ready!(sleep.as_mut().poll(cx));
+        }
+        self.conn.handle_timeout(Instant::now().into_std());
+        Poll::Ready(())
+    }
+
+    /// Write all pending output and flush the transport.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.conn.output_len() > 0 {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.conn.output_chunks(&mut slices);
+            let io = Pin::new(&mut self.io);
+            let written = if n > 1 && io.is_write_vectored() {
+                ready!(io.poll_write_vectored(cx, &slices[..n]))?
+            } else {
+                ready!(io.poll_write(cx, &slices[0]))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.conn.advance_output(written);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// After the connection closed: flush, then close the transport (a client first waits for
+    /// the server's EOF, RFC 6455 §7.1.1).
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.shutdown {
+                Shutdown::NotStarted => {
+                    // Errors here only mean the peer is already gone.
+                    if ready!(self.poll_write_all(cx)).is_err() {
+                        self.read_eof = true;
+                    }
+                    self.shutdown = if self.conn.role() == Role::Client && !self.read_eof {
+                        let close_timeout = self.conn.config().close_timeout;
+                        Shutdown::AwaitingEof(Instant::now() + close_timeout)
+                    } else {
+                        let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+                        Shutdown::Done
+                    };
+                }
+                Shutdown::AwaitingEof(deadline) => {
+                    let mut scratch = BytesMut::with_capacity(1024);
+                    match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut scratch) {
+                        Poll::Ready(Ok(n)) if n > 0 => continue,
+                        Poll::Ready(_) => self.read_eof = true,
+                        Poll::Pending => {
+                            let sleep = self.sleep.get_or_insert_with(|| {
+                                Box::pin(tokio::time::sleep_until(deadline))
+                            });
+                            if sleep.deadline() != deadline {
+                                sleep.as_mut().reset(deadline);
+                            }
+                            ready!(sleep.as_mut().poll(cx));
+                        }
+                    }
+                    let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+                    self.shutdown = Shutdown::Done;
+                }
+                Shutdown::Done => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// Ready when another message may be queued: the connection is open and the pending output
+    /// is under the high watermark.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the closing handshake started; [`Error::Io`] if the transport
+    /// fails.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if !self.conn.state().can_send() {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        if self.conn.output_len() > WRITE_HIGH_WATERMARK {
+            ready!(self.poll_write_all(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Start the closing handshake without waiting for it (the [`Sink`](futures_sink::Sink)
+    /// close path): queue the Close frame and write it.
+    fn poll_close_start(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.conn.close(CloseCode::NORMAL, "")?;
+        if let Err(e) = ready!(self.poll_write_all(cx)) {
+            return Poll::Ready(Err(e.into()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn start_send_inner(&mut self, message: Message) -> Result<()> {
+        Ok(self.conn.send(message)?)
+    }
+
+    pub(crate) fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(ready!(self.poll_write_all(cx)).map_err(Error::from))
+    }
+
+    pub(crate) fn poll_close_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.conn.state() == State::Open {
+            ready!(self.poll_close_start(cx))?;
+        }
+        ready!(self.poll_write_all(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn queue_close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
+        Ok(self.conn.close(code, reason)?)
+    }
+
+    pub(crate) fn queue_ping(&mut self, payload: &[u8]) -> Result<()> {
+        Ok(self.conn.ping(payload)?)
+    }
+
+    pub(crate) fn queue_prepared(&mut self, prepared: &Prepared) -> Result<()> {
+        Ok(self.conn.send_prepared(prepared)?)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> futures_core::Stream for WebSocket<S> {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WebSocket<S> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Self::poll_ready(self.get_mut(), cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<()> {
+        self.get_mut().start_send_inner(message)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_flush_inner(cx)
+    }
+
+    /// Sends a Close (1000) and writes it; keep receiving to see the peer's answer.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_close_inner(cx)
+    }
+}

@@ -1,0 +1,170 @@
+//! Brokers: where publications get their offsets, where history and presence live, and how
+//! publications reach every node.
+//!
+//! A broker knows nothing of connections. The node-local fan-out ([`crate::node::Node`])
+//! tells the broker which channels this node is interested in, and the broker hands every
+//! [`Delivery`] for those channels to the node's [`DeliverySink`], in offset order per
+//! channel. [`MemoryBroker`] does this in-process; a networked broker (Redis) does it through
+//! its pub/sub connection, so several nodes can share channels.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+mod memory;
+
+pub use memory::MemoryBroker;
+
+/// A channel's stream position: the epoch and the offset of its latest publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// Opaque; changes whenever the channel's history is lost.
+    pub epoch: Arc<str>,
+    /// Offset of the latest publication (0 before the first one in this epoch).
+    pub offset: u64,
+}
+
+/// One publication as stored in history and delivered to nodes.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Its offset in the channel's stream.
+    pub offset: u64,
+    /// The published JSON value, verbatim.
+    pub data: Arc<RawValue>,
+    /// The publisher's user or client id; `None` for server-side publications.
+    pub from: Option<Arc<str>>,
+}
+
+/// One subscribed connection as shown by `presence`, `join` and `leave`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceEntry {
+    /// Connection id.
+    pub client: Arc<str>,
+    /// Authenticated user, if any.
+    pub user: Option<Arc<str>>,
+    /// Public profile (a JSON object) or `null`.
+    pub info: Option<Arc<RawValue>>,
+}
+
+/// Something a broker hands to a node for one of the channels it is interested in.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A new publication.
+    Publication {
+        /// The channel.
+        channel: Arc<str>,
+        /// The publication.
+        publication: Publication,
+    },
+    /// A connection subscribed to a presence-enabled channel with join/leave events.
+    Join {
+        /// The channel.
+        channel: Arc<str>,
+        /// Who joined.
+        entry: PresenceEntry,
+    },
+    /// A connection left such a channel.
+    Leave {
+        /// The channel.
+        channel: Arc<str>,
+        /// Who left.
+        entry: PresenceEntry,
+    },
+}
+
+/// Receives deliveries from a broker. Called from the broker's context: it must not block.
+pub trait DeliverySink: Send + Sync + 'static {
+    /// Handles one delivery. Deliveries of one channel arrive in offset order.
+    fn deliver(&self, delivery: Delivery);
+}
+
+/// Per-namespace retention passed along with each call, so the broker needs no namespace
+/// configuration of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Publications kept.
+    pub size: usize,
+    /// How long each is kept.
+    pub ttl: Duration,
+}
+
+/// A `history` query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryQuery {
+    /// Only publications after this offset; `None` for the latest ones.
+    pub since: Option<u64>,
+    /// At most this many, the most recent ones (with `since`: the oldest ones after it).
+    pub limit: Option<usize>,
+}
+
+/// A `history` answer, taken atomically with the position.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The channel's position when the history was read.
+    pub position: StreamPosition,
+    /// Publications, oldest first.
+    pub publications: Vec<Publication>,
+    /// With `since`: whether every publication after `since` up to `position` is included.
+    pub complete: bool,
+}
+
+/// A broker failure. Callers turn it into an `unavailable` error or HTTP 503.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker cannot be reached or refused the operation.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The operations a hub needs from its broker. All methods are cancel-safe only in the
+/// sense that a dropped call either happened or did not; callers do not drop them.
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Appends a publication to `channel`: assigns the next offset, stores it in history
+    /// (trimmed to `retention`) and delivers it to every interested node, this one included.
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Arc<RawValue>,
+        from: Option<Arc<str>>,
+        retention: Retention,
+    ) -> Result<StreamPosition, BrokerError>;
+
+    /// This node has its first local subscriber on `channel`: start delivering it here.
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// This node's last local subscriber on `channel` left.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// Reads history and the current position in one atomic step.
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        retention: Retention,
+    ) -> Result<History, BrokerError>;
+
+    /// Adds (or refreshes) a presence entry; with `announce`, delivers a [`Delivery::Join`].
+    async fn presence_add(
+        &self,
+        channel: &str,
+        entry: PresenceEntry,
+        announce: bool,
+    ) -> Result<(), BrokerError>;
+
+    /// Removes a presence entry; with `announce`, delivers a [`Delivery::Leave`] if it existed.
+    async fn presence_remove(
+        &self,
+        channel: &str,
+        client: &str,
+        announce: bool,
+    ) -> Result<(), BrokerError>;
+
+    /// The channel's presence entries.
+    async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, BrokerError>;
+}

@@ -1,0 +1,283 @@
+//! The hub: configuration, broker, node-local fan-out, metrics and limits, shared by every
+//! connection and HTTP handler of one server.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::broker::{Broker, MemoryBroker, Retention, StreamPosition};
+use crate::channel;
+use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
+use crate::limits::ConnectionLimits;
+use crate::metrics::Metrics;
+use crate::node::{Node, NodeSink};
+use crate::protocol::{CommandError, ErrorCode};
+
+/// A hub: everything one `duplex serve` node shares between its connections. Cheap to clone.
+///
+/// Create it inside a tokio runtime (the memory broker spawns a maintenance task), serve it
+/// with [`crate::Server`] or mount [`Hub::router`] in your own axum application.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    namespaces: HashMap<String, NamespaceConfig>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) node: Arc<Node>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) auth: Authenticator,
+    pub(crate) limits: Arc<ConnectionLimits>,
+    pub(crate) node_id: String,
+    next_client: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    started: Instant,
+}
+
+/// One channel in `GET /api/channels`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    /// Channel name.
+    pub channel: String,
+    /// Local subscribers.
+    pub subscribers: usize,
+}
+
+/// The figures of `GET /api/stats` (see `docs/protocol.md`).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Node id.
+    pub node: String,
+    /// Server version.
+    pub version: &'static str,
+    /// Seconds since the hub was created.
+    pub uptime_seconds: u64,
+    /// Open WebSocket connections.
+    pub connections: i64,
+    /// Active subscriptions.
+    pub subscriptions: i64,
+    /// Channels with local subscribers.
+    pub channels: i64,
+    /// WebSocket messages received.
+    pub messages_in: u64,
+    /// WebSocket messages sent.
+    pub messages_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Publications accepted.
+    pub publications: u64,
+    /// Connections closed with 1013.
+    pub slow_consumer_disconnects: u64,
+    /// Frames dropped under `drop_oldest`.
+    pub slow_consumer_drops: u64,
+    /// Refused upgrades.
+    pub handshake_failures: u64,
+}
+
+impl Hub {
+    /// Builds a hub from a validated configuration.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let node = Arc::new(Node::new(metrics.clone()));
+        let sink = Arc::new(NodeSink {
+            node: node.clone(),
+            max_held: config.limits.max_queue_bytes,
+        });
+        let broker: Arc<dyn Broker> = match config.broker {
+            BrokerKind::Memory => MemoryBroker::new(sink),
+        };
+        Self::with_broker(config, broker, node, metrics)
+    }
+
+    fn with_broker(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        node: Arc<Node>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
+        let auth = Authenticator::new(&config.auth)?;
+        let node_id = config
+            .node
+            .clone()
+            .unwrap_or_else(|| format!("{:06x}", rand::random::<u32>() & 0xff_ffff));
+        let namespaces = config.namespace_configs().into_iter().collect();
+        let limits = Arc::new(ConnectionLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                namespaces,
+                broker,
+                node,
+                metrics,
+                auth,
+                limits,
+                node_id,
+                next_client: AtomicU64::new(1),
+                shutdown: watch::channel(false).0,
+                started: Instant::now(),
+                config,
+            }),
+        })
+    }
+
+    /// The configuration this hub runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Publishes `data` to `channel` as the server (`"from": null`), regardless of the
+    /// namespace's `client_publish`. Used by `POST /api/publish` and the demo feed.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Box<RawValue>,
+    ) -> Result<StreamPosition, CommandError> {
+        let ns = self.shared.resolve(channel)?;
+        self.shared
+            .publish(channel, &ns, Arc::from(data), None)
+            .await
+    }
+
+    /// Channels with local subscribers, sorted by name.
+    pub fn channels(&self) -> Vec<ChannelInfo> {
+        self.shared
+            .node
+            .channel_counts()
+            .into_iter()
+            .map(|(name, n)| ChannelInfo {
+                channel: name.to_string(),
+                subscribers: n,
+            })
+            .collect()
+    }
+
+    /// Current figures for `/api/stats`.
+    pub fn stats(&self) -> Stats {
+        let m = &self.shared.metrics;
+        Stats {
+            node: self.shared.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.shared.started.elapsed().as_secs(),
+            connections: m.connections.get(),
+            subscriptions: m.subscriptions.get(),
+            channels: m.channels.get(),
+            messages_in: m.messages_received.get(),
+            messages_out: m.messages_sent.get(),
+            bytes_in: m.bytes_received.get(),
+            bytes_out: m.bytes_sent.get(),
+            publications: m.publications.get(),
+            slow_consumer_disconnects: m.slow_consumer_disconnects(),
+            slow_consumer_drops: m.slow_consumer_drops(),
+            handshake_failures: m.handshake_failures_total(),
+        }
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Starts a graceful shutdown: new upgrades are refused with 503 and every open
+    /// connection is closed with 1001. See [`Hub::drain`] to wait for them.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Whether [`Hub::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.shared.limits.open()
+    }
+
+    /// Waits until every connection has ended, or `deadline` has passed; returns how many
+    /// were still open.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let until = Instant::now() + deadline;
+        loop {
+            let open = self.connections();
+            if open == 0 || Instant::now() >= until {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Shared {
+    /// A new client id, unique on this node and across nodes (the node id is a prefix).
+    pub(crate) fn new_client_id(&self) -> Arc<str> {
+        let n = self.next_client.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.node_id).into()
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Validates a channel name and returns its namespace's options.
+    pub(crate) fn resolve(&self, channel: &str) -> Result<NamespaceConfig, CommandError> {
+        let ns = channel::validate(channel)
+            .map_err(|e| CommandError::new(ErrorCode::BadChannel, e.to_string()))?;
+        self.namespaces.get(ns).cloned().ok_or_else(|| {
+            CommandError::new(
+                ErrorCode::UnknownNamespace,
+                format!("namespace {ns:?} is not configured"),
+            )
+        })
+    }
+
+    /// The publish path shared by clients, the HTTP API and the demo feed.
+    pub(crate) async fn publish(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        data: Arc<RawValue>,
+        from: Option<Arc<str>>,
+    ) -> Result<StreamPosition, CommandError> {
+        let max = self.config.limits.max_publication_size;
+        if data.get().len() > max {
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!("data is {} bytes; the limit is {max}", data.get().len()),
+            ));
+        }
+        let pos = self
+            .broker
+            .publish(channel, data, from, retention(ns))
+            .await
+            .map_err(|e| CommandError::new(ErrorCode::Unavailable, e.to_string()))?;
+        self.metrics.publications.inc();
+        Ok(pos)
+    }
+}
+
+pub(crate) fn retention(ns: &NamespaceConfig) -> Retention {
+    Retention {
+        size: ns.history_size,
+        ttl: ns.history_ttl,
+    }
+}

@@ -1,0 +1,63 @@
+//! The duplex hub: a real-time pub/sub server engine over WebSocket, run by `duplex serve`.
+//!
+//! Clients connect to `/ws`, speak the JSON protocol `duplex.v1` (see `docs/protocol.md`),
+//! subscribe to channels, publish, see who is there, and recover what they missed after a
+//! reconnect. Backends publish over HTTP. One node keeps everything in memory; the
+//! [`broker::Broker`] trait is the seam for sharing channels between nodes.
+//!
+//! ```no_run
+//! use duplex_hub::{Config, Server};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = Config::default();
+//! config.listen = "127.0.0.1:0".parse()?;
+//! let server = Server::bind(config).await?;
+//! println!("chat demo at http://{}/", server.local_addr());
+//! let hub = server.hub().clone();
+//! tokio::spawn(server.run(std::future::pending()));
+//! let data = serde_json::value::RawValue::from_string(r#"{"text":"hello"}"#.into())?;
+//! let position = hub.publish("lobby", data).await?;
+//! assert_eq!(position.offset, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`Server`]: binds, serves HTTP and WebSocket on one port with axum, shuts down
+//!   gracefully (1001 to every client).
+//! - [`Hub`]: what one node shares between connections; [`Hub::router`] mounts it in any
+//!   axum application.
+//! - [`config`]: the TOML configuration, namespaces, limits.
+//! - [`protocol`]: command parsing and frame encoding.
+//! - [`broker`]: offsets, history, presence and delivery between nodes; [`broker::MemoryBroker`].
+//! - `node`: node-local fan-out: one encoded frame per publication, shared by reference
+//!   with every subscriber's bounded outbound queue (`queue`).
+//! - `session` and `ws`: one connection: command handling, and the socket's reader and
+//!   writer.
+//! - [`auth`]: JWT and Origin checks; `limits`: connection limits; `metrics`: Prometheus.
+
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod demo;
+pub mod protocol;
+
+mod assets;
+mod frame;
+mod http;
+mod hub;
+mod limits;
+mod metrics;
+mod node;
+mod queue;
+mod server;
+mod session;
+mod ws;
+
+pub use config::Config;
+pub use hub::{ChannelInfo, Hub, Stats};
+pub use server::{Server, ServerError};
+
+/// The WebSocket subprotocol of the hub's wire format.
+pub const SUBPROTOCOL: &str = "duplex.v1";

@@ -1,0 +1,229 @@
+//! Prometheus metrics (`/metrics`) and the figures behind `/api/stats`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ErrorCode;
+
+/// A label set with one label.
+pub(crate) type Label = [(&'static str, &'static str); 1];
+
+/// Why a WebSocket upgrade was refused, as the `reason` label of
+/// `duplex_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    BadRequest,
+    Version,
+    Unauthorized,
+    Origin,
+    Capacity,
+    PerIp,
+    ShuttingDown,
+}
+
+impl HandshakeFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Version => "version",
+            Self::Unauthorized => "unauthorized",
+            Self::Origin => "origin",
+            Self::Capacity => "capacity",
+            Self::PerIp => "per_ip",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Every metric of one hub.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) connections: Gauge,
+    pub(crate) connections_opened: Counter,
+    pub(crate) subscriptions: Gauge,
+    pub(crate) channels: Gauge,
+    pub(crate) messages_received: Counter,
+    pub(crate) messages_sent: Counter,
+    pub(crate) bytes_received: Counter,
+    pub(crate) bytes_sent: Counter,
+    pub(crate) publications: Counter,
+    slow_consumer: Family<Label, Counter>,
+    handshake_failures: Family<Label, Counter>,
+    command_errors: Family<Label, Counter>,
+    command_duration: Family<Label, Histogram>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 10 µs .. ~1.3 s: commands on the memory broker take microseconds, a networked broker
+    // adds round trips.
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 9))
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("duplex");
+        let m = Self {
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            subscriptions: Gauge::default(),
+            channels: Gauge::default(),
+            messages_received: Counter::default(),
+            messages_sent: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            publications: Counter::default(),
+            slow_consumer: Family::default(),
+            handshake_failures: Family::default(),
+            command_errors: Family::default(),
+            command_duration: Family::new_with_constructor(duration_histogram),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "WebSocket connections accepted",
+            m.connections_opened.clone(),
+        );
+        r.register(
+            "subscriptions",
+            "Active channel subscriptions",
+            m.subscriptions.clone(),
+        );
+        r.register(
+            "channels",
+            "Channels with local subscribers",
+            m.channels.clone(),
+        );
+        r.register(
+            "messages_received",
+            "WebSocket messages received",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "WebSocket messages sent",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "bytes_received",
+            "WebSocket payload bytes received",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "bytes_sent",
+            "WebSocket payload bytes sent",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "publications",
+            "Publications accepted",
+            m.publications.clone(),
+        );
+        r.register(
+            "slow_consumer",
+            "Slow-consumer actions (disconnect, or frames dropped under drop_oldest)",
+            m.slow_consumer.clone(),
+        );
+        r.register(
+            "handshake_failures",
+            "Refused WebSocket upgrades by reason",
+            m.handshake_failures.clone(),
+        );
+        r.register(
+            "command_errors",
+            "Error replies by code",
+            m.command_errors.clone(),
+        );
+        r.register(
+            "command_duration_seconds",
+            "Time to execute a command, by type",
+            m.command_duration.clone(),
+        );
+        // Pre-create the common series so they show as 0 before the first event.
+        for code in ErrorCode::ALL {
+            let _ = m.command_errors.get_or_create(&[("code", code.as_str())]);
+        }
+        let _ = m.slow_consumer.get_or_create(&[("action", "disconnect")]);
+        let _ = m.slow_consumer.get_or_create(&[("action", "drop_oldest")]);
+        Self { registry, ..m }
+    }
+
+    pub(crate) fn slow_consumer_disconnect(&self) {
+        self.slow_consumer
+            .get_or_create(&[("action", "disconnect")])
+            .inc();
+    }
+
+    pub(crate) fn slow_consumer_dropped(&self, frames: u64) {
+        self.slow_consumer
+            .get_or_create(&[("action", "drop_oldest")])
+            .inc_by(frames);
+    }
+
+    pub(crate) fn handshake_failure(&self, why: HandshakeFailure) {
+        self.handshake_failures
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
+    }
+
+    pub(crate) fn command_error(&self, code: ErrorCode) {
+        self.command_errors
+            .get_or_create(&[("code", code.as_str())])
+            .inc();
+    }
+
+    pub(crate) fn command_duration(&self, kind: &'static str, seconds: f64) {
+        self.command_duration
+            .get_or_create(&[("type", kind)])
+            .observe(seconds);
+    }
+
+    pub(crate) fn slow_consumer_disconnects(&self) -> u64 {
+        self.slow_consumer
+            .get_or_create(&[("action", "disconnect")])
+            .get()
+    }
+
+    pub(crate) fn slow_consumer_drops(&self) -> u64 {
+        self.slow_consumer
+            .get_or_create(&[("action", "drop_oldest")])
+            .get()
+    }
+
+    pub(crate) fn handshake_failures_total(&self) -> u64 {
+        [
+            HandshakeFailure::BadRequest,
+            HandshakeFailure::Version,
+            HandshakeFailure::Unauthorized,
+            HandshakeFailure::Origin,
+            HandshakeFailure::Capacity,
+            HandshakeFailure::PerIp,
+            HandshakeFailure::ShuttingDown,
+        ]
+        .iter()
+        .map(|w| {
+            self.handshake_failures
+                .get_or_create(&[("reason", w.as_str())])
+                .get()
+        })
+        .sum()
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

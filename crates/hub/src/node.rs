@@ -1,0 +1,271 @@
+//! Node-local fan-out: which connections on this node are subscribed to which channel.
+//!
+//! The broker decides *what* is delivered and in which order; the node only turns each
+//! delivery into one [`Frame`] and pushes a clone of it (a reference-counted pointer) into
+//! the outbound queue of every local subscriber. A subscriber that has just subscribed is in
+//! *recovery*: live deliveries are buffered for it until its subscribe reply and any replayed
+//! history are queued, and then flushed without the offsets it already got, which is what
+//! makes recovery gap-free and duplicate-free however deliveries and the history read race.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::broker::{Broker, BrokerError, Delivery, DeliverySink};
+use crate::frame::Frame;
+use crate::metrics::Metrics;
+use crate::protocol;
+use crate::queue::{Outbound, Pushed};
+
+/// The part of a connection that the fan-out sees.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// Client id.
+    pub(crate) id: Arc<str>,
+    /// Outbound queue.
+    pub(crate) queue: Outbound,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    peer: Arc<Peer>,
+    /// `Some` while recovering: deliveries held back, with their offsets (`None` for
+    /// join/leave events), and their byte total.
+    held: Option<(Vec<(Option<u64>, Frame)>, usize)>,
+}
+
+#[derive(Debug)]
+struct LocalChannel {
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// Serializes the broker interest changes of this channel, so that a subscribe and the
+    /// last unsubscribe cannot reorder their `Broker::subscribe`/`unsubscribe` calls.
+    interest: tokio::sync::Mutex<bool>,
+    /// Set when this entry left the map; holders must look the channel up again.
+    removed: AtomicBool,
+    /// Publications of this channel may be evicted from full queues (`drop_oldest`).
+    droppable: bool,
+}
+
+/// The node-local channel → subscribers map.
+#[derive(Debug)]
+pub(crate) struct Node {
+    channels: RwLock<HashMap<Arc<str>, Arc<LocalChannel>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Node {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            channels: RwLock::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn get_or_create(&self, channel: &str, droppable: bool) -> Arc<LocalChannel> {
+        if let Some(ch) = self.channels.read().get(channel) {
+            return ch.clone();
+        }
+        let mut map = self.channels.write();
+        map.entry(channel.into())
+            .or_insert_with(|| {
+                self.metrics.channels.inc();
+                Arc::new(LocalChannel {
+                    subscribers: Mutex::new(Vec::new()),
+                    interest: tokio::sync::Mutex::new(false),
+                    removed: AtomicBool::new(false),
+                    droppable,
+                })
+            })
+            .clone()
+    }
+
+    /// Adds `peer` as a subscriber of `channel`, in recovery (deliveries held back until
+    /// [`Node::go_live`]). Registers the node's interest with the broker when it is the first
+    /// local subscriber.
+    pub(crate) async fn add(
+        &self,
+        broker: &dyn Broker,
+        channel: &str,
+        peer: &Arc<Peer>,
+        droppable: bool,
+    ) -> Result<(), BrokerError> {
+        loop {
+            let ch = self.get_or_create(channel, droppable);
+            let mut interest = ch.interest.lock().await;
+            if ch.removed.load(Ordering::Acquire) {
+                continue;
+            }
+            if !*interest {
+                if let Err(e) = broker.subscribe(channel).await {
+                    drop(interest);
+                    self.remove_if_empty(channel, &ch);
+                    return Err(e);
+                }
+                *interest = true;
+            }
+            ch.subscribers.lock().push(Subscriber {
+                peer: peer.clone(),
+                held: Some((Vec::new(), 0)),
+            });
+            self.metrics.subscriptions.inc();
+            return Ok(());
+        }
+    }
+
+    /// Ends `peer`'s recovery on `channel`: queues `frames` (the reply and replayed history),
+    /// then the held deliveries whose offset is above `after` (join/leave events always),
+    /// and from then on delivers live. All under the channel's lock, so nothing interleaves.
+    pub(crate) fn go_live(&self, channel: &str, peer: &Peer, frames: Vec<Frame>, after: u64) {
+        let Some(ch) = self.channels.read().get(channel).cloned() else {
+            return;
+        };
+        let mut subs = ch.subscribers.lock();
+        let Some(sub) = subs
+            .iter_mut()
+            .find(|s| std::ptr::eq(Arc::as_ptr(&s.peer), peer))
+        else {
+            return;
+        };
+        let held = sub.held.take().map(|(held, _)| held).unwrap_or_default();
+        for frame in frames {
+            self.push(peer, frame, false);
+        }
+        for (offset, frame) in held {
+            if offset.is_none_or(|o| o > after) {
+                self.push(peer, frame, ch.droppable);
+            }
+        }
+    }
+
+    /// Removes `peer` from `channel`; drops the node's broker interest when it was the last
+    /// local subscriber. Returns whether it was subscribed.
+    pub(crate) async fn remove(&self, broker: &dyn Broker, channel: &str, peer: &Peer) -> bool {
+        let Some(ch) = self.channels.read().get(channel).cloned() else {
+            return false;
+        };
+        let mut interest = ch.interest.lock().await;
+        let (found, empty) = {
+            let mut subs = ch.subscribers.lock();
+            let before = subs.len();
+            subs.retain(|s| !std::ptr::eq(Arc::as_ptr(&s.peer), peer));
+            (subs.len() < before, subs.is_empty())
+        };
+        if found {
+            self.metrics.subscriptions.dec();
+        }
+        if empty && *interest {
+            if let Err(e) = broker.unsubscribe(channel).await {
+                // The broker keeps delivering a channel nobody here wants; deliveries to an
+                // empty channel cost one map lookup, and the next subscribe resets interest.
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
+            *interest = false;
+        }
+        drop(interest);
+        if empty {
+            self.remove_if_empty(channel, &ch);
+        }
+        found
+    }
+
+    fn remove_if_empty(&self, channel: &str, ch: &Arc<LocalChannel>) {
+        let mut map = self.channels.write();
+        let same = map.get(channel).is_some_and(|c| Arc::ptr_eq(c, ch));
+        if same && ch.subscribers.lock().is_empty() {
+            // A subscriber that found this entry before it left the map waits on `interest`
+            // and retries once it sees `removed`.
+            if let Ok(interest) = ch.interest.try_lock() {
+                if !*interest {
+                    ch.removed.store(true, Ordering::Release);
+                    map.remove(channel);
+                    self.metrics.channels.dec();
+                }
+            }
+        }
+    }
+
+    /// Channels with local subscribers and their subscriber counts, sorted by name.
+    pub(crate) fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let mut all: Vec<_> = self
+            .channels
+            .read()
+            .iter()
+            .map(|(name, ch)| (name.clone(), ch.subscribers.lock().len()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn push(&self, peer: &Peer, frame: Frame, droppable: bool) {
+        match peer.queue.push(frame, droppable) {
+            Pushed::Queued { dropped: 0 } | Pushed::Closed => {}
+            Pushed::Queued { dropped } => self.metrics.slow_consumer_dropped(dropped as u64),
+            Pushed::Discarded => self.metrics.slow_consumer_dropped(1),
+            Pushed::Overflow => {
+                self.metrics.slow_consumer_disconnect();
+                tracing::info!(client = %peer.id, "slow consumer closed with 1013");
+            }
+        }
+    }
+
+    fn fan_out(&self, channel: &str, offset: Option<u64>, frame: Frame, max_held: usize) {
+        let Some(ch) = self.channels.read().get(channel).cloned() else {
+            return;
+        };
+        let droppable = ch.droppable && offset.is_some();
+        let mut subs = ch.subscribers.lock();
+        for sub in subs.iter_mut() {
+            match &mut sub.held {
+                None => self.push(&sub.peer, frame.clone(), droppable),
+                Some((held, bytes)) => {
+                    *bytes += frame.wire_len();
+                    if *bytes > max_held {
+                        // Recovery is taking long enough for its buffer to pass the queue
+                        // limit: the same slow-consumer rule applies.
+                        held.clear();
+                        sub.peer
+                            .queue
+                            .close(crate::queue::TRY_AGAIN, "slow consumer", true);
+                        self.metrics.slow_consumer_disconnect();
+                    } else {
+                        held.push((offset, frame.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node as the broker's delivery target.
+#[derive(Debug)]
+pub(crate) struct NodeSink {
+    pub(crate) node: Arc<Node>,
+    /// Recovery buffers are bounded like queues.
+    pub(crate) max_held: usize,
+}
+
+impl DeliverySink for NodeSink {
+    fn deliver(&self, delivery: Delivery) {
+        match delivery {
+            Delivery::Publication {
+                channel,
+                publication,
+            } => {
+                let frame = Frame::text(protocol::message(&channel, &publication));
+                self.node
+                    .fan_out(&channel, Some(publication.offset), frame, self.max_held);
+            }
+            Delivery::Join { channel, entry } => {
+                let frame = Frame::text(protocol::presence_event(true, &channel, &entry));
+                self.node.fan_out(&channel, None, frame, self.max_held);
+            }
+            Delivery::Leave { channel, entry } => {
+                let frame = Frame::text(protocol::presence_event(false, &channel, &entry));
+                self.node.fan_out(&channel, None, frame, self.max_held);
+            }
+        }
+    }
+}

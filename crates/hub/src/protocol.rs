@@ -1,0 +1,635 @@
+//! The `duplex.v1` wire format: parsing client commands and encoding server frames.
+//!
+//! Commands are parsed through a borrowed envelope of [`RawValue`]s, so that `data` is
+//! forwarded byte for byte (no float rounding of big numbers, no re-serialization) and every
+//! missing or mistyped field gets its own error message.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::broker::{PresenceEntry, Publication, StreamPosition};
+
+/// Largest `id` a command may carry: 2⁵³−1, so JavaScript clients can hold it exactly.
+pub const MAX_ID: u64 = (1 << 53) - 1;
+
+/// The error codes of `docs/protocol.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Not a JSON object, or a binary frame.
+    BadJson,
+    /// A field is missing or mistyped.
+    BadRequest,
+    /// Unknown `type`.
+    UnknownType,
+    /// Channel name breaks the rules.
+    BadChannel,
+    /// Namespace not configured.
+    UnknownNamespace,
+    /// Not allowed by token claims or namespace options.
+    Forbidden,
+    /// `data` or `info` too large.
+    TooLarge,
+    /// Already subscribed to the channel.
+    AlreadySubscribed,
+    /// Not subscribed to the channel.
+    NotSubscribed,
+    /// Channel limit per connection reached.
+    TooManyChannels,
+    /// Command rate exceeded.
+    RateLimited,
+    /// The namespace has presence off.
+    PresenceDisabled,
+    /// The broker cannot serve the request now.
+    Unavailable,
+    /// Unexpected server error.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics registration and docs.
+    pub const ALL: [Self; 14] = [
+        Self::BadJson,
+        Self::BadRequest,
+        Self::UnknownType,
+        Self::BadChannel,
+        Self::UnknownNamespace,
+        Self::Forbidden,
+        Self::TooLarge,
+        Self::AlreadySubscribed,
+        Self::NotSubscribed,
+        Self::TooManyChannels,
+        Self::RateLimited,
+        Self::PresenceDisabled,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The snake_case name sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::BadRequest => "bad_request",
+            Self::UnknownType => "unknown_type",
+            Self::BadChannel => "bad_channel",
+            Self::UnknownNamespace => "unknown_namespace",
+            Self::Forbidden => "forbidden",
+            Self::TooLarge => "too_large",
+            Self::AlreadySubscribed => "already_subscribed",
+            Self::NotSubscribed => "not_subscribed",
+            Self::TooManyChannels => "too_many_channels",
+            Self::RateLimited => "rate_limited",
+            Self::PresenceDisabled => "presence_disabled",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A failed command: the code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Text for humans; names the offending field where there is one.
+    pub message: String,
+}
+
+impl CommandError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+/// A recovery position sent by the client in `subscribe.since`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    /// The epoch the client saw.
+    pub epoch: String,
+    /// The last offset the client saw.
+    pub offset: u64,
+}
+
+/// A parsed command.
+#[derive(Debug)]
+pub enum Command<'a> {
+    /// `subscribe`.
+    Subscribe {
+        /// Channel name (not yet validated).
+        channel: String,
+        /// Recovery position.
+        since: Option<Since>,
+        /// Client-supplied presence info (a JSON object).
+        info: Option<&'a RawValue>,
+    },
+    /// `unsubscribe`.
+    Unsubscribe {
+        /// Channel name.
+        channel: String,
+    },
+    /// `publish`.
+    Publish {
+        /// Channel name.
+        channel: String,
+        /// The JSON to publish, verbatim.
+        data: &'a RawValue,
+    },
+    /// `presence`.
+    Presence {
+        /// Channel name.
+        channel: String,
+    },
+    /// `history`.
+    History {
+        /// Channel name.
+        channel: String,
+        /// Most recent publications wanted.
+        limit: Option<usize>,
+    },
+    /// `ping`.
+    Ping,
+}
+
+impl Command<'_> {
+    /// The command's `type`, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Subscribe { .. } => "subscribe",
+            Self::Unsubscribe { .. } => "unsubscribe",
+            Self::Publish { .. } => "publish",
+            Self::Presence { .. } => "presence",
+            Self::History { .. } => "history",
+            Self::Ping => "ping",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    ty: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    info: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as `Some`: `"data": null` is a valid publication while a
+/// missing `data` is an error.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Parses one text frame. On failure the error comes with the command's `id` when that much
+/// could be read, so the error reply can carry it.
+pub fn parse_command(
+    text: &str,
+) -> Result<(Option<u64>, Command<'_>), (Option<u64>, CommandError)> {
+    // Serde would also accept a JSON array for a struct; commands are objects only.
+    if !text.trim_start().starts_with('{') {
+        let msg = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => "a command must be a JSON object".to_owned(),
+            Err(e) => format!("invalid JSON: {e}"),
+        };
+        return Err((None, CommandError::new(ErrorCode::BadJson, msg)));
+    }
+    let env: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(env) => env,
+        Err(e) if e.is_data() => {
+            return Err((
+                None,
+                CommandError::new(ErrorCode::BadJson, format!("invalid command: {e}")),
+            ))
+        }
+        Err(e) => {
+            return Err((
+                None,
+                CommandError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")),
+            ))
+        }
+    };
+    let id = match env.id {
+        None => None,
+        Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+            Ok(id) if id <= MAX_ID => Some(id),
+            _ => {
+                return Err((
+                    None,
+                    CommandError::bad_request("\"id\" must be an integer between 0 and 2^53-1"),
+                ))
+            }
+        },
+    };
+    command_from(&env).map(|c| (id, c)).map_err(|e| (id, e))
+}
+
+fn command_from<'a>(env: &Envelope<'a>) -> Result<Command<'a>, CommandError> {
+    let Some(ty) = env.ty else {
+        return Err(CommandError::bad_request("missing field \"type\""));
+    };
+    let ty: String = serde_json::from_str(ty.get())
+        .map_err(|_| CommandError::bad_request("\"type\" must be a string"))?;
+    let channel = || -> Result<String, CommandError> {
+        let raw = env
+            .channel
+            .ok_or_else(|| CommandError::bad_request("missing field \"channel\""))?;
+        serde_json::from_str(raw.get())
+            .map_err(|_| CommandError::bad_request("\"channel\" must be a string"))
+    };
+    Ok(match ty.as_str() {
+        "subscribe" => {
+            let since = match env.since {
+                None => None,
+                Some(raw) if raw.get() == "null" => None,
+                Some(raw) => Some(serde_json::from_str::<Since>(raw.get()).map_err(|_| {
+                    CommandError::bad_request(
+                        "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
+                    )
+                })?),
+            };
+            let info = match env.info {
+                None => None,
+                Some(raw) if raw.get() == "null" => None,
+                Some(raw) if raw.get().starts_with('{') => Some(raw),
+                Some(_) => return Err(CommandError::bad_request("\"info\" must be an object")),
+            };
+            Command::Subscribe {
+                channel: channel()?,
+                since,
+                info,
+            }
+        }
+        "unsubscribe" => Command::Unsubscribe {
+            channel: channel()?,
+        },
+        "publish" => {
+            let channel = channel()?;
+            let data = env
+                .data
+                .ok_or_else(|| CommandError::bad_request("missing field \"data\""))?;
+            Command::Publish { channel, data }
+        }
+        "presence" => Command::Presence {
+            channel: channel()?,
+        },
+        "history" => {
+            let limit = match env.limit {
+                None => None,
+                Some(raw) if raw.get() == "null" => None,
+                Some(raw) => Some(serde_json::from_str::<usize>(raw.get()).map_err(|_| {
+                    CommandError::bad_request("\"limit\" must be a non-negative integer")
+                })?),
+            };
+            Command::History {
+                channel: channel()?,
+                limit,
+            }
+        }
+        "ping" => Command::Ping,
+        other => {
+            let mut shown: String = other.chars().take(64).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            return Err(CommandError::new(
+                ErrorCode::UnknownType,
+                format!("unknown command type {shown:?}"),
+            ));
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Server → client frames. Each function returns the serialized JSON text.
+
+#[derive(Serialize)]
+struct Envelope2<'a, T> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(flatten)]
+    body: T,
+}
+
+fn encode<T: Serialize>(ty: &str, id: Option<u64>, body: T) -> String {
+    // Serializing these plain structs (strings, integers, RawValues) cannot fail.
+    serde_json::to_string(&Envelope2 { ty, id, body }).unwrap_or_default()
+}
+
+/// `{"type":"welcome",...}`.
+pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u64) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        client: &'a str,
+        user: Option<&'a str>,
+        node: &'a str,
+        version: &'a str,
+        ping_interval_ms: u64,
+    }
+    encode(
+        "welcome",
+        None,
+        Body {
+            client,
+            user,
+            node,
+            version: crate::SUBPROTOCOL,
+            ping_interval_ms,
+        },
+    )
+}
+
+/// `{"type":"error",...}`.
+pub fn error(id: Option<u64>, err: &CommandError) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    encode(
+        "error",
+        id,
+        Body {
+            code: err.code.as_str(),
+            message: &err.message,
+        },
+    )
+}
+
+/// `{"type":"pong"}`.
+pub fn pong(id: Option<u64>) -> String {
+    #[derive(Serialize)]
+    struct Body {}
+    encode("pong", id, Body {})
+}
+
+/// The reply to `subscribe`.
+pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovered: bool) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        recovered: bool,
+    }
+    encode(
+        "reply",
+        id,
+        Body {
+            channel,
+            epoch: &pos.epoch,
+            offset: pos.offset,
+            recovered,
+        },
+    )
+}
+
+/// The reply to `unsubscribe`.
+pub fn unsubscribed(id: Option<u64>, channel: &str) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+    }
+    encode("reply", id, Body { channel })
+}
+
+/// The reply to `publish` (and the body of `POST /api/publish` without the envelope).
+pub fn published(id: Option<u64>, channel: &str, pos: &StreamPosition) -> String {
+    encode("reply", id, PositionBody::new(channel, pos))
+}
+
+/// `{"channel","epoch","offset"}`, the HTTP publish response.
+#[derive(Debug, Serialize)]
+pub struct PositionBody<'a> {
+    channel: &'a str,
+    epoch: &'a str,
+    offset: u64,
+}
+
+impl<'a> PositionBody<'a> {
+    /// Borrowing constructor.
+    pub fn new(channel: &'a str, pos: &'a StreamPosition) -> Self {
+        Self {
+            channel,
+            epoch: &pos.epoch,
+            offset: pos.offset,
+        }
+    }
+}
+
+/// The reply to `presence`.
+pub fn presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        clients: &'a [PresenceEntry],
+    }
+    encode("reply", id, Body { channel, clients })
+}
+
+/// The reply to `history`.
+pub fn history(
+    id: Option<u64>,
+    channel: &str,
+    pos: &StreamPosition,
+    pubs: &[Publication],
+) -> String {
+    #[derive(Serialize)]
+    struct Item<'a> {
+        offset: u64,
+        data: &'a RawValue,
+        from: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        publications: Vec<Item<'a>>,
+    }
+    let publications = pubs
+        .iter()
+        .map(|p| Item {
+            offset: p.offset,
+            data: &p.data,
+            from: p.from.as_deref(),
+        })
+        .collect();
+    encode(
+        "reply",
+        id,
+        Body {
+            channel,
+            epoch: &pos.epoch,
+            offset: pos.offset,
+            publications,
+        },
+    )
+}
+
+/// `{"type":"message",...}`: the frame every subscriber receives for a publication.
+pub fn message(channel: &str, p: &Publication) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        offset: u64,
+        data: &'a RawValue,
+        from: Option<&'a str>,
+    }
+    encode(
+        "message",
+        None,
+        Body {
+            channel,
+            offset: p.offset,
+            data: &p.data,
+            from: p.from.as_deref(),
+        },
+    )
+}
+
+/// `{"type":"join"|"leave",...}`.
+pub fn presence_event(join: bool, channel: &str, entry: &PresenceEntry) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        #[serde(flatten)]
+        entry: &'a PresenceEntry,
+    }
+    encode(
+        if join { "join" } else { "leave" },
+        None,
+        Body { channel, entry },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_of(text: &str) -> (Option<u64>, ErrorCode, String) {
+        match parse_command(text) {
+            Ok((_, c)) => panic!("parsed {c:?}"),
+            Err((id, e)) => (id, e.code, e.message),
+        }
+    }
+
+    #[test]
+    fn parses_every_command() {
+        let (id, c) =
+            parse_command(r#"{"type":"publish","id":3,"channel":"a","data":null}"#).unwrap();
+        assert_eq!(id, Some(3));
+        assert!(
+            matches!(c, Command::Publish { ref channel, data } if channel == "a" && data.get() == "null")
+        );
+        let (_, c) = parse_command(
+            r#"{"type":"subscribe","channel":"a","since":{"epoch":"e","offset":4},"info":{"n":1}}"#,
+        )
+        .unwrap();
+        match c {
+            Command::Subscribe { since, info, .. } => {
+                assert_eq!(
+                    since,
+                    Some(Since {
+                        epoch: "e".into(),
+                        offset: 4
+                    })
+                );
+                assert_eq!(info.map(RawValue::get), Some(r#"{"n":1}"#));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_command(r#"{"type":"ping"}"#),
+            Ok((None, Command::Ping))
+        ));
+        assert!(matches!(
+            parse_command(r#"{"type":"history","channel":"a","limit":5,"extra":[1]}"#),
+            Ok((None, Command::History { limit: Some(5), .. }))
+        ));
+    }
+
+    #[test]
+    fn data_is_forwarded_verbatim() {
+        let text =
+            r#"{"type":"publish","channel":"a","data":{"big":123456789012345678901234567890}}"#;
+        let (_, c) = parse_command(text).unwrap();
+        let Command::Publish { data, .. } = c else {
+            panic!()
+        };
+        assert_eq!(data.get(), r#"{"big":123456789012345678901234567890}"#);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert_eq!(err_of("not json").1, ErrorCode::BadJson);
+        assert_eq!(err_of("[1,2]").1, ErrorCode::BadJson);
+        assert_eq!(
+            err_of(r#"{"id":1}"#),
+            (
+                Some(1),
+                ErrorCode::BadRequest,
+                "missing field \"type\"".into()
+            )
+        );
+        assert_eq!(
+            err_of(r#"{"type":"nope","id":2}"#).1,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            err_of(r#"{"type":"publish","channel":"a"}"#).2,
+            "missing field \"data\""
+        );
+        assert_eq!(
+            err_of(r#"{"type":"publish","channel":5,"data":1}"#).2,
+            "\"channel\" must be a string"
+        );
+        assert_eq!(err_of(r#"{"type":"ping","id":-1}"#).0, None);
+        assert_eq!(
+            err_of(r#"{"type":"ping","id":9007199254740992}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err_of(r#"{"type":"subscribe","channel":"a","since":{"offset":1}}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err_of(r#"{"type":"subscribe","channel":"a","info":[1]}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err_of(r#"{"type":"history","channel":"a","limit":-1}"#).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(err_of(r#"{"type":1}"#).1, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn frames_are_json() {
+        let v: serde_json::Value = serde_json::from_str(&pong(Some(7))).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"pong","id":7}));
+        let e = CommandError::new(ErrorCode::BadChannel, "x");
+        let v: serde_json::Value = serde_json::from_str(&error(None, &e)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","code":"bad_channel","message":"x"})
+        );
+    }
+}

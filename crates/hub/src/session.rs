@@ -1,0 +1,383 @@
+//! One connection's command handling, independent of the socket.
+//!
+//! The connection driver feeds each incoming text message to [`Session::on_text`]; everything
+//! the session wants to send goes into the peer's outbound queue, which the driver's writer
+//! drains. Commands run one at a time, so replies leave in command order.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::value::RawValue;
+
+use crate::auth::{Identity, MAX_INFO_SIZE};
+use crate::broker::{HistoryQuery, PresenceEntry};
+use crate::config::{NamespaceConfig, SlowConsumerPolicy};
+use crate::frame::Frame;
+use crate::hub::{retention, Shared};
+use crate::node::Peer;
+use crate::protocol::{self, Command, CommandError, ErrorCode, Since};
+use crate::queue::Outbound;
+
+/// Close code for policy violations (RFC 6455 §7.4.1).
+pub(crate) const POLICY: u16 = 1008;
+
+/// The window over which `limits.max_errors` is counted.
+const ERROR_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Subscription {
+    presence: bool,
+    join_leave: bool,
+}
+
+/// The state of one connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    hub: Arc<Shared>,
+    peer: Arc<Peer>,
+    identity: Identity,
+    subscriptions: HashMap<Arc<str>, Subscription>,
+    commands: DefaultDirectRateLimiter,
+    errors: DefaultDirectRateLimiter,
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+impl Session {
+    /// A session for an accepted connection; queues the `welcome` frame.
+    pub(crate) fn new(hub: Arc<Shared>, identity: Identity) -> Self {
+        let limits = &hub.config.limits;
+        let peer = Arc::new(Peer {
+            id: hub.new_client_id(),
+            queue: Outbound::new(limits.max_queue_bytes),
+        });
+        let commands = RateLimiter::direct(
+            Quota::per_second(nonzero(limits.commands_per_second))
+                .allow_burst(nonzero(limits.commands_burst)),
+        );
+        let per_error = ERROR_WINDOW / limits.max_errors.max(1);
+        let errors = RateLimiter::direct(
+            Quota::with_period(per_error)
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(nonzero(limits.max_errors)),
+        );
+        let ping_ms =
+            u64::try_from(hub.config.websocket.ping_interval.as_millis()).unwrap_or(u64::MAX);
+        let welcome = protocol::welcome(&peer.id, identity.user.as_deref(), &hub.node_id, ping_ms);
+        peer.queue.push(Frame::text(welcome), false);
+        Self {
+            hub,
+            peer,
+            identity,
+            subscriptions: HashMap::new(),
+            commands,
+            errors,
+        }
+    }
+
+    /// The outbound side, for the writer.
+    pub(crate) fn peer(&self) -> &Arc<Peer> {
+        &self.peer
+    }
+
+    /// The connection's identity.
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Handles one text message.
+    pub(crate) async fn on_text(&mut self, text: &str) {
+        let (id, command) = match protocol::parse_command(text) {
+            Ok(parsed) => parsed,
+            Err((id, err)) => return self.fail(id, err),
+        };
+        if self.commands.check().is_err() {
+            return self.fail(
+                id,
+                CommandError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} commands per second",
+                        self.hub.config.limits.commands_per_second
+                    ),
+                ),
+            );
+        }
+        let kind = command.kind();
+        let started = Instant::now();
+        let result = self.execute(id, command).await;
+        self.hub
+            .metrics
+            .command_duration(kind, started.elapsed().as_secs_f64());
+        if let Err(err) = result {
+            self.fail(id, err);
+        }
+    }
+
+    /// Handles one binary message: not part of the protocol.
+    pub(crate) fn on_binary(&mut self) {
+        self.fail(
+            None,
+            CommandError::new(
+                ErrorCode::BadJson,
+                "binary frames are not supported; send JSON text",
+            ),
+        );
+    }
+
+    fn send(&self, json: String) {
+        self.peer.queue.push(Frame::text(json), false);
+    }
+
+    fn fail(&mut self, id: Option<u64>, err: CommandError) {
+        self.hub.metrics.command_error(err.code);
+        self.send(protocol::error(id, &err));
+        if self.errors.check().is_err() {
+            tracing::info!(client = %self.peer.id, "closing: too many errors");
+            self.peer.queue.close(POLICY, "too many errors", false);
+        }
+    }
+
+    async fn execute(&mut self, id: Option<u64>, command: Command<'_>) -> Result<(), CommandError> {
+        match command {
+            Command::Ping => {
+                self.send(protocol::pong(id));
+                Ok(())
+            }
+            Command::Subscribe {
+                channel,
+                since,
+                info,
+            } => self.subscribe(id, &channel, since, info).await,
+            Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
+            Command::Publish { channel, data } => self.publish(id, &channel, data).await,
+            Command::Presence { channel } => self.presence(id, &channel).await,
+            Command::History { channel, limit } => self.history(id, &channel, limit).await,
+        }
+    }
+
+    fn readable(&self, channel: &str) -> Result<NamespaceConfig, CommandError> {
+        let ns = self.hub.resolve(channel)?;
+        if !self.identity.may_subscribe(channel) {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("the token does not allow channel {channel:?}"),
+            ));
+        }
+        Ok(ns)
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<Since>,
+        info: Option<&RawValue>,
+    ) -> Result<(), CommandError> {
+        let ns = self.readable(channel)?;
+        if self.subscriptions.contains_key(channel) {
+            return Err(CommandError::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel:?}"),
+            ));
+        }
+        let max = self.hub.config.limits.max_channels_per_connection;
+        if self.subscriptions.len() >= max {
+            return Err(CommandError::new(
+                ErrorCode::TooManyChannels,
+                format!("at most {max} channels per connection"),
+            ));
+        }
+        if info.is_some_and(|i| i.get().len() > MAX_INFO_SIZE) {
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!("info is above {MAX_INFO_SIZE} bytes"),
+            ));
+        }
+        let hub = self.hub.clone();
+        let droppable = ns.slow_consumer == SlowConsumerPolicy::DropOldest;
+        hub.node
+            .add(&*hub.broker, channel, &self.peer, droppable)
+            .await
+            .map_err(unavailable)?;
+        // From here on, publications to the channel are held for this peer until `go_live`.
+        let query = HistoryQuery {
+            since: since.as_ref().map(|s| s.offset),
+            limit: Some(if since.is_some() { ns.history_size } else { 0 }),
+        };
+        let history = match hub.broker.history(channel, query, retention(&ns)).await {
+            Ok(h) => h,
+            Err(e) => {
+                hub.node.remove(&*hub.broker, channel, &self.peer).await;
+                return Err(unavailable(e));
+            }
+        };
+        let recovered = since
+            .as_ref()
+            .is_some_and(|s| *s.epoch == *history.position.epoch && history.complete);
+        let mut frames = vec![Frame::text(protocol::subscribed(
+            id,
+            channel,
+            &history.position,
+            recovered,
+        ))];
+        if recovered {
+            frames.extend(
+                history
+                    .publications
+                    .iter()
+                    .map(|p| Frame::text(protocol::message(channel, p))),
+            );
+        }
+        hub.node
+            .go_live(channel, &self.peer, frames, history.position.offset);
+        let key: Arc<str> = channel.into();
+        self.subscriptions.insert(
+            key,
+            Subscription {
+                presence: ns.presence,
+                join_leave: ns.presence && ns.join_leave,
+            },
+        );
+        if ns.presence {
+            let entry = PresenceEntry {
+                client: self.peer.id.clone(),
+                user: self.identity.user.clone(),
+                info: self.identity.info.clone().or_else(|| {
+                    info.and_then(|i| RawValue::from_string(i.get().to_owned()).ok())
+                        .map(Arc::from)
+                }),
+            };
+            let announce = ns.join_leave;
+            if let Err(e) = hub.broker.presence_add(channel, entry, announce).await {
+                tracing::warn!(channel, error = %e, "presence add failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+        crate::channel::validate(channel)
+            .map_err(|e| CommandError::new(ErrorCode::BadChannel, e.to_string()))?;
+        let Some(sub) = self.subscriptions.remove(channel) else {
+            return Err(CommandError::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {channel:?}"),
+            ));
+        };
+        self.leave(channel, &sub).await;
+        self.send(protocol::unsubscribed(id, channel));
+        Ok(())
+    }
+
+    async fn leave(&self, channel: &str, sub: &Subscription) {
+        let hub = &self.hub;
+        hub.node.remove(&*hub.broker, channel, &self.peer).await;
+        if sub.presence {
+            if let Err(e) = hub
+                .broker
+                .presence_remove(channel, &self.peer.id, sub.join_leave)
+                .await
+            {
+                tracing::warn!(channel, error = %e, "presence remove failed");
+            }
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        data: &RawValue,
+    ) -> Result<(), CommandError> {
+        let ns = self.hub.resolve(channel)?;
+        if !ns.client_publish {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("clients may not publish to {channel:?}"),
+            ));
+        }
+        if !self.identity.may_publish(channel) {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("the token does not allow publishing to {channel:?}"),
+            ));
+        }
+        let max = self.hub.config.limits.max_publication_size;
+        if data.get().len() > max {
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!("data is {} bytes; the limit is {max}", data.get().len()),
+            ));
+        }
+        let data: Arc<RawValue> = Arc::from(
+            RawValue::from_string(data.get().to_owned())
+                .map_err(|e| CommandError::new(ErrorCode::Internal, e.to_string()))?,
+        );
+        let from = self
+            .identity
+            .user
+            .clone()
+            .unwrap_or_else(|| self.peer.id.clone());
+        let pos = self.hub.publish(channel, &ns, data, Some(from)).await?;
+        self.send(protocol::published(id, channel, &pos));
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+        let ns = self.readable(channel)?;
+        if !ns.presence {
+            return Err(CommandError::new(
+                ErrorCode::PresenceDisabled,
+                format!("presence is off for {channel:?}"),
+            ));
+        }
+        let clients = self
+            .hub
+            .broker
+            .presence(channel)
+            .await
+            .map_err(unavailable)?;
+        self.send(protocol::presence(id, channel, &clients));
+        Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        limit: Option<usize>,
+    ) -> Result<(), CommandError> {
+        let ns = self.readable(channel)?;
+        let limit = limit.unwrap_or(ns.history_size).min(ns.history_size);
+        let query = HistoryQuery {
+            since: None,
+            limit: Some(limit),
+        };
+        let h = self
+            .hub
+            .broker
+            .history(channel, query, retention(&ns))
+            .await
+            .map_err(unavailable)?;
+        self.send(protocol::history(id, channel, &h.position, &h.publications));
+        Ok(())
+    }
+
+    /// Leaves every channel (with `leave` events). Call once when the connection ends.
+    pub(crate) async fn finish(&mut self) {
+        let subs: Vec<_> = self.subscriptions.drain().collect();
+        for (channel, sub) in subs {
+            self.leave(&channel, &sub).await;
+        }
+    }
+}
+
+fn unavailable(e: crate::broker::BrokerError) -> CommandError {
+    CommandError::new(ErrorCode::Unavailable, e.to_string())
+}

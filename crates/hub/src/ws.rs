@@ -1,0 +1,247 @@
+//! `/ws`: the upgrade checks (origin, token, limits) and the connection driver.
+//!
+//! The driver runs two tasks per connection. The reader feeds messages to the
+//! [`Session`]; the writer drains the peer's outbound queue into the socket. They meet only
+//! at the queue, so a client that stops reading blocks its writer and nothing else.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use duplex::axum::{UpgradeRejection, UpgradedIo, WebSocketUpgrade};
+use duplex::{CloseCode, Message, WebSocket};
+
+use crate::auth::{token_from_query, Identity};
+use crate::limits::{ConnectionPermit, LimitError};
+use crate::metrics::HandshakeFailure;
+use crate::queue::Next;
+use crate::session::{Session, POLICY};
+use crate::Hub;
+
+/// How long a Close frame may take to be written to a peer whose socket is full, and how
+/// long we wait for the peer's Close after ours, before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Adds the `/ws` route.
+pub(crate) fn route(router: Router<Hub>) -> Router<Hub> {
+    router.route("/ws", get(upgrade))
+}
+
+fn refuse(hub: &Hub, why: HandshakeFailure, status: StatusCode, reason: &str) -> Response {
+    hub.shared.metrics.handshake_failure(why);
+    tracing::debug!(%status, reason, "WebSocket upgrade refused");
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+async fn upgrade(
+    State(hub): State<Hub>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, UpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            let why = if rejection.status() == StatusCode::UPGRADE_REQUIRED {
+                HandshakeFailure::Version
+            } else {
+                HandshakeFailure::BadRequest
+            };
+            hub.shared.metrics.handshake_failure(why);
+            return rejection.into_response();
+        }
+    };
+    if hub.is_shutting_down() {
+        return refuse(
+            &hub,
+            HandshakeFailure::ShuttingDown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down",
+        );
+    }
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if !hub
+        .shared
+        .auth
+        .origin_allowed(text(header::ORIGIN), text(header::HOST))
+    {
+        return refuse(
+            &hub,
+            HandshakeFailure::Origin,
+            StatusCode::FORBIDDEN,
+            "origin not allowed",
+        );
+    }
+    let token = bearer(&headers).or_else(|| uri.query().and_then(token_from_query));
+    let identity = match hub.shared.auth.authenticate(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            return refuse(
+                &hub,
+                HandshakeFailure::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                &e.to_string(),
+            )
+        }
+    };
+    let permit = match hub.shared.limits.acquire(addr.ip()) {
+        Ok(p) => p,
+        Err(LimitError::Total) => {
+            return refuse(
+                &hub,
+                HandshakeFailure::Capacity,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections",
+            )
+        }
+        Err(LimitError::PerIp) => {
+            return refuse(
+                &hub,
+                HandshakeFailure::PerIp,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            )
+        }
+    };
+    let c = hub.config();
+    let config = duplex::Config::default()
+        .max_message_size(c.limits.max_message_size)
+        .max_frame_size(c.limits.max_message_size)
+        .ping_interval(Some(c.websocket.ping_interval))
+        .pong_timeout(c.websocket.pong_timeout);
+    upgrade
+        .protocols([crate::SUBPROTOCOL])
+        .config(config)
+        .on_upgrade(move |ws| run(hub, ws, identity, addr, permit))
+}
+
+/// Seconds since the Unix epoch until `exp`, as a deadline.
+fn expiry_deadline(identity: &Identity) -> Option<tokio::time::Instant> {
+    let exp = identity.expires_at?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+}
+
+async fn run(
+    hub: Hub,
+    ws: WebSocket<UpgradedIo>,
+    identity: Identity,
+    addr: SocketAddr,
+    permit: ConnectionPermit,
+) {
+    let metrics = hub.shared.metrics.clone();
+    metrics.connections.inc();
+    metrics.connections_opened.inc();
+    let expires = expiry_deadline(&identity);
+    let mut session = Session::new(hub.shared.clone(), identity);
+    let peer = session.peer().clone();
+    tracing::debug!(client = %peer.id, %addr, user = ?session.identity().user, "connected");
+    let (mut sink, mut stream) = ws.split();
+
+    let writer_peer = peer.clone();
+    let writer_metrics = metrics.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(next) = writer_peer.queue.pop().await {
+            match next {
+                Next::Frame(frame) => {
+                    if sink.send_prepared(frame.prepared()).await.is_err() {
+                        break;
+                    }
+                    writer_metrics.messages_sent.inc();
+                    writer_metrics.bytes_sent.inc_by(frame.payload_len() as u64);
+                }
+                Next::Close(code, reason) => {
+                    let close = sink.close(CloseCode(code), reason);
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                    break;
+                }
+            }
+        }
+        // Whatever ended the writer, nothing more can be sent: stop queueing.
+        writer_peer.queue.close(CloseCode::ABNORMAL.0, "", true);
+    });
+
+    let mut shutdown = hub.shared.shutdown_signal();
+    let mut shutting_down = false;
+    let expiry = async {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let mut expired = false;
+    // Once our Close is queued, the peer has CLOSE_TIMEOUT to answer it.
+    let closing = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(closing);
+    let mut closing_armed = false;
+    loop {
+        tokio::select! {
+            () = peer.queue.closed(), if !closing_armed => {
+                closing_armed = true;
+                closing.as_mut().reset(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+            }
+            message = stream.recv() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    metrics.messages_received.inc();
+                    metrics.bytes_received.inc_by(text.len() as u64);
+                    if !peer.queue.is_closed() {
+                        session.on_text(text.as_str()).await;
+                    }
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    metrics.messages_received.inc();
+                    metrics.bytes_received.inc_by(data.len() as u64);
+                    if !peer.queue.is_closed() {
+                        session.on_binary();
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(client = %peer.id, error = %e, "connection error");
+                    break;
+                }
+                None => break,
+            },
+            () = async { let _ = shutdown.wait_for(|d| *d).await; }, if !shutting_down => {
+                shutting_down = true;
+                peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
+            }
+            () = &mut expiry, if !expired => {
+                expired = true;
+                peer.queue.close(POLICY, "token expired", false);
+            }
+            () = &mut closing, if closing_armed => break,
+        }
+    }
+    session.finish().await;
+    peer.queue.close(CloseCode::NORMAL.0, "", true);
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(client = %peer.id, "writer did not finish; dropping the connection");
+        writer.abort();
+    }
+    metrics.connections.dec();
+    tracing::debug!(client = %peer.id, "disconnected");
+    drop(permit);
+}

@@ -1,0 +1,465 @@
+//! The sans-IO connection: feed it bytes, take out events and bytes.
+
+mod reader;
+mod state;
+mod writer;
+
+use std::{collections::VecDeque, io::IoSlice, time::Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use state::Input;
+pub use state::State;
+use writer::{Output, Payload};
+
+use crate::{
+    close::{CloseCode, CloseFrame},
+    config::Config,
+    error::{CloseError, SendError},
+    frame::OpCode,
+    message::{Message, Utf8Bytes},
+    prepared::Prepared,
+    role::Role,
+};
+
+/// Something that happened on the connection, returned by [`Connection::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A complete text or binary message.
+    Message(Message),
+    /// The peer sent a Ping; the Pong is already queued (RFC 6455 §5.5.2).
+    Ping(Bytes),
+    /// The peer sent a Pong.
+    Pong(Bytes),
+    /// The connection is closed. This is the last event.
+    Closed(Closed),
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The close code: the peer's for a clean close it started, ours when we started it,
+    /// [`CloseCode::NO_STATUS`] for a Close without a code, [`CloseCode::ABNORMAL`] when no
+    /// closing handshake took place.
+    pub code: CloseCode,
+    /// The reason that came with the code.
+    pub reason: Utf8Bytes,
+    /// Who started the closing handshake (or failed the connection).
+    pub initiated_by: Side,
+    /// Set when the connection did not end with a clean closing handshake.
+    pub error: Option<CloseError>,
+}
+
+impl Closed {
+    /// Whether both Close frames were exchanged.
+    #[must_use]
+    pub const fn is_clean(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// One side of the connection, seen from this endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// This endpoint.
+    Local,
+    /// The remote endpoint.
+    Peer,
+}
+
+/// A WebSocket connection after the opening handshake, with no IO of its own.
+///
+/// The caller drives it:
+/// - input: read from the transport into [`read_buf`](Self::read_buf) and call
+///   [`receive`](Self::receive); call [`receive_eof`](Self::receive_eof) at end of stream and
+///   [`handle_timeout`](Self::handle_timeout) when the deadline from
+///   [`poll_timeout`](Self::poll_timeout) passes;
+/// - commands: [`send`](Self::send), [`ping`](Self::ping), [`close`](Self::close);
+/// - output, after any input or command: write [`output_chunks`](Self::output_chunks) to the
+///   transport and report the count with [`advance_output`](Self::advance_output); take events
+///   with [`poll_event`](Self::poll_event); re-arm the timer with `poll_timeout`.
+///
+/// When [`state`](Self::state) is [`State::Closed`] and the output is written, close the
+/// transport. RFC 6455 §7.1.1: the server closes TCP first; a client waits for the server to
+/// do so (up to the close timeout) before closing its own side.
+///
+/// ```
+/// use duplex_proto::{Config, Connection, Event, Message, Role};
+///
+/// let mut client = Connection::new(Role::Client, Config::default());
+/// let mut server = Connection::new(Role::Server, Config::default());
+/// client.send(Message::text("hello")).unwrap();
+/// let mut wire = bytes::BytesMut::new();
+/// client.poll_output(&mut wire);
+/// server.receive_bytes(&wire);
+/// assert_eq!(server.poll_event(), Some(Event::Message(Message::text("hello"))));
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    read_buf: BytesMut,
+    reader: reader::Reader,
+    output: Output,
+    events: VecDeque<Event>,
+    peer_close: Option<CloseFrame>,
+    timers: Timers,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    /// The closing handshake started and its deadline is not armed yet.
+    arm_close: bool,
+    close: Option<Instant>,
+    /// Something arrived since the keepalive timer was last armed.
+    activity: bool,
+    ping: Option<Instant>,
+    pong: Option<Instant>,
+}
+
+impl Connection {
+    /// A connection in the open state, for the given role.
+    #[must_use]
+    pub fn new(role: Role, config: Config) -> Self {
+        Self {
+            role,
+            reader: reader::Reader::new(&config),
+            config,
+            state: State::Open,
+            read_buf: BytesMut::new(),
+            output: Output::default(),
+            events: VecDeque::new(),
+            peer_close: None,
+            timers: Timers {
+                activity: true,
+                ..Timers::default()
+            },
+        }
+    }
+
+    /// This endpoint's role.
+    #[must_use]
+    pub const fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub const fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The lifecycle state.
+    #[must_use]
+    pub const fn state(&self) -> State {
+        self.state
+    }
+
+    /// The Close frame the peer sent, once it has arrived.
+    #[must_use]
+    pub const fn peer_close(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_ref()
+    }
+
+    // ---- input ----
+
+    /// The buffer to read transport bytes into (append, then call [`receive`](Self::receive)).
+    ///
+    /// Reading straight into it avoids a copy; complete unfragmented messages are handed out as
+    /// slices of it.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        &mut self.read_buf
+    }
+
+    /// Process the bytes added to [`read_buf`](Self::read_buf): frames become events, and
+    /// pings, close replies and protocol failures become output. Processing stops at the first
+    /// event and resumes as events are taken with [`poll_event`](Self::poll_event).
+    pub fn receive(&mut self) {
+        self.process();
+    }
+
+    /// Append `data` to the read buffer and process it.
+    pub fn receive_bytes(&mut self, data: &[u8]) {
+        self.read_buf.extend_from_slice(data);
+        self.process();
+    }
+
+    /// The transport reached end of stream.
+    ///
+    /// After a finished closing handshake this is expected; otherwise the connection closed
+    /// abnormally (RFC 6455 §7.1.5: code 1006).
+    pub fn receive_eof(&mut self) {
+        if self.state.can_receive() {
+            self.finish_failed(CloseError::UnexpectedEof, Side::Peer);
+        }
+    }
+
+    /// Run the timers whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.timers.close.is_some_and(|d| d <= now) {
+            self.timers.close = None;
+            if self.state.can_receive() {
+                self.finish_failed(CloseError::CloseTimeout, Side::Local);
+            }
+        }
+        if self.timers.pong.is_some_and(|d| d <= now) {
+            self.timers.pong = None;
+            if self.state.can_send() {
+                self.queue_close(CloseCode::INTERNAL, "keepalive ping timeout");
+                self.finish_failed(CloseError::KeepaliveTimeout, Side::Local);
+            }
+        }
+        if self.timers.ping.is_some_and(|d| d <= now) {
+            self.timers.ping = None;
+            if self.state.can_send() {
+                self.output.frame(
+                    OpCode::Ping,
+                    true,
+                    false,
+                    self.mask_key(),
+                    Payload::Borrowed(b"keepalive"),
+                );
+                self.timers.pong = Some(now + self.config.pong_timeout);
+            }
+        }
+    }
+
+    // ---- commands ----
+
+    /// Queue a message.
+    ///
+    /// # Errors
+    /// [`SendError::Closed`] once a Close frame was sent or received (RFC 6455 §5.5.1).
+    pub fn send(&mut self, message: Message) -> Result<(), SendError> {
+        if !self.state.can_send() {
+            return Err(SendError::Closed);
+        }
+        let (opcode, payload) = match &message {
+            Message::Text(t) => (OpCode::Text, t.clone().into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b.clone()),
+        };
+        let mask = self.mask_key();
+        self.output
+            .frame(opcode, true, false, mask, Payload::Shared(&payload));
+        Ok(())
+    }
+
+    /// Queue a frame that was encoded once for many connections.
+    ///
+    /// A server writes the prepared bytes as they are; a client, which must mask with its own
+    /// key, frames the payload again.
+    ///
+    /// # Errors
+    /// [`SendError::Closed`] once a Close frame was sent or received.
+    pub fn send_prepared(&mut self, prepared: &Prepared) -> Result<(), SendError> {
+        if !self.state.can_send() {
+            return Err(SendError::Closed);
+        }
+        match self.role {
+            Role::Server => self.output.raw(prepared.frame()),
+            Role::Client => {
+                let mask = self.mask_key();
+                self.output.frame(
+                    prepared.opcode(),
+                    true,
+                    false,
+                    mask,
+                    Payload::Shared(prepared.payload()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue a Ping.
+    ///
+    /// # Errors
+    /// [`SendError::Closed`] after the closing handshake started,
+    /// [`SendError::ControlPayloadTooLong`] for a payload over 125 bytes (RFC 6455 §5.5).
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.control(OpCode::Ping, payload)
+    }
+
+    /// Queue an unsolicited Pong (a unidirectional heartbeat, RFC 6455 §5.5.3).
+    ///
+    /// # Errors
+    /// As for [`ping`](Self::ping).
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.control(OpCode::Pong, payload)
+    }
+
+    /// Start the closing handshake. Calling it again, or after the peer's Close, does nothing.
+    ///
+    /// # Errors
+    /// [`SendError::InvalidCloseCode`] for a code that may not be sent (1005, 1006, 1015, ...),
+    /// [`SendError::ControlPayloadTooLong`] for a reason over 123 bytes.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code.0));
+        }
+        if reason.len() > CloseFrame::MAX_REASON {
+            return Err(SendError::ControlPayloadTooLong(reason.len() + 2));
+        }
+        if self.state.can_send() {
+            self.queue_close(code, reason);
+            self.timers.arm_close = true;
+            self.state = self.state.on(Input::SendClose);
+        }
+        Ok(())
+    }
+
+    // ---- output ----
+
+    /// The next event, if any.
+    ///
+    /// Input is processed lazily, one event at a time: a frame is read only once the events
+    /// before it are taken. So whatever the caller sends in answer to a message goes out before
+    /// the reaction to a later frame (such as the Close that fails the connection on a
+    /// protocol violation further down the same read).
+    #[must_use = "events must be handled"]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            self.process();
+        }
+        self.events.pop_front()
+    }
+
+    /// Whether events are waiting to be taken with [`poll_event`](Self::poll_event).
+    ///
+    /// An IO layer can hold back writes while this is true, so that everything a batch of
+    /// input produces goes out in one write.
+    #[must_use]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+            || (self.state.can_receive() && self.reader.frame_ready(&self.read_buf))
+    }
+
+    /// Fill `dst` with the pending output, in order; returns how many slices were filled.
+    pub fn output_chunks<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        self.output.chunks(dst)
+    }
+
+    /// Mark `n` bytes of the output as written.
+    pub fn advance_output(&mut self, n: usize) {
+        self.output.advance(n);
+    }
+
+    /// Bytes waiting to be written.
+    #[must_use]
+    pub const fn output_len(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Append all pending output to `buf`.
+    pub fn poll_output(&mut self, buf: &mut BytesMut) {
+        self.output.drain_into(buf);
+    }
+
+    /// The next deadline at which [`handle_timeout`](Self::handle_timeout) must be called.
+    ///
+    /// Timers started since the last call are armed relative to `now`.
+    #[must_use = "the deadline must be scheduled"]
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        if std::mem::take(&mut self.timers.arm_close) && self.state.can_receive() {
+            self.timers.close = Some(now + self.config.close_timeout);
+        }
+        match self.config.ping_interval {
+            Some(interval) if self.state.can_send() => {
+                if std::mem::take(&mut self.timers.activity) {
+                    self.timers.pong = None;
+                    self.timers.ping = Some(now + interval);
+                }
+            }
+            _ => {
+                self.timers.ping = None;
+                self.timers.pong = None;
+            }
+        }
+        [self.timers.close, self.timers.ping, self.timers.pong]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Release the read and write buffers while they are empty, so an idle connection holds
+    /// almost no memory. They grow again on the next use.
+    pub fn release_buffers(&mut self) {
+        if self.read_buf.is_empty() && !self.reader.in_frame() {
+            self.read_buf = BytesMut::new();
+        }
+        self.output.release();
+    }
+
+    // ---- internals shared with the reader ----
+
+    fn mask_key(&self) -> Option<[u8; 4]> {
+        // RFC 6455 §5.3: the key must be unpredictable, so it comes from a CSPRNG.
+        self.role.masks_outgoing().then(rand::random)
+    }
+
+    fn control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+        if !self.state.can_send() {
+            return Err(SendError::Closed);
+        }
+        if payload.len() > 125 {
+            return Err(SendError::ControlPayloadTooLong(payload.len()));
+        }
+        let mask = self.mask_key();
+        self.output
+            .frame(opcode, true, false, mask, Payload::Borrowed(payload));
+        Ok(())
+    }
+
+    fn queue_close(&mut self, code: CloseCode, reason: &str) {
+        let mut payload = BytesMut::with_capacity(2 + reason.len());
+        CloseFrame::new(
+            code,
+            Utf8Bytes::from(truncate(reason, CloseFrame::MAX_REASON).to_owned()),
+        )
+        .encode(&mut payload);
+        let mask = self.mask_key();
+        self.output.frame(
+            OpCode::Close,
+            true,
+            false,
+            mask,
+            Payload::Borrowed(&payload),
+        );
+    }
+
+    /// End the connection without a clean closing handshake.
+    fn finish_failed(&mut self, error: CloseError, initiated_by: Side) {
+        let (code, reason) = match &error {
+            CloseError::Protocol(e) => (e.close_code(), Utf8Bytes::from(e.to_string())),
+            _ => (CloseCode::ABNORMAL, Utf8Bytes::new()),
+        };
+        self.finish(Closed {
+            code,
+            reason,
+            initiated_by,
+            error: Some(error),
+        });
+    }
+
+    fn finish(&mut self, closed: Closed) {
+        self.state = self.state.on(Input::Fail);
+        self.read_buf.clear();
+        self.reader.reset();
+        self.timers = Timers::default();
+        self.events.push_back(Event::Closed(closed));
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,275 @@
+//! The client side of the opening handshake (RFC 6455 §4.1).
+//!
+//! ```
+//! use duplex_proto::handshake::client::ClientHandshake;
+//!
+//! let hs = ClientHandshake::new("example.com", "/chat").subprotocol("chat");
+//! let request = hs.request();
+//! assert!(request.starts_with(b"GET /chat HTTP/1.1\r\nHost: example.com\r\n"));
+//! ```
+
+use std::fmt::Write as _;
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+
+use super::{
+    accept_key, has_token, list_values, map_parse_error, to_header_map, HandshakeError, MAX_HEADERS,
+};
+
+/// A client's upgrade request and what it needs to check the answer.
+#[derive(Debug, Clone)]
+pub struct ClientHandshake {
+    host: String,
+    target: String,
+    key: String,
+    subprotocols: Vec<String>,
+    extensions: Option<String>,
+    headers: Vec<(String, String)>,
+    max_head: usize,
+}
+
+/// The server's `101` response, checked.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The HTTP status (always 101 here).
+    pub status: u16,
+    /// All response headers.
+    pub headers: http::HeaderMap,
+    /// The subprotocol the server selected, if any.
+    pub subprotocol: Option<String>,
+    /// The `Sec-WebSocket-Extensions` value the server selected, if any.
+    pub extensions: Option<String>,
+}
+
+impl ClientHandshake {
+    /// A request for `target` (path and query) on `host` (with `:port` when not the default),
+    /// with a fresh random key (§4.1 item 7).
+    #[must_use]
+    pub fn new(host: impl Into<String>, target: impl Into<String>) -> Self {
+        let key = STANDARD.encode(rand::random::<[u8; 16]>());
+        Self {
+            host: host.into(),
+            target: target.into(),
+            key,
+            subprotocols: Vec::new(),
+            extensions: None,
+            headers: Vec::new(),
+            max_head: super::MAX_HEAD_SIZE,
+        }
+    }
+
+    /// Offer a subprotocol (in order of preference).
+    #[must_use]
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
+        self.subprotocols.push(protocol.into());
+        self
+    }
+
+    /// Offer extensions: the `Sec-WebSocket-Extensions` request value.
+    #[must_use]
+    pub fn extensions(mut self, offer: impl Into<String>) -> Self {
+        self.extensions = Some(offer.into());
+        self
+    }
+
+    /// Add a request header (e.g. `Authorization`, `Cookie`, `Origin`).
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Limit the size of the response head (default 8 KiB).
+    #[must_use]
+    pub const fn max_head(mut self, bytes: usize) -> Self {
+        self.max_head = bytes;
+        self
+    }
+
+    /// The key sent in `Sec-WebSocket-Key`.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The request bytes.
+    #[must_use]
+    pub fn request(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(256);
+        let _ = write!(
+            out,
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n",
+            self.target, self.host, self.key
+        );
+        if !self.subprotocols.is_empty() {
+            let _ = write!(
+                out,
+                "Sec-WebSocket-Protocol: {}\r\n",
+                self.subprotocols.join(", ")
+            );
+        }
+        if let Some(e) = &self.extensions {
+            let _ = write!(out, "Sec-WebSocket-Extensions: {e}\r\n");
+        }
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+
+    /// Parse and check the response at the start of `buf`.
+    ///
+    /// Returns `Ok(None)` while the head is incomplete, or the response and the length of its
+    /// head; bytes after it are already WebSocket frames.
+    ///
+    /// # Errors
+    /// A non-101 status ([`HandshakeError::Status`]; the body, if any, follows the head in
+    /// `buf`), missing Upgrade/Connection, a wrong accept value, or a subprotocol or extension
+    /// that was not offered (§4.1: the client MUST fail the connection).
+    pub fn parse_response(&self, buf: &[u8]) -> Result<Option<(Response, usize)>, HandshakeError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let used = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) if n <= self.max_head => n,
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(HandshakeError::TooLarge { max: self.max_head })
+            }
+            Ok(httparse::Status::Partial) if buf.len() > self.max_head => {
+                return Err(HandshakeError::TooLarge { max: self.max_head })
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(map_parse_error(e, self.max_head)),
+        };
+        let status = resp.code.unwrap_or(0);
+        if status != 101 {
+            return Err(HandshakeError::Status { status });
+        }
+        let headers = to_header_map(resp.headers)?;
+        let has = |name: http::header::HeaderName, token: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .any(|v| has_token(v.as_bytes(), token))
+        };
+        if !has(http::header::UPGRADE, "websocket") {
+            return Err(HandshakeError::Invalid(
+                "response lacks \"Upgrade: websocket\"",
+            ));
+        }
+        if !has(http::header::CONNECTION, "upgrade") {
+            return Err(HandshakeError::Invalid(
+                "response lacks \"Connection: Upgrade\"",
+            ));
+        }
+        let expected = accept_key(self.key.as_bytes());
+        match headers.get(http::header::SEC_WEBSOCKET_ACCEPT) {
+            Some(v) if v.as_bytes().trim_ascii() == expected.as_bytes() => {}
+            _ => return Err(HandshakeError::BadAccept),
+        }
+        let protocols: Vec<&str> = list_values(&headers, "sec-websocket-protocol").collect();
+        let subprotocol = match protocols[..] {
+            [] => None,
+            [p] if self.subprotocols.iter().any(|o| o == p) => Some(p.to_owned()),
+            _ => return Err(HandshakeError::UnofferedSubprotocol(protocols.join(", "))),
+        };
+        let extensions: Vec<String> = list_values(&headers, "sec-websocket-extensions")
+            .map(str::to_owned)
+            .collect();
+        let extensions = if extensions.is_empty() {
+            None
+        } else {
+            let offered = self.extensions.as_deref().unwrap_or("");
+            for ext in &extensions {
+                let name = ext.split(';').next().unwrap_or("").trim();
+                if !list_names(offered).any(|o| o.eq_ignore_ascii_case(name)) {
+                    return Err(HandshakeError::UnofferedExtension(ext.clone()));
+                }
+            }
+            Some(extensions.join(", "))
+        };
+        Ok(Some((
+            Response {
+                status,
+                headers,
+                subprotocol,
+                extensions,
+            },
+            used,
+        )))
+    }
+}
+
+/// Extension names in an offer like `permessage-deflate; client_max_window_bits, foo`.
+fn list_names(offer: &str) -> impl Iterator<Item = &str> {
+    offer
+        .split(',')
+        .map(|e| e.split(';').next().unwrap_or("").trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response_for(hs: &ClientHandshake, extra: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            accept_key(hs.key().as_bytes())
+        )
+    }
+
+    #[test]
+    fn keys_are_random_16_byte_values() {
+        let a = ClientHandshake::new("h", "/");
+        let b = ClientHandshake::new("h", "/");
+        assert_ne!(a.key(), b.key());
+        assert_eq!(STANDARD.decode(a.key()).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn accepts_a_valid_response_with_trailing_frames() {
+        let hs = ClientHandshake::new("h", "/").subprotocol("chat");
+        let mut raw = response_for(&hs, "Sec-WebSocket-Protocol: chat\r\n").into_bytes();
+        let head = raw.len();
+        raw.extend_from_slice(b"\x81\x00");
+        let (resp, used) = hs.parse_response(&raw).unwrap().unwrap();
+        assert_eq!(used, head);
+        assert_eq!(resp.subprotocol.as_deref(), Some("chat"));
+        for cut in 0..head {
+            assert!(hs.parse_response(&raw[..cut]).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_responses() {
+        let hs = ClientHandshake::new("h", "/");
+        let ok = response_for(&hs, "");
+        let bad_accept = ok.replacen("Accept: ", "Accept: x", 1);
+        assert_eq!(
+            hs.parse_response(bad_accept.as_bytes()).unwrap_err(),
+            HandshakeError::BadAccept
+        );
+        let no_upgrade = ok.replacen("Upgrade: websocket\r\n", "", 1);
+        assert!(matches!(
+            hs.parse_response(no_upgrade.as_bytes()),
+            Err(HandshakeError::Invalid(_))
+        ));
+        let proto = response_for(&hs, "Sec-WebSocket-Protocol: chat\r\n");
+        assert!(matches!(
+            hs.parse_response(proto.as_bytes()),
+            Err(HandshakeError::UnofferedSubprotocol(_))
+        ));
+        let ext = response_for(&hs, "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert!(matches!(
+            hs.parse_response(ext.as_bytes()),
+            Err(HandshakeError::UnofferedExtension(_))
+        ));
+        let status = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            hs.parse_response(status.as_bytes()).unwrap_err(),
+            HandshakeError::Status { status: 403 }
+        );
+    }
+}
