@@ -113,8 +113,8 @@ function render(q, flash) {
   const arrow = dir === "up" ? "▲ " : dir === "down" ? "▼ " : "";
   change.textContent = `${arrow}${money.format(Math.abs(diff))} (${pct > 0 ? "+" : ""}${pct.toFixed(2)}%)`;
   change.title = "change since this page opened";
-  c.classList.toggle("up", dir === "up");
-  c.classList.toggle("down", dir === "down");
+  c.classList.toggle("trend-up", dir === "up");
+  c.classList.toggle("trend-down", dir === "down");
 
   const tick = c.querySelector(".tick");
   tick.textContent = `last tick ${q.lastChange >= 0 ? "+" : ""}${money.format(q.lastChange)}`;

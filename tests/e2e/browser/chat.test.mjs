@@ -36,14 +36,14 @@ describe("chat demo", () => {
     await server?.cleanup();
   });
 
+  // Opens the chat as a returning visitor whose name the page remembers.
   async function openChat(origin, nick, room, contextOptions) {
     const page = await newPage(browser, contextOptions);
     pages.push(page);
+    await page.addInitScript((n) => localStorage.setItem("duplex.chat.nick", JSON.stringify(n)), nick);
     await page.goto(`${origin}/#${room}`);
     await waitForStatus(page, "connected");
-    if (!(await page.isVisible("#nick"))) await page.click("#drawer-toggle"); // phone layout
-    await page.fill("#nick", nick);
-    await page.press("#nick", "Enter");
+    assert.equal(await page.inputValue("#nick"), nick);
     await waitFor(`${nick} in the user list`, async () => (await users(page)).includes(nick));
     return page;
   }
@@ -113,6 +113,10 @@ describe("chat demo", () => {
     });
     await waitFor("history on the phone", async () => (await texts(phone)).length === 3);
     await phone.screenshot({ path: outPath("chat-mobile.png") });
+    assert.equal(await phone.isVisible("#users"), false, "the sidebar is a drawer on phones");
+    await phone.click("#drawer-toggle");
+    await waitFor("drawer open", () => phone.isVisible("#users"));
+    assert.ok((await users(phone)).includes("Ada"));
     await phone.close();
     await ada.close();
     await bob.close();
@@ -140,6 +144,12 @@ describe("chat demo", () => {
       const u = await users(ada);
       return u.includes("Robert") && !u.includes("Bob");
     });
+    await waitFor("rename announced", async () =>
+      (await ada.$$eval("#messages .sys", (els) => els.map((e) => e.textContent))).includes("Bob is now Robert"),
+    );
+    await send(bob, "new name, same stream");
+    await waitFor("at Ada", async () => (await texts(ada)).includes("new name, same stream"));
+    assert.deepEqual(await texts(bob), ["only in room-a", "new name, same stream"], "renaming lost or repeated nothing");
     await ada.close();
     await bob.close();
   });
