@@ -355,7 +355,7 @@ function scrollToBottom() {
   el.messages.scrollTop = el.messages.scrollHeight;
 }
 
-// ---- helpers -------------------------------------------------------------------------------
+// ---- utilities -----------------------------------------------------------------------------
 
 function avatar(name) {
   const a = document.createElement("span");

@@ -25,7 +25,7 @@ const CARDS = [
 
 const int = new Intl.NumberFormat();
 const dec = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
-const history = new Map(CARDS.map((c) => [c.key, []]));
+const trends = new Map(CARDS.map((c) => [c.key, []]));
 let previous = null; // {at, stats}
 
 const cards = new Map();
@@ -118,9 +118,10 @@ function render(stats, at) {
       const rate = dt > 0 && Number.isFinite(before) && v >= before ? (v - before) / dt : null;
       node.querySelector(".sub").textContent =
         rate === null ? "" : c.bytes ? `${bytes(rate)}/s` : `${dec.format(rate)}/s`;
-      trend = rate ?? 0;
+      trend = rate;
     }
-    const h = history.get(c.key);
+    const h = trends.get(c.key);
+    if (trend === null) continue; // no rate before the second sample
     h.push(trend);
     if (h.length > SAMPLES) h.shift();
     if (c.spark) drawSpark(node.querySelector("polyline"), h);

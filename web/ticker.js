@@ -141,10 +141,14 @@ function drawSpark(svg, values) {
   svg.querySelector(".area").setAttribute("points", `0,40 ${pts.join(" ")} 100,40`);
 }
 
+const RATE_WINDOW_MS = 5000;
+const openedAt = performance.now();
 setInterval(() => {
   const now = performance.now();
-  while (arrivals.length && now - arrivals[0] > 5000) arrivals.shift();
-  el.rate.textContent = (arrivals.length / 5).toFixed(1);
+  while (arrivals.length && now - arrivals[0] > RATE_WINDOW_MS) arrivals.shift();
+  // Until the page has been open for a whole window, divide by the time it has.
+  const secs = Math.min(RATE_WINDOW_MS, now - openedAt) / 1000;
+  el.rate.textContent = (arrivals.length / secs).toFixed(1);
 }, 1000);
 
 function renderStatus(e) {

@@ -315,7 +315,7 @@ describe("duplex.js against duplex serve", () => {
     }
   });
 
-  test("a stalled link is detected by the heartbeat and recovered", async () => {
+  test("a stalled link is detected by the heartbeat and recovered", async (t) => {
     const proxy = new TcpProxy(server.port);
     await proxy.listen();
     const page = await libPage(proxy.origin);
@@ -349,6 +349,7 @@ describe("duplex.js against duplex serve", () => {
       );
       const detected = Date.now() - t0;
       assert.ok(detected < 2500, `dead link detected after ${detected} ms`);
+      t.diagnostic(`stalled link detected after ${detected} ms (ping interval 400 ms, pong timeout 600 ms)`);
       proxy.restore();
       await waitFor("5 messages", async () => offsets(await rec(page, "a"), "lib-stall").length >= 5);
       await sleep(300);

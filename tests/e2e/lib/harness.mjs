@@ -1,4 +1,4 @@
-// Shared helpers of the browser tests: the real `duplex serve` binary on a free
+// Shared building blocks of the browser tests: the real `duplex serve` binary on a free
 // loopback port, headless Chromium through playwright-core, a TCP proxy that can
 // cut or stall connections, and small polling utilities.
 import { spawn } from "node:child_process";
