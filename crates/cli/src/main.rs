@@ -27,14 +27,14 @@ enum Command {
     /// Run the Autobahn testsuite's client cases against its fuzzingserver.
     AutobahnClient(autobahn::Args),
     /// Run the real-time hub: pub/sub channels over WebSocket, HTTP API and demo pages.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `serve` installs its own subscriber (it has a JSON format and a config file).
     let command = match cli.command {
-        Command::Serve(args) => return serve::run(args),
+        Command::Serve(args) => return serve::run(*args),
         other => other,
     };
     tracing_subscriber::fmt()
@@ -46,6 +46,6 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Echo(args) => echo::run(args),
         Command::AutobahnClient(args) => autobahn::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
     }
 }

@@ -204,3 +204,70 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     server.run(shutdown_signal()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn config(argv: &[&str]) -> anyhow::Result<Config> {
+        let mut full = vec!["duplex-serve"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full)?.args.config()
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_8080() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.demo.ticker && c.auth.anonymous);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let path = std::env::temp_dir().join(format!("duplex-serve-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n[limits]\nmax_connections = 7\ncommands_per_second = 3\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let c = config(&[
+            "--config",
+            file,
+            "--max-connections",
+            "9",
+            "--anonymous",
+            "false",
+        ]);
+        std::fs::remove_file(&path).unwrap();
+        let c = c.unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000", "from the file");
+        assert_eq!(c.limits.max_connections, 9, "the flag wins");
+        assert_eq!(c.limits.commands_per_second, 3);
+        assert!(!c.auth.anonymous);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(config(&["--log-format", "xml"]).is_err());
+        assert!(config(&["--max-connections", "0"]).is_err());
+        assert!(config(&["--ping-interval", "soon"]).is_err());
+        assert!(config(&["--jwt-secret", "short"]).is_err());
+        assert!(config(&["--config", "/nonexistent/duplex.toml"]).is_err());
+    }
+
+    #[test]
+    fn durations_and_secrets() {
+        let c = config(&["--ping-interval", "5s", "--jwt-secret", "0123456789abcdef!"]).unwrap();
+        assert_eq!(c.websocket.ping_interval, Duration::from_secs(5));
+        assert!(!c.to_toml_redacted().contains("0123456789abcdef!"));
+    }
+}

@@ -1,11 +1,11 @@
 //! Upgrade axum requests to WebSockets, so an existing axum (hyper) stack can serve
 //! `duplex` connections next to its other routes. Needs the `axum` feature.
 //!
-//! ```no_run
+//! ```
 //! use axum::{routing::get, Router};
-//! use duplex::axum::WebSocketUpgrade;
+//! use duplex::{axum::WebSocketUpgrade, Message};
 //!
-//! async fn ws(upgrade: WebSocketUpgrade) -> axum::response::Response {
+//! async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
 //!     upgrade.on_upgrade(|mut ws| async move {
 //!         while let Some(Ok(message)) = ws.recv().await {
 //!             if ws.send(message).await.is_err() {
@@ -15,11 +15,17 @@
 //!     })
 //! }
 //!
-//! # async fn serve() -> std::io::Result<()> {
-//! let app = Router::new().route("/ws", get(ws));
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new().route("/ws", get(echo));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! axum::serve(listener, app).await
-//! # }
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! let (mut ws, _) = duplex::connect(&format!("ws://{addr}/ws")).await?;
+//! ws.send(Message::text("hello")).await?;
+//! assert_eq!(ws.recv().await.transpose()?, Some(Message::text("hello")));
+//! # Ok(()) }
 //! ```
 
 use std::fmt;

@@ -5,19 +5,40 @@
 //! reconnect. Backends publish over HTTP. One node keeps everything in memory; the
 //! [`broker::Broker`] trait is the seam for sharing channels between nodes.
 //!
-//! ```no_run
+//! ```
+//! use duplex::{ClientBuilder, Message};
 //! use duplex_hub::{Config, Server};
 //!
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! # type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+//! /// The next frame's text.
+//! async fn next(ws: &mut duplex::WebSocket<duplex::MaybeTlsStream>) -> Result<String> {
+//!     let message = ws.recv().await.ok_or("closed")??;
+//!     Ok(message.as_text().unwrap_or_default().to_owned())
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<()> {
 //! let mut config = Config::default();
 //! config.listen = "127.0.0.1:0".parse()?;
 //! let server = Server::bind(config).await?;
-//! println!("chat demo at http://{}/", server.local_addr());
+//! let url = format!("ws://{}/ws", server.local_addr());
 //! let hub = server.hub().clone();
 //! tokio::spawn(server.run(std::future::pending()));
+//!
+//! // A client subscribes to a chat room…
+//! let (mut ws, _) = ClientBuilder::new(url).subprotocol("duplex.v1").connect().await?;
+//! assert!(next(&mut ws).await?.starts_with(r#"{"type":"welcome""#));
+//! ws.send(Message::text(r#"{"type":"subscribe","id":1,"channel":"lobby"}"#)).await?;
+//! assert!(next(&mut ws).await?.contains(r#""recovered":false"#)); // the reply
+//! assert!(next(&mut ws).await?.starts_with(r#"{"type":"join""#)); // its own presence
+//!
+//! // …and receives what the server, another client, or `POST /api/publish` publishes.
 //! let data = serde_json::value::RawValue::from_string(r#"{"text":"hello"}"#.into())?;
-//! let position = hub.publish("lobby", data).await?;
-//! assert_eq!(position.offset, 1);
+//! hub.publish("lobby", data).await?;
+//! assert_eq!(
+//!     next(&mut ws).await?,
+//!     r#"{"type":"message","channel":"lobby","offset":1,"data":{"text":"hello"},"from":null}"#
+//! );
 //! # Ok(()) }
 //! ```
 //!

@@ -28,12 +28,19 @@ pub(crate) struct Peer {
     pub(crate) queue: Outbound,
 }
 
+/// Deliveries held back from a recovering subscriber: each with its offset (`None` for
+/// join/leave events), and their byte total.
+#[derive(Debug, Default)]
+struct Held {
+    frames: Vec<(Option<u64>, Frame)>,
+    bytes: usize,
+}
+
 #[derive(Debug)]
 struct Subscriber {
     peer: Arc<Peer>,
-    /// `Some` while recovering: deliveries held back, with their offsets (`None` for
-    /// join/leave events), and their byte total.
-    held: Option<(Vec<(Option<u64>, Frame)>, usize)>,
+    /// `Some` while recovering.
+    held: Option<Held>,
 }
 
 #[derive(Debug)]
@@ -107,7 +114,7 @@ impl Node {
             }
             ch.subscribers.lock().push(Subscriber {
                 peer: peer.clone(),
-                held: Some((Vec::new(), 0)),
+                held: Some(Held::default()),
             });
             self.metrics.subscriptions.inc();
             return Ok(());
@@ -128,7 +135,7 @@ impl Node {
         else {
             return;
         };
-        let held = sub.held.take().map(|(held, _)| held).unwrap_or_default();
+        let held = sub.held.take().unwrap_or_default().frames;
         for frame in frames {
             self.push(peer, frame, false);
         }
@@ -220,18 +227,19 @@ impl Node {
         for sub in subs.iter_mut() {
             match &mut sub.held {
                 None => self.push(&sub.peer, frame.clone(), droppable),
-                Some((held, bytes)) => {
-                    *bytes += frame.wire_len();
-                    if *bytes > max_held {
+                Some(_) if sub.peer.queue.is_closed() => {}
+                Some(held) => {
+                    held.bytes += frame.wire_len();
+                    if held.bytes > max_held {
                         // Recovery is taking long enough for its buffer to pass the queue
                         // limit: the same slow-consumer rule applies.
-                        held.clear();
+                        held.frames.clear();
                         sub.peer
                             .queue
                             .close(crate::queue::TRY_AGAIN, "slow consumer", true);
                         self.metrics.slow_consumer_disconnect();
                     } else {
-                        held.push((offset, frame.clone()));
+                        held.frames.push((offset, frame.clone()));
                     }
                 }
             }
@@ -267,5 +275,79 @@ impl DeliverySink for NodeSink {
                 self.node.fan_out(&channel, None, frame, self.max_held);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::broker::{MemoryBroker, Retention};
+    use crate::queue::Next;
+
+    fn offsets_and_texts(peer: &Peer) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(Next::Frame(f)) =
+            futures_util::FutureExt::now_or_never(peer.queue.pop()).flatten()
+        {
+            let text = String::from_utf8_lossy(f.prepared().payload()).into_owned();
+            out.push(text);
+        }
+        out
+    }
+
+    /// Deliveries that arrive while a subscriber recovers are held, then flushed after the
+    /// replay without the offsets the replay already had.
+    #[tokio::test]
+    async fn held_deliveries_are_deduplicated_against_the_replay() {
+        let metrics = Arc::new(Metrics::new());
+        let node = Arc::new(Node::new(metrics));
+        let sink = Arc::new(NodeSink {
+            node: node.clone(),
+            max_held: 1 << 20,
+        });
+        let broker = MemoryBroker::new(sink);
+        let keep = Retention {
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let peer = Arc::new(Peer {
+            id: "p".into(),
+            queue: Outbound::new(1 << 20),
+        });
+        let publish = |n: u64| {
+            let broker = broker.clone();
+            async move {
+                let data = Arc::from(RawValue::from_string(n.to_string()).unwrap());
+                broker.publish("c", data, None, keep).await.unwrap()
+            }
+        };
+        for n in 1..=3 {
+            publish(n).await;
+        }
+        node.add(&*broker, "c", &peer, false).await.unwrap();
+        // Live publications 4 and 5 arrive during recovery and are held.
+        publish(4).await;
+        publish(5).await;
+        assert!(
+            offsets_and_texts(&peer).is_empty(),
+            "nothing delivered while recovering"
+        );
+        // The replay read history up to 5: it has 3, 4, 5 (since = 2).
+        let replay: Vec<Frame> = ["reply", "m3", "m4", "m5"]
+            .iter()
+            .map(|t| Frame::text((*t).to_owned()))
+            .collect();
+        node.go_live("c", &peer, replay, 5);
+        publish(6).await;
+        let got = offsets_and_texts(&peer);
+        assert_eq!(got[..4], ["reply", "m3", "m4", "m5"]);
+        assert_eq!(got.len(), 5, "4 and 5 were not delivered twice: {got:?}");
+        assert!(got[4].contains("\"offset\":6"));
+        assert!(node.remove(&*broker, "c", &peer).await);
+        assert!(node.channel_counts().is_empty());
     }
 }

@@ -87,7 +87,8 @@ impl ErrorCode {
 }
 
 /// A failed command: the code and a human-readable message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
 pub struct CommandError {
     /// Machine-readable code.
     pub code: ErrorCode,
@@ -151,8 +152,10 @@ pub enum Command<'a> {
     History {
         /// Channel name.
         channel: String,
-        /// Most recent publications wanted.
+        /// Most recent publications wanted (with `since`: the oldest after it).
         limit: Option<usize>,
+        /// Only publications after this position.
+        since: Option<Since>,
     },
     /// `ping`.
     Ping,
@@ -239,6 +242,20 @@ pub fn parse_command(
     command_from(&env).map(|c| (id, c)).map_err(|e| (id, e))
 }
 
+fn since(env: &Envelope<'_>) -> Result<Option<Since>, CommandError> {
+    match env.since {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str::<Since>(raw.get())
+            .map(Some)
+            .map_err(|_| {
+                CommandError::bad_request(
+                    "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
+                )
+            }),
+    }
+}
+
 fn command_from<'a>(env: &Envelope<'a>) -> Result<Command<'a>, CommandError> {
     let Some(ty) = env.ty else {
         return Err(CommandError::bad_request("missing field \"type\""));
@@ -254,15 +271,7 @@ fn command_from<'a>(env: &Envelope<'a>) -> Result<Command<'a>, CommandError> {
     };
     Ok(match ty.as_str() {
         "subscribe" => {
-            let since = match env.since {
-                None => None,
-                Some(raw) if raw.get() == "null" => None,
-                Some(raw) => Some(serde_json::from_str::<Since>(raw.get()).map_err(|_| {
-                    CommandError::bad_request(
-                        "\"since\" must be {\"epoch\": string, \"offset\": non-negative integer}",
-                    )
-                })?),
-            };
+            let since = since(env)?;
             let info = match env.info {
                 None => None,
                 Some(raw) if raw.get() == "null" => None,
@@ -299,6 +308,7 @@ fn command_from<'a>(env: &Envelope<'a>) -> Result<Command<'a>, CommandError> {
             Command::History {
                 channel: channel()?,
                 limit,
+                since: since(env)?,
             }
         }
         "ping" => Command::Ping,
@@ -444,12 +454,13 @@ pub fn presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> St
     encode("reply", id, Body { channel, clients })
 }
 
-/// The reply to `history`.
+/// The reply to `history`; `complete` is sent when the query had `since`.
 pub fn history(
     id: Option<u64>,
     channel: &str,
     pos: &StreamPosition,
     pubs: &[Publication],
+    complete: Option<bool>,
 ) -> String {
     #[derive(Serialize)]
     struct Item<'a> {
@@ -463,6 +474,8 @@ pub fn history(
         epoch: &'a str,
         offset: u64,
         publications: Vec<Item<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        complete: Option<bool>,
     }
     let publications = pubs
         .iter()
@@ -480,6 +493,7 @@ pub fn history(
             epoch: &pos.epoch,
             offset: pos.offset,
             publications,
+            complete,
         },
     )
 }

@@ -157,7 +157,11 @@ impl Session {
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
             Command::Publish { channel, data } => self.publish(id, &channel, data).await,
             Command::Presence { channel } => self.presence(id, &channel).await,
-            Command::History { channel, limit } => self.history(id, &channel, limit).await,
+            Command::History {
+                channel,
+                limit,
+                since,
+            } => self.history(id, &channel, limit, since).await,
         }
     }
 
@@ -352,20 +356,42 @@ impl Session {
         id: Option<u64>,
         channel: &str,
         limit: Option<usize>,
+        since: Option<Since>,
     ) -> Result<(), CommandError> {
         let ns = self.readable(channel)?;
         let limit = limit.unwrap_or(ns.history_size).min(ns.history_size);
         let query = HistoryQuery {
-            since: None,
+            since: since.as_ref().map(|s| s.offset),
             limit: Some(limit),
         };
-        let h = self
-            .hub
-            .broker
+        let broker = &self.hub.broker;
+        let mut h = broker
             .history(channel, query, retention(&ns))
             .await
             .map_err(unavailable)?;
-        self.send(protocol::history(id, channel, &h.position, &h.publications));
+        let complete = match &since {
+            None => None,
+            Some(s) if *s.epoch == *h.position.epoch => Some(h.complete),
+            Some(_) => {
+                // Offsets of another epoch mean nothing here: answer with the latest ones.
+                let latest = HistoryQuery {
+                    since: None,
+                    limit: Some(limit),
+                };
+                h = broker
+                    .history(channel, latest, retention(&ns))
+                    .await
+                    .map_err(unavailable)?;
+                Some(false)
+            }
+        };
+        self.send(protocol::history(
+            id,
+            channel,
+            &h.position,
+            &h.publications,
+            complete,
+        ));
         Ok(())
     }
 

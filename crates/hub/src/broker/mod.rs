@@ -1,7 +1,7 @@
 //! Brokers: where publications get their offsets, where history and presence live, and how
 //! publications reach every node.
 //!
-//! A broker knows nothing of connections. The node-local fan-out ([`crate::node::Node`])
+//! A broker knows nothing of connections. The node-local fan-out (module `node`)
 //! tells the broker which channels this node is interested in, and the broker hands every
 //! [`Delivery`] for those channels to the node's [`DeliverySink`], in offset order per
 //! channel. [`MemoryBroker`] does this in-process; a networked broker (Redis) does it through

@@ -1,0 +1,23 @@
+//! Integration tests: a real server on 127.0.0.1:0 and real WebSocket clients.
+
+// Shared helpers: start a server, a JSON client, raw HTTP requests.
+mod support;
+
+// Auth, Origin and connection limits at the handshake, and token claims after it.
+mod auth;
+// Every command and every error reply of the protocol.
+mod commands;
+// Fan-out to 1,000 subscribers.
+mod fanout;
+// Server pings; dead peers are dropped.
+mod heartbeat;
+// The HTTP API, health, metrics and embedded pages.
+mod http;
+// Recovery with `since`: exactly the missed publications, in order.
+mod recovery;
+// Graceful shutdown: every client gets 1001.
+mod shutdown;
+// Slow consumers: 1013 and bounded memory; drop-oldest.
+mod slow;
+// The axum upgrade extractor: RFC 6455 §4.2.1 checks.
+mod upgrade;
