@@ -129,6 +129,7 @@ export function backoffDelay(attempt, opts = {}, random = Math.random) {
  * is a duplicate and is dropped.
  */
 export class StreamPosition {
+  /** An unknown position: the first subscribe asks for no replay. */
   constructor() {
     /** @type {string|null} epoch of the stream, null before the first subscribe */
     this.epoch = null;
@@ -191,6 +192,8 @@ export class StreamPosition {
  */
 export class Subscription {
   /**
+   * Use {@link Client#subscribe} rather than this constructor.
+   *
    * @param {Client} client
    * @param {string} channel
    * @param {SubscriptionHandlers} handlers
