@@ -144,7 +144,12 @@ export async function startServer(opts = {}) {
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
-  await server.start();
+  try {
+    await server.start();
+  } catch (err) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   return server;
 }
 
