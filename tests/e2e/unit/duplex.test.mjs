@@ -1,0 +1,154 @@
+// Unit tests for the parts of web/duplex.js that need no server: the reconnect
+// backoff, the exactly-once stream position filter and URL derivation.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import {
+  backoffDelay,
+  Client,
+  DEFAULTS,
+  DuplexError,
+  StreamPosition,
+  wsUrl,
+} from "../../../web/duplex.js";
+
+test("backoff stays within [0, min(cap, base * 2^attempt))", () => {
+  const opts = { minReconnectDelay: 100, maxReconnectDelay: 5000 };
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const ceiling = Math.min(5000, 100 * 2 ** attempt);
+    for (const r of [0, 0.25, 0.5, 0.999999]) {
+      const d = backoffDelay(attempt, opts, () => r);
+      assert.ok(Number.isInteger(d), `integer delay, got ${d}`);
+      assert.ok(d >= 0 && d < ceiling, `attempt ${attempt}, r=${r}: ${d} not in [0, ${ceiling})`);
+    }
+    assert.equal(backoffDelay(attempt, opts, () => 0), 0, "full jitter reaches 0");
+  }
+});
+
+test("backoff ceiling doubles per attempt until the cap", () => {
+  const opts = { minReconnectDelay: 250, maxReconnectDelay: 8000 };
+  const top = (a) => backoffDelay(a, opts, () => 0.999999999);
+  assert.equal(top(0), 249);
+  assert.equal(top(1), 499);
+  assert.equal(top(2), 999);
+  assert.equal(top(4), 3999);
+  assert.equal(top(5), 7999);
+  assert.equal(top(6), 7999, "capped");
+  assert.equal(top(10_000), 7999, "huge attempt counts neither overflow nor exceed the cap");
+});
+
+test("backoff treats bad attempt counts as the first attempt", () => {
+  const opts = { minReconnectDelay: 1000, maxReconnectDelay: 30000 };
+  for (const a of [-3, NaN, undefined, "x"]) {
+    assert.equal(backoffDelay(a, opts, () => 0.999999), 999);
+  }
+  assert.equal(backoffDelay(2.9, opts, () => 0.5), 2000, "fractional attempts round down");
+});
+
+test("backoff uses the library defaults when no options are given", () => {
+  const d = backoffDelay(100);
+  assert.ok(d >= 0 && d < DEFAULTS.maxReconnectDelay);
+});
+
+test("backoff delays are spread over the window (full jitter)", () => {
+  let seed = 42;
+  const rand = () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed / 2 ** 31;
+  };
+  const opts = { minReconnectDelay: 1000, maxReconnectDelay: 1000 };
+  const buckets = new Array(10).fill(0);
+  for (let i = 0; i < 10_000; i++) buckets[Math.floor(backoffDelay(3, opts, rand) / 100)]++;
+  for (const n of buckets) assert.ok(n > 800 && n < 1200, `uneven spread: ${buckets}`);
+});
+
+test("a fresh position asks for no recovery and accepts everything", () => {
+  const p = new StreamPosition();
+  assert.equal(p.since(), null);
+  assert.equal(p.subscribed({ epoch: "e1", offset: 7, recovered: false }), false);
+  assert.deepEqual(p.since(), { epoch: "e1", offset: 7 });
+  assert.equal(p.accept(8), true);
+  assert.equal(p.accept(9), true);
+  assert.deepEqual(p.since(), { epoch: "e1", offset: 9 });
+});
+
+test("after a recovering resubscribe, replayed offsets already seen are dropped", () => {
+  const p = new StreamPosition();
+  p.subscribed({ epoch: "e1", offset: 0, recovered: false });
+  for (const o of [1, 2, 3]) assert.equal(p.accept(o), true);
+  // Reconnect: the server recovers from offset 3.
+  assert.deepEqual(p.since(), { epoch: "e1", offset: 3 });
+  assert.equal(p.subscribed({ epoch: "e1", offset: 6, recovered: true }), true);
+  const delivered = [2, 3, 4, 5, 5, 4, 6, 7].filter((o) => p.accept(o));
+  assert.deepEqual(delivered, [4, 5, 6, 7], "each offset once, nothing at or below the old position");
+  assert.deepEqual(p.since(), { epoch: "e1", offset: 7 });
+});
+
+test("a new epoch resets the position: old offsets are not compared with new ones", () => {
+  const p = new StreamPosition();
+  p.subscribed({ epoch: "old", offset: 0, recovered: false });
+  for (let o = 1; o <= 50; o++) p.accept(o);
+  // The server restarted: new epoch, offsets start over.
+  assert.equal(p.subscribed({ epoch: "new", offset: 0, recovered: false }), false);
+  assert.equal(p.accept(1), true, "offset 1 of the new epoch is new even though 1 < 50");
+  assert.deepEqual(p.since(), { epoch: "new", offset: 1 });
+});
+
+test("recovered:true for a different epoch is not trusted as a replay", () => {
+  const p = new StreamPosition();
+  p.subscribed({ epoch: "a", offset: 10, recovered: false });
+  assert.equal(p.subscribed({ epoch: "b", offset: 3, recovered: true }), false);
+  assert.deepEqual(p.since(), { epoch: "b", offset: 3 });
+});
+
+test("a window that passed (recovered:false, same epoch) jumps to the reply position", () => {
+  const p = new StreamPosition();
+  p.subscribed({ epoch: "e", offset: 0, recovered: false });
+  p.accept(1);
+  assert.equal(p.subscribed({ epoch: "e", offset: 500, recovered: false }), false);
+  assert.deepEqual(p.since(), { epoch: "e", offset: 500 });
+  assert.equal(p.accept(501), true);
+  assert.equal(p.accept(501), false);
+});
+
+test("publications without an offset are passed through", () => {
+  const p = new StreamPosition();
+  assert.equal(p.accept(undefined), true);
+  assert.equal(p.since(), null);
+});
+
+test("wsUrl follows the page scheme and host", () => {
+  assert.equal(wsUrl("/ws", { protocol: "http:", host: "127.0.0.1:8080" }), "ws://127.0.0.1:8080/ws");
+  assert.equal(wsUrl("/ws", { protocol: "https:", host: "chat.example.com" }), "wss://chat.example.com/ws");
+  assert.equal(wsUrl("/hub", { protocol: "https:", host: "[::1]:9443" }), "wss://[::1]:9443/hub");
+  assert.throws(() => wsUrl("/ws", null), /no location/);
+});
+
+test("the client refuses URLs that are not ws:// or wss://", () => {
+  assert.throws(() => new Client("http://127.0.0.1/ws"), TypeError);
+  assert.throws(() => new Client(undefined), TypeError);
+});
+
+test("requests on a closed client are rejected with code closed", async () => {
+  const c = new Client("ws://127.0.0.1:9/ws");
+  c.close();
+  assert.equal(c.state, "closed");
+  await assert.rejects(c.publish("lobby", 1), (e) => e instanceof DuplexError && e.code === "closed");
+});
+
+test("a request waiting for a connection times out with code timeout", async () => {
+  const c = new Client("ws://127.0.0.1:9/ws"); // never connected
+  const t0 = Date.now();
+  await assert.rejects(
+    c.presence("lobby", { timeout: 50 }),
+    (e) => e instanceof DuplexError && e.code === "timeout",
+  );
+  assert.ok(Date.now() - t0 >= 45);
+});
+
+test("subscribing twice to one channel is refused", () => {
+  const c = new Client("ws://127.0.0.1:9/ws");
+  c.subscribe("lobby");
+  assert.throws(() => c.subscribe("lobby"), /already subscribed/);
+  assert.throws(() => c.subscribe(""), TypeError);
+});
