@@ -34,7 +34,7 @@ use crate::{
 
 /// Cases left out of every run: permessage-deflate (RFC 7692, cases 12 and 13) is not
 /// implemented yet. Shrink this list as features land, then bless the new expectations.
-pub(crate) const EXCLUDED: &[&str] = &[];
+pub(crate) const EXCLUDED: &[&str] = &["12.*", "13.*"];
 
 /// The agent name duplex reports under.
 const AGENT: &str = "duplex";
