@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 
 use super::{
-    accept_key, has_token, list_values, map_parse_error, to_header_map, HandshakeError, MAX_HEADERS,
+    accept_key, has_token, head_len, list_values, to_header_map, HandshakeError, MAX_HEADERS,
 };
 
 /// A client's upgrade request and what it needs to check the answer.
@@ -131,16 +131,8 @@ impl ClientHandshake {
     pub fn parse_response(&self, buf: &[u8]) -> Result<Option<(Response, usize)>, HandshakeError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        let used = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(n)) if n <= self.max_head => n,
-            Ok(httparse::Status::Complete(_)) => {
-                return Err(HandshakeError::TooLarge { max: self.max_head })
-            }
-            Ok(httparse::Status::Partial) if buf.len() > self.max_head => {
-                return Err(HandshakeError::TooLarge { max: self.max_head })
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(map_parse_error(e, self.max_head)),
+        let Some(used) = head_len(resp.parse(buf), buf.len(), self.max_head)? else {
+            return Ok(None);
         };
         let status = resp.code.unwrap_or(0);
         if status != 101 {

@@ -116,10 +116,21 @@ fn to_header_map(parsed: &[httparse::Header<'_>]) -> Result<http::HeaderMap, Han
     Ok(map)
 }
 
-fn map_parse_error(e: httparse::Error, max: usize) -> HandshakeError {
-    match e {
-        httparse::Error::TooManyHeaders => HandshakeError::TooLarge { max },
-        other => HandshakeError::Malformed(other.to_string()),
+/// The length of a complete HTTP head, `None` while it is incomplete.
+///
+/// # Errors
+/// [`HandshakeError::TooLarge`] once the head (complete or not) exceeds `max`, or
+/// [`HandshakeError::Malformed`] for bytes that are not HTTP.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max: usize,
+) -> Result<Option<usize>, HandshakeError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= max => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buffered <= max => Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Err(HandshakeError::TooLarge { max }),
+        Err(other) => Err(HandshakeError::Malformed(other.to_string())),
     }
 }
 

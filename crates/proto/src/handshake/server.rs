@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 
 use super::{
-    accept_key, has_token, list_values, map_parse_error, to_header_map, HandshakeError, MAX_HEADERS,
+    accept_key, has_token, head_len, list_values, to_header_map, HandshakeError, MAX_HEADERS,
 };
 
 /// A validated WebSocket upgrade request.
@@ -98,16 +98,8 @@ pub fn parse_request(
 ) -> Result<Option<(Request, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let used = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n <= max_head => n,
-        Ok(httparse::Status::Complete(_)) => {
-            return Err(HandshakeError::TooLarge { max: max_head })
-        }
-        Ok(httparse::Status::Partial) if buf.len() > max_head => {
-            return Err(HandshakeError::TooLarge { max: max_head })
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(map_parse_error(e, max_head)),
+    let Some(used) = head_len(req.parse(buf), buf.len(), max_head)? else {
+        return Ok(None);
     };
     // §4.2.1: "An HTTP/1.1 or higher GET request".
     if req.method != Some("GET") {
