@@ -40,9 +40,11 @@ pub enum Event {
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
-    /// The close code: the peer's for a clean close it started, ours when we started it,
-    /// [`CloseCode::NO_STATUS`] for a Close without a code, [`CloseCode::ABNORMAL`] when no
-    /// closing handshake took place.
+    /// The close code. After a clean closing handshake it is the code of the peer's Close
+    /// frame, whoever started (when we started, that is normally our own code echoed back,
+    /// RFC 6455 §5.5.1), or [`CloseCode::NO_STATUS`] if the peer's Close had no code. When we
+    /// failed the connection for a protocol error, it is the code we sent (1002, 1007, 1009…);
+    /// when the transport ended without a closing handshake, [`CloseCode::ABNORMAL`].
     pub code: CloseCode,
     /// The reason that came with the code.
     pub reason: Utf8Bytes,
