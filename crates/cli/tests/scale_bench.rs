@@ -59,7 +59,8 @@ async fn run(nodes: &[Node], layout: &[usize], channel: &str) -> Figures {
     let total = PUBLISHERS as u64 * PER_PUBLISHER;
     for f in &followers {
         assert!(
-            f.wait_for(Duration::from_secs(60), |s| s.received.len() as u64 >= total)
+            f.wait_for(Duration::from_secs(60), |s| s.received.len() as u64
+                >= total)
                 .await,
             "a subscriber got {} of {total}",
             f.seen().received.len()
