@@ -599,6 +599,20 @@ mod tests {
         assert!(Config::from_toml("[auth]\njwt_secret = \"short\"").is_err());
         assert!(Config::from_toml("[auth]\nallowed_origins = [\"evil\"]").is_err());
         assert!(Config::from_toml("[namespaces.\"a:b\"]").is_err());
+        assert!(
+            Config::from_toml("broker = \"redis\"").is_err(),
+            "no redis_url"
+        );
+        assert!(Config::from_toml("[redis]\nprefix = \"a b\"").is_err());
+        assert!(Config::from_toml("[limits]\ntrusted_proxies = [\"nginx\"]").is_err());
+        let redis = Config::from_toml(
+            "broker = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n\
+             [redis]\npresence_ttl = \"5s\"\n[limits]\ntrusted_proxies = [\"127.0.0.2\"]",
+        )
+        .unwrap();
+        assert_eq!(redis.broker, BrokerKind::Redis);
+        assert_eq!(redis.redis.presence_ttl, Duration::from_secs(5));
+        assert_eq!(redis.redis.prefix, "duplex");
     }
 
     #[test]
