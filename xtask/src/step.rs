@@ -34,12 +34,14 @@ pub(crate) enum Step {
     AutobahnClient,
     /// Interop tests against Python `websockets` and Node `ws`, both directions.
     Peers,
+    /// Multi-node tests: real `redis-server`, three `duplex serve` nodes, `nginx` in front.
+    Cluster,
     /// Browser tests (tests/e2e, headless Chromium).
     E2e,
 }
 
 impl Step {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Fmt,
         Self::Clippy,
         Self::Doc,
@@ -48,6 +50,7 @@ impl Step {
         Self::AutobahnServer,
         Self::AutobahnClient,
         Self::Peers,
+        Self::Cluster,
         Self::E2e,
     ];
 
@@ -64,6 +67,7 @@ impl Step {
             Self::Unit => &[Need::Nextest, Need::RedisServer, Need::Nginx],
             Self::AutobahnServer | Self::AutobahnClient => &[Need::Wstest],
             Self::Peers => &[Need::Nextest, Need::PythonPeers, Need::NodePeers],
+            Self::Cluster => &[Need::Nextest, Need::RedisServer, Need::Nginx],
             // No browser to install while there are no browser tests to run.
             Self::E2e if !e2e_exists(ws) => &[],
             Self::E2e => &[Need::Chromium, Need::E2eModules],
@@ -85,6 +89,7 @@ impl Step {
             Self::Fmt => 5,
             Self::Doc | Self::FuzzBuild | Self::AutobahnServer | Self::AutobahnClient => 20,
             Self::Peers | Self::E2e => 20,
+            Self::Cluster => 15,
             Self::Clippy | Self::Unit => 30,
         };
         Duration::from_secs(minutes * 60)
@@ -278,6 +283,17 @@ fn run(
                     .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                     .args(["--run-ignored", "only"])
                     .args(["-E", "package(duplex) & binary(it) & test(/^peers::/)"]),
+                limit,
+            )?;
+        }
+        Step::Cluster => {
+            // #[ignore]d like the peer tests: they need redis-server and nginx, which the
+            // step installs. Each test spawns its own on free ports.
+            cmd::run(
+                ws.cargo()
+                    .args(["nextest", "run", "--no-fail-fast"])
+                    .args(["--run-ignored", "only"])
+                    .args(["-E", "package(duplex-cli) & binary(cluster)"]),
                 limit,
             )?;
         }

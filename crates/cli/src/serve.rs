@@ -82,6 +82,19 @@ pub(crate) struct Args {
     /// Longest graceful shutdown [default: 10s].
     #[arg(long, env = "DUPLEX_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     shutdown_timeout: Option<Duration>,
+    /// Share channels with other nodes through this Redis (sets `broker = "redis"`), e.g.
+    /// `redis://127.0.0.1:6379/0`.
+    #[arg(long = "redis", env = "DUPLEX_REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed for per-IP limits,
+    /// comma-separated IP addresses.
+    #[arg(
+        long,
+        env = "DUPLEX_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "IPS"
+    )]
+    trusted_proxies: Option<Vec<std::net::IpAddr>>,
     /// Run the demo ticker feed on `ticker:prices` [default: true].
     #[arg(long, env = "DUPLEX_DEMO_TICKER", action = ArgAction::Set, value_name = "BOOL")]
     demo_ticker: Option<bool>,
@@ -137,6 +150,11 @@ impl Args {
         set(&mut c.websocket.pong_timeout, &self.pong_timeout);
         set(&mut c.shutdown_timeout, &self.shutdown_timeout);
         set(&mut c.demo.ticker, &self.demo_ticker);
+        if self.redis_url.is_some() {
+            c.redis_url.clone_from(&self.redis_url);
+            c.broker = duplex_hub::config::BrokerKind::Redis;
+        }
+        set(&mut c.limits.trusted_proxies, &self.trusted_proxies);
         c.validate()?;
         Ok(c)
     }
@@ -269,6 +287,21 @@ mod tests {
         assert!(config(&["--ping-interval", "soon"]).is_err());
         assert!(config(&["--jwt-secret", "short"]).is_err());
         assert!(config(&["--config", "/nonexistent/duplex.toml"]).is_err());
+    }
+
+    #[test]
+    fn redis_flag_selects_the_redis_broker() {
+        let c = config(&[
+            "--redis",
+            "redis://127.0.0.1:6390/0",
+            "--trusted-proxies",
+            "127.0.0.2",
+        ])
+        .unwrap();
+        assert_eq!(c.broker, duplex_hub::config::BrokerKind::Redis);
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6390/0"));
+        assert_eq!(c.limits.trusted_proxies.len(), 1);
+        assert!(config(&[]).unwrap().redis_url.is_none());
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub struct Config {
     pub node: Option<String>,
     /// Which broker carries publications, history and presence. Default `memory`.
     pub broker: BrokerKind,
+    /// Redis URL for `broker = "redis"`, e.g. `redis://127.0.0.1:6379/0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Redis broker details (key prefix, presence expiry, timeouts).
+    pub redis: RedisConfig,
     /// How long a graceful shutdown may take before remaining connections are dropped.
     /// Default 10 s.
     #[serde(with = "humantime_serde")]
@@ -64,6 +69,37 @@ pub struct Config {
 pub enum BrokerKind {
     /// In-process broker; one node, nothing to install.
     Memory,
+    /// Redis: several nodes share channels, history and presence (see `docs/deployment.md`).
+    Redis,
+}
+
+/// Settings of the Redis broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Prefix of every key and pub/sub channel, so several deployments can share one Redis.
+    /// Default `duplex`.
+    pub prefix: String,
+    /// How long a presence entry outlives the last refresh by its node. Nodes refresh their
+    /// entries every third of it, so a node that dies without cleaning up (SIGKILL, power
+    /// loss) has its clients disappear from presence after at most this long. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// How long one Redis command may take before it fails (and the client gets
+    /// `unavailable`). Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "duplex".to_owned(),
+            presence_ttl: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Log output settings (applied by the binary that installs the subscriber).
@@ -159,6 +195,10 @@ pub struct Limits {
     /// Error replies allowed within 10 s before the connection is closed with 1008.
     /// Default 20.
     pub max_errors: u32,
+    /// Addresses of reverse proxies (e.g. nginx) whose `X-Forwarded-For` header is believed:
+    /// a connection from one of them counts against the per-IP limit of the client address
+    /// that the proxy appended last. From any other peer the header is ignored. Default none.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Built-in demo data.
@@ -257,6 +297,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             node: None,
             broker: BrokerKind::Memory,
+            redis_url: None,
+            redis: RedisConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             log: LogConfig::default(),
             websocket: WebSocketConfig::default(),
@@ -311,6 +353,7 @@ impl Default for Limits {
             max_channels_per_connection: 128,
             max_queue_bytes: 1024 * 1024,
             max_errors: 20,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -454,6 +497,24 @@ impl Config {
                 return invalid(format!("namespace {name:?}: history_ttl must be positive"));
             }
         }
+        if self.broker == BrokerKind::Redis && self.redis_url.is_none() {
+            return invalid("broker = \"redis\" needs redis_url".into());
+        }
+        if self.redis.prefix.is_empty()
+            || self.redis.prefix.len() > 64
+            || !self
+                .redis
+                .prefix
+                .bytes()
+                .all(|b| is_id_byte(b) || b == b':')
+        {
+            return invalid("redis.prefix must be 1-64 characters of [A-Za-z0-9_-:]".into());
+        }
+        if self.redis.presence_ttl < Duration::from_millis(300) || self.redis.timeout.is_zero() {
+            return invalid(
+                "redis.presence_ttl must be at least 300ms and redis.timeout positive".into(),
+            );
+        }
         for origin in &self.auth.allowed_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return invalid(format!(
@@ -538,6 +599,20 @@ mod tests {
         assert!(Config::from_toml("[auth]\njwt_secret = \"short\"").is_err());
         assert!(Config::from_toml("[auth]\nallowed_origins = [\"evil\"]").is_err());
         assert!(Config::from_toml("[namespaces.\"a:b\"]").is_err());
+        assert!(
+            Config::from_toml("broker = \"redis\"").is_err(),
+            "no redis_url"
+        );
+        assert!(Config::from_toml("[redis]\nprefix = \"a b\"").is_err());
+        assert!(Config::from_toml("[limits]\ntrusted_proxies = [\"nginx\"]").is_err());
+        let redis = Config::from_toml(
+            "broker = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n\
+             [redis]\npresence_ttl = \"5s\"\n[limits]\ntrusted_proxies = [\"127.0.0.2\"]",
+        )
+        .unwrap();
+        assert_eq!(redis.broker, BrokerKind::Redis);
+        assert_eq!(redis.redis.presence_ttl, Duration::from_secs(5));
+        assert_eq!(redis.redis.prefix, "duplex");
     }
 
     #[test]

@@ -174,6 +174,11 @@ async fn healthz(State(hub): State<Hub>) -> Response {
     if hub.is_shutting_down() {
         let body = serde_json::json!({ "status": "shutting_down" });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else if let Err(reason) = hub.broker_health() {
+        // Connections stay open, but publishing, subscribing and presence fail until the
+        // broker is back: a load balancer should prefer other nodes.
+        let body = serde_json::json!({ "status": "degraded", "broker": reason });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else {
         Json(serde_json::json!({ "status": "ok" })).into_response()
     }

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
-use crate::broker::{Broker, MemoryBroker, Retention, StreamPosition};
+use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisOptions, Retention, StreamPosition};
 use crate::channel;
 use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
 use crate::limits::ConnectionLimits;
@@ -98,6 +98,15 @@ impl Hub {
         });
         let broker: Arc<dyn Broker> = match config.broker {
             BrokerKind::Memory => MemoryBroker::new(sink),
+            BrokerKind::Redis => {
+                let options = RedisOptions {
+                    url: config.redis_url.clone().unwrap_or_default(),
+                    prefix: config.redis.prefix.clone(),
+                    presence_ttl: config.redis.presence_ttl,
+                    timeout: config.redis.timeout,
+                };
+                RedisBroker::new(&options, sink).map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
         };
         Self::with_broker(config, broker, node, metrics)
     }
@@ -201,6 +210,11 @@ impl Hub {
     /// connection is closed with 1001. See [`Hub::drain`] to wait for them.
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
+    }
+
+    /// Whether the broker can serve requests now; `Err` says why not.
+    pub fn broker_health(&self) -> Result<(), String> {
+        self.shared.broker.health()
     }
 
     /// Whether [`Hub::shutdown`] was called.

@@ -19,6 +19,9 @@ use crate::metrics::Metrics;
 use crate::protocol;
 use crate::queue::{Outbound, Pushed};
 
+/// Close code sent when a channel's stream was reset (see [`Node::reset`]).
+pub(crate) const STREAM_RESET: u16 = 1012;
+
 /// The part of a connection that the fan-out sees.
 #[derive(Debug)]
 pub(crate) struct Peer {
@@ -206,6 +209,28 @@ impl Node {
         all
     }
 
+    /// Closes the connection of every local subscriber of `channel` with 1012 (RFC 6455
+    /// §7.4.1 registry: "Service Restart"): the channel's stream cannot continue gap-free
+    /// for them, and the protocol has no event for a new epoch, so they reconnect and
+    /// resubscribe with `since`, which tells them whether anything could be recovered.
+    /// What is already queued is sent first.
+    fn reset(&self, channel: &str) {
+        let Some(ch) = self.channels.read().get(channel).cloned() else {
+            return;
+        };
+        let subs = ch.subscribers.lock();
+        for sub in subs.iter() {
+            sub.peer.queue.close(STREAM_RESET, "stream reset", false);
+        }
+        if !subs.is_empty() {
+            tracing::info!(
+                channel,
+                subscribers = subs.len(),
+                "stream reset: closing subscribers with 1012"
+            );
+        }
+    }
+
     fn push(&self, peer: &Peer, frame: Frame, droppable: bool) {
         match peer.queue.push(frame, droppable) {
             Pushed::Queued { dropped: 0 } | Pushed::Closed => {}
@@ -274,6 +299,7 @@ impl DeliverySink for NodeSink {
                 let frame = Frame::text(protocol::presence_event(false, &channel, &entry));
                 self.node.fan_out(&channel, None, frame, self.max_held);
             }
+            Delivery::Reset { channel } => self.node.reset(&channel),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! [`Session`]; the writer drains the peer's outbound queue into the socket. They meet only
 //! at the queue, so a client that stops reading blocks its writer and nothing else.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, State};
@@ -48,6 +48,35 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
+}
+
+/// The address per-IP limits count: the peer itself, or, when the peer is a trusted proxy,
+/// the last address of `X-Forwarded-For` that is not itself a trusted proxy (each proxy
+/// appends the address it received the request from, so earlier entries are the client's
+/// own claims and cannot be believed).
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let mut ip = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(hop) => {
+                ip = hop;
+                if !trusted.contains(&hop) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    ip
 }
 
 async fn upgrade(
@@ -102,7 +131,8 @@ async fn upgrade(
             )
         }
     };
-    let permit = match hub.shared.limits.acquire(addr.ip()) {
+    let client_ip = client_ip(addr.ip(), &headers, &hub.config().limits.trusted_proxies);
+    let permit = match hub.shared.limits.acquire(client_ip) {
         Ok(p) => p,
         Err(LimitError::Total) => {
             return refuse(
@@ -244,4 +274,38 @@ async fn run(
     metrics.connections.dec();
     tracing::debug!(client = %peer.id, "disconnected");
     drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: IpAddr = "127.0.0.2".parse().unwrap();
+        let other: IpAddr = "127.0.0.3".parse().unwrap();
+        let h = forwarded(&["10.9.9.9, 127.0.0.7"]);
+        assert_eq!(client_ip(other, &h, &[proxy]), other, "untrusted peer");
+        assert_eq!(
+            client_ip(proxy, &h, &[proxy]),
+            "127.0.0.7".parse::<IpAddr>().unwrap(),
+            "the last hop, not the client's own claim"
+        );
+        let chained = forwarded(&["127.0.0.7", "127.0.0.3"]);
+        assert_eq!(
+            client_ip(proxy, &chained, &[proxy, other]),
+            "127.0.0.7".parse::<IpAddr>().unwrap(),
+            "trusted hops are skipped"
+        );
+        assert_eq!(client_ip(proxy, &forwarded(&["junk"]), &[proxy]), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &[proxy]), proxy);
+    }
 }

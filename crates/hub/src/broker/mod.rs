@@ -16,7 +16,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 mod memory;
+mod redis;
 
+pub use self::redis::{RedisBroker, RedisOptions};
 pub use memory::MemoryBroker;
 
 /// A channel's stream position: the epoch and the offset of its latest publication.
@@ -73,6 +75,14 @@ pub enum Delivery {
         channel: Arc<str>,
         /// Who left.
         entry: PresenceEntry,
+    },
+    /// The broker cannot continue the channel's stream gap-free for this node: its epoch
+    /// changed (the broker lost its data) or publications were missed and are no longer in
+    /// history. The node's subscribers must resubscribe (with `since`) to learn the new
+    /// position.
+    Reset {
+        /// The channel.
+        channel: Arc<str>,
     },
 }
 
@@ -167,4 +177,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// The channel's presence entries.
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, BrokerError>;
+
+    /// Whether the broker can serve requests now; `Err` says why not (shown by `/healthz`).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -1,0 +1,895 @@
+//! The Redis broker: several `duplex serve` nodes share channels, history and presence.
+//!
+//! # Keys
+//!
+//! With prefix `P` (`redis.prefix`), channel `C` uses these keys, all hash-tagged with `{C}`
+//! so that on Redis Cluster every key of one channel lives in one slot (the scripts touch
+//! several keys of one channel at once):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `P:{C}:stream` | hash | `e` epoch, `o` last offset, `t` time of the last publication |
+//! | `P:{C}:history` | list | the retained publications, oldest first, each with its expiry |
+//! | `P:{C}:presence` | hash | client id → presence entry |
+//! | `P:{C}:presence_exp` | sorted set | client id scored by the entry's expiry time |
+//!
+//! and publications, joins and leaves travel on the pub/sub channel `P:{C}`.
+//!
+//! # Delivery order
+//!
+//! Each node has one pub/sub connection, subscribed to the channels the node has local
+//! subscribers on. Offsets are assigned and published inside one script, and Redis runs
+//! scripts one at a time, so one connection sees each channel's publications in offset order.
+//! The node still checks: an offset at or below the last one delivered is dropped, and a gap
+//! (messages lost while the connection was down) is filled from history before going on. When
+//! the gap cannot be filled, or the channel's epoch changed (Redis lost its data), the node
+//! sends [`Delivery::Reset`] so that the channel's local subscribers resubscribe with `since`
+//! and learn the new position.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use ::redis::{Client, Script};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{
+    Broker, BrokerError, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry, Publication,
+    Retention, StreamPosition,
+};
+
+/// How long a channel's stream hash (epoch and offset) outlives its last use. A channel idle
+/// for longer starts a new epoch, as a forgotten channel of the memory broker does.
+const STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest wait between two attempts to reconnect the pub/sub connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The Lua scripts, loaded once per Redis server by `EVALSHA` (the client falls back to
+/// `EVAL` when the server does not know a script, e.g. after a restart).
+#[derive(Debug)]
+struct Scripts {
+    publish: Script,
+    history: Script,
+    presence_add: Script,
+    presence_remove: Script,
+    presence: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            publish: Script::new(include_str!("redis/publish.lua")),
+            history: Script::new(include_str!("redis/history.lua")),
+            presence_add: Script::new(include_str!("redis/presence_add.lua")),
+            presence_remove: Script::new(include_str!("redis/presence_remove.lua")),
+            presence: Script::new(include_str!("redis/presence.lua")),
+        }
+    }
+}
+
+/// Settings of a [`RedisBroker`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// Prefix of every key and pub/sub channel.
+    pub prefix: String,
+    /// Expiry of presence entries; their node refreshes them every third of it.
+    pub presence_ttl: Duration,
+    /// Timeout of each command and connection attempt.
+    pub timeout: Duration,
+}
+
+/// Channels, offsets, history and presence in Redis, shared by every node that uses the same
+/// Redis and prefix. See the module documentation for the key layout.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.inner.prefix)
+            .field("channels", &self.inner.channels.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    presence_ttl: Duration,
+    timeout: Duration,
+    sink: Arc<dyn DeliverySink>,
+    scripts: Scripts,
+    /// Channels this node is subscribed to, with their delivery state.
+    channels: Mutex<HashMap<Arc<str>, ChannelState>>,
+    /// Presence entries this node owns, by channel and client id (entry JSON as stored).
+    owned: Mutex<HashMap<Arc<str>, OwnedEntries>>,
+    /// The pub/sub connection's command half, while connected.
+    pubsub: Mutex<Option<PubSubSink>>,
+    pubsub_up: AtomicBool,
+    commands_ok: AtomicBool,
+    /// Set after the pub/sub connection was re-established: Redis may have lost everything,
+    /// so the next presence refresh re-adds this node's entries.
+    readd: AtomicBool,
+}
+
+/// One channel's presence entries owned by this node: client id → entry JSON.
+type OwnedEntries = HashMap<Arc<str>, String>;
+
+#[derive(Debug, Default)]
+struct ChannelState {
+    /// Epoch and offset of the last publication delivered; `None` until the subscription is
+    /// confirmed and the position read.
+    last: Option<(Arc<str>, u64)>,
+    /// Messages that arrived before `last` was known.
+    pending: Vec<Incoming>,
+}
+
+/// A message from the pub/sub connection.
+#[derive(Debug, Clone)]
+enum Incoming {
+    Publication {
+        epoch: Arc<str>,
+        publication: Publication,
+    },
+    Join(PresenceEntry),
+    Leave(PresenceEntry),
+}
+
+/// What [`Inner::accept`] needs done next.
+enum Next {
+    Done,
+    /// Publications after this offset are missing.
+    Gap(u64),
+}
+
+/// The pub/sub message and history entry format (`k` only on pub/sub).
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    #[serde(default)]
+    k: Option<&'a str>,
+    #[serde(default)]
+    e: Option<&'a str>,
+    #[serde(default)]
+    o: Option<u64>,
+    #[serde(default)]
+    x: Option<u64>,
+    #[serde(default)]
+    f: Option<Arc<str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    d: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    p: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
+}
+
+/// A presence entry as stored: `a` tells whether its channel announces leaves.
+#[derive(serde::Serialize, Deserialize)]
+struct WireEntry {
+    a: bool,
+    client: Arc<str>,
+    user: Option<Arc<str>>,
+    info: Option<Box<RawValue>>,
+}
+
+impl WireEntry {
+    fn into_entry(self) -> PresenceEntry {
+        PresenceEntry {
+            client: self.client,
+            user: self.user,
+            info: self.info.map(Arc::from),
+        }
+    }
+}
+
+fn entry_json(entry: &PresenceEntry, announce: bool) -> Result<String, BrokerError> {
+    #[derive(serde::Serialize)]
+    struct Borrowed<'a> {
+        a: bool,
+        #[serde(flatten)]
+        entry: &'a PresenceEntry,
+    }
+    serde_json::to_string(&Borrowed { a: announce, entry })
+        .map_err(|e| BrokerError::Unavailable(format!("cannot encode a presence entry: {e}")))
+}
+
+fn parse_entry(json: &str) -> Option<PresenceEntry> {
+    serde_json::from_str::<WireEntry>(json)
+        .ok()
+        .map(WireEntry::into_entry)
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("redis: {e}"))
+}
+
+/// The publications after `since` in `entries` (history entries as stored), unexpired at
+/// `now`, oldest first.
+fn parse_history(entries: &[String], now: u64) -> Vec<Publication> {
+    entries
+        .iter()
+        .filter_map(|json| {
+            let w: WireMessage<'_> = serde_json::from_str(json).ok()?;
+            if w.x.is_some_and(|x| x <= now) {
+                return None;
+            }
+            Some(Publication {
+                offset: w.o?,
+                data: Arc::from(w.d?.to_owned()),
+                from: w.f,
+            })
+        })
+        .collect()
+}
+
+impl RedisBroker {
+    /// A broker on the Redis at `options.url` that delivers to `sink`. Connects lazily: the
+    /// node starts even while Redis is down (and reports itself degraded until it is up).
+    /// Spawns its pub/sub and maintenance tasks on the current tokio runtime; they end when
+    /// the broker is dropped.
+    pub fn new(
+        options: &RedisOptions,
+        sink: Arc<dyn DeliverySink>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let client = Client::open(options.url.as_str())
+            .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(MAX_BACKOFF);
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let inner = Arc::new(Inner {
+            client,
+            conn,
+            prefix: options.prefix.clone(),
+            presence_ttl: options.presence_ttl,
+            timeout: options.timeout,
+            sink,
+            scripts: Scripts::new(),
+            channels: Mutex::new(HashMap::new()),
+            owned: Mutex::new(HashMap::new()),
+            pubsub: Mutex::new(None),
+            pubsub_up: AtomicBool::new(false),
+            commands_ok: AtomicBool::new(true),
+            readd: AtomicBool::new(false),
+        });
+        tokio::spawn(pubsub_loop(Arc::downgrade(&inner)));
+        tokio::spawn(maintenance(Arc::downgrade(&inner)));
+        Ok(Arc::new(Self { inner }))
+    }
+}
+
+impl Inner {
+    fn key(&self, channel: &str, suffix: &str) -> String {
+        format!("{}:{{{channel}}}:{suffix}", self.prefix)
+    }
+
+    fn topic(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}", self.prefix)
+    }
+
+    /// The channel of a pub/sub topic.
+    fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix('}')
+    }
+
+    /// Runs a script with the command timeout; records whether Redis answered.
+    async fn run<T: ::redis::FromRedisValue>(
+        &self,
+        invocation: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        let mut conn = self.conn.clone();
+        let result = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await;
+        match result {
+            Ok(Ok(v)) => {
+                self.commands_ok.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.commands_ok.store(false, Ordering::Relaxed);
+                }
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.commands_ok.store(false, Ordering::Relaxed);
+                Err(unavailable("command timed out"))
+            }
+        }
+    }
+
+    /// The position and, with `entries`, the retained publications of `channel`.
+    async fn read(
+        &self,
+        channel: &str,
+        entries: bool,
+    ) -> Result<(StreamPosition, Vec<Publication>), BrokerError> {
+        let mut inv = self.scripts.history.prepare_invoke();
+        inv.key(self.key(channel, "stream"))
+            .key(self.key(channel, "history"))
+            .arg(if entries { "1" } else { "0" })
+            .arg(new_epoch())
+            .arg(millis(STREAM_TTL));
+        let (epoch, offset, now, raw): (String, u64, u64, Vec<String>) = self.run(&inv).await?;
+        let position = StreamPosition {
+            epoch: epoch.into(),
+            offset,
+        };
+        Ok((position, parse_history(&raw, now)))
+    }
+
+    fn deliver(&self, channel: &Arc<str>, incoming: Incoming) {
+        let delivery = match incoming {
+            Incoming::Publication { publication, .. } => Delivery::Publication {
+                channel: channel.clone(),
+                publication,
+            },
+            Incoming::Join(entry) => Delivery::Join {
+                channel: channel.clone(),
+                entry,
+            },
+            Incoming::Leave(entry) => Delivery::Leave {
+                channel: channel.clone(),
+                entry,
+            },
+        };
+        self.sink.deliver(delivery);
+    }
+
+    /// Applies one message to a subscribed channel's state, delivering it if it is the next
+    /// one. Called with the channels lock held, which serializes deliveries per channel.
+    fn accept(&self, channel: &Arc<str>, state: &mut ChannelState, incoming: Incoming) -> Next {
+        let Some((epoch, last)) = &mut state.last else {
+            state.pending.push(incoming);
+            return Next::Done;
+        };
+        let (msg_epoch, offset) = match &incoming {
+            Incoming::Publication { epoch, publication } => (epoch.clone(), publication.offset),
+            Incoming::Join(_) | Incoming::Leave(_) => {
+                self.deliver(channel, incoming);
+                return Next::Done;
+            }
+        };
+        if msg_epoch != *epoch {
+            tracing::warn!(%channel, old = %epoch, new = %msg_epoch, "channel epoch changed");
+            *epoch = msg_epoch;
+            *last = offset;
+            self.sink.deliver(Delivery::Reset {
+                channel: channel.clone(),
+            });
+            return Next::Done;
+        }
+        if offset <= *last {
+            return Next::Done;
+        }
+        if offset > *last + 1 {
+            return Next::Gap(*last);
+        }
+        *last = offset;
+        self.deliver(channel, incoming);
+        Next::Done
+    }
+
+    /// Handles one pub/sub message.
+    async fn on_message(&self, topic: &str, payload: &[u8]) {
+        let Some(channel) = self.channel_of(topic) else {
+            return;
+        };
+        let Some(incoming) = parse_incoming(payload) else {
+            tracing::warn!(channel, "unreadable message from redis");
+            return;
+        };
+        let name = {
+            let mut channels = self.channels.lock();
+            let Some(name) = channels.get_key_value(channel).map(|(k, _)| k.clone()) else {
+                return;
+            };
+            let Some(state) = channels.get_mut(channel) else {
+                return;
+            };
+            match self.accept(&name, state, incoming.clone()) {
+                Next::Done => return,
+                Next::Gap(_) => name,
+            }
+        };
+        self.catch_up(&name).await;
+        let mut channels = self.channels.lock();
+        let Some(state) = channels.get_mut(channel) else {
+            return;
+        };
+        if let Next::Gap(after) = self.accept(&name, state, incoming.clone()) {
+            // History could not be read: the missed publications cannot be delivered in
+            // order any more, so the subscribers start over.
+            tracing::warn!(%name, after, "gap not filled: resetting subscribers");
+            if let (Some(last), Incoming::Publication { epoch, publication }) =
+                (&mut state.last, incoming)
+            {
+                *last = (epoch, publication.offset);
+            }
+            self.sink.deliver(Delivery::Reset { channel: name });
+        }
+    }
+
+    /// Delivers the publications of `channel` that this node missed (after its last delivered
+    /// offset), from history; sends a reset when they are no longer there or the epoch
+    /// changed.
+    async fn catch_up(&self, channel: &Arc<str>) {
+        let Some(last) = self
+            .channels
+            .lock()
+            .get(channel)
+            .and_then(|s| s.last.clone())
+        else {
+            return;
+        };
+        let (position, publications) = match self.read(channel, true).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "cannot read history to fill a gap");
+                return;
+            }
+        };
+        let mut channels = self.channels.lock();
+        let Some(state) = channels.get_mut(channel) else {
+            return;
+        };
+        let Some((epoch, offset)) = &mut state.last else {
+            return;
+        };
+        if *epoch != last.0 || *offset != last.1 {
+            // Another round delivered meanwhile; its own checks apply.
+            if *epoch != position.epoch || *offset >= position.offset {
+                return;
+            }
+        }
+        let complete = *epoch == position.epoch
+            && (*offset >= position.offset || publications.iter().any(|p| p.offset == *offset + 1));
+        if !complete {
+            tracing::warn!(
+                %channel,
+                from = %epoch,
+                after = *offset,
+                to = %position.epoch,
+                offset = position.offset,
+                "missed publications are not in history any more: resetting subscribers"
+            );
+            *epoch = position.epoch.clone();
+            *offset = position.offset;
+            self.sink.deliver(Delivery::Reset {
+                channel: channel.clone(),
+            });
+            return;
+        }
+        let mut filled = 0;
+        for p in publications {
+            if p.offset == *offset + 1 && p.offset <= position.offset {
+                *offset = p.offset;
+                filled += 1;
+                self.sink.deliver(Delivery::Publication {
+                    channel: channel.clone(),
+                    publication: p,
+                });
+            }
+        }
+        if filled > 0 {
+            tracing::info!(%channel, filled, "delivered missed publications from history");
+        }
+    }
+
+    /// The pub/sub sink while connected.
+    fn pubsub_sink(&self) -> Result<PubSubSink, BrokerError> {
+        self.pubsub
+            .lock()
+            .clone()
+            .ok_or_else(|| unavailable("not connected"))
+    }
+
+    /// Refreshes this node's presence entries and collects expired ones, channel by channel.
+    async fn refresh_presence(&self) {
+        let readd = self.readd.swap(false, Ordering::AcqRel);
+        let owned: Vec<(Arc<str>, OwnedEntries)> = self
+            .owned
+            .lock()
+            .iter()
+            .map(|(c, entries)| (c.clone(), entries.clone()))
+            .collect();
+        for (channel, entries) in owned {
+            let mut inv = self.scripts.presence.prepare_invoke();
+            inv.key(self.key(&channel, "presence"))
+                .key(self.key(&channel, "presence_exp"))
+                .arg(millis(self.presence_ttl))
+                .arg(self.topic(&channel))
+                .arg(if readd { "1" } else { "0" });
+            for (client, json) in &entries {
+                inv.arg(&**client).arg(json);
+            }
+            if let Err(e) = self.run::<Vec<String>>(&inv).await {
+                tracing::debug!(%channel, error = %e, "presence refresh failed");
+                if readd {
+                    self.readd.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+fn parse_incoming(payload: &[u8]) -> Option<Incoming> {
+    let w: WireMessage<'_> = serde_json::from_slice(payload).ok()?;
+    match w.k? {
+        "p" => Some(Incoming::Publication {
+            epoch: w.e?.into(),
+            publication: Publication {
+                offset: w.o?,
+                data: Arc::from(w.d?.to_owned()),
+                from: w.f,
+            },
+        }),
+        "j" => parse_entry(w.p?.get()).map(Incoming::Join),
+        "l" => parse_entry(w.p?.get()).map(Incoming::Leave),
+        _ => None,
+    }
+}
+
+/// Keeps the node's pub/sub connection: connects, (re)subscribes to every channel the node
+/// wants, catches up what was missed while disconnected, and hands messages over.
+async fn pubsub_loop(weak: Weak<Inner>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut connected_before = false;
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let connect = tokio::time::timeout(inner.timeout, inner.client.get_async_pubsub()).await;
+        let pubsub = match connect {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis pub/sub connect failed");
+                drop(inner);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                drop(inner);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let topics: Vec<String> = inner
+            .channels
+            .lock()
+            .keys()
+            .map(|c| inner.topic(c))
+            .collect();
+        if !topics.is_empty() {
+            match tokio::time::timeout(inner.timeout, sink.subscribe(&topics)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    tracing::warn!("redis resubscribe failed; reconnecting");
+                    drop(inner);
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
+        *inner.pubsub.lock() = Some(sink);
+        inner.pubsub_up.store(true, Ordering::Release);
+        backoff = Duration::from_millis(50);
+        if connected_before {
+            tracing::info!(
+                channels = topics.len(),
+                "redis pub/sub reconnected; catching up"
+            );
+            inner.readd.store(true, Ordering::Release);
+            let channels: Vec<Arc<str>> = inner.channels.lock().keys().cloned().collect();
+            for channel in channels {
+                inner.catch_up(&channel).await;
+            }
+            inner.refresh_presence().await;
+        }
+        connected_before = true;
+        drop(inner);
+        while let Some(msg) = stream.next().await {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            inner
+                .on_message(msg.get_channel_name(), msg.get_payload_bytes())
+                .await;
+        }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+        inner.pubsub_up.store(false, Ordering::Release);
+        *inner.pubsub.lock() = None;
+    }
+}
+
+/// Refreshes presence every third of its TTL and checks that Redis answers.
+async fn maintenance(weak: Weak<Inner>) {
+    let period = match weak.upgrade() {
+        Some(inner) => (inner.presence_ttl / 3).min(Duration::from_secs(5)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let mut conn = inner.conn.clone();
+        let ping = tokio::time::timeout(
+            inner.timeout,
+            ::redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        inner
+            .commands_ok
+            .store(matches!(ping, Ok(Ok(_))), Ordering::Relaxed);
+        inner.refresh_presence().await;
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Arc<RawValue>,
+        from: Option<Arc<str>>,
+        retention: Retention,
+    ) -> Result<StreamPosition, BrokerError> {
+        let inner = &self.inner;
+        let from = serde_json::to_string(&from).map_err(unavailable)?;
+        let tail = format!(",\"f\":{from},\"d\":{}}}", data.get());
+        let mut inv = inner.scripts.publish.prepare_invoke();
+        inv.key(inner.key(channel, "stream"))
+            .key(inner.key(channel, "history"))
+            .arg(tail)
+            .arg(retention.size)
+            .arg(millis(retention.ttl))
+            .arg(new_epoch())
+            .arg(inner.topic(channel))
+            .arg(millis(STREAM_TTL.max(retention.ttl)));
+        let (epoch, offset): (String, u64) = inner.run(&inv).await?;
+        Ok(StreamPosition {
+            epoch: epoch.into(),
+            offset,
+        })
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let name: Arc<str> = channel.into();
+        inner
+            .channels
+            .lock()
+            .insert(name.clone(), ChannelState::default());
+        let result = async {
+            let mut sink = inner.pubsub_sink()?;
+            tokio::time::timeout(inner.timeout, sink.subscribe(inner.topic(channel)))
+                .await
+                .map_err(|_| unavailable("subscribe timed out"))?
+                .map_err(unavailable)?;
+            // Read after the subscription is active: whatever is published from here on
+            // arrives on the pub/sub connection.
+            inner.read(channel, false).await
+        }
+        .await;
+        let position = match result {
+            Ok((position, _)) => position,
+            Err(e) => {
+                inner.channels.lock().remove(channel);
+                return Err(e);
+            }
+        };
+        let mut channels = inner.channels.lock();
+        if let Some(state) = channels.get_mut(channel) {
+            state.last = Some((position.epoch, position.offset));
+            for msg in std::mem::take(&mut state.pending) {
+                // Messages that were published after the subscription took effect; a gap
+                // among them is impossible on one connection, so `Gap` is not expected.
+                let _ = inner.accept(&name, state, msg);
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.channels.lock().remove(channel);
+        // While disconnected there is nothing to unsubscribe from: the reconnect subscribes
+        // only to the channels still wanted.
+        if let Ok(mut sink) = inner.pubsub_sink() {
+            tokio::time::timeout(inner.timeout, sink.unsubscribe(inner.topic(channel)))
+                .await
+                .map_err(|_| unavailable("unsubscribe timed out"))?
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        retention: Retention,
+    ) -> Result<History, BrokerError> {
+        let wants_entries = query.limit != Some(0) || query.since.is_some();
+        let (position, mut all) = self.inner.read(channel, wants_entries).await?;
+        if all.len() > retention.size {
+            all.drain(..all.len() - retention.size);
+        }
+        let first = all.first().map(|p| p.offset);
+        let (publications, complete) = match query.since {
+            Some(since) => {
+                let complete = since == position.offset
+                    || (since < position.offset && first.is_some_and(|f| f <= since + 1));
+                let pubs = all
+                    .into_iter()
+                    .filter(|p| p.offset > since && p.offset <= position.offset)
+                    .take(query.limit.unwrap_or(usize::MAX))
+                    .collect();
+                (pubs, complete)
+            }
+            None => {
+                let n = query.limit.unwrap_or(usize::MAX).min(all.len());
+                all.drain(..all.len() - n);
+                (all, true)
+            }
+        };
+        Ok(History {
+            position,
+            publications,
+            complete,
+        })
+    }
+
+    async fn presence_add(
+        &self,
+        channel: &str,
+        entry: PresenceEntry,
+        announce: bool,
+    ) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let json = entry_json(&entry, announce)?;
+        inner
+            .owned
+            .lock()
+            .entry(channel.into())
+            .or_default()
+            .insert(entry.client.clone(), json.clone());
+        let mut inv = inner.scripts.presence_add.prepare_invoke();
+        inv.key(inner.key(channel, "presence"))
+            .key(inner.key(channel, "presence_exp"))
+            .arg(&*entry.client)
+            .arg(json)
+            .arg(millis(inner.presence_ttl))
+            .arg(inner.topic(channel))
+            .arg(if announce { "1" } else { "0" });
+        inner.run::<i64>(&inv).await.map(drop)
+    }
+
+    async fn presence_remove(
+        &self,
+        channel: &str,
+        client: &str,
+        announce: bool,
+    ) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        {
+            let mut owned = inner.owned.lock();
+            if let Some(entries) = owned.get_mut(channel) {
+                entries.remove(client);
+                if entries.is_empty() {
+                    owned.remove(channel);
+                }
+            }
+        }
+        let mut inv = inner.scripts.presence_remove.prepare_invoke();
+        inv.key(inner.key(channel, "presence"))
+            .key(inner.key(channel, "presence_exp"))
+            .arg(client)
+            .arg(inner.topic(channel))
+            .arg(if announce { "1" } else { "0" });
+        inner.run::<i64>(&inv).await.map(drop)
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.presence.prepare_invoke();
+        inv.key(inner.key(channel, "presence"))
+            .key(inner.key(channel, "presence_exp"))
+            .arg(millis(inner.presence_ttl))
+            .arg(inner.topic(channel))
+            .arg("0");
+        let entries: Vec<String> = inner.run(&inv).await?;
+        let mut entries: Vec<PresenceEntry> =
+            entries.iter().filter_map(|e| parse_entry(e)).collect();
+        entries.sort_by(|a, b| a.client.cmp(&b.client));
+        Ok(entries)
+    }
+
+    fn health(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        if !inner.pubsub_up.load(Ordering::Acquire) {
+            return Err("redis pub/sub connection is down".into());
+        }
+        if !inner.commands_ok.load(Ordering::Relaxed) {
+            return Err("redis does not answer".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_formats_round_trip() {
+        let entry = PresenceEntry {
+            client: "n1-1".into(),
+            user: Some("ada".into()),
+            info: Some(Arc::from(
+                RawValue::from_string(r#"{"name":"Ada"}"#.into()).unwrap(),
+            )),
+        };
+        let json = entry_json(&entry, true).unwrap();
+        assert!(
+            json.starts_with(r#"{"a":true,"#),
+            "presence.lua relies on it: {json}"
+        );
+        let back = parse_entry(&json).unwrap();
+        assert_eq!(back.client, entry.client);
+        assert_eq!(back.info.unwrap().get(), r#"{"name":"Ada"}"#);
+
+        let msg = br#"{"k":"p","e":"00ff","o":7,"f":null,"d":null}"#;
+        match parse_incoming(msg) {
+            Some(Incoming::Publication { epoch, publication }) => {
+                assert_eq!(&*epoch, "00ff");
+                assert_eq!(publication.offset, 7);
+                assert_eq!(publication.data.get(), "null", "null data is data");
+                assert!(publication.from.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let entries = [
+            r#"{"x":100,"o":1,"f":"ada","d":1}"#.to_owned(),
+            r#"{"x":300,"o":2,"f":"ada","d":[2]}"#.to_owned(),
+        ];
+        let pubs = parse_history(&entries, 200);
+        assert_eq!(pubs.len(), 1, "the first one expired");
+        assert_eq!(pubs[0].data.get(), "[2]");
+    }
+}
