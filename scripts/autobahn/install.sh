@@ -2,14 +2,23 @@
 # Installs the Autobahn|Testsuite runner `wstest` for `cargo xtask autobahn`.
 #
 # wstest runs only on Python 2.7, which Debian 12 no longer ships. So this script takes the
-# CPython 2.7 packages of Debian 11 (bullseye) through a private apt configuration (the system's
-# own apt state is left alone), unpacks them with `dpkg -x` into a private prefix, bootstraps the
-# last pip that supports 2.7 and installs a pinned set of wstest's dependencies into it.
+# PyPy 2.7 (default) or CPython 2.7 packages of Debian 11 (bullseye) through a private apt
+# configuration (the system's own apt state is left alone), unpacks them with `dpkg -x` into a
+# private prefix, bootstraps the last pip that supports 2.7 and installs a pinned set of wstest's
+# dependencies into it.
+#
+# PyPy is the default because wstest's own Python code is the bottleneck of the
+# permessage-deflate cases (12.*, 13.*): it re-decodes its whole UTF-8 test file for every
+# message and handles every frame in Python. Under PyPy's JIT they run about 6 times faster than
+# under CPython (with its C accelerators); installing takes longer (cryptography and Twisted are
+# compiled, about 2-4 minutes on 2 cores), once.
 #
 # Usage:   scripts/autobahn/install.sh        (prints the path of `wstest` as its last line)
-# Env:     DUPLEX_AUTOBAHN_HOME  where to install (default: ~/.cache/duplex/autobahn)
+# Env:     DUPLEX_AUTOBAHN_HOME  where to install (default: ~/.cache/duplex/autobahn-pypy, or
+#                                -cpython)
 #          DUPLEX_AUTOBAHN_MIRROR  Debian archive to take bullseye from (default: the one apt uses)
 #          DUPLEX_AUTOBAHN_FORCE=1  reinstall even when the stamp says it is done
+#          DUPLEX_AUTOBAHN_PYTHON  pypy (default) or cpython
 #
 # Idempotent: a stamp named after the hash of this file makes a second run a no-op that takes
 # about a second. Only x86_64 Debian (bookworm) is supported. Root is needed only when one of the
@@ -20,14 +29,16 @@ say() { echo "autobahn-install: $*" >&2; }
 fail() { echo "autobahn-install: error: $*" >&2; exit 1; }
 trap 'fail "line $LINENO: \`$BASH_COMMAND\` exited with $?"' ERR
 
-home="${DUPLEX_AUTOBAHN_HOME:-$HOME/.cache/duplex/autobahn}"
+flavor="${DUPLEX_AUTOBAHN_PYTHON:-pypy}"
+case "$flavor" in pypy | cpython) ;; *) fail "DUPLEX_AUTOBAHN_PYTHON must be pypy or cpython, not '$flavor'" ;; esac
+home="${DUPLEX_AUTOBAHN_HOME:-$HOME/.cache/duplex/autobahn-$flavor}"
 mkdir -p "$home"
 home="$(cd "$home" && pwd)"
 prefix="$home/prefix"
 wstest="$home/bin/wstest"
 pip_version=20.3.4
 
-stamp="$home/.done-$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+stamp="$home/.done-$({ cat "${BASH_SOURCE[0]}"; echo "$flavor"; } | sha256sum | cut -c1-16)"
 if [[ "${DUPLEX_AUTOBAHN_FORCE:-0}" != 1 && -f "$stamp" ]] && "$wstest" --autobahnversion >/dev/null 2>&1; then
   say "up to date ($(cat "$stamp"))"
   echo "$wstest"
@@ -45,7 +56,7 @@ mkdir -p "$prefix" "$home/bin" "$home/dl"
 # Runtime libraries the bullseye interpreter links against; a normal bookworm system has them.
 missing=()
 for pkg in libbz2-1.0 libc6 libcrypt1 libdb5.3 libexpat1 libffi8 libgdbm6 libncursesw6 libnsl2 \
-           libreadline8 libsqlite3-0 libtinfo6 libtirpc3 zlib1g ca-certificates; do
+           libreadline8 libsqlite3-0 libtinfo6 libtirpc3 zlib1g libgcc-s1 ca-certificates; do
   dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -81,22 +92,34 @@ apt_opts=(
   -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
   -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false
 )
-say "fetching Python 2.7 from bullseye ($mirror)"
+say "fetching $flavor 2.7 from bullseye ($mirror)"
 apt-get "${apt_opts[@]}" -qq update >"$home/dl/apt.log" 2>&1 ||
   { tail -n 5 "$home/dl/apt.log" >&2; fail "apt-get update of the bullseye lists failed"; }
-(cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download \
-  python2.7 python2.7-minimal libpython2.7 libpython2.7-minimal libpython2.7-stdlib \
-  python2.7-dev libpython2.7-dev libssl1.1 libffi7) >>"$home/dl/apt.log" 2>&1 ||
+if [[ "$flavor" == pypy ]]; then
+  # cryptography 3.3.2 has no PyPy wheel: it is built against bullseye's OpenSSL 1.1 headers.
+  debs=(pypy pypy-lib pypy-dev libssl1.1 libssl-dev libffi7)
+else
+  debs=(python2.7 python2.7-minimal libpython2.7 libpython2.7-minimal libpython2.7-stdlib
+    python2.7-dev libpython2.7-dev libssl1.1 libffi7)
+fi
+(cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download "${debs[@]}") >>"$home/dl/apt.log" 2>&1 ||
   { tail -n 5 "$home/dl/apt.log" >&2; fail "downloading the bullseye packages failed"; }
 for deb in "$apt_dir"/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
 
-python="$prefix/usr/bin/python2.7"
 libdir="$prefix/usr/lib/x86_64-linux-gnu"
+if [[ "$flavor" == pypy ]]; then
+  # PyPy finds its library relative to its own executable; PYTHONHOME must stay unset.
+  python="$prefix/usr/lib/pypy/bin/pypy-c"
+  pyhome=()
+else
+  python="$prefix/usr/bin/python2.7"
+  pyhome=("PYTHONHOME=$prefix/usr")
+fi
 [[ -x "$python" ]] || fail "no interpreter at $python after unpacking"
 # Runs the private interpreter with an environment that cannot leak into python3.
 py2() {
-  env -u PYTHONPATH -u PIP_USER -u PIP_PREFIX -u PIP_TARGET -u PIP_REQUIRE_VIRTUALENV \
-    PYTHONHOME="$prefix/usr" PYTHONNOUSERSITE=1 \
+  env -u PYTHONPATH -u PYTHONHOME -u PIP_USER -u PIP_PREFIX -u PIP_TARGET -u PIP_REQUIRE_VIRTUALENV \
+    "${pyhome[@]}" PYTHONNOUSERSITE=1 \
     LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$python" "$@"
 }
 py2 -c 'import ssl, zlib, hashlib, json, ctypes' || fail "the unpacked interpreter does not work"
@@ -145,22 +168,31 @@ traceback2==1.4.0
 setuptools==44.0.0
 wheel==0.37.1
 PINS
+build_opts=()
+if [[ "$flavor" == pypy ]]; then
+  sed -i '/^cffi==/d' "$home/requirements.txt" # PyPy has cffi built in
+  build_opts=(--no-build-isolation)            # pip's isolated build trips over PyPy's layout
+fi
 # Headers for the few C extensions built from source (Debian keeps pyconfig.h per arch).
 export CFLAGS="-I$prefix/usr/include -I$prefix/usr/include/python2.7 -I$prefix/usr/include/x86_64-linux-gnu"
 export LDFLAGS="-L$libdir"
 say "installing wstest and its pinned dependencies"
 { py2 -m pip install "${pip_opts[@]}" setuptools==44.0.0 wheel==0.37.1 typing==3.10.0.0 &&
-  py2 -m pip install "${pip_opts[@]}" -r "$home/requirements.txt"; } >>"$home/pip.log" 2>&1 ||
+  py2 -m pip install "${pip_opts[@]}" "${build_opts[@]}" -r "$home/requirements.txt"; } >>"$home/pip.log" 2>&1 ||
   { tail -n 30 "$home/pip.log" >&2; fail "pip install failed (log: $home/pip.log)"; }
-# wsaccel and ujson are C accelerators wstest picks up when present (UTF-8 checks, masking,
-# JSON); they make the large 9.* cases several times faster, but are optional.
-accel=yes
-py2 -m pip install "${pip_opts[@]}" wsaccel==0.6.3 ujson==2.0.3 >>"$home/pip.log" 2>&1 ||
-  { accel=no; say "warning: wsaccel/ujson did not build; wstest works without them, only slower"; }
+# wsaccel and ujson are C accelerators CPython's wstest picks up when present (UTF-8 checks,
+# masking, JSON); they make the large 9.* cases several times faster, but are optional. PyPy's
+# JIT does better without them.
+accel=no
+if [[ "$flavor" == cpython ]]; then
+  accel=yes
+  py2 -m pip install "${pip_opts[@]}" wsaccel==0.6.3 ujson==2.0.3 >>"$home/pip.log" 2>&1 ||
+    { accel=no; say "warning: wsaccel/ujson did not build; wstest works without them, only slower"; }
+fi
 
 entry="$(py2 -c 'import os, sys
-for d in ("local/bin", "bin"):
-    p = os.path.join(sys.prefix, d, "wstest")
+for d in ("local/bin", "bin", "../../local/bin"):
+    p = os.path.normpath(os.path.join(sys.prefix, d, "wstest"))
     if os.path.isfile(p):
         print(p)
         break')"
@@ -168,13 +200,13 @@ for d in ("local/bin", "bin"):
 
 cat >"$wstest" <<WRAPPER
 #!/bin/sh
-# wstest on a private CPython 2.7 (written by scripts/autobahn/install.sh)
-LD_LIBRARY_PATH="$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" PYTHONHOME="$prefix/usr" PYTHONNOUSERSITE=1 \\
-  exec env -u PYTHONPATH "$python" "$entry" "\$@"
+# wstest on a private $flavor 2.7 (written by scripts/autobahn/install.sh)
+LD_LIBRARY_PATH="$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" PYTHONNOUSERSITE=1 \\
+  exec env -u PYTHONPATH -u PYTHONHOME ${pyhome[*]} "$python" "$entry" "\$@"
 WRAPPER
 chmod +x "$wstest"
 version="$("$wstest" --autobahnversion 2>&1)" || { echo "$version" >&2; fail "the installed wstest does not start"; }
 rm -rf "$home/dl"
-echo "$(echo $version), accelerators: $accel, installed $(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$stamp"
+echo "$(echo $version), python: $flavor, accelerators: $accel, installed $(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$stamp"
 say "done in $((SECONDS - started)) s: $(cat "$stamp")"
 echo "$wstest"

@@ -282,7 +282,12 @@ fn run(
                 tests
                     .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                     .args(["--run-ignored", "only"])
-                    .args(["-E", "package(duplex) & binary(it) & test(/^peers::/)"]),
+                    // The peer tests, and the `duplex connect` tests against the Python peer.
+                    .args([
+                        "-E",
+                        "(package(duplex) & binary(it) & test(/^peers::/)) \
+                         | (package(duplex-cli) & binary(connect) & test(/^peers::/))",
+                    ]),
                 limit,
             )?;
         }

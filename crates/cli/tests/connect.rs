@@ -538,3 +538,116 @@ fn proxies_from_the_flag_and_the_environment() {
     assert_eq!(run.stdout(), "direct\n");
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
+
+/// `duplex connect --compress` against the Python `websockets` server of the peer tests.
+///
+/// `#[ignore]`d like the peer tests in `crates/duplex/tests/it/peers.rs`, because they need the
+/// Python venv that `cargo xtask test --only peers` creates; that step runs them too.
+mod peers {
+    use std::{
+        env,
+        io::{BufRead, BufReader, Read},
+        path::PathBuf,
+        process::{Command, Stdio},
+    };
+
+    use super::connect;
+
+    /// The peer server, stopped on drop; its stdout lines after `listening PORT`.
+    struct PythonServer {
+        child: std::process::Child,
+        port: u16,
+        lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    }
+
+    impl PythonServer {
+        fn start(deflate: &str) -> Self {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let python = env::var_os("DUPLEX_PEERS_PYTHON").map_or_else(
+                || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../peers/venv/bin/python"),
+                PathBuf::from,
+            );
+            assert!(
+                python.is_file(),
+                "these tests need the peer venv at {}: run `cargo xtask test --only peers`, or \
+                 set DUPLEX_PEERS_PYTHON to a python that has `websockets`",
+                python.display()
+            );
+            let mut child = Command::new(python)
+                .arg(root.join("tests/peers/python/peer.py"))
+                .args(["server", "--deflate", deflate])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let first = lines.next().expect("the peer exited").unwrap();
+            let port = first
+                .strip_prefix("listening ")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+            Self { child, port, lines }
+        }
+
+        /// Everything the peer reported after serving its one connection.
+        fn report(mut self) -> Vec<String> {
+            let lines = self.lines.by_ref().map(Result::unwrap).collect();
+            let status = self.child.wait().unwrap();
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            assert!(status.success(), "the peer failed ({status}): {lines:?}");
+            lines
+        }
+    }
+
+    impl Drop for PythonServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Lines of several sizes, one of 1 MiB that compresses well.
+    fn input() -> String {
+        let big = "compress me \u{e9}\u{20ac} ".repeat(60_000);
+        format!("one\n{}\n{big}\nlast\n", "x".repeat(70_000))
+    }
+
+    #[test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    fn compress_negotiates_deflate_with_python_websockets() {
+        let server = PythonServer::start("default");
+        let url = format!("ws://127.0.0.1:{}/echo", server.port);
+        let input = input();
+        // --oneshot with --max-messages: close only after every echo is back.
+        let run = connect(
+            &["--compress", "-1", "--max-messages", "4", &url],
+            input.as_bytes(),
+        );
+        assert!(run.status.success(), "{run:?}");
+        assert!(run.stdout() == input, "the echoed lines differ");
+        assert_eq!(run.stderr, "closed: 1000 (normal closure)\n");
+        assert_eq!(
+            server.report(),
+            [
+                "extensions permessage-deflate; server_max_window_bits=12; \
+                 client_max_window_bits=12",
+                "closed 1000 ",
+            ]
+        );
+    }
+
+    #[test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    fn without_compress_nothing_is_negotiated() {
+        let server = PythonServer::start("default");
+        let url = format!("ws://127.0.0.1:{}/echo", server.port);
+        let run = connect(&["-1", "--max-messages", "1", &url], b"plain\n");
+        assert!(run.status.success(), "{run:?}");
+        assert_eq!(run.stdout(), "plain\n");
+        assert_eq!(server.report(), ["extensions none", "closed 1000 "]);
+    }
+}

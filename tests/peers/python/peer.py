@@ -1,9 +1,22 @@
 """Python `websockets` peer for the duplex interop tests.
 
 Usage:
-    peer.py server              listen on 127.0.0.1 (a free port), print "listening PORT",
-                                serve one connection, then exit
-    peer.py client URL          connect to URL, run the scenario, then exit
+    peer.py server [OPTIONS]      listen on 127.0.0.1 (a free port), print "listening PORT",
+                                  serve one connection, then exit
+    peer.py client URL [OPTIONS]  connect to URL, run the scenario, then exit
+
+Options:
+    --tls CERT KEY      (server) serve wss:// with this PEM certificate chain and key
+    --cafile CA         (client) trust this PEM CA for wss:// URLs
+    --deflate MODE      permessage-deflate: "default" (the library's own settings: offered by
+                        a client, accepted by a server with 12-bit windows), "no-takeover"
+                        (server: require client_no_context_takeover and use
+                        server_no_context_takeover; client: request server_no_context_takeover
+                        and offer client_no_context_takeover), or "off". Without this option
+                        the library's defaults apply as well, but nothing extra is reported.
+
+With --deflate, the peer first reports the negotiated extension as "extensions VALUE" (the
+Sec-WebSocket-Extensions response header, or "none").
 
 The scenario is the request path, e.g. ws://127.0.0.1:9001/echo. The peer prints what it
 observed as lines on stdout ("closed 1000 done", "pong peer-ping", ...) for the Rust test to
@@ -18,13 +31,19 @@ Scenarios (mirrored by tests/peers/node/peer.mjs and driven by crates/duplex/tes
     close-from-duplex      wait for the other side to close, report its code and reason
 """
 
+import argparse
 import asyncio
+import ssl
 import sys
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import Frame, Opcode
 
 # Everything the peer does must finish within this many seconds.
@@ -133,11 +152,38 @@ async def scenario(ws, path):
         raise PeerError(f"unknown scenario {path!r}")
 
 
-async def run_server():
+def compression(args, server):
+    """The `compression` and `extensions` arguments of serve()/connect() for --deflate."""
+    if args.deflate == "off":
+        return {"compression": None}
+    if args.deflate in (None, "default"):
+        return {"compression": "deflate"}
+    if server:
+        factory = ServerPerMessageDeflateFactory(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+            require_client_max_window_bits=False,
+        )
+    else:
+        factory = ClientPerMessageDeflateFactory(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+        )
+    return {"compression": None, "extensions": [factory]}
+
+
+def report_extensions(args, ws):
+    if args.deflate is not None:
+        value = ws.response.headers.get("Sec-WebSocket-Extensions")
+        report(f"extensions {value or 'none'}")
+
+
+async def run_server(args):
     done = asyncio.get_running_loop().create_future()
 
     async def handler(ws):
         try:
+            report_extensions(args, ws)
             await scenario(ws, ws.request.path)
         except BaseException as error:  # handed to the main task, which reports it
             if not done.done():
@@ -146,40 +192,61 @@ async def run_server():
         if not done.done():
             done.set_result(None)
 
+    tls = None
+    if args.tls:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(*args.tls)
+
     async with serve(
         handler,
         "127.0.0.1",
         0,
         max_size=MAX_SIZE,
         ping_interval=None,
+        ssl=tls,
         create_connection=record_pings(ServerConnection),
+        **compression(args, server=True),
     ) as server:
         port = server.sockets[0].getsockname()[1]
         report(f"listening {port}")
         await done
 
 
-async def run_client(url):
+async def run_client(args):
+    tls = None
+    if args.url.startswith("wss:"):
+        tls = ssl.create_default_context(cafile=args.cafile)
     async with connect(
-        url,
+        args.url,
         max_size=MAX_SIZE,
         ping_interval=None,
         open_timeout=TIMEOUT,
+        ssl=tls,
         create_connection=record_pings(ClientConnection),
+        **compression(args, server=False),
     ) as ws:
-        await scenario(ws, urlsplit(url).path)
+        report_extensions(args, ws)
+        await scenario(ws, urlsplit(args.url).path)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(usage=__doc__)
+    parser.add_argument("role", choices=["server", "client"])
+    parser.add_argument("url", nargs="?")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    parser.add_argument("--cafile")
+    parser.add_argument("--deflate", choices=["off", "default", "no-takeover"])
+    args = parser.parse_args(argv[1:])
+    if (args.role == "client") != (args.url is not None):
+        parser.error("a client needs a URL, a server takes none")
+    return args
 
 
 def main(argv):
     # Close reasons carry non-ASCII text; print it the same way whatever the locale.
     sys.stdout.reconfigure(encoding="utf-8")
-    if argv[1:2] == ["server"] and len(argv) == 2:
-        job = run_server()
-    elif argv[1:2] == ["client"] and len(argv) == 3:
-        job = run_client(argv[2])
-    else:
-        print(__doc__, file=sys.stderr)
-        return 2
+    args = parse(argv)
+    job = run_server(args) if args.role == "server" else run_client(args)
     try:
         asyncio.run(asyncio.wait_for(job, TIMEOUT))
     except asyncio.TimeoutError:

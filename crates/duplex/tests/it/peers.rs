@@ -14,10 +14,15 @@
 
 use std::{env, future::Future, path::PathBuf, process::Stdio, time::Duration};
 
+use crate::support::Pki;
 use bytes::Bytes;
-use duplex::{CloseCode, Event, MaybeTlsStream, Message, Side, WebSocket};
+use duplex::{
+    deflate::{DeflateConfig, DeflateParams},
+    ClientBuilder, CloseCode, Config, Event, MaybeTlsStream, Message, ServerConfig, Side,
+    WebSocket,
+};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader, Lines},
     net::TcpListener,
     process::{Child, ChildStdout, Command},
     task::JoinHandle,
@@ -419,3 +424,254 @@ both_ways!(
     close_from_peer,
     close_from_duplex,
 );
+
+// ---------------------------------------------------------------------------------------------
+// permessage-deflate (RFC 7692) with the Python peer, plain and over TLS.
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the compressors keep their context from one message to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takeover {
+    /// Both sides' defaults: the LZ77 window carries over between messages.
+    Kept,
+    /// Both `*_no_context_takeover` parameters negotiated (RFC 7692 §7.1.1), each requested
+    /// by one side: the duplex end asks for the peer's reset and the peer asks for ours.
+    Reset,
+}
+
+/// What the duplex side offers or accepts in the compressed sessions.
+fn our_deflate(dir: Dir, takeover: Takeover) -> DeflateConfig {
+    let config = DeflateConfig::default();
+    match (takeover, dir) {
+        (Takeover::Kept, _) => config,
+        // Our server requires the client (the peer) to reset; the peer requests our reset.
+        (Takeover::Reset, Dir::PeerIsClient) => config.client_no_context_takeover(true),
+        // Our client requests the server's (the peer's) reset; the peer requires ours.
+        (Takeover::Reset, Dir::PeerIsServer) => config.server_no_context_takeover(true),
+    }
+}
+
+/// The parameters both ends must agree on, and the response header that says so.
+fn expected_deflate(dir: Dir, takeover: Takeover) -> (DeflateParams, &'static str) {
+    let reset = takeover == Takeover::Reset;
+    match dir {
+        // websockets offers `client_max_window_bits`; duplex accepts it with its own
+        // defaults (15-bit windows, no limit imposed on the client).
+        Dir::PeerIsClient => (
+            DeflateParams {
+                server_no_context_takeover: reset,
+                client_no_context_takeover: reset,
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            },
+            if reset {
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            } else {
+                "permessage-deflate"
+            },
+        ),
+        // websockets' default server limits both windows to 12 bits; in "no-takeover" mode it
+        // keeps 15-bit windows and resets both contexts.
+        Dir::PeerIsServer => {
+            if reset {
+                (
+                    DeflateParams {
+                        server_no_context_takeover: true,
+                        client_no_context_takeover: true,
+                        server_max_window_bits: 15,
+                        client_max_window_bits: 15,
+                    },
+                    "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+                )
+            } else {
+                (
+                    DeflateParams {
+                        server_no_context_takeover: false,
+                        client_no_context_takeover: false,
+                        server_max_window_bits: 12,
+                        client_max_window_bits: 12,
+                    },
+                    "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12",
+                )
+            }
+        }
+    }
+}
+
+/// Bytes that do not compress: xorshift64 output, seeded so a failure is reproducible.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The messages of the compressed sessions: below and above the compression threshold,
+/// repetitive text of 1 MiB and more (which shrinks a thousandfold), random binary (which
+/// does not shrink at all), and the same message twice in a row (which a compressor that
+/// keeps its context sends in a few bytes the second time).
+fn deflate_messages() -> Vec<Message> {
+    let repeated = "duplex permessage-deflate \u{e9}\u{20ac} ".repeat(40_000);
+    assert!(repeated.len() >= 1 << 20);
+    vec![
+        Message::text(""),
+        Message::text("short"),
+        text(1000),
+        text(65_536),
+        Message::text(repeated.clone()),
+        Message::text(repeated),
+        binary(100_000),
+        Message::binary(random_bytes(300_000, 7)),
+        Message::binary(random_bytes(1 << 20, 11)),
+        Message::binary(vec![0; 3 << 20]),
+    ]
+}
+
+/// Echoes every message of [`deflate_messages`] through the peer and closes.
+async fn deflate_body<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>) {
+    for message in deflate_messages() {
+        ws.send(message.clone()).await.expect("send");
+        let echoed = match ws.recv().await {
+            Some(Ok(echoed)) => echoed,
+            other => panic!("expected an echo, got {other:?}"),
+        };
+        assert!(
+            echoed == message,
+            "a message of {} bytes came back different ({} bytes)",
+            message.len(),
+            echoed.len()
+        );
+    }
+    ws.close(CloseCode::NORMAL, "done")
+        .await
+        .expect("closing handshake");
+    let closed = ws.closed().expect("closed after the handshake");
+    assert_eq!(closed.error, None);
+}
+
+/// Echo through the Python peer with permessage-deflate negotiated, `dir` both ways, over
+/// TLS when `tls`. Both ends report what was negotiated, and both reports must match.
+async fn deflate_echo(dir: Dir, tls: bool, takeover: Takeover) {
+    let pki = tls.then(|| Pki::new(&["127.0.0.1", "localhost"], None));
+    let mode = match takeover {
+        Takeover::Kept => "default",
+        Takeover::Reset => "no-takeover",
+    };
+    let ours = our_deflate(dir, takeover);
+    let (params, header) = expected_deflate(dir, takeover);
+    let config = Config::default()
+        .max_message_size(64 << 20)
+        .deflate(Some(ours.clone()));
+    let running = match dir {
+        Dir::PeerIsClient => {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local address");
+            let scheme = if tls { "wss" } else { "ws" };
+            let url = format!("{scheme}://{addr}/echo");
+            let mut args = vec!["client".to_owned(), url, "--deflate".into(), mode.into()];
+            if let Some(pki) = &pki {
+                args.extend(["--cafile".into(), pki.ca.display().to_string()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut running = Running::spawn(Peer::Python, &args);
+            let tcp = tokio::select! {
+                accepted = timeout(LIMIT, listener.accept()) => {
+                    accepted.expect("the peer did not connect in time").expect("accept").0
+                }
+                status = running.child.wait() => {
+                    let stderr = (&mut running.stderr).await.unwrap_or_default();
+                    panic!("the Python peer exited ({status:?}) before connecting:\n{stderr}");
+                }
+            };
+            let server = ServerConfig::default().connection(config);
+            let hook = |_: &duplex::Request| Ok(duplex::Accept::default());
+            if let Some(pki) = &pki {
+                let tls = pki.acceptor().accept(tcp).await.expect("TLS handshake");
+                let mut ws = duplex::accept_with(tls, server, hook)
+                    .await
+                    .expect("server handshake with the peer");
+                assert_eq!(ws.deflate_params(), Some(&params));
+                timeout(LIMIT, deflate_body(&mut ws))
+                    .await
+                    .expect("in time");
+            } else {
+                let mut ws = duplex::accept_with(tcp, server, hook)
+                    .await
+                    .expect("server handshake with the peer");
+                assert_eq!(ws.deflate_params(), Some(&params));
+                timeout(LIMIT, deflate_body(&mut ws))
+                    .await
+                    .expect("in time");
+            }
+            running
+        }
+        Dir::PeerIsServer => {
+            let mut args = vec!["server".to_owned(), "--deflate".into(), mode.into()];
+            if let Some(pki) = &pki {
+                args.extend([
+                    "--tls".into(),
+                    pki.cert.display().to_string(),
+                    pki.key.display().to_string(),
+                ]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut running = Running::spawn(Peer::Python, &args);
+            let port = running.listening_port().await;
+            let scheme = if tls { "wss" } else { "ws" };
+            let mut builder = ClientBuilder::new(format!("{scheme}://127.0.0.1:{port}/echo"))
+                .config(config)
+                .deflate(Some(ours));
+            if let Some(pki) = &pki {
+                builder = builder.ca_file(&pki.ca);
+            }
+            let (mut ws, response) = timeout(LIMIT, builder.connect())
+                .await
+                .expect("the client handshake did not finish in time")
+                .expect("client handshake with the peer");
+            assert_eq!(response.extensions.as_deref(), Some(header));
+            assert_eq!(ws.deflate_params(), Some(&params));
+            timeout(LIMIT, deflate_body(&mut ws))
+                .await
+                .expect("in time");
+            running
+        }
+    };
+    let lines = running.finish().await;
+    assert_eq!(
+        lines,
+        [
+            format!("extensions {header}"),
+            "closed 1000 done".to_owned()
+        ]
+    );
+}
+
+/// The compressed sessions: each direction, plain and TLS, with and without context takeover.
+macro_rules! deflate_cases {
+    ($($name:ident: $dir:ident, $tls:expr, $takeover:ident;)*) => {$(
+        #[tokio::test]
+        #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+        async fn $name() {
+            super::deflate_echo(super::Dir::$dir, $tls, super::Takeover::$takeover).await;
+        }
+    )*};
+}
+
+mod deflate {
+    deflate_cases! {
+        python_client_ws: PeerIsClient, false, Kept;
+        python_client_ws_no_takeover: PeerIsClient, false, Reset;
+        python_client_wss: PeerIsClient, true, Kept;
+        python_client_wss_no_takeover: PeerIsClient, true, Reset;
+        python_server_ws: PeerIsServer, false, Kept;
+        python_server_ws_no_takeover: PeerIsServer, false, Reset;
+        python_server_wss: PeerIsServer, true, Kept;
+        python_server_wss_no_takeover: PeerIsServer, true, Reset;
+    }
+}
