@@ -151,6 +151,52 @@ pub(crate) struct CaseResult {
     pub(crate) close: String,
 }
 
+/// How a full run is split: wstest handles every frame in Python and uses one core, while
+/// duplex needs little, so two wstest processes over disjoint case sets halve the wall time
+/// on two cores. The second shard takes the slower compression groups; the first takes
+/// everything else. A run restricted with `--cases` is one shard.
+const SHARD_CASES: &[&str] = &["12.1.*", "12.5.*", "13.*"];
+
+/// One wstest process's share of a run.
+#[derive(Debug)]
+struct Shard {
+    /// Its directory (spec, logs, reports).
+    dir: PathBuf,
+    cases: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl Shard {
+    fn plan(dir: &Path, cases: &[String]) -> Vec<Self> {
+        let owned = |list: &[&str]| list.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        if !cases.is_empty() {
+            return vec![Self {
+                dir: dir.join("shard-0"),
+                cases: cases.to_vec(),
+                exclude: owned(EXCLUDED),
+            }];
+        }
+        let mut rest = owned(EXCLUDED);
+        rest.extend(owned(SHARD_CASES));
+        vec![
+            Self {
+                dir: dir.join("shard-0"),
+                cases: vec!["*".into()],
+                exclude: rest,
+            },
+            Self {
+                dir: dir.join("shard-1"),
+                cases: owned(SHARD_CASES),
+                exclude: owned(EXCLUDED),
+            },
+        ]
+    }
+
+    fn reports(&self) -> PathBuf {
+        self.dir.join("reports")
+    }
+}
+
 /// Runs wstest for `role` and returns the results of every case it ran.
 fn execute(
     ws: &Workspace,
@@ -160,36 +206,26 @@ fn execute(
     cases: &[String],
 ) -> Result<BTreeMap<CaseId, CaseResult>> {
     let dir = ws.target.join("autobahn").join(role.name());
-    let reports = dir.join("reports");
-    if reports.exists() {
-        fs::remove_dir_all(&reports).with_context(|| format!("removing {}", reports.display()))?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cases: Vec<String> = if cases.is_empty() {
-        vec!["*".into()]
-    } else {
-        cases.to_vec()
-    };
-    let port = cmd::free_port()?;
-    let url = format!("ws://127.0.0.1:{port}");
-    let spec_path = dir.join("spec.json");
-    let wstest_log = dir.join("wstest.log");
-    let duplex_log = dir.join("duplex.log");
-    println!(
-        "autobahn {}: cases {cases:?} excluding {EXCLUDED:?}; logs in {}",
-        role.name(),
-        dir.display()
-    );
-    let index = match role {
+    let shards = Shard::plan(&dir, cases);
+    for shard in &shards {
+        fs::create_dir_all(&shard.dir)
+            .with_context(|| format!("creating {}", shard.dir.display()))?;
+        println!(
+            "autobahn {}: cases {:?} excluding {:?}; logs in {}",
+            role.name(),
+            shard.cases,
+            shard.exclude,
+            shard.dir.display()
+        );
+    }
+    let indexes = match role {
         Role::Server => {
-            let spec = json!({
-                "outdir": reports.join("servers"),
-                "servers": [{ "agent": AGENT, "url": url }],
-                "cases": cases,
-                "exclude-cases": EXCLUDED,
-                "exclude-agent-cases": {},
-            });
-            write_json(&spec_path, &spec)?;
+            let port = cmd::free_port()?;
+            let url = format!("ws://127.0.0.1:{port}");
+            let duplex_log = dir.join("duplex.log");
             let mut server = spawn_logged(
                 Command::new(duplex).args(["echo", "--listen", &format!("127.0.0.1:{port}")]),
                 &duplex_log,
@@ -197,45 +233,110 @@ fn execute(
             )?;
             cmd::wait_for_port(port, &mut server, Duration::from_secs(20))
                 .with_context(|| format!("duplex echo did not start; {}", log_note(&duplex_log)))?;
-            let mut fuzzer = Command::new(wstest);
-            fuzzer
-                .current_dir(&dir)
-                .args(["--mode", "fuzzingclient", "--spec"])
-                .arg(&spec_path);
-            run_logged(&mut fuzzer, &wstest_log)?;
+            let mut runs = Vec::new();
+            for shard in &shards {
+                let spec_path = shard.dir.join("spec.json");
+                let spec = json!({
+                    "outdir": shard.reports().join("servers"),
+                    "servers": [{ "agent": AGENT, "url": url }],
+                    "cases": shard.cases,
+                    "exclude-cases": shard.exclude,
+                    "exclude-agent-cases": {},
+                });
+                write_json(&spec_path, &spec)?;
+                let mut fuzzer = Command::new(wstest);
+                fuzzer
+                    .current_dir(&shard.dir)
+                    .args(["--mode", "fuzzingclient", "--spec"])
+                    .arg(&spec_path);
+                runs.push(Run::start(&mut fuzzer, shard.dir.join("wstest.log"))?);
+            }
+            let finished: Vec<Result<()>> = runs.into_iter().map(Run::finish).collect();
+            finished.into_iter().collect::<Result<()>>()?;
             server
                 .check_running()
                 .with_context(|| format!("duplex echo crashed; {}", log_note(&duplex_log)))?;
-            reports.join("servers").join("index.json")
+            shards
+                .iter()
+                .map(|s| s.reports().join("servers").join("index.json"))
+                .collect::<Vec<_>>()
         }
         Role::Client => {
-            let spec = json!({
-                "url": url,
-                "outdir": reports.join("clients"),
-                "webport": 0,
-                "cases": cases,
-                "exclude-cases": EXCLUDED,
-                "exclude-agent-cases": {},
-            });
-            write_json(&spec_path, &spec)?;
-            let mut fuzzer = Command::new(wstest);
-            fuzzer
-                .current_dir(&dir)
-                .args(["--mode", "fuzzingserver", "--webport", "0", "--spec"])
-                .arg(&spec_path);
-            let mut server = spawn_logged(&mut fuzzer, &wstest_log, "wstest fuzzingserver")?;
-            cmd::wait_for_port(port, &mut server, Duration::from_secs(60))
-                .with_context(|| format!("wstest did not start; {}", log_note(&wstest_log)))?;
-            run_logged(
-                Command::new(duplex).args(["autobahn-client", "--url", &url, "--agent", AGENT]),
-                &duplex_log,
-            )?;
-            drop(server);
-            reports.join("clients").join("index.json")
+            let mut servers = Vec::new();
+            let mut runs = Vec::new();
+            for shard in &shards {
+                let port = cmd::free_port()?;
+                let url = format!("ws://127.0.0.1:{port}");
+                let spec_path = shard.dir.join("spec.json");
+                let wstest_log = shard.dir.join("wstest.log");
+                let spec = json!({
+                    "url": url,
+                    "outdir": shard.reports().join("clients"),
+                    "webport": 0,
+                    "cases": shard.cases,
+                    "exclude-cases": shard.exclude,
+                    "exclude-agent-cases": {},
+                });
+                write_json(&spec_path, &spec)?;
+                let mut fuzzer = Command::new(wstest);
+                fuzzer
+                    .current_dir(&shard.dir)
+                    .args(["--mode", "fuzzingserver", "--webport", "0", "--spec"])
+                    .arg(&spec_path);
+                let mut server = spawn_logged(&mut fuzzer, &wstest_log, "wstest fuzzingserver")?;
+                cmd::wait_for_port(port, &mut server, Duration::from_secs(60))
+                    .with_context(|| format!("wstest did not start; {}", log_note(&wstest_log)))?;
+                servers.push(server);
+                runs.push(Run::start(
+                    Command::new(duplex).args(["autobahn-client", "--url", &url, "--agent", AGENT]),
+                    shard.dir.join("duplex.log"),
+                )?);
+            }
+            let finished: Vec<Result<()>> = runs.into_iter().map(Run::finish).collect();
+            finished.into_iter().collect::<Result<()>>()?;
+            drop(servers);
+            shards
+                .iter()
+                .map(|s| s.reports().join("clients").join("index.json"))
+                .collect::<Vec<_>>()
         }
     };
-    println!("report: {}", index.with_file_name("index.html").display());
-    read_index(&index)
+    let mut results = BTreeMap::new();
+    for index in indexes {
+        println!("report: {}", index.with_file_name("index.html").display());
+        results.extend(read_index(&index)?);
+    }
+    Ok(results)
+}
+
+/// A command running to completion in the background, its output in a log.
+struct Run {
+    guard: Guard,
+    line: String,
+    log: PathBuf,
+}
+
+impl Run {
+    fn start(command: &mut Command, log: PathBuf) -> Result<Self> {
+        let line = cmd::show(command);
+        let guard = spawn_logged(command, &log, &line)?;
+        Ok(Self { guard, line, log })
+    }
+
+    /// Waits for it; on failure the error quotes the end of the log.
+    fn finish(mut self) -> Result<()> {
+        let status = cmd::wait(self.guard.child(), RUN_LIMIT)?;
+        let (line, log) = (&self.line, &self.log);
+        match status {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("`{line}` failed ({status}); {}", log_note(log)),
+            None => bail!(
+                "`{line}` did not finish within {} s; {}",
+                RUN_LIMIT.as_secs(),
+                log_note(log)
+            ),
+        }
+    }
 }
 
 /// Starts a server process whose output goes to `log`; it stops when the guard is dropped.
@@ -250,23 +351,6 @@ fn spawn_logged(command: &mut Command, log: &Path, name: &str) -> Result<Guard> 
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
     Ok(Guard::new(child, name))
-}
-
-/// Runs a command to completion with its output in `log`; on failure the error quotes the
-/// end of the log.
-fn run_logged(command: &mut Command, log: &Path) -> Result<()> {
-    let line = cmd::show(command);
-    let mut guard = spawn_logged(command, log, &line)?;
-    let status = cmd::wait(guard.child(), RUN_LIMIT)?;
-    match status {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => bail!("`{line}` failed ({status}); {}", log_note(log)),
-        None => bail!(
-            "`{line}` did not finish within {} s; {}",
-            RUN_LIMIT.as_secs(),
-            log_note(log)
-        ),
-    }
 }
 
 /// The end of a log file, for an error message.
@@ -356,4 +440,36 @@ fn bless(
         &Expected::load(&Role::Client.expected_path(ws))?,
     )?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `shard` runs case `id` (wstest: selected by `cases`, not by `exclude-cases`).
+    fn runs(shard: &Shard, id: &str) -> bool {
+        let id = CaseId::new(id);
+        shard.cases.iter().any(|p| id.matches(p)) && !shard.exclude.iter().any(|p| id.matches(p))
+    }
+
+    #[test]
+    fn a_full_run_gives_every_case_to_exactly_one_shard() {
+        let shards = Shard::plan(Path::new("x"), &[]);
+        assert_eq!(shards.len(), 2);
+        for id in [
+            "1.1.1", "5.19", "9.8.6", "12.1.1", "12.2.18", "12.5.3", "13.1.1", "13.7.18",
+        ] {
+            let excluded = EXCLUDED.iter().any(|p| CaseId::new(id).matches(p));
+            let count = shards.iter().filter(|s| runs(s, id)).count();
+            assert_eq!(count, usize::from(!excluded), "case {id}");
+        }
+    }
+
+    #[test]
+    fn a_selected_run_is_one_shard() {
+        let shards = Shard::plan(Path::new("x"), &["9.*".to_owned()]);
+        assert_eq!(shards.len(), 1);
+        assert!(runs(&shards[0], "9.1.1"));
+        assert!(!runs(&shards[0], "1.1.1"));
+    }
 }

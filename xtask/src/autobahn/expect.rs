@@ -59,7 +59,7 @@ impl CaseId {
 
     /// Whether the case is selected by a wstest pattern. wstest turns a pattern with `*` into
     /// a regex matched at the start of the id only; a pattern without `*` names one case.
-    fn matches(&self, pattern: &str) -> bool {
+    pub(crate) fn matches(&self, pattern: &str) -> bool {
         if pattern.contains('*') {
             glob_prefix(pattern.as_bytes(), self.0.as_bytes())
         } else {
