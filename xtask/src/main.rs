@@ -10,11 +10,13 @@
 //! - `step`: the steps of `cargo xtask test`, their selection and the summary.
 //! - `install`: what each step needs and how it is installed when missing.
 //! - `autobahn`: wstest in both roles, the committed expectations and the comparison.
+//! - `bench`: `cargo xtask bench-peers`, duplex against other libraries, into docs/benchmarks.md.
 //! - `fuzz`: building the fuzz targets on the stable toolchain and replaying their seeds.
 //! - `cmd`: running child processes with a time limit, finding programs, free ports.
 //! - `workspace`: paths of the repository and the cargo target directory, the release build.
 
 mod autobahn;
+mod bench;
 mod cmd;
 mod fuzz;
 mod install;
@@ -41,6 +43,9 @@ enum Command {
     Autobahn(autobahn::Args),
     /// Install what the selected steps need, and run nothing.
     Install(step::Selection),
+    /// Benchmark duplex against tokio-tungstenite and fastwebsockets (CPU-pinned, repeated)
+    /// and write the results to docs/benchmarks.md.
+    BenchPeers(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Test(args) => step::test(&args),
         Command::Autobahn(args) => autobahn::command(&args),
         Command::Install(selection) => step::install_only(&selection),
+        Command::BenchPeers(args) => bench::command(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,9 +1,9 @@
 //! `duplex echo`: a WebSocket echo server, over ws:// or wss://.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin};
 
 use anyhow::Context as _;
-use duplex::{deflate::DeflateConfig, tls::TlsAcceptor, Config, ServerConfig};
+use duplex::{deflate::DeflateConfig, tls::TlsAcceptor, Config, ServerConfig, WebSocket};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -20,7 +20,8 @@ pub(crate) struct Args {
         env = "DUPLEX_ECHO_LISTEN"
     )]
     listen: SocketAddr,
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: one per core). 1 runs a current-thread runtime: no work
+    /// stealing and no cross-thread wake-ups, the cheapest way to serve from one core.
     #[arg(long)]
     threads: Option<usize>,
     /// Largest message accepted, in bytes; larger ones are refused with close code 1009.
@@ -41,10 +42,15 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
+    let mut rt = match args.threads {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.worker_threads(n);
+            rt
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     rt.enable_all().build()?.block_on(serve(args))
 }
 
@@ -79,38 +85,72 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let (config, acceptor) = (config.clone(), acceptor.clone());
+        let start = Box::new(Start {
+            tcp,
+            config: config.clone(),
+            acceptor: acceptor.clone(),
+        });
         tokio::spawn(async move {
-            if let Err(e) = accept(tcp, config, acceptor).await {
+            if let Err(e) = connection(start).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
 }
 
-async fn accept(
+/// What a connection starts from, boxed so that the spawned task does not keep it.
+struct Start {
     tcp: TcpStream,
     config: ServerConfig,
     acceptor: Option<TlsAcceptor>,
-) -> anyhow::Result<()> {
-    tcp.set_nodelay(true)?;
-    let Some(acceptor) = acceptor else {
-        return Ok(echo(tcp, config).await?);
-    };
-    let tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
-    Ok(echo(tls, config).await?)
 }
 
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
-    io: S,
-    config: ServerConfig,
-) -> duplex::Result<()> {
-    let mut ws = duplex::accept_with(io, config, |_| Ok(Default::default())).await?;
+/// One connection.
+///
+/// The handshakes run in a boxed future that is freed once they are done, and the echo loop
+/// of a plain connection runs inline, so the spawned task keeps only the `WebSocket` for the
+/// connection's lifetime. (A task is as large as its largest state: with the handshake and TLS
+/// states inline, every idle connection held several KiB.)
+async fn connection(start: Box<Start>) -> anyhow::Result<()> {
+    let Some(mut ws) = handshake(start).await? else {
+        return Ok(());
+    };
     while let Some(message) = ws.recv().await {
         ws.send(message?).await?;
     }
     Ok(())
+}
+
+/// The opening handshake of a plain connection, or (returning `None`) a whole wss://
+/// connection, in a boxed future.
+fn handshake(
+    start: Box<Start>,
+) -> Pin<Box<dyn Future<Output = anyhow::Result<Option<WebSocket<TcpStream>>>> + Send>> {
+    let Start {
+        tcp,
+        config,
+        acceptor,
+    } = *start;
+    Box::pin(async move {
+        tcp.set_nodelay(true)?;
+        let Some(acceptor) = acceptor else {
+            return Ok(Some(accept(tcp, config).await?));
+        };
+        let tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp))
+            .await
+            .context("TLS handshake timed out")?
+            .context("TLS handshake failed")?;
+        let mut ws = accept(tls, config).await?;
+        while let Some(message) = ws.recv().await {
+            ws.send(message?).await?;
+        }
+        Ok(None)
+    })
+}
+
+async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    config: ServerConfig,
+) -> duplex::Result<WebSocket<S>> {
+    duplex::accept_with(io, config, |_| Ok(Default::default())).await
 }

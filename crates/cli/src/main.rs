@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod autobahn;
+mod bench;
 mod connect;
 mod echo;
 mod serve;
@@ -27,6 +28,8 @@ enum Command {
     Echo(echo::Args),
     /// Run the Autobahn testsuite's client cases against its fuzzingserver.
     AutobahnClient(autobahn::Args),
+    /// Load-test a WebSocket server: echo, handshakes, idle connections, hub fan-out.
+    Bench(bench::Args),
     /// Connect to a WebSocket server: interactive on a terminal, line by line in a pipe.
     Connect(connect::Args),
     /// Run the real-time hub: pub/sub channels over WebSocket, HTTP API and demo pages.
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Echo(args) => echo::run(args),
         Command::AutobahnClient(args) => autobahn::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Serve(args) => serve::run(*args, &cli.log),
     }

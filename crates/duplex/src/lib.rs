@@ -76,6 +76,7 @@
 pub mod axum;
 mod client;
 mod error;
+mod pool;
 mod proxy;
 mod server;
 mod split;

@@ -42,10 +42,11 @@ pub struct WebSocket<S> {
     conn: Connection,
     subprotocol: Option<String>,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// The Closed event, held back until the transport is shut down.
-    closed_event: Option<Closed>,
+    /// The Closed event, held back until the transport is shut down (boxed, like `finished`:
+    /// only a closing connection needs it, and every idle connection would pay for the space).
+    closed_event: Option<Box<Closed>>,
     /// The transport's end: how the connection ended once the Closed event was returned.
-    finished: Option<Closed>,
+    finished: Option<Box<Closed>>,
     read_eof: bool,
     shutdown: Shutdown,
     io_error: Option<io::Error>,
@@ -136,8 +137,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// How the connection ended, once [`recv`](Self::recv) has returned `None` or an error.
     #[must_use]
-    pub const fn closed(&self) -> Option<&Closed> {
-        self.finished.as_ref()
+    pub fn closed(&self) -> Option<&Closed> {
+        self.finished.as_deref()
     }
 
     /// The transport.
@@ -262,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         loop {
             if let Some(event) = self.conn.poll_event() {
                 match event {
-                    Event::Closed(closed) => self.closed_event = Some(closed),
+                    Event::Closed(closed) => self.closed_event = Some(Box::new(closed)),
                     other => return Poll::Ready(Some(Ok(other))),
                 }
                 continue;
@@ -272,13 +273,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
             if self.conn.state() == State::Closed {
                 ready!(self.poll_shutdown(cx));
-                let closed = self.closed_event.take().unwrap_or_else(|| Closed {
-                    code: CloseCode::ABNORMAL,
-                    reason: Default::default(),
-                    initiated_by: duplex_proto::Side::Local,
-                    error: Some(CloseError::UnexpectedEof),
-                });
-                self.finished = Some(closed.clone());
+                let closed = self.closed_event.take().map_or_else(
+                    || Closed {
+                        code: CloseCode::ABNORMAL,
+                        reason: Default::default(),
+                        initiated_by: duplex_proto::Side::Local,
+                        error: Some(CloseError::UnexpectedEof),
+                    },
+                    |closed| *closed,
+                );
+                self.finished = Some(Box::new(closed.clone()));
                 return Poll::Ready(Some(Ok(Event::Closed(closed))));
             }
             // The batch is handled: write what it produced, in one go.
@@ -292,6 +296,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 ready!(self.poll_timer(cx));
                 continue;
             }
+            if self.conn.has_events() {
+                // Never read while a complete frame waits to become an event: the read buffer
+                // would grow with whatever the peer sends, past the frame and message limits,
+                // however slowly the application takes the events.
+                continue;
+            }
             match self.poll_read(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
@@ -299,15 +309,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.conn.receive_eof();
                 }
                 Poll::Pending => {
-                    ready!(self.poll_timer(cx));
+                    if self.poll_timer(cx).is_pending() {
+                        self.release_idle_buffers();
+                        return Poll::Pending;
+                    }
                 }
             }
+        }
+    }
+
+    /// The socket has nothing to read and nothing is buffered: give the read buffer back to
+    /// the thread's pool and drop the (empty) output staging, so an idle connection holds no
+    /// buffer memory.
+    fn release_idle_buffers(&mut self) {
+        if let Some(buf) = self.conn.take_idle_read_buf() {
+            crate::pool::put(buf);
+        }
+        if self.conn.output_len() == 0 {
+            self.conn.release_buffers();
         }
     }
 
     /// Read once into the connection and process it; EOF is passed on.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let buf = self.conn.read_buf();
+        if buf.capacity() == 0 {
+            *buf = crate::pool::take();
+        }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }

@@ -109,12 +109,19 @@ pub struct Connection {
     events: VecDeque<Event>,
     peer_close: Option<CloseFrame>,
     timers: Timers,
-    deflate: Option<Deflate>,
+    /// Boxed: most connections never negotiate permessage-deflate, and the codec state would
+    /// otherwise make every connection (idle ones included) about 300 bytes larger.
+    deflate: Option<Box<Compression>>,
     deflate_params: Option<DeflateParams>,
-    /// Reused buffer for compressing outgoing messages.
-    scratch: BytesMut,
     /// The transport ended; what is buffered is still read before the connection is closed.
     eof: bool,
+}
+
+/// permessage-deflate state: the codec and a reused buffer for outgoing messages.
+#[derive(Debug)]
+struct Compression {
+    codec: Deflate,
+    scratch: BytesMut,
 }
 
 #[derive(Debug, Default)]
@@ -145,12 +152,14 @@ impl Connection {
         let codec = deflate.map(|params| {
             reader.enable_deflate();
             let settings = config.deflate.clone().unwrap_or_default();
-            Deflate::new(role, &params, settings.level, settings.threshold)
+            Box::new(Compression {
+                codec: Deflate::new(role, &params, settings.level, settings.threshold),
+                scratch: BytesMut::new(),
+            })
         });
         Self {
             deflate: codec,
             deflate_params: deflate,
-            scratch: BytesMut::new(),
             role,
             reader,
             config,
@@ -277,15 +286,15 @@ impl Connection {
         };
         let mask = self.mask_key();
         match &mut self.deflate {
-            Some(deflate) if deflate.should_compress(payload.len()) => {
-                let mut buf = std::mem::take(&mut self.scratch);
+            Some(deflate) if deflate.codec.should_compress(payload.len()) => {
+                let mut buf = std::mem::take(&mut deflate.scratch);
                 buf.clear();
-                deflate.compress(&payload, &mut buf);
+                deflate.codec.compress(&payload, &mut buf);
                 // RFC 7692 §6: RSV1 on the (only) frame of a compressed message.
                 self.output
                     .frame(opcode, true, true, mask, Payload::Borrowed(&buf));
                 if buf.capacity() <= 64 * 1024 {
-                    self.scratch = buf;
+                    deflate.scratch = buf;
                 }
             }
             _ => self
@@ -437,8 +446,18 @@ impl Connection {
     pub fn release_buffers(&mut self) {
         if self.read_buf.is_empty() && !self.reader.in_frame() {
             self.read_buf = BytesMut::new();
+            self.reader.release();
         }
         self.output.release();
+    }
+
+    /// Take the read buffer's memory while it holds nothing (no partial frame, no message in
+    /// progress), e.g. to keep it in a pool while the connection is idle. `None` when bytes are
+    /// buffered or the buffer has no memory. [`read_buf`](Self::read_buf) starts empty again;
+    /// put a buffer back in it before the next read.
+    pub fn take_idle_read_buf(&mut self) -> Option<BytesMut> {
+        (self.read_buf.is_empty() && self.read_buf.capacity() > 0 && !self.reader.in_frame())
+            .then(|| std::mem::take(&mut self.read_buf))
     }
 
     // ---- internals shared with the reader ----

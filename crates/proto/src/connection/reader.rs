@@ -82,6 +82,13 @@ impl Reader {
         self.deflate = true;
     }
 
+    /// Drop the memory of the fragment buffer between messages.
+    pub(crate) fn release(&mut self) {
+        if self.message.is_none() {
+            self.fragments = BytesMut::new();
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.frame = None;
         self.message = None;
@@ -259,7 +266,11 @@ impl Connection {
         let payload = bytes.split_off(frame.header_len).freeze();
         match h.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                if let Some(message) = self.reader.data_frame(&h, payload, self.deflate.as_mut())? {
+                if let Some(message) = self.reader.data_frame(
+                    &h,
+                    payload,
+                    self.deflate.as_deref_mut().map(|d| &mut d.codec),
+                )? {
                     self.events.push_back(Event::Message(message));
                 }
             }
