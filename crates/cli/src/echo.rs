@@ -112,7 +112,7 @@ struct Start {
 /// connection's lifetime. (A task is as large as its largest state: with the handshake and TLS
 /// states inline, every idle connection held several KiB.)
 async fn connection(start: Box<Start>) -> anyhow::Result<()> {
-    let Some(mut ws) = handshake(start).await? else {
+    let Some(mut ws) = handshake(*start).await? else {
         return Ok(());
     };
     while let Some(message) = ws.recv().await {
@@ -121,16 +121,18 @@ async fn connection(start: Box<Start>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The boxed handshake future: the open plain connection, or `None` after a whole wss://
+/// connection.
+type Handshake = Pin<Box<dyn Future<Output = anyhow::Result<Option<WebSocket<TcpStream>>>> + Send>>;
+
 /// The opening handshake of a plain connection, or (returning `None`) a whole wss://
 /// connection, in a boxed future.
-fn handshake(
-    start: Box<Start>,
-) -> Pin<Box<dyn Future<Output = anyhow::Result<Option<WebSocket<TcpStream>>>> + Send>> {
+fn handshake(start: Start) -> Handshake {
     let Start {
         tcp,
         config,
         acceptor,
-    } = *start;
+    } = start;
     Box::pin(async move {
         tcp.set_nodelay(true)?;
         let Some(acceptor) = acceptor else {

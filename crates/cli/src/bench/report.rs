@@ -211,7 +211,7 @@ impl Report {
         let seconds = window.as_secs_f64();
         let messages = stats.messages.get();
         let hist = stats.latency.borrow();
-        let latency = (hist.len() > 0).then(|| Latency {
+        let latency = (!hist.is_empty()).then(|| Latency {
             p50: hist.value_at_quantile(0.5),
             p90: hist.value_at_quantile(0.9),
             p99: hist.value_at_quantile(0.99),
