@@ -2,7 +2,7 @@
 //!
 //! A connection takes a buffer before it reads and gives it back when a read finds nothing
 //! to do (the socket has no data and nothing is buffered). Thousands of idle connections then
-//! share the few buffers of their worker threads instead of holding 16 KiB each, and a busy
+//! share the few buffers of their worker threads instead of holding 64 KiB each, and a busy
 //! connection gets the same buffer back on its next read, at the cost of a thread-local access
 //! (no lock, no atomic).
 
@@ -11,12 +11,12 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 
 /// Buffers kept per thread; more are freed.
-const MAX_POOLED: usize = 64;
+const MAX_POOLED: usize = 16;
 
 /// Buffers smaller than this are not worth keeping; larger ones (grown for a big frame) are
 /// given back to the allocator rather than parked.
 const MIN_CAPACITY: usize = 4 * 1024;
-const MAX_CAPACITY: usize = 64 * 1024;
+const MAX_CAPACITY: usize = 128 * 1024;
 
 thread_local! {
     static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };

@@ -1,6 +1,6 @@
 //! Accepting WebSocket connections on a server.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use duplex_proto::{
@@ -29,7 +29,7 @@ use crate::{
 #[non_exhaustive]
 pub struct ServerConfig {
     /// Settings of the connection once it is open.
-    pub connection: Config,
+    pub connection: Arc<Config>,
     /// Largest request head accepted; larger ones get `431`. Default 8 KiB.
     pub max_head_size: usize,
     /// Time allowed for the whole request to arrive; slower clients are dropped. Default 10 s.
@@ -45,7 +45,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            connection: Config::default(),
+            connection: Arc::new(Config::default()),
             max_head_size: duplex_proto::handshake::MAX_HEAD_SIZE,
             handshake_timeout: Duration::from_secs(10),
             subprotocols: Vec::new(),
@@ -57,8 +57,8 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Set [`connection`](Self::connection).
     #[must_use]
-    pub fn connection(mut self, config: Config) -> Self {
-        self.connection = config;
+    pub fn connection(mut self, config: impl Into<Arc<Config>>) -> Self {
+        self.connection = config.into();
         self
     }
 

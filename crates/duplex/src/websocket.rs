@@ -4,6 +4,7 @@ use std::{
     future::{poll_fn, Future},
     io::{self, IoSlice},
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 
@@ -21,10 +22,16 @@ use crate::error::{Error, Result};
 
 /// Above this many pending output bytes, `send` waits for the transport before queueing more.
 const WRITE_HIGH_WATERMARK: usize = 128 * 1024;
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer growth step. Large reads matter: with 16 KiB, echoing pipelined 16 KiB
+/// messages took twice the CPU per message of 64 KiB reads (two or more syscalls per
+/// message instead of one per several). Only a connection that is reading holds one: idle
+/// connections give their buffer back to the thread's pool.
+const READ_CHUNK: usize = 64 * 1024;
 /// Slices handed to one vectored write.
 const MAX_IOV: usize = 64;
+/// A connection whose transport keeps having data yields to the other tasks after reading
+/// this much without a pause, so one busy peer cannot hold the thread for long.
+const FAIR_SHARE: u32 = 64 * 1024;
 
 /// A WebSocket connection over a transport `S` (a `TcpStream`, a TLS stream, an HTTP upgrade).
 ///
@@ -40,14 +47,17 @@ const MAX_IOV: usize = 64;
 pub struct WebSocket<S> {
     io: S,
     conn: Connection,
-    subprotocol: Option<String>,
+    subprotocol: Option<Box<str>>,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// The Closed event, held back until the transport is shut down (boxed, like `finished`:
-    /// only a closing connection needs it, and every idle connection would pay for the space).
-    closed_event: Option<Box<Closed>>,
-    /// The transport's end: how the connection ended once the Closed event was returned.
-    finished: Option<Box<Closed>>,
+    /// The Closed event, held back until the transport is shut down, then kept as how the
+    /// connection ended. Boxed: only a closing connection needs it, and every idle connection
+    /// would pay for the space.
+    closed: Option<Box<Closed>>,
+    /// The Closed event was returned: nothing more will be.
+    finished: bool,
     read_eof: bool,
+    /// Bytes read since the transport last had nothing to read (see [`FAIR_SHARE`]).
+    read_streak: u32,
     shutdown: Shutdown,
     io_error: Option<io::Error>,
 }
@@ -55,8 +65,9 @@ pub struct WebSocket<S> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shutdown {
     NotStarted,
-    /// A client waits for the server to close TCP first (RFC 6455 §7.1.1), until this deadline.
-    AwaitingEof(Instant),
+    /// A client waits for the server to close TCP first (RFC 6455 §7.1.1), until the close
+    /// timeout (armed in `sleep`).
+    AwaitingEof,
     Done,
 }
 
@@ -65,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ///
     /// `leftover` holds bytes read past the handshake; they are the first frames, processed on
     /// the first receive.
-    pub fn from_raw(io: S, role: Role, config: Config, leftover: BytesMut) -> Self {
+    pub fn from_raw(io: S, role: Role, config: impl Into<Arc<Config>>, leftover: BytesMut) -> Self {
         let mut conn = Connection::new(role, config);
         conn.read_buf().extend_from_slice(&leftover);
         Self::from_connection(io, conn)
@@ -79,9 +90,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             conn,
             subprotocol: None,
             sleep: None,
-            closed_event: None,
-            finished: None,
+            closed: None,
+            finished: false,
             read_eof: false,
+            read_streak: 0,
             shutdown: Shutdown::NotStarted,
             io_error: None,
         }
@@ -91,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// the first receive.
     #[must_use]
     pub fn with_deflate(mut self, params: Option<DeflateParams>) -> Self {
-        let config = self.conn.config().clone();
+        let config = Arc::clone(self.conn.shared_config());
         let mut conn = Connection::with_deflate(self.conn.role(), config, params);
         conn.read_buf().extend_from_slice(self.conn.read_buf());
         self.conn = conn;
@@ -107,7 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Record the subprotocol agreed in the handshake.
     #[must_use]
     pub fn with_subprotocol(mut self, subprotocol: Option<String>) -> Self {
-        self.subprotocol = subprotocol;
+        self.subprotocol = subprotocol.map(String::into_boxed_str);
         self
     }
 
@@ -131,14 +143,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The Close frame the peer sent, once it has arrived.
     #[must_use]
-    pub const fn close_frame(&self) -> Option<&CloseFrame> {
+    pub fn close_frame(&self) -> Option<&CloseFrame> {
         self.conn.peer_close()
     }
 
     /// How the connection ended, once [`recv`](Self::recv) has returned `None` or an error.
     #[must_use]
     pub fn closed(&self) -> Option<&Closed> {
-        self.finished.as_deref()
+        self.closed.as_deref().filter(|_| self.finished)
     }
 
     /// The transport.
@@ -263,27 +275,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         loop {
             if let Some(event) = self.conn.poll_event() {
                 match event {
-                    Event::Closed(closed) => self.closed_event = Some(Box::new(closed)),
+                    Event::Closed(closed) => self.closed = Some(Box::new(closed)),
                     other => return Poll::Ready(Some(Ok(other))),
                 }
                 continue;
             }
-            if self.finished.is_some() {
+            if self.finished {
                 return Poll::Ready(None);
             }
             if self.conn.state() == State::Closed {
                 ready!(self.poll_shutdown(cx));
-                let closed = self.closed_event.take().map_or_else(
-                    || Closed {
+                let closed = self.closed.get_or_insert_with(|| {
+                    Box::new(Closed {
                         code: CloseCode::ABNORMAL,
                         reason: Default::default(),
                         initiated_by: duplex_proto::Side::Local,
                         error: Some(CloseError::UnexpectedEof),
-                    },
-                    |closed| *closed,
-                );
-                self.finished = Some(Box::new(closed.clone()));
-                return Poll::Ready(Some(Ok(Event::Closed(closed))));
+                    })
+                });
+                let event = Event::Closed(Closed::clone(closed));
+                self.finished = true;
+                return Poll::Ready(Some(Ok(event)));
             }
             // The batch is handled: write what it produced, in one go.
             if let Poll::Ready(Err(e)) = self.poll_write_all(cx) {
@@ -302,6 +314,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 // however slowly the application takes the events.
                 continue;
             }
+            if self.read_streak >= FAIR_SHARE {
+                // A peer that always has more to send (pipelined large messages) would keep
+                // this task reading, each read filling the buffer, until the runtime's
+                // cooperative budget ran out, which it allows to take 128 reads: other
+                // connections on the thread would wait tens of milliseconds. Yield instead.
+                self.read_streak = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             match self.poll_read(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
@@ -309,6 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.conn.receive_eof();
                 }
                 Poll::Pending => {
+                    self.read_streak = 0;
                     if self.poll_timer(cx).is_pending() {
                         self.release_idle_buffers();
                         return Poll::Pending;
@@ -344,6 +366,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             cx,
             buf
         ))?;
+        self.read_streak = self
+            .read_streak
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         if n == 0 {
             self.read_eof = true;
             self.conn.receive_eof();
@@ -404,26 +429,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         self.read_eof = true;
                     }
                     self.shutdown = if self.conn.role() == Role::Client && !self.read_eof {
-                        let close_timeout = self.conn.config().close_timeout;
-                        Shutdown::AwaitingEof(Instant::now() + close_timeout)
+                        // The deadline lives in the connection's timer, not in this state.
+                        let deadline = Instant::now() + self.conn.config().close_timeout;
+                        match &mut self.sleep {
+                            Some(sleep) => sleep.as_mut().reset(deadline),
+                            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                        Shutdown::AwaitingEof
                     } else {
                         let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
                         Shutdown::Done
                     };
                 }
-                Shutdown::AwaitingEof(deadline) => {
+                Shutdown::AwaitingEof => {
                     let mut scratch = BytesMut::with_capacity(1024);
                     match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut scratch) {
                         Poll::Ready(Ok(n)) if n > 0 => continue,
                         Poll::Ready(_) => self.read_eof = true,
                         Poll::Pending => {
-                            let sleep = self.sleep.get_or_insert_with(|| {
-                                Box::pin(tokio::time::sleep_until(deadline))
-                            });
-                            if sleep.deadline() != deadline {
-                                sleep.as_mut().reset(deadline);
+                            if let Some(sleep) = &mut self.sleep {
+                                ready!(sleep.as_mut().poll(cx));
                             }
-                            ready!(sleep.as_mut().poll(cx));
                         }
                     }
                     let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));

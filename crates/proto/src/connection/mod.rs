@@ -4,7 +4,7 @@ mod reader;
 mod state;
 mod writer;
 
-use std::{collections::VecDeque, io::IoSlice, time::Instant};
+use std::{collections::VecDeque, io::IoSlice, sync::Arc, time::Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -101,13 +101,16 @@ pub enum Side {
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
-    config: Config,
+    /// Shared by all the connections of a server: every idle connection would otherwise carry
+    /// its own copy.
+    config: Arc<Config>,
     state: State,
     read_buf: BytesMut,
     reader: reader::Reader,
     output: Output,
     events: VecDeque<Event>,
-    peer_close: Option<CloseFrame>,
+    /// Boxed: only a closing connection has one, and every open one would pay for the space.
+    peer_close: Option<Box<CloseFrame>>,
     timers: Timers,
     /// Boxed: most connections never negotiate permessage-deflate, and the codec state would
     /// otherwise make every connection (idle ones included) about 300 bytes larger.
@@ -138,7 +141,7 @@ struct Timers {
 impl Connection {
     /// A connection in the open state, for the given role.
     #[must_use]
-    pub fn new(role: Role, config: Config) -> Self {
+    pub fn new(role: Role, config: impl Into<Arc<Config>>) -> Self {
         Self::with_deflate(role, config, None)
     }
 
@@ -147,7 +150,12 @@ impl Connection {
     /// [`deflate::client_accept`](crate::deflate::client_accept)). Level and threshold come
     /// from [`Config::deflate`].
     #[must_use]
-    pub fn with_deflate(role: Role, config: Config, deflate: Option<DeflateParams>) -> Self {
+    pub fn with_deflate(
+        role: Role,
+        config: impl Into<Arc<Config>>,
+        deflate: Option<DeflateParams>,
+    ) -> Self {
+        let config = config.into();
         let mut reader = reader::Reader::new(&config);
         let codec = deflate.map(|params| {
             reader.enable_deflate();
@@ -184,7 +192,13 @@ impl Connection {
 
     /// The configuration.
     #[must_use]
-    pub const fn config(&self) -> &Config {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The configuration, as shared with other connections.
+    #[must_use]
+    pub const fn shared_config(&self) -> &Arc<Config> {
         &self.config
     }
 
@@ -202,8 +216,8 @@ impl Connection {
 
     /// The Close frame the peer sent, once it has arrived.
     #[must_use]
-    pub const fn peer_close(&self) -> Option<&CloseFrame> {
-        self.peer_close.as_ref()
+    pub fn peer_close(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_deref()
     }
 
     // ---- input ----

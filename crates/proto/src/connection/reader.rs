@@ -321,7 +321,7 @@ impl Connection {
             Some(f) => (f.code, f.reason.clone()),
             None => (CloseCode::NO_STATUS, Utf8Bytes::new()),
         };
-        self.peer_close = frame;
+        self.peer_close = frame.map(Box::new);
         self.state = self.state.on(Input::ReceiveClose);
         self.finish(Closed {
             code,
