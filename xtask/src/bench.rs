@@ -186,7 +186,8 @@ pub(crate) fn command(args: &Args) -> Result<bool> {
     }
     let duplex = ws.build_duplex()?;
     let peers = build_peers(&ws)?;
-    let before = Quiet::check();
+    // The builds above leave the load average high for a minute or two: let it settle.
+    let before = Quiet::settle(Duration::from_secs(150));
     println!("machine before the run: {}", before.describe());
     if !before.is_quiet() {
         eprintln!(
@@ -383,6 +384,18 @@ impl Quiet {
             _ => f64::NAN,
         };
         Self { load1, idle }
+    }
+
+    /// Check until the machine is quiet or `limit` has passed; the last reading.
+    fn settle(limit: Duration) -> Self {
+        let start = Instant::now();
+        loop {
+            let q = Self::check();
+            if q.is_quiet() || start.elapsed() >= limit {
+                return q;
+            }
+            thread::sleep(Duration::from_secs(4));
+        }
     }
 
     fn is_quiet(&self) -> bool {

@@ -1,6 +1,12 @@
 //! `duplex echo`: a WebSocket echo server, over ws:// or wss://.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
 
 use anyhow::Context as _;
 use duplex::{deflate::DeflateConfig, tls::TlsAcceptor, Config, ServerConfig, WebSocket};
@@ -76,7 +82,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         )
         .subprotocols(args.subprotocols);
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: keep serving the others.
@@ -85,40 +91,64 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let start = Box::new(Start {
+        let task = Connection::Opening(handshake(Start {
             tcp,
             config: config.clone(),
             acceptor: acceptor.clone(),
-        });
-        tokio::spawn(async move {
-            if let Err(e) = connection(start).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        }));
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
+        }
+        tokio::spawn(task);
     }
 }
 
-/// What a connection starts from, boxed so that the spawned task does not keep it.
+/// What a connection starts from.
 struct Start {
     tcp: TcpStream,
     config: ServerConfig,
     acceptor: Option<TlsAcceptor>,
 }
 
-/// One connection.
+/// One connection's task.
 ///
-/// The handshakes run in a boxed future that is freed once they are done, and the echo loop
-/// of a plain connection runs inline, so the spawned task keeps only the `WebSocket` for the
-/// connection's lifetime. (A task is as large as its largest state: with the handshake and TLS
-/// states inline, every idle connection held several KiB.)
-async fn connection(start: Box<Start>) -> anyhow::Result<()> {
-    let Some(mut ws) = handshake(*start).await? else {
-        return Ok(());
-    };
-    while let Some(message) = ws.recv().await {
-        ws.send(message?).await?;
+/// An idle connection's memory is mostly its task, and a task is as large as its largest
+/// state. So the handshakes (and the whole of a wss:// connection) run in a boxed future that
+/// is freed once they are done, and a plain connection then holds its `WebSocket` and nothing
+/// else: no peer address (looked up only to log an error), no future of `recv`/`send`.
+// The open state is the large one on purpose: it is what the task holds for its lifetime;
+// boxing it would add an allocation (and a larger total) to every connection.
+#[allow(clippy::large_enum_variant)]
+enum Connection {
+    Opening(Handshake),
+    Open(WebSocket<TcpStream>),
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                Self::Opening(handshake) => match ready!(handshake.as_mut().poll(cx)) {
+                    Ok(Some(ws)) => *this = Self::Open(ws),
+                    Ok(None) => return Poll::Ready(()),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection failed");
+                        return Poll::Ready(());
+                    }
+                },
+                Self::Open(ws) => {
+                    if let Err(e) = ready!(poll_echo(ws, cx)) {
+                        let peer = ws.get_ref().peer_addr().ok();
+                        tracing::debug!(?peer, error = %e, "connection ended with an error");
+                    }
+                    return Poll::Ready(());
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 /// The boxed handshake future: the open plain connection, or `None` after a whole wss://
@@ -143,11 +173,31 @@ fn handshake(start: Start) -> Handshake {
             .context("TLS handshake timed out")?
             .context("TLS handshake failed")?;
         let mut ws = accept(tls, config).await?;
-        while let Some(message) = ws.recv().await {
-            ws.send(message?).await?;
-        }
+        std::future::poll_fn(|cx| poll_echo(&mut ws, cx)).await?;
         Ok(None)
     })
+}
+
+/// Send every message back until the connection ends.
+///
+/// Each message is queued as it is taken; `poll_recv` writes the queue before it next reads,
+/// so the echoes of one read leave in one write, and it stops reading while the peer does not
+/// take what is written.
+fn poll_echo<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    cx: &mut Context<'_>,
+) -> Poll<duplex::Result<()>> {
+    loop {
+        match ready!(ws.poll_recv(cx)) {
+            Some(Ok(message)) => {
+                if let Err(e) = ws.feed(message) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            Some(Err(e)) => return Poll::Ready(Err(e)),
+            None => return Poll::Ready(Ok(())),
+        }
+    }
 }
 
 async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
