@@ -248,7 +248,9 @@ pub(crate) fn command(args: &Args) -> Result<bool> {
             }
         }
     }
-    let after = Quiet::check();
+    // Right after the run the load average still counts the run itself: let it settle, so a
+    // busy reading means other work.
+    let after = Quiet::settle(Duration::from_secs(90));
     let elapsed = started.elapsed();
     println!("machine after the run: {}", after.describe());
     let markdown = render(&rows, &before, &after, seconds, warmup, args, elapsed)?;

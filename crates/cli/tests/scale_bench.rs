@@ -19,7 +19,7 @@ const SUBSCRIBERS: usize = 40;
 /// Concurrent publishing connections, each waiting for its reply before the next publish.
 const PUBLISHERS: usize = 8;
 /// Publications per publisher.
-const PER_PUBLISHER: u64 = 500;
+const PER_PUBLISHER: u64 = 2500;
 
 struct Figures {
     publications_per_second: f64,
