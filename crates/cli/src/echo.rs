@@ -96,9 +96,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             config: config.clone(),
             acceptor: acceptor.clone(),
         }));
-        if tracing::enabled!(tracing::Level::TRACE) {
-            tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
-        }
+        tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
         tokio::spawn(task);
     }
 }

@@ -66,7 +66,7 @@ pub struct WebSocket<S> {
 enum Shutdown {
     NotStarted,
     /// A client waits for the server to close TCP first (RFC 6455 §7.1.1), until the close
-    /// timeout (armed in `sleep`).
+    /// timeout (armed in `sleep` when this state is entered).
     AwaitingEof,
     Done,
 }
@@ -387,16 +387,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         };
         let deadline = Instant::from_std(deadline);
         if deadline > now {
-            let sleep = self
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
-            }
-            ready!(sleep.as_mut().poll(cx));
+            ready!(self.arm_sleep(deadline).poll(cx));
         }
         self.conn.handle_timeout(Instant::now().into_std());
         Poll::Ready(())
+    }
+
+    /// The one timer of this connection, set to `deadline` (allocated on first use, then
+    /// reset in place).
+    fn arm_sleep(&mut self, deadline: Instant) -> Pin<&mut Sleep> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut()
     }
 
     /// Write all pending output and flush the transport.
@@ -429,12 +435,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         self.read_eof = true;
                     }
                     self.shutdown = if self.conn.role() == Role::Client && !self.read_eof {
-                        // The deadline lives in the connection's timer, not in this state.
+                        // The deadline is kept in the timer, not in this state.
                         let deadline = Instant::now() + self.conn.config().close_timeout;
-                        match &mut self.sleep {
-                            Some(sleep) => sleep.as_mut().reset(deadline),
-                            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                        }
+                        self.arm_sleep(deadline);
                         Shutdown::AwaitingEof
                     } else {
                         let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
