@@ -55,6 +55,7 @@ pub(crate) struct Metrics {
     slow_consumer: Family<Label, Counter>,
     handshake_failures: Family<Label, Counter>,
     command_errors: Family<Label, Counter>,
+    limit_hits: Family<Label, Counter>,
     command_duration: Family<Label, Histogram>,
 }
 
@@ -80,6 +81,7 @@ impl Metrics {
             slow_consumer: Family::default(),
             handshake_failures: Family::default(),
             command_errors: Family::default(),
+            limit_hits: Family::default(),
             command_duration: Family::new_with_constructor(duration_histogram),
             registry: Registry::default(),
         };
@@ -145,6 +147,11 @@ impl Metrics {
             m.command_errors.clone(),
         );
         r.register(
+            "limit_hits",
+            "Inputs refused or cut off by a limit, by limit (see docs/security.md)",
+            m.limit_hits.clone(),
+        );
+        r.register(
             "command_duration_seconds",
             "Time to execute a command, by type",
             m.command_duration.clone(),
@@ -180,6 +187,12 @@ impl Metrics {
         self.command_errors
             .get_or_create(&[("code", code.as_str())])
             .inc();
+    }
+
+    /// Counts one input that a limit refused or cut off. `limit` is the name listed in
+    /// docs/security.md, e.g. `header_timeout`.
+    pub(crate) fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits.get_or_create(&[("limit", limit)]).inc();
     }
 
     pub(crate) fn command_duration(&self, kind: &'static str, seconds: f64) {

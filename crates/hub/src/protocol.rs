@@ -44,11 +44,15 @@ pub enum ErrorCode {
     Unavailable,
     /// Unexpected server error.
     Internal,
+    /// A node-wide memory budget (channels, retained history) is used up.
+    OverCapacity,
+    /// JSON nested deeper than `limits.max_json_depth`.
+    TooDeep,
 }
 
 impl ErrorCode {
     /// Every code, for metrics registration and docs.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::BadJson,
         Self::BadRequest,
         Self::UnknownType,
@@ -63,6 +67,8 @@ impl ErrorCode {
         Self::PresenceDisabled,
         Self::Unavailable,
         Self::Internal,
+        Self::OverCapacity,
+        Self::TooDeep,
     ];
 
     /// The snake_case name sent on the wire.
@@ -82,6 +88,8 @@ impl ErrorCode {
             Self::PresenceDisabled => "presence_disabled",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::OverCapacity => "over_capacity",
+            Self::TooDeep => "too_deep",
         }
     }
 }

@@ -13,6 +13,8 @@ mod fanout;
 mod heartbeat;
 // The HTTP API, health, metrics and embedded pages.
 mod http;
+// Hostile inputs: each gets its answer while a well-behaved client is served.
+mod hostile;
 // Recovery with `since`: exactly the missed publications, in order.
 mod recovery;
 // Graceful shutdown: every client gets 1001.

@@ -62,6 +62,22 @@ impl Client {
             .await
             .expect("connect timed out")
             .expect("connect");
+        Self::welcomed(ws).await
+    }
+
+    /// Connects to `server` from the loopback address `from` (e.g. `127.0.0.2`), so that
+    /// per-IP limits count it apart from a flood on `127.0.0.1`.
+    pub(crate) async fn connect_from(server: &TestServer, from: &str) -> Self {
+        let tcp = tcp_from(from, server.addr).await;
+        let builder = ClientBuilder::new(server.url()).subprotocol("duplex.v1");
+        let (ws, _) = tokio::time::timeout(WAIT, builder.connect_on(MaybeTlsStream::Plain(tcp)))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        Self::welcomed(ws).await
+    }
+
+    async fn welcomed(ws: WebSocket<MaybeTlsStream>) -> Self {
         let mut c = Self {
             ws,
             welcome: Value::Null,
@@ -250,4 +266,74 @@ pub(crate) async fn eventually(mut f: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (e.g. `127.0.0.2`).
+pub(crate) async fn tcp_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("TCP connect timed out")
+        .unwrap()
+}
+
+/// A raw HTTP/1.1 exchange over a connection from `from`; returns the status and the text.
+pub(crate) async fn http_from(from: &str, addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut tcp = tcp_from(from, addr).await;
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("HTTP response timed out")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Asserts that a well-behaved client from `from` is served in full while whatever the test
+/// set up goes on: `GET /healthz` answers 200, a WebSocket opens, subscribes, publishes and
+/// receives its own publication.
+pub(crate) async fn assert_served(server: &TestServer, from: &str) {
+    let health = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    let (status, text) = http_from(from, server.addr, &health).await;
+    assert_eq!(status, 200, "healthz while under attack: {text}");
+    let mut c = Client::connect_from(server, from).await;
+    let channel = format!("served-{}", c.id().replace('-', "_"));
+    c.subscribe(&channel).await;
+    let reply = c
+        .call(json!({"type":"publish","channel":channel,"data":{"ok":true}}))
+        .await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let message = c.recv_message().await;
+    assert_eq!(message["data"], json!({"ok":true}), "{message}");
+}
+
+/// This process's resident set size in bytes (the test's server runs in it; nextest runs
+/// each test in a process of its own).
+pub(crate) fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The value of one series of the server's `/metrics`, e.g.
+/// `duplex_limit_hits_total{limit="header_timeout"}`; 0 when absent.
+pub(crate) async fn metric(server: &TestServer, series: &str) -> f64 {
+    let text = server.hub.metrics_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -1,0 +1,1 @@
+//! Hostile inputs: see mod.rs.
