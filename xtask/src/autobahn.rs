@@ -17,10 +17,10 @@ use std::{
     fs::{self, File},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 use serde_json::{json, Value};
 
@@ -40,7 +40,8 @@ pub(crate) const EXCLUDED: &[&str] = &[];
 /// The agent name duplex reports under.
 const AGENT: &str = "duplex";
 
-/// How long one wstest run (or the client driving it) may take.
+/// How long the processes of one role may take in all (the shards run side by side, and all
+/// of them must end by then). On a busy 2-core machine a role takes about 10 minutes.
 const RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// The role of duplex under test.
@@ -109,9 +110,17 @@ pub(crate) fn command(args: &Args) -> Result<bool> {
     };
     let mut ok = true;
     for role in roles {
-        let results = execute(&ws, &wstest, &duplex, role, &args.cases)?;
+        let (results, problems) = execute(&ws, &wstest, &duplex, role, &args.cases)?;
         let expected = Expected::load(&role.expected_path(&ws))?;
         print_counts(role, &results);
+        if !problems.is_empty() {
+            print_problems(role, &problems);
+            ok = false;
+            if args.bless {
+                println!("not blessing {}: the run did not end cleanly", role.name());
+                continue;
+            }
+        }
         if args.bless {
             ok &= bless(&ws, role, &results, expected, &args.cases)?;
         } else {
@@ -131,11 +140,16 @@ pub(crate) fn check(
     role: Role,
 ) -> Result<Outcome> {
     let wstest = installer.wstest()?;
-    let results = execute(ws, &wstest, duplex, role, &[])?;
+    let (results, problems) = execute(ws, &wstest, duplex, role, &[])?;
     let expected = Expected::load(&role.expected_path(ws))?;
     print_counts(role, &results);
     let verdict = expected.compare(&results, &[]);
     verdict.print();
+    if !problems.is_empty() {
+        print_problems(role, &problems);
+        // The first line goes to the summary table; the rest was printed above.
+        return Ok(Outcome::Failed(problems.join("\n")));
+    }
     Ok(if verdict.passed() {
         let counts = Counts::of(results.values().map(|r| r.behavior.as_str()));
         Outcome::Passed(format!("{} cases: {counts}", results.len()))
@@ -197,14 +211,21 @@ impl Shard {
     }
 }
 
-/// Runs wstest for `role` and returns the results of every case it ran.
+/// What a role's processes reported: each case's result, and what went wrong with the
+/// processes themselves (a crash, a non-zero exit, an overrun), each naming the process and
+/// quoting the end of its log and of its peer's.
+type Execution = (BTreeMap<CaseId, CaseResult>, Vec<String>);
+
+/// Runs wstest for `role` and returns the results of every case it ran. Every process has
+/// to end within [`RUN_LIMIT`] of the start; one that does not is stopped and reported.
 fn execute(
     ws: &Workspace,
     wstest: &Path,
     duplex: &Path,
     role: Role,
     cases: &[String],
-) -> Result<BTreeMap<CaseId, CaseResult>> {
+) -> Result<Execution> {
+    let deadline = Instant::now() + cmd::bound(RUN_LIMIT);
     let dir = ws.target.join("autobahn").join(role.name());
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -221,6 +242,7 @@ fn execute(
             shard.dir.display()
         );
     }
+    let mut problems = Vec::new();
     let indexes = match role {
         Role::Server => {
             let port = cmd::free_port()?;
@@ -244,18 +266,21 @@ fn execute(
                     "exclude-agent-cases": {},
                 });
                 write_json(&spec_path, &spec)?;
-                let mut fuzzer = Command::new(wstest);
+                let mut fuzzer = wstest_command(wstest);
                 fuzzer
                     .current_dir(&shard.dir)
                     .args(["--mode", "fuzzingclient", "--spec"])
                     .arg(&spec_path);
-                runs.push(Run::start(&mut fuzzer, shard.dir.join("wstest.log"))?);
+                let peer = ("duplex echo".to_owned(), duplex_log.clone());
+                runs.push(Run::start(&mut fuzzer, shard.dir.join("wstest.log"), peer)?);
             }
-            let finished: Vec<Result<()>> = runs.into_iter().map(Run::finish).collect();
-            finished.into_iter().collect::<Result<()>>()?;
-            server
-                .check_running()
-                .with_context(|| format!("duplex echo crashed; {}", log_note(&duplex_log)))?;
+            problems.extend(
+                runs.into_iter()
+                    .filter_map(|run| run.finish(deadline).err()),
+            );
+            if let Err(e) = server.check_running() {
+                problems.push(format!("{e:#}; {}", log_note(&duplex_log)));
+            }
             shards
                 .iter()
                 .map(|s| s.reports().join("servers").join("index.json"))
@@ -278,7 +303,7 @@ fn execute(
                     "exclude-agent-cases": {},
                 });
                 write_json(&spec_path, &spec)?;
-                let mut fuzzer = Command::new(wstest);
+                let mut fuzzer = wstest_command(wstest);
                 fuzzer
                     .current_dir(&shard.dir)
                     .args(["--mode", "fuzzingserver", "--webport", "0", "--spec"])
@@ -287,13 +312,25 @@ fn execute(
                 cmd::wait_for_port(port, &mut server, Duration::from_secs(60))
                     .with_context(|| format!("wstest did not start; {}", log_note(&wstest_log)))?;
                 servers.push(server);
-                runs.push(Run::start(
-                    Command::new(duplex).args(["autobahn-client", "--url", &url, "--agent", AGENT]),
-                    shard.dir.join("duplex.log"),
-                )?);
+                let mut client = Command::new(duplex);
+                client.args(["autobahn-client", "--url", &url, "--agent", AGENT]);
+                // The case ids, so that the client names a case that overruns.
+                let ids = shard.dir.join("case-ids.txt");
+                if write_case_ids(&wstest_log, &ids) {
+                    client.arg("--case-ids").arg(&ids);
+                }
+                let peer = ("wstest fuzzingserver".to_owned(), wstest_log);
+                runs.push(Run::start(&mut client, shard.dir.join("duplex.log"), peer)?);
             }
-            let finished: Vec<Result<()>> = runs.into_iter().map(Run::finish).collect();
-            finished.into_iter().collect::<Result<()>>()?;
+            problems.extend(
+                runs.into_iter()
+                    .filter_map(|run| run.finish(deadline).err()),
+            );
+            for server in &mut servers {
+                if let Err(e) = server.check_running() {
+                    problems.push(format!("{e:#}"));
+                }
+            }
             drop(servers);
             shards
                 .iter()
@@ -303,39 +340,98 @@ fn execute(
     };
     let mut results = BTreeMap::new();
     for index in indexes {
-        println!("report: {}", index.with_file_name("index.html").display());
-        results.extend(read_index(&index)?);
+        match read_index(&index) {
+            Ok(cases) => {
+                println!("report: {}", index.with_file_name("index.html").display());
+                results.extend(cases);
+            }
+            // A run that went wrong explains why its report is missing.
+            Err(e) if !problems.is_empty() => println!("{e:#}"),
+            Err(e) => return Err(e),
+        }
     }
-    Ok(results)
+    Ok((results, problems))
 }
 
-/// A command running to completion in the background, its output in a log.
+/// wstest with its output unbuffered, so that its log is current while it runs (its tail is
+/// quoted when something goes wrong, and the client reads the case list from it).
+fn wstest_command(wstest: &Path) -> Command {
+    let mut command = Command::new(wstest);
+    command.env("PYTHONUNBUFFERED", "1");
+    command
+}
+
+/// Writes the case ids wstest's fuzzingserver lists in its log (`Cases = ['1.1.1', ...]`,
+/// printed before it listens) to `path`, one per line; false if the log has no such line.
+fn write_case_ids(wstest_log: &Path, path: &Path) -> bool {
+    let text = fs::read_to_string(wstest_log).unwrap_or_default();
+    let Some(list) = text.lines().find_map(|l| l.trim().strip_prefix("Cases = ")) else {
+        return false;
+    };
+    let ids: Vec<&str> = list
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        // Python 2 may print unicode strings as u'1.1.1'.
+        .map(|id| id.trim().trim_start_matches('u').trim_matches(['\'', '"']))
+        .filter(|id| !id.is_empty())
+        .collect();
+    !ids.is_empty() && fs::write(path, ids.join("\n") + "\n").is_ok()
+}
+
+fn print_problems(role: Role, problems: &[String]) {
+    println!("autobahn {}: the run did not end cleanly:", role.name());
+    for problem in problems {
+        println!("  {}", problem.replace('\n', "\n  "));
+    }
+}
+
+/// A command running to completion in the background, its output in a log, and the process
+/// it talks to (whose log is quoted too when it goes wrong).
 struct Run {
     guard: Guard,
     line: String,
     log: PathBuf,
+    peer: (String, PathBuf),
+    started: Instant,
 }
 
 impl Run {
-    fn start(command: &mut Command, log: PathBuf) -> Result<Self> {
+    fn start(command: &mut Command, log: PathBuf, peer: (String, PathBuf)) -> Result<Self> {
         let line = cmd::show(command);
         let guard = spawn_logged(command, &log, &line)?;
-        Ok(Self { guard, line, log })
+        Ok(Self {
+            guard,
+            line,
+            log,
+            peer,
+            started: Instant::now(),
+        })
     }
 
-    /// Waits for it; on failure the error quotes the end of the log.
-    fn finish(mut self) -> Result<()> {
-        let status = cmd::wait(self.guard.child(), RUN_LIMIT)?;
-        let (line, log) = (&self.line, &self.log);
-        match status {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => bail!("`{line}` failed ({status}); {}", log_note(log)),
-            None => bail!(
-                "`{line}` did not finish within {} s; {}",
-                RUN_LIMIT.as_secs(),
-                log_note(log)
-            ),
+    /// Waits for it until `deadline`, and stops it there. On failure the error names the
+    /// command and quotes the end of its log and of its peer's.
+    fn finish(mut self, deadline: Instant) -> Result<(), String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let status = cmd::wait(self.guard.child(), left).map_err(|e| format!("{e:#}"))?;
+        if status.is_none() {
+            // Stopped before the logs are read: what it printed last is in them.
+            cmd::stop(self.guard.child());
         }
+        let what = match status {
+            Some(status) if status.success() => return Ok(()),
+            Some(status) => format!("`{}` failed ({status})", self.line),
+            None => format!(
+                "`{}` did not finish within {} s (stopped)",
+                self.line,
+                self.started.elapsed().as_secs()
+            ),
+        };
+        let (peer, peer_log) = &self.peer;
+        Err(format!(
+            "{what}; {}\n{peer}: {}",
+            log_note(&self.log),
+            log_note(peer_log)
+        ))
     }
 }
 

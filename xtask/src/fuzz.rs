@@ -9,7 +9,7 @@
 use std::{
     env, fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -97,8 +97,7 @@ fn build(ws: &Workspace, manifest: &Path, out: &Path) -> Result<Vec<(String, Pat
         .arg("--manifest-path")
         .arg(manifest)
         .args(["--release", "--bins", "--target", &host])
-        .args(["--message-format", "json-render-diagnostics"])
-        .stderr(Stdio::inherit());
+        .args(["--message-format", "json-render-diagnostics"]);
     println!("$ {}", cmd::show(&build));
     let messages = cmd::stdout_of(&mut build, Duration::from_secs(30 * 60))?;
     let mut targets = Vec::new();

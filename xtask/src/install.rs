@@ -51,6 +51,19 @@ impl fmt::Display for Need {
     }
 }
 
+impl Need {
+    /// How long installing it may take in all (its commands' limits add up to about this).
+    fn limit(self) -> Duration {
+        let minutes = match self {
+            Self::Nextest | Self::RedisServer | Self::Nginx | Self::Chromium => 35,
+            Self::Wstest => 25,
+            Self::PythonPeers => 20,
+            Self::NodePeers | Self::E2eModules => 15,
+        };
+        Duration::from_secs(minutes * 60)
+    }
+}
+
 /// The virtualenv that holds the Python peer, below cargo's target directory.
 pub(crate) fn python_venv(ws: &Workspace) -> PathBuf {
     ws.target.join("peers").join("venv")
@@ -82,7 +95,8 @@ impl<'a> Installer<'a> {
                 .clone()
                 .map_err(|error| anyhow::anyhow!("{need} is not installed: {error}"));
         }
-        let outcome = self.install(need);
+        // Each command below has its own limit; this bounds the need as a whole.
+        let outcome = cmd::within(need.limit(), || self.install(need));
         if let Err(error) = &outcome {
             eprintln!("xtask: installing {need} failed: {error:#}");
         }
@@ -124,13 +138,12 @@ impl<'a> Installer<'a> {
     }
 
     fn nextest(&mut self) -> Result<()> {
-        let probe = self
-            .ws
-            .cargo()
-            .args(["nextest", "--version"])
-            .output()
-            .context("running `cargo nextest --version`")?;
-        if probe.status.success() {
+        // Bounded: cargo may wait on a lock another build holds.
+        let (installed, _) = cmd::probe(
+            self.ws.cargo().args(["nextest", "--version"]),
+            Duration::from_secs(5 * 60),
+        )?;
+        if installed {
             return Ok(());
         }
         println!("installing cargo-nextest (not found)");
@@ -273,11 +286,11 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 fn dpkg_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["--show", "--showformat=${Status}", package])
-        .output()
-        .map(|out| out.status.success() && out.stdout.ends_with(b"install ok installed"))
-        .unwrap_or(false)
+    cmd::probe(
+        Command::new("dpkg-query").args(["--show", "--showformat=${Status}", package]),
+        Duration::from_secs(60),
+    )
+    .is_ok_and(|(ok, out)| ok && out.ends_with("install ok installed"))
 }
 
 /// apt-get needs root: run it directly as root, through `sudo -n` otherwise.

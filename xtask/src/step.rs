@@ -83,18 +83,25 @@ impl Step {
         }
     }
 
-    /// A generous bound for the step's commands; reaching it fails the step.
+    /// A generous bound for the whole step, every command of it included; reaching it stops
+    /// the command that is running (the error quotes its last output) and fails the step.
     fn limit(self) -> Duration {
         let minutes = match self {
             Self::Fmt => 5,
-            Self::Doc | Self::FuzzBuild | Self::AutobahnServer | Self::AutobahnClient => 20,
+            Self::Doc | Self::AutobahnServer | Self::AutobahnClient => 20,
             Self::Peers | Self::E2e => 20,
             Self::Cluster => 15,
-            Self::Clippy | Self::Unit => 30,
+            Self::Clippy => 30,
+            // Two commands each: nextest and the doctests; the fuzz build and the replays.
+            Self::Unit | Self::FuzzBuild => 45,
         };
         Duration::from_secs(minutes * 60)
     }
 }
+
+/// How long the release build of `duplex` may take (from scratch on a busy machine it takes
+/// several minutes).
+const BUILD_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 /// Which steps to run.
 #[derive(Debug, clap::Args)]
@@ -156,15 +163,17 @@ pub(crate) fn test(args: &TestArgs) -> Result<bool> {
     let mut duplex: Result<PathBuf, String> = Err("not built".into());
     if steps.iter().any(|step| step.uses_duplex(&ws)) {
         banner("build (release duplex)");
-        rows.push(timed("build", false, || match ws.build_duplex() {
-            Ok(path) => {
-                println!("duplex binary: {}", path.display());
-                duplex = Ok(path);
-                Outcome::Passed(String::new())
-            }
-            Err(error) => {
-                duplex = Err(format!("{error:#}"));
-                Outcome::Failed(format!("{error:#}"))
+        rows.push(timed("build", false, || {
+            match cmd::within(BUILD_LIMIT, || ws.build_duplex()) {
+                Ok(path) => {
+                    println!("duplex binary: {}", path.display());
+                    duplex = Ok(path);
+                    Outcome::Passed(String::new())
+                }
+                Err(error) => {
+                    duplex = Err(format!("{error:#}"));
+                    Outcome::Failed(format!("{error:#}"))
+                }
             }
         }));
     }
@@ -172,7 +181,7 @@ pub(crate) fn test(args: &TestArgs) -> Result<bool> {
     for step in steps {
         banner(&step.name());
         let row = timed(&step.name(), true, || {
-            run(step, &ws, &mut installer, &duplex)
+            cmd::within(step.limit(), || run(step, &ws, &mut installer, &duplex))
                 .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")))
         });
         if let Outcome::Failed(why) = &row.outcome {

@@ -4,7 +4,7 @@ use std::{
     env, fs,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -84,8 +84,7 @@ impl Workspace {
                 "--bin",
                 "duplex",
             ])
-            .args(["--message-format", "json-render-diagnostics"])
-            .stderr(Stdio::inherit());
+            .args(["--message-format", "json-render-diagnostics"]);
         println!("$ {}", cmd::show(&build));
         let messages = cmd::stdout_of(&mut build, Duration::from_secs(30 * 60))?;
         for line in messages.lines() {
