@@ -60,6 +60,8 @@ pub struct Config {
     pub channels: NamespaceConfig,
     /// Named namespaces (`ns:channel`), each overriding some options of `channels`.
     pub namespaces: BTreeMap<String, NamespaceOverrides>,
+    /// The node's memory budget: channels held and retained history.
+    pub memory: MemoryBudget,
 }
 
 /// Broker implementations.
@@ -211,6 +213,44 @@ pub struct DemoConfig {
     pub ticker: bool,
 }
 
+/// The node's memory budget for channels and retained history. What happens at each cap is
+/// described in `docs/security.md` ("Memory budget").
+///
+/// With the defaults a node keeps at most 64 MiB of history and 100 000 channels, whatever
+/// clients publish: history of 100 × 32 KiB for 5 min per channel alone would be unbounded
+/// across channel names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MemoryBudget {
+    /// Channels the node holds at once: with history, presence or local subscribers. A new
+    /// channel beyond it replaces the least recently used one without subscribers or presence
+    /// (whose history is dropped and whose next use starts a new epoch); when every channel
+    /// has subscribers or presence, the publish or subscribe gets `over_capacity`.
+    /// Default 100 000 (about 1 KiB of bookkeeping each: ~100 MB at worst). At least 1.
+    pub max_channels: usize,
+    /// Bytes of retained history on this node (each publication's `data`, its publisher id
+    /// and 96 bytes of bookkeeping). A publication that does not fit drops the history of the
+    /// least recently used channels until it does. Default 64 MiB: 20 channels with a full
+    /// default history (100 × 32 KiB), or ~60 000 publications of 1 KiB. At least
+    /// `max_history_entry` + 1 KiB.
+    pub max_history_bytes: usize,
+    /// Largest `data` (bytes) a publication may have in a namespace that keeps history;
+    /// larger ones get `too_large`. Namespaces with `history_size = 0` are not concerned.
+    /// Default 32 KiB (the default `limits.max_publication_size`). At least 1.
+    pub max_history_entry: usize,
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        Self {
+            max_channels: 100_000,
+            max_history_bytes: 64 * 1024 * 1024,
+            max_history_entry: 32 * 1024,
+        }
+    }
+}
+
 /// What to do with a subscriber whose outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -233,6 +273,16 @@ pub struct NamespaceConfig {
     /// How long a publication stays in history. Default 5 min.
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// Retained history bytes of all the namespace's channels together (counted as
+    /// `memory.max_history_bytes` is); a publication that does not fit drops the history of
+    /// the namespace's least recently used channels, so one namespace cannot take the whole
+    /// node budget from the others. 0 (the default): only the node-wide cap applies.
+    pub max_history_bytes: usize,
+    /// Anonymous clients may create channels: publish or subscribe to a name the node does
+    /// not hold yet (with the Redis broker: one without subscribers on this node). When
+    /// `false` they get `forbidden` and may only use channels that exist. Default `true`, so
+    /// the demo and quick starts work; the memory budget bounds what they can create.
+    pub anonymous_create: bool,
     /// Answer `presence` commands. Default `true`.
     pub presence: bool,
     /// Send `join`/`leave` events to subscribers (needs `presence`). Default `true`.
@@ -256,6 +306,10 @@ pub struct NamespaceOverrides {
         skip_serializing_if = "Option::is_none"
     )]
     pub history_ttl: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_history_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous_create: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -308,6 +362,7 @@ impl Default for Config {
             demo: DemoConfig { ticker: true },
             channels: NamespaceConfig::default(),
             namespaces,
+            memory: MemoryBudget::default(),
         }
     }
 }
@@ -369,6 +424,8 @@ impl Default for NamespaceConfig {
         Self {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
+            max_history_bytes: 0,
+            anonymous_create: true,
             presence: true,
             join_leave: true,
             client_publish: true,
@@ -384,6 +441,8 @@ impl NamespaceOverrides {
         Self {
             history_size: Some(20),
             history_ttl: Some(Duration::from_secs(60)),
+            max_history_bytes: None,
+            anonymous_create: None,
             presence: Some(false),
             join_leave: Some(false),
             client_publish: Some(false),
@@ -395,6 +454,8 @@ impl NamespaceOverrides {
         NamespaceConfig {
             history_size: self.history_size.unwrap_or(base.history_size),
             history_ttl: self.history_ttl.unwrap_or(base.history_ttl),
+            max_history_bytes: self.max_history_bytes.unwrap_or(base.max_history_bytes),
+            anonymous_create: self.anonymous_create.unwrap_or(base.anonymous_create),
             presence: self.presence.unwrap_or(base.presence),
             join_leave: self.join_leave.unwrap_or(base.join_leave),
             client_publish: self.client_publish.unwrap_or(base.client_publish),
@@ -495,6 +556,30 @@ impl Config {
             }
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
                 return invalid(format!("namespace {name:?}: history_ttl must be positive"));
+            }
+        }
+        let m = &self.memory;
+        // The largest entry history can hold, with room for its publisher id and bookkeeping:
+        // a byte cap below it would refuse such publications forever.
+        let entry = m
+            .max_history_entry
+            .min(l.max_publication_size)
+            .saturating_add(1024);
+        if m.max_channels == 0 || m.max_history_entry == 0 {
+            return invalid("memory.max_channels and max_history_entry must be at least 1".into());
+        }
+        if m.max_history_bytes < entry {
+            return invalid(format!(
+                "memory.max_history_bytes must be at least {entry} (the largest history entry \
+                 plus 1 KiB)"
+            ));
+        }
+        for (name, ns) in self.namespace_configs() {
+            if ns.max_history_bytes != 0 && ns.max_history_bytes < entry {
+                return invalid(format!(
+                    "namespace {name:?}: max_history_bytes must be 0 or at least {entry} (the \
+                     largest history entry plus 1 KiB)"
+                ));
             }
         }
         if self.broker == BrokerKind::Redis && self.redis_url.is_none() {
@@ -613,6 +698,32 @@ mod tests {
         assert_eq!(redis.broker, BrokerKind::Redis);
         assert_eq!(redis.redis.presence_ttl, Duration::from_secs(5));
         assert_eq!(redis.redis.prefix, "duplex");
+    }
+
+    #[test]
+    fn memory_budget_defaults_and_validation() {
+        let c = Config::default();
+        assert_eq!(c.memory.max_channels, 100_000);
+        assert_eq!(c.memory.max_history_bytes, 64 << 20);
+        assert_eq!(c.memory.max_history_entry, 32 << 10);
+        assert_eq!(c.channels.max_history_bytes, 0);
+        assert!(c.channels.anonymous_create);
+        let c = Config::from_toml(
+            "[memory]\nmax_channels = 5\nmax_history_bytes = 100000\n\
+             [namespaces.a]\nmax_history_bytes = 40000\nanonymous_create = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.memory.max_channels, 5);
+        let a = c.namespace("a").unwrap();
+        assert_eq!(a.max_history_bytes, 40_000);
+        assert!(!a.anonymous_create);
+        assert!(Config::from_toml("[memory]\nmax_channels = 0").is_err());
+        assert!(Config::from_toml("[memory]\nmax_history_entry = 0").is_err());
+        assert!(Config::from_toml("[memory]\nmax_history_bytes = 1000").is_err());
+        assert!(Config::from_toml("[channels]\nmax_history_bytes = 1000").is_err());
+        assert!(
+            Config::from_toml("[memory]\nmax_history_bytes = 1000\nmax_history_entry = 10").is_ok()
+        );
     }
 
     #[test]

@@ -10,8 +10,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-use crate::auth::Authenticator;
-use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisOptions, Retention, StreamPosition};
+use crate::auth::{Authenticator, Identity};
+use crate::broker::{
+    Broker, BrokerError, MemoryBroker, MemoryLimits, RedisBroker, RedisOptions, Retention,
+    StreamPosition,
+};
 use crate::channel;
 use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
 use crate::limits::ConnectionLimits;
@@ -97,7 +100,9 @@ impl Hub {
             max_held: config.limits.max_queue_bytes,
         });
         let broker: Arc<dyn Broker> = match config.broker {
-            BrokerKind::Memory => MemoryBroker::new(sink),
+            BrokerKind::Memory => {
+                MemoryBroker::with_limits(sink, memory_limits(&config), metrics.clone())
+            }
             BrokerKind::Redis => {
                 let options = RedisOptions {
                     url: config.redis_url.clone().unwrap_or_default(),
@@ -279,14 +284,82 @@ impl Shared {
                 format!("data is {} bytes; the limit is {max}", data.get().len()),
             ));
         }
+        let max_entry = self.config.memory.max_history_entry;
+        if ns.history_size > 0 && data.get().len() > max_entry {
+            self.metrics.limit_hit("history_entry");
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "data is {} bytes; history entries are limited to {max_entry}",
+                    data.get().len()
+                ),
+            ));
+        }
         let pos = self
             .broker
             .publish(channel, data, from, retention(ns))
             .await
-            .map_err(|e| CommandError::new(ErrorCode::Unavailable, e.to_string()))?;
+            .map_err(|e| self.broker_error(e))?;
         self.metrics.publications.inc();
         Ok(pos)
     }
+}
+
+impl Shared {
+    /// Checks the channel-creation rules before a client's `subscribe` (`subscribing`) or
+    /// `publish` on `channel`. Creating means using a name this node does not hold: the
+    /// memory broker's channels, or with a networked broker the channels with local
+    /// subscribers. Anonymous clients need `anonymous_create`; a subscription that adds a
+    /// local channel needs room under `memory.max_channels` (local channels cannot be
+    /// evicted, so with the Redis broker this is the node's channel cap; the memory broker
+    /// also enforces the cap itself, evicting idle channels first).
+    pub(crate) fn check_create(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        identity: &Identity,
+        subscribing: bool,
+    ) -> Result<(), CommandError> {
+        let local = self.node.holds(channel);
+        let held = self.broker.holds(channel).unwrap_or(local);
+        if !held && identity.user.is_none() && !ns.anonymous_create {
+            self.metrics.limit_hit("anonymous_create");
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("anonymous clients may not create channel {channel:?}"),
+            ));
+        }
+        let max = self.config.memory.max_channels;
+        let count = usize::try_from(self.metrics.channels.get()).unwrap_or(0);
+        if subscribing && !local && count >= max {
+            self.metrics.limit_hit("channels");
+            return Err(CommandError::new(
+                ErrorCode::OverCapacity,
+                format!("this node holds its limit of {max} channels with subscribers"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The error reply for a broker failure.
+    pub(crate) fn broker_error(&self, e: BrokerError) -> CommandError {
+        match e {
+            BrokerError::OverCapacity(why) => CommandError::new(ErrorCode::OverCapacity, why),
+            e => CommandError::new(ErrorCode::Unavailable, e.to_string()),
+        }
+    }
+}
+
+/// The memory broker's caps from the configuration.
+fn memory_limits(config: &Config) -> MemoryLimits {
+    let mut limits = MemoryLimits::new(config.memory.max_channels, config.memory.max_history_bytes);
+    limits.namespace_history_bytes = config
+        .namespace_configs()
+        .into_iter()
+        .filter(|(_, ns)| ns.max_history_bytes > 0)
+        .map(|(name, ns)| (name, ns.max_history_bytes))
+        .collect();
+    limits
 }
 
 pub(crate) fn retention(ns: &NamespaceConfig) -> Retention {

@@ -52,6 +52,10 @@ pub(crate) struct Metrics {
     pub(crate) bytes_received: Counter,
     pub(crate) bytes_sent: Counter,
     pub(crate) publications: Counter,
+    /// Retained (and reserved) history bytes of the memory broker.
+    pub(crate) history_bytes: Gauge,
+    /// Channels the memory broker holds (with history, presence or subscribers).
+    pub(crate) broker_channels: Gauge,
     slow_consumer: Family<Label, Counter>,
     handshake_failures: Family<Label, Counter>,
     command_errors: Family<Label, Counter>,
@@ -78,6 +82,8 @@ impl Metrics {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             publications: Counter::default(),
+            history_bytes: Gauge::default(),
+            broker_channels: Gauge::default(),
             slow_consumer: Family::default(),
             handshake_failures: Family::default(),
             command_errors: Family::default(),
@@ -130,6 +136,16 @@ impl Metrics {
             "publications",
             "Publications accepted",
             m.publications.clone(),
+        );
+        r.register(
+            "history_bytes",
+            "Retained history bytes counted against memory.max_history_bytes (memory broker)",
+            m.history_bytes.clone(),
+        );
+        r.register(
+            "broker_channels",
+            "Channels held by the memory broker (with history, presence or subscribers)",
+            m.broker_channels.clone(),
         );
         r.register(
             "slow_consumer",

@@ -209,6 +209,11 @@ impl Node {
         all
     }
 
+    /// Whether `channel` has local subscribers (or one joining) on this node.
+    pub(crate) fn holds(&self, channel: &str) -> bool {
+        self.channels.read().contains_key(channel)
+    }
+
     /// Closes the connection of every local subscriber of `channel` with 1012 (RFC 6455
     /// §7.4.1 registry: "Service Restart"): the channel's stream cannot continue gap-free
     /// for them, and the protocol has no event for a new epoch, so they reconnect and

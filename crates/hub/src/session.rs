@@ -203,12 +203,13 @@ impl Session {
                 format!("info is above {MAX_INFO_SIZE} bytes"),
             ));
         }
+        self.hub.check_create(channel, &ns, &self.identity, true)?;
         let hub = self.hub.clone();
         let droppable = ns.slow_consumer == SlowConsumerPolicy::DropOldest;
         hub.node
             .add(&*hub.broker, channel, &self.peer, droppable)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.hub.broker_error(e))?;
         // From here on, publications to the channel are held for this peer until `go_live`.
         let query = HistoryQuery {
             since: since.as_ref().map(|s| s.offset),
@@ -328,6 +329,7 @@ impl Session {
             .user
             .clone()
             .unwrap_or_else(|| self.peer.id.clone());
+        self.hub.check_create(channel, &ns, &self.identity, false)?;
         let pos = self.hub.publish(channel, &ns, data, Some(from)).await?;
         self.send(protocol::published(id, channel, &pos));
         Ok(())

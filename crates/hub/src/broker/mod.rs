@@ -19,7 +19,7 @@ mod memory;
 mod redis;
 
 pub use self::redis::{RedisBroker, RedisOptions};
-pub use memory::MemoryBroker;
+pub use memory::{MemoryBroker, MemoryLimits};
 
 /// A channel's stream position: the epoch and the offset of its latest publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +129,10 @@ pub enum BrokerError {
     /// The broker cannot be reached or refused the operation.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The node's memory budget (channels or retained history bytes) is used up and nothing
+    /// can be evicted. Callers answer `over_capacity` or HTTP 507.
+    #[error("over capacity: {0}")]
+    OverCapacity(String),
 }
 
 /// The operations a hub needs from its broker. All methods are cancel-safe only in the
@@ -177,6 +181,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// The channel's presence entries.
     async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, BrokerError>;
+
+    /// Whether this node holds state for `channel` (a publish or subscribe on it creates
+    /// nothing); `None` when the broker cannot tell without a round trip (the hub then asks
+    /// whether the channel has local subscribers).
+    fn holds(&self, _channel: &str) -> Option<bool> {
+        None
+    }
 
     /// Whether the broker can serve requests now; `Err` says why not (shown by `/healthz`).
     fn health(&self) -> Result<(), String> {
