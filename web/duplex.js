@@ -118,6 +118,29 @@ export function backoffDelay(attempt, opts = {}, random = Math.random) {
   return Math.floor(random() * ceiling);
 }
 
+/** The array fields that paged replies split across pages. */
+const PAGED_ARRAYS = ["publications", "clients"];
+
+/**
+ * Joins the pages of a paged reply (`history`, `presence`; see docs/protocol.md,
+ * "Paged replies") into one: the last page's fields, its `publications` or
+ * `clients` being the concatenation of every page's, in order, and no `more`.
+ *
+ * @param {object[]} pages the reply's pages, in arrival order (at least one)
+ * @returns {object} the complete reply
+ */
+export function joinPages(pages) {
+  const last = pages[pages.length - 1];
+  const joined = { ...last };
+  delete joined.more;
+  for (const key of PAGED_ARRAYS) {
+    if (Array.isArray(last[key])) {
+      joined[key] = pages.flatMap((p) => (Array.isArray(p[key]) ? p[key] : []));
+    }
+  }
+  return joined;
+}
+
 /**
  * The stream position of one channel subscription and the filter that keeps
  * deliveries exactly-once across reconnects.
@@ -513,7 +536,9 @@ export class Client {
   }
 
   /**
-   * Asks the server who is subscribed to `channel`.
+   * Asks the server who is subscribed to `channel`. A crowded channel's reply
+   * arrives in several pages; this resolves once all are in, with every entry
+   * in `clients` (the timeout applies to each page).
    * @param {string} channel
    * @param {RequestOptions} [opts]
    * @returns {Promise<object>} the reply (see docs/protocol.md for its fields)
@@ -523,7 +548,9 @@ export class Client {
   }
 
   /**
-   * Fetches recent publications of `channel`, oldest first.
+   * Fetches recent publications of `channel`, oldest first. A reply larger
+   * than a page arrives in several; this resolves once all are in, with every
+   * publication in `publications` (the timeout applies to each page).
    * @param {string} channel
    * @param {HistoryOptions} [opts]
    * @returns {Promise<object>} the reply (see docs/protocol.md for its fields)
@@ -563,12 +590,14 @@ export class Client {
       const id = this._nextId++;
       const timeout = opts.timeout ?? this.options.requestTimeout;
       const req = { id, command: { ...command, id }, resolve, reject, timer: null, sent: false };
-      req.timer = setTimeout(() => {
+      req.timeout = timeout;
+      req.expire = () => {
         this._requests.delete(id);
         const i = this._queue.indexOf(req);
         if (i >= 0) this._queue.splice(i, 1);
         reject(new DuplexError("timeout", `no reply to ${command.type} within ${timeout} ms`));
-      }, timeout);
+      };
+      req.timer = setTimeout(req.expire, timeout);
       if (this.state === State.CONNECTED) this._sendRequest(req);
       else this._queue.push(req);
     });
@@ -776,6 +805,17 @@ export class Client {
       case "pong":
       case "error": {
         const req = typeof msg.id === "number" ? this._requests.get(msg.id) : undefined;
+        if (req && msg.type === "reply" && msg.more === true) {
+          // One page of a paged reply (history, presence): keep it, wait for the rest.
+          // Every page restarts the request's timeout, so a long reply over a slow link
+          // is not cut short while it is still arriving.
+          if (!req.pages) req.pages = [];
+          req.pages.push(msg);
+          clearTimeout(req.timer);
+          req.timer = setTimeout(req.expire, req.timeout);
+          return;
+        }
+        if (req && req.pages && msg.type === "reply") msg = joinPages([...req.pages, msg]);
         if (req) {
           this._requests.delete(msg.id);
           clearTimeout(req.timer);

@@ -193,7 +193,16 @@ pub struct Limits {
     /// Channels one connection may be subscribed to. Default 128.
     pub max_channels_per_connection: usize,
     /// Bytes queued for one connection before it counts as a slow consumer. Default 1 MiB.
+    /// Must hold one publication frame: at least `max_publication_size` + 4 KiB.
     pub max_queue_bytes: usize,
+    /// How long a reply to the connection's own command (a reply, a `history` or `presence`
+    /// page, a publication replayed by `subscribe` with `since`) may wait for room in its
+    /// outbound queue. Replies bigger than the free room wait for the writer to drain the
+    /// queue instead of overflowing it; a client that reads nothing for this long is closed
+    /// with 1013 like any slow consumer. Default 30 s: a reader as slow as 10 KB/s still
+    /// takes a 256 KiB page in time.
+    #[serde(with = "humantime_serde")]
+    pub max_reply_wait: Duration,
     /// Error replies allowed within 10 s before the connection is closed with 1008.
     /// Default 20.
     pub max_errors: u32,
@@ -407,6 +416,7 @@ impl Default for Limits {
             commands_burst: 200,
             max_channels_per_connection: 128,
             max_queue_bytes: 1024 * 1024,
+            max_reply_wait: Duration::from_secs(30),
             max_errors: 20,
             trusted_proxies: Vec::new(),
         }
@@ -523,6 +533,22 @@ impl Config {
                 "limits.max_queue_bytes must be at least limits.max_message_size ({})",
                 l.max_message_size
             ));
+        }
+        // Every frame the server sends must fit the queue on its own: replies are paged to
+        // a quarter of it, but one publication (a `message` frame, a history item) is the
+        // smallest unit, and a frame larger than the queue could only overflow it.
+        let frame = l
+            .max_publication_size
+            .saturating_add(crate::protocol::FRAME_OVERHEAD);
+        if l.max_queue_bytes < frame {
+            return invalid(format!(
+                "limits.max_queue_bytes must hold one publication frame: at least \
+                 limits.max_publication_size + {} ({frame})",
+                crate::protocol::FRAME_OVERHEAD
+            ));
+        }
+        if l.max_reply_wait.is_zero() {
+            return invalid("limits.max_reply_wait must be positive".into());
         }
         if self.websocket.ping_interval.is_zero() || self.websocket.pong_timeout.is_zero() {
             return invalid("websocket.ping_interval and pong_timeout must be positive".into());
@@ -723,6 +749,26 @@ mod tests {
         assert!(Config::from_toml("[channels]\nmax_history_bytes = 1000").is_err());
         assert!(
             Config::from_toml("[memory]\nmax_history_bytes = 1000\nmax_history_entry = 10").is_ok()
+        );
+    }
+
+    #[test]
+    fn the_queue_must_hold_one_publication_frame() {
+        let e = Config::from_toml(
+            "[limits]\nmax_message_size = 65536\nmax_publication_size = 65536\nmax_queue_bytes = 65536",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_queue_bytes"), "{e}");
+        assert!(Config::from_toml(
+            "[limits]\nmax_publication_size = 32768\nmax_queue_bytes = 65536"
+        )
+        .is_ok());
+        assert!(Config::from_toml("[limits]\nmax_reply_wait = \"0s\"").is_err());
+        let c = Config::from_toml("[limits]\nmax_reply_wait = \"2s\"").unwrap();
+        assert_eq!(c.limits.max_reply_wait, Duration::from_secs(2));
+        assert_eq!(
+            Config::default().limits.max_reply_wait,
+            Duration::from_secs(30)
         );
     }
 

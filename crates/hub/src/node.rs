@@ -39,6 +39,15 @@ struct Held {
     bytes: usize,
 }
 
+/// What [`Node::go_live`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GoLive {
+    /// The subscriber receives live deliveries now (or is gone).
+    Live,
+    /// Still recovering: wait for this many bytes of room in the queue, then call again.
+    NeedRoom(usize),
+}
+
 #[derive(Debug)]
 struct Subscriber {
     peer: Arc<Peer>,
@@ -124,27 +133,53 @@ impl Node {
         }
     }
 
-    /// Ends `peer`'s recovery on `channel`: queues `frames` (the reply and replayed history),
-    /// then the held deliveries whose offset is above `after` (join/leave events always),
-    /// and from then on delivers live. All under the channel's lock, so nothing interleaves.
-    pub(crate) fn go_live(&self, channel: &str, peer: &Peer, frames: Vec<Frame>, after: u64) {
+    /// Ends `peer`'s recovery on `channel` once its reply and replayed history are queued:
+    /// queues the held deliveries whose offset is above `after` (join/leave events always),
+    /// oldest first, and from then on delivers live, all under the channel's lock so nothing
+    /// interleaves. When the queue has no room for the next held frame, the ones before it
+    /// are queued, the subscriber stays in recovery (new deliveries keep being held, bounded
+    /// by `max_held`) and [`GoLive::NeedRoom`] says how much room to wait for before calling
+    /// again, so that flushing never overflows the queue by itself.
+    pub(crate) fn go_live(&self, channel: &str, peer: &Peer, after: u64) -> GoLive {
         let Some(ch) = self.channels.read().get(channel).cloned() else {
-            return;
+            return GoLive::Live;
         };
         let mut subs = ch.subscribers.lock();
         let Some(sub) = subs
             .iter_mut()
             .find(|s| std::ptr::eq(Arc::as_ptr(&s.peer), peer))
         else {
-            return;
+            return GoLive::Live;
         };
-        let held = sub.held.take().unwrap_or_default().frames;
-        for frame in frames {
-            self.push(peer, frame, false);
+        let Some(held) = sub.held.as_mut() else {
+            return GoLive::Live;
+        };
+        let mut flushed = 0;
+        let mut need = None;
+        for (offset, frame) in &held.frames {
+            if offset.is_some_and(|o| o <= after) {
+                // Already in the replay.
+            } else if ch.droppable && offset.is_some() {
+                self.push(peer, frame.clone(), true);
+            } else {
+                match peer.queue.try_push(frame.clone()) {
+                    Ok(pushed) => self.count(peer, pushed),
+                    Err(frame) => {
+                        need = Some(frame.wire_len());
+                        break;
+                    }
+                }
+            }
+            flushed += 1;
         }
-        for (offset, frame) in held {
-            if offset.is_none_or(|o| o > after) {
-                self.push(peer, frame, ch.droppable);
+        for (_, frame) in held.frames.drain(..flushed) {
+            held.bytes = held.bytes.saturating_sub(frame.wire_len());
+        }
+        match need {
+            Some(bytes) => GoLive::NeedRoom(bytes),
+            None => {
+                sub.held = None;
+                GoLive::Live
             }
         }
     }
@@ -237,7 +272,12 @@ impl Node {
     }
 
     fn push(&self, peer: &Peer, frame: Frame, droppable: bool) {
-        match peer.queue.push(frame, droppable) {
+        self.count(peer, peer.queue.push(frame, droppable));
+    }
+
+    /// Counts what a push did in the slow-consumer metric.
+    pub(crate) fn count(&self, peer: &Peer, pushed: Pushed) {
+        match pushed {
             Pushed::Queued { dropped: 0 } | Pushed::Closed => {}
             Pushed::Queued { dropped } => self.metrics.slow_consumer_dropped(dropped as u64),
             Pushed::Discarded => self.metrics.slow_consumer_dropped(1),
@@ -368,11 +408,10 @@ mod tests {
             "nothing delivered while recovering"
         );
         // The replay read history up to 5: it has 3, 4, 5 (since = 2).
-        let replay: Vec<Frame> = ["reply", "m3", "m4", "m5"]
-            .iter()
-            .map(|t| Frame::text((*t).to_owned()))
-            .collect();
-        node.go_live("c", &peer, replay, 5);
+        for t in ["reply", "m3", "m4", "m5"] {
+            peer.queue.push(Frame::text(t.to_owned()), false);
+        }
+        assert_eq!(node.go_live("c", &peer, 5), GoLive::Live);
         publish(6).await;
         let got = offsets_and_texts(&peer);
         assert_eq!(got[..4], ["reply", "m3", "m4", "m5"]);
@@ -380,5 +419,61 @@ mod tests {
         assert!(got[4].contains("\"offset\":6"));
         assert!(node.remove(&*broker, "c", &peer).await);
         assert!(node.channel_counts().is_empty());
+    }
+
+    /// Held deliveries that do not fit the queue are flushed in parts as it drains; the
+    /// subscriber stays in recovery meanwhile, and what arrives then is held behind them.
+    #[tokio::test]
+    async fn held_deliveries_are_flushed_as_the_queue_drains() {
+        let metrics = Arc::new(Metrics::new());
+        let node = Arc::new(Node::new(metrics.clone()));
+        let sink = Arc::new(NodeSink {
+            node: node.clone(),
+            max_held: 1 << 20,
+        });
+        let broker = MemoryBroker::new(sink);
+        let keep = Retention {
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let peer = Arc::new(Peer {
+            id: "p".into(),
+            queue: Outbound::new(4096),
+        });
+        let publish = |n: u64| {
+            let broker = broker.clone();
+            async move {
+                let data = Arc::from(RawValue::from_string(format!("\"{n:0>1000}\"")).unwrap());
+                broker.publish("c", data, None, keep).await.unwrap()
+            }
+        };
+        node.add(&*broker, "c", &peer, false).await.unwrap();
+        for n in 1..=6 {
+            publish(n).await;
+        }
+        // About 1 KiB each: three fit in the 4 KiB queue.
+        let GoLive::NeedRoom(need) = node.go_live("c", &peer, 0) else {
+            panic!("six frames cannot fit");
+        };
+        assert!(need > 1000);
+        publish(7).await;
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            got.extend(offsets_and_texts(&peer));
+            if node.go_live("c", &peer, 0) == GoLive::Live {
+                break;
+            }
+        }
+        publish(8).await;
+        got.extend(offsets_and_texts(&peer));
+        let offsets: Vec<u64> = got
+            .iter()
+            .map(|t| {
+                let v: serde_json::Value = serde_json::from_str(t).unwrap();
+                v["offset"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(offsets, (1..=8).collect::<Vec<_>>());
+        assert_eq!(metrics.slow_consumer_disconnects(), 0);
     }
 }

@@ -452,24 +452,117 @@ impl<'a> PositionBody<'a> {
     }
 }
 
-/// The reply to `presence`.
-pub fn presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> String {
+/// Room one item of a paged reply or one `message` frame needs besides its `data` (or a
+/// presence entry besides its `info`): the envelope, the channel name (at most 255 bytes,
+/// never escaped), the epoch, offsets, ids and a `from`/`user` of up to about 3 KiB.
+/// `limits.max_queue_bytes` must hold one publication plus this much, so that any single
+/// frame the server sends fits the queue.
+pub const FRAME_OVERHEAD: usize = 4096;
+
+/// Splits a reply with one long array into pages of about `page_bytes` of array items each
+/// (at least one item per page): a lazy iterator of the serialized frames, so only one
+/// page is encoded at a time. `envelope(items, more)` wraps a page's items (a JSON array)
+/// in the reply; `more` is `true` on every page but the last. An empty array gives one page.
+struct Pages<I: Iterator<Item = String>, F> {
+    items: std::iter::Peekable<I>,
+    envelope: F,
+    page_bytes: usize,
+    done: bool,
+}
+
+impl<I, F> Iterator for Pages<I, F>
+where
+    I: Iterator<Item = String>,
+    F: FnMut(&RawValue, bool) -> String,
+{
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        let mut array = String::from("[");
+        while let Some(item) = self.items.peek() {
+            let first = array.len() == 1;
+            if !first && array.len() + item.len() + 2 > self.page_bytes {
+                break;
+            }
+            if !first {
+                array.push(',');
+            }
+            array.push_str(item);
+            self.items.next();
+        }
+        array.push(']');
+        let more = self.items.peek().is_some();
+        self.done = !more;
+        // Items are serialized JSON values joined by commas: a valid array.
+        let array = RawValue::from_string(array).ok()?;
+        Some((self.envelope)(&array, more))
+    }
+}
+
+fn pages<I, F>(items: I, page_bytes: usize, envelope: F) -> Pages<I, F>
+where
+    I: Iterator<Item = String>,
+    F: FnMut(&RawValue, bool) -> String,
+{
+    Pages {
+        items: items.peekable(),
+        envelope,
+        page_bytes,
+        done: false,
+    }
+}
+
+/// `skip_serializing_if` for the `more` flag of paged replies.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The reply to `presence`, in pages of about `page_bytes` of list items (at least one per page): each page is
+/// `{"type":"reply","id","channel","clients":[...]}`, all but the last with `"more":true`.
+pub fn presence_pages<'a>(
+    id: Option<u64>,
+    channel: &'a str,
+    clients: &'a [PresenceEntry],
+    page_bytes: usize,
+) -> impl Iterator<Item = String> + 'a {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
-        clients: &'a [PresenceEntry],
+        clients: &'a RawValue,
+        #[serde(skip_serializing_if = "is_false")]
+        more: bool,
     }
-    encode("reply", id, Body { channel, clients })
+    let items = clients
+        .iter()
+        .map(|c| serde_json::to_string(c).unwrap_or_default());
+    pages(items, page_bytes, move |clients, more| {
+        encode(
+            "reply",
+            id,
+            Body {
+                channel,
+                clients,
+                more,
+            },
+        )
+    })
 }
 
-/// The reply to `history`; `complete` is sent when the query had `since`.
-pub fn history(
+/// The reply to `history`, in pages of about `page_bytes` of list items (at least one per page): each page is
+/// `{"type":"reply","id","channel","epoch","offset","publications":[...]}` with the same
+/// position (and `complete`, sent when the query had `since`), all but the last with
+/// `"more":true`.
+pub fn history_pages<'a>(
     id: Option<u64>,
-    channel: &str,
-    pos: &StreamPosition,
-    pubs: &[Publication],
+    channel: &'a str,
+    pos: &'a StreamPosition,
+    pubs: &'a [Publication],
     complete: Option<bool>,
-) -> String {
+    page_bytes: usize,
+) -> impl Iterator<Item = String> + 'a {
     #[derive(Serialize)]
     struct Item<'a> {
         offset: u64,
@@ -481,29 +574,34 @@ pub fn history(
         channel: &'a str,
         epoch: &'a str,
         offset: u64,
-        publications: Vec<Item<'a>>,
+        publications: &'a RawValue,
         #[serde(skip_serializing_if = "Option::is_none")]
         complete: Option<bool>,
+        #[serde(skip_serializing_if = "is_false")]
+        more: bool,
     }
-    let publications = pubs
-        .iter()
-        .map(|p| Item {
+    let items = pubs.iter().map(|p| {
+        serde_json::to_string(&Item {
             offset: p.offset,
             data: &p.data,
             from: p.from.as_deref(),
         })
-        .collect();
-    encode(
-        "reply",
-        id,
-        Body {
-            channel,
-            epoch: &pos.epoch,
-            offset: pos.offset,
-            publications,
-            complete,
-        },
-    )
+        .unwrap_or_default()
+    });
+    pages(items, page_bytes, move |publications, more| {
+        encode(
+            "reply",
+            id,
+            Body {
+                channel,
+                epoch: &pos.epoch,
+                offset: pos.offset,
+                publications,
+                complete,
+                more,
+            },
+        )
+    })
 }
 
 /// `{"type":"message",...}`: the frame every subscriber receives for a publication.
@@ -653,5 +751,75 @@ mod tests {
             v,
             serde_json::json!({"type":"error","code":"bad_channel","message":"x"})
         );
+    }
+
+    #[test]
+    fn history_is_paged_by_bytes_and_only_the_last_page_lacks_more() {
+        let pos = StreamPosition {
+            epoch: "e".into(),
+            offset: 10,
+        };
+        let pubs: Vec<Publication> = (1..=10)
+            .map(|n| Publication {
+                offset: n,
+                data: std::sync::Arc::from(
+                    RawValue::from_string(format!("\"{}\"", "x".repeat(100))).unwrap(),
+                ),
+                from: Some("ada".into()),
+            })
+            .collect();
+        let pages: Vec<serde_json::Value> =
+            history_pages(Some(5), "c", &pos, &pubs, Some(true), 400)
+                .map(|p| serde_json::from_str(&p).unwrap())
+                .collect();
+        assert!(pages.len() > 3, "{} pages", pages.len());
+        let mut offsets = Vec::new();
+        for (i, page) in pages.iter().enumerate() {
+            assert_eq!(page["id"], 5);
+            assert_eq!(page["epoch"], "e");
+            assert_eq!(page["offset"], 10);
+            assert_eq!(page["complete"], true);
+            assert_eq!(
+                page["more"].as_bool().is_some(),
+                i + 1 < pages.len(),
+                "{page}"
+            );
+            let items = page["publications"].as_array().unwrap();
+            assert!(!items.is_empty());
+            offsets.extend(items.iter().map(|p| p["offset"].as_u64().unwrap()));
+        }
+        assert_eq!(offsets, (1..=10).collect::<Vec<_>>());
+        // A page budget smaller than one item still makes progress, one item per page.
+        assert_eq!(history_pages(None, "c", &pos, &pubs, None, 1).count(), 10);
+        // Nothing retained: one page with an empty array and no `more`.
+        let empty: Vec<String> = history_pages(None, "c", &pos, &[], None, 400).collect();
+        assert_eq!(empty.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&empty[0]).unwrap();
+        assert_eq!(v["publications"], serde_json::json!([]));
+        assert!(v.get("more").is_none() && v.get("complete").is_none());
+    }
+
+    #[test]
+    fn presence_pages_hold_every_entry_once() {
+        let clients: Vec<PresenceEntry> = (0..50)
+            .map(|n| PresenceEntry {
+                client: format!("c{n}").into(),
+                user: None,
+                info: None,
+            })
+            .collect();
+        let pages: Vec<serde_json::Value> = presence_pages(Some(1), "lobby", &clients, 256)
+            .map(|p| serde_json::from_str(&p).unwrap())
+            .collect();
+        assert!(pages.len() > 1);
+        let all: Vec<&str> = pages
+            .iter()
+            .flat_map(|p| p["clients"].as_array().unwrap())
+            .map(|c| c["client"].as_str().unwrap())
+            .collect();
+        assert_eq!(all.len(), 50);
+        assert_eq!(all[49], "c49");
+        assert_eq!(pages.last().unwrap().get("more"), None);
+        assert_eq!(pages[0]["more"], true);
     }
 }

@@ -6,11 +6,18 @@
 //! droppable (publications of `drop_oldest` namespaces) are evicted oldest first, and when
 //! that is not enough the queue is emptied and closed with 1013, so a stalled reader costs the
 //! server at most `max_bytes` plus the socket buffers.
+//!
+//! Replies to the connection's own commands are not subject to that rule as such: they are
+//! pushed with [`Outbound::push_wait`], which waits (up to a deadline) until the writer has
+//! drained enough for the frame to fit. A reply, a history page or a replayed publication
+//! therefore never overflows the queue by itself; only a client that reads nothing for the
+//! whole wait is closed with 1013.
 
 use std::collections::VecDeque;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 use crate::frame::Frame;
 
@@ -76,6 +83,8 @@ impl Inner {
 pub(crate) struct Outbound {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Woken whenever the writer takes a frame out, for [`Outbound::wait_room`].
+    room: Notify,
     /// Flips to `true` once, when the queue closes.
     closed: watch::Sender<bool>,
     max_bytes: usize,
@@ -87,6 +96,7 @@ impl Outbound {
         Self {
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
+            room: Notify::new(),
             closed: watch::channel(false).0,
             max_bytes,
         }
@@ -94,8 +104,17 @@ impl Outbound {
 
     /// Appends a frame. `droppable` frames may be evicted, or discarded, when space is short.
     pub(crate) fn push(&self, frame: Frame, droppable: bool) -> Pushed {
+        let inner = self.inner.lock();
+        self.push_locked(inner, frame, droppable)
+    }
+
+    fn push_locked(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        frame: Frame,
+        droppable: bool,
+    ) -> Pushed {
         let len = frame.wire_len();
-        let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return Pushed::Closed;
         }
@@ -106,14 +125,8 @@ impl Outbound {
                 if droppable {
                     return Pushed::Discarded;
                 }
-                inner.items.clear();
-                inner.bytes = 0;
-                inner.droppable_bytes = 0;
-                inner.close = Some((TRY_AGAIN, "slow consumer"));
                 drop(inner);
-                self.notify.notify_one();
-                self.closed.send_replace(true);
-                return Pushed::Overflow;
+                return self.overflow();
             }
             let mut i = 0;
             while inner.bytes + len > self.max_bytes && i < inner.items.len() {
@@ -137,6 +150,89 @@ impl Outbound {
         drop(inner);
         self.notify.notify_one();
         Pushed::Queued { dropped }
+    }
+
+    /// Whether a non-droppable frame of `len` bytes fits now, evicting droppable frames if
+    /// need be (as [`Outbound::push`] would).
+    fn fits(&self, inner: &Inner, len: usize) -> bool {
+        (inner.bytes - inner.droppable_bytes).saturating_add(len) <= self.max_bytes
+    }
+
+    /// Appends a non-droppable frame if it fits now (see [`Outbound::push`] for evictions);
+    /// otherwise gives it back and changes nothing. `Ok(Pushed::Closed)` when closed.
+    pub(crate) fn try_push(&self, frame: Frame) -> Result<Pushed, Frame> {
+        let inner = self.inner.lock();
+        if inner.close.is_none() && !self.fits(&inner, frame.wire_len()) {
+            return Err(frame);
+        }
+        Ok(self.push_locked(inner, frame, false))
+    }
+
+    /// Waits until a non-droppable frame of `len` bytes fits (`Ok`), the queue closes
+    /// (`Err(Pushed::Closed)`) or `deadline` passes: then the queue is closed with 1013 like
+    /// an overflow and `Err(Pushed::Overflow)` is returned, for the caller to count. A frame
+    /// larger than the whole queue can never fit and overflows at once.
+    pub(crate) async fn wait_room(&self, len: usize, deadline: Instant) -> Result<(), Pushed> {
+        if len > self.max_bytes {
+            return Err(self.overflow());
+        }
+        let closed = self.closed();
+        tokio::pin!(closed);
+        let expired = tokio::time::sleep_until(deadline);
+        tokio::pin!(expired);
+        loop {
+            // Registered before the check, so a pop between the check and the await still
+            // wakes us (`Notify::notify_waiters` only wakes futures that already exist).
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let inner = self.inner.lock();
+                if inner.close.is_some() {
+                    return Err(Pushed::Closed);
+                }
+                if self.fits(&inner, len) {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                () = &mut room => {}
+                () = &mut closed => return Err(Pushed::Closed),
+                () = &mut expired => return Err(self.overflow()),
+            }
+        }
+    }
+
+    /// Appends a non-droppable frame, first waiting for room as [`Outbound::wait_room`]
+    /// does: for replies to the connection's own commands, which must not overflow the
+    /// queue just because they arrive faster than the socket drains.
+    pub(crate) async fn push_wait(&self, frame: Frame, deadline: Instant) -> Pushed {
+        let mut frame = frame;
+        loop {
+            match self.try_push(frame) {
+                Ok(pushed) => return pushed,
+                Err(back) => frame = back,
+            }
+            if let Err(pushed) = self.wait_room(frame.wire_len(), deadline).await {
+                return pushed;
+            }
+        }
+    }
+
+    /// Empties the queue and closes it with 1013, unless it is already closed.
+    fn overflow(&self) -> Pushed {
+        let mut inner = self.inner.lock();
+        if inner.close.is_some() {
+            return Pushed::Closed;
+        }
+        inner.items.clear();
+        inner.bytes = 0;
+        inner.droppable_bytes = 0;
+        inner.close = Some((TRY_AGAIN, "slow consumer"));
+        drop(inner);
+        self.notify.notify_one();
+        self.closed.send_replace(true);
+        Pushed::Overflow
     }
 
     /// Closes the queue: no more frames are accepted; the writer sends what is queued (unless
@@ -181,6 +277,8 @@ impl Outbound {
             {
                 let mut inner = self.inner.lock();
                 if let Some(item) = inner.pop_front() {
+                    drop(inner);
+                    self.room.notify_waiters();
                     return Some(Next::Frame(item.frame));
                 }
                 if let Some((code, reason)) = inner.close {
@@ -254,5 +352,68 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         q.push(frame(3), false);
         assert!(waiter.await.unwrap());
+    }
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + std::time::Duration::from_millis(ms)
+    }
+
+    #[tokio::test]
+    async fn push_wait_waits_for_the_writer_instead_of_overflowing() {
+        let q = std::sync::Arc::new(Outbound::new(1000));
+        for _ in 0..9 {
+            q.push(frame(98), false);
+        }
+        assert!(q.try_push(frame(198)).is_err(), "does not fit yet");
+        assert_eq!(q.bytes(), 900, "a refused try_push changes nothing");
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.push_wait(frame(198), soon(5000)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "waits while the queue is full");
+        assert!(!q.is_closed());
+        // The writer takes one frame: 800 + 200 fits.
+        assert!(matches!(q.pop().await, Some(Next::Frame(_))));
+        assert_eq!(waiter.await.unwrap(), Pushed::Queued { dropped: 0 });
+        assert_eq!(q.bytes(), 1000);
+    }
+
+    #[tokio::test]
+    async fn push_wait_past_its_deadline_closes_with_1013() {
+        let q = Outbound::new(1000);
+        for _ in 0..9 {
+            q.push(frame(98), false);
+        }
+        assert_eq!(q.push_wait(frame(198), soon(50)).await, Pushed::Overflow);
+        assert_eq!(q.bytes(), 0, "the queue is freed");
+        assert!(matches!(q.pop().await, Some(Next::Close(1013, _))));
+    }
+
+    #[tokio::test]
+    async fn push_wait_gives_up_when_the_queue_closes() {
+        let q = std::sync::Arc::new(Outbound::new(1000));
+        for _ in 0..9 {
+            q.push(frame(98), false);
+        }
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.push_wait(frame(198), soon(5000)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        q.close(1001, "server shutting down", true);
+        assert_eq!(waiter.await.unwrap(), Pushed::Closed);
+        assert!(matches!(q.pop().await, Some(Next::Close(1001, _))));
+    }
+
+    #[tokio::test]
+    async fn push_wait_evicts_droppable_frames_and_refuses_what_can_never_fit() {
+        let q = Outbound::new(500);
+        for _ in 0..5 {
+            q.push(frame(98), true);
+        }
+        assert_eq!(
+            q.push_wait(frame(198), soon(10)).await,
+            Pushed::Queued { dropped: 2 },
+            "droppable publications make room at once, as for any reply"
+        );
+        assert_eq!(q.push_wait(frame(600), soon(5000)).await, Pushed::Overflow);
+        assert!(q.is_closed());
     }
 }

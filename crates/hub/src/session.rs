@@ -17,15 +17,29 @@ use crate::broker::{HistoryQuery, PresenceEntry};
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::frame::Frame;
 use crate::hub::{retention, Shared};
-use crate::node::Peer;
+use crate::node::{GoLive, Peer};
 use crate::protocol::{self, Command, CommandError, ErrorCode, Since};
-use crate::queue::Outbound;
+use crate::queue::{Outbound, Pushed};
 
 /// Close code for policy violations (RFC 6455 §7.4.1).
 pub(crate) const POLICY: u16 = 1008;
 
 /// The window over which `limits.max_errors` is counted.
 const ERROR_WINDOW: Duration = Duration::from_secs(10);
+
+/// Largest page of a paged reply (`history`, `presence`), in bytes of array items.
+const MAX_PAGE_BYTES: usize = 256 * 1024;
+
+/// The page size for a queue of `max_queue_bytes`: a quarter of it (so a page waits for the
+/// queue to be three quarters drained, not empty), at most [`MAX_PAGE_BYTES`].
+pub(crate) fn page_bytes(max_queue_bytes: usize) -> usize {
+    (max_queue_bytes / 4).clamp(1, MAX_PAGE_BYTES)
+}
+
+/// The queue closed while a reply was being sent (slow consumer, shutdown, token expiry):
+/// the rest of the reply is not sent.
+#[derive(Debug)]
+struct Gone;
 
 #[derive(Debug)]
 struct Subscription {
@@ -94,19 +108,21 @@ impl Session {
     pub(crate) async fn on_text(&mut self, text: &str) {
         let (id, command) = match protocol::parse_command(text) {
             Ok(parsed) => parsed,
-            Err((id, err)) => return self.fail(id, err),
+            Err((id, err)) => return self.fail(id, err).await,
         };
         if self.commands.check().is_err() {
-            return self.fail(
-                id,
-                CommandError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} commands per second",
-                        self.hub.config.limits.commands_per_second
+            return self
+                .fail(
+                    id,
+                    CommandError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} commands per second",
+                            self.hub.config.limits.commands_per_second
+                        ),
                     ),
-                ),
-            );
+                )
+                .await;
         }
         let kind = command.kind();
         let started = Instant::now();
@@ -115,28 +131,59 @@ impl Session {
             .metrics
             .command_duration(kind, started.elapsed().as_secs_f64());
         if let Err(err) = result {
-            self.fail(id, err);
+            self.fail(id, err).await;
         }
     }
 
     /// Handles one binary message: not part of the protocol.
-    pub(crate) fn on_binary(&mut self) {
+    pub(crate) async fn on_binary(&mut self) {
         self.fail(
             None,
             CommandError::new(
                 ErrorCode::BadJson,
                 "binary frames are not supported; send JSON text",
             ),
-        );
+        )
+        .await;
     }
 
-    fn send(&self, json: String) {
-        self.peer.queue.push(Frame::text(json), false);
+    /// Queues one frame answering this connection's own command. It waits for room in the
+    /// queue (up to `limits.max_reply_wait`) rather than overflowing it, so a reply bigger
+    /// than the free room is delayed, not fatal; a client that reads nothing meanwhile is
+    /// closed with 1013, counted like every slow consumer. `Err` once the queue is closed.
+    async fn send_frame(&self, frame: Frame) -> Result<(), Gone> {
+        let deadline = tokio::time::Instant::now() + self.hub.config.limits.max_reply_wait;
+        match self.peer.queue.push_wait(frame, deadline).await {
+            Pushed::Queued { .. } => Ok(()),
+            Pushed::Overflow => {
+                self.hub.metrics.slow_consumer_disconnect();
+                tracing::info!(client = %self.peer.id, "reply not read in time: closed with 1013");
+                Err(Gone)
+            }
+            Pushed::Closed | Pushed::Discarded => Err(Gone),
+        }
     }
 
-    fn fail(&mut self, id: Option<u64>, err: CommandError) {
+    async fn send(&self, json: String) {
+        let _ = self.send_frame(Frame::text(json)).await;
+    }
+
+    /// Sends the pages of a paged reply one by one as the queue drains.
+    async fn send_pages(&self, pages: impl Iterator<Item = String>) {
+        for page in pages {
+            if self.send_frame(Frame::text(page)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn page_bytes(&self) -> usize {
+        page_bytes(self.hub.config.limits.max_queue_bytes)
+    }
+
+    async fn fail(&mut self, id: Option<u64>, err: CommandError) {
         self.hub.metrics.command_error(err.code);
-        self.send(protocol::error(id, &err));
+        self.send(protocol::error(id, &err)).await;
         if self.errors.check().is_err() {
             tracing::info!(client = %self.peer.id, "closing: too many errors");
             self.peer.queue.close(POLICY, "too many errors", false);
@@ -146,7 +193,7 @@ impl Session {
     async fn execute(&mut self, id: Option<u64>, command: Command<'_>) -> Result<(), CommandError> {
         match command {
             Command::Ping => {
-                self.send(protocol::pong(id));
+                self.send(protocol::pong(id)).await;
                 Ok(())
             }
             Command::Subscribe {
@@ -225,22 +272,34 @@ impl Session {
         let recovered = since
             .as_ref()
             .is_some_and(|s| *s.epoch == *history.position.epoch && history.complete);
-        let mut frames = vec![Frame::text(protocol::subscribed(
-            id,
-            channel,
-            &history.position,
-            recovered,
-        ))];
+        // The reply, then the replay one publication at a time as the queue drains, while
+        // live deliveries are still held (bounded by `max_held`, like a queue); then the held
+        // ones, also as room frees up. Nothing here overflows the queue by itself.
+        let reply = protocol::subscribed(id, channel, &history.position, recovered);
+        let mut sent = self.send_frame(Frame::text(reply)).await;
         if recovered {
-            frames.extend(
-                history
-                    .publications
-                    .iter()
-                    .map(|p| Frame::text(protocol::message(channel, p))),
-            );
+            for p in &history.publications {
+                if sent.is_err() {
+                    break;
+                }
+                let frame = Frame::text(protocol::message(channel, p));
+                sent = self.send_frame(frame).await;
+            }
         }
-        hub.node
-            .go_live(channel, &self.peer, frames, history.position.offset);
+        let after = history.position.offset;
+        while let GoLive::NeedRoom(bytes) = hub.node.go_live(channel, &self.peer, after) {
+            let deadline = tokio::time::Instant::now() + hub.config.limits.max_reply_wait;
+            match self.peer.queue.wait_room(bytes, deadline).await {
+                Ok(()) => {}
+                Err(pushed) => {
+                    // Closed: `go_live` has nothing left to do but stop holding.
+                    hub.node.count(&self.peer, pushed);
+                    let _ = hub.node.go_live(channel, &self.peer, after);
+                    break;
+                }
+            }
+        }
+        // Recorded even when the connection is closing, so `finish` removes it from the node.
         let key: Arc<str> = channel.into();
         self.subscriptions.insert(
             key,
@@ -276,7 +335,7 @@ impl Session {
             ));
         };
         self.leave(channel, &sub).await;
-        self.send(protocol::unsubscribed(id, channel));
+        self.send(protocol::unsubscribed(id, channel)).await;
         Ok(())
     }
 
@@ -331,7 +390,7 @@ impl Session {
             .unwrap_or_else(|| self.peer.id.clone());
         self.hub.check_create(channel, &ns, &self.identity, false)?;
         let pos = self.hub.publish(channel, &ns, data, Some(from)).await?;
-        self.send(protocol::published(id, channel, &pos));
+        self.send(protocol::published(id, channel, &pos)).await;
         Ok(())
     }
 
@@ -349,7 +408,8 @@ impl Session {
             .presence(channel)
             .await
             .map_err(unavailable)?;
-        self.send(protocol::presence(id, channel, &clients));
+        let pages = protocol::presence_pages(id, channel, &clients, self.page_bytes());
+        self.send_pages(pages).await;
         Ok(())
     }
 
@@ -387,13 +447,15 @@ impl Session {
                 Some(false)
             }
         };
-        self.send(protocol::history(
+        let pages = protocol::history_pages(
             id,
             channel,
             &h.position,
             &h.publications,
             complete,
-        ));
+            self.page_bytes(),
+        );
+        self.send_pages(pages).await;
         Ok(())
     }
 

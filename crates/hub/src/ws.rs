@@ -223,42 +223,81 @@ async fn run(
     let closing = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(closing);
     let mut closing_armed = false;
+    // A message read while a command was running: at most one is read ahead, so reading
+    // goes on (Pongs and Close replies are written only while the stream is polled) without
+    // buffering commands.
+    let mut ahead = None;
     loop {
-        tokio::select! {
-            () = peer.queue.closed(), if !closing_armed => {
-                closing_armed = true;
-                closing.as_mut().reset(tokio::time::Instant::now() + CLOSE_TIMEOUT);
-            }
-            message = stream.recv() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    metrics.messages_received.inc();
-                    metrics.bytes_received.inc_by(text.len() as u64);
-                    if !peer.queue.is_closed() {
-                        session.on_text(text.as_str()).await;
-                    }
+        let message = match ahead.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                () = peer.queue.closed(), if !closing_armed => {
+                    closing_armed = true;
+                    closing.as_mut().reset(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+                    continue;
                 }
-                Some(Ok(Message::Binary(data))) => {
-                    metrics.messages_received.inc();
-                    metrics.bytes_received.inc_by(data.len() as u64);
-                    if !peer.queue.is_closed() {
-                        session.on_binary();
-                    }
+                message = stream.recv() => message,
+                () = async { let _ = shutdown.wait_for(|d| *d).await; }, if !shutting_down => {
+                    shutting_down = true;
+                    peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
+                    continue;
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(client = %peer.id, error = %e, "connection error");
-                    break;
+                () = &mut expiry, if !expired => {
+                    expired = true;
+                    peer.queue.close(POLICY, "token expired", false);
+                    continue;
                 }
-                None => break,
+                () = &mut closing, if closing_armed => break,
             },
-            () = async { let _ = shutdown.wait_for(|d| *d).await; }, if !shutting_down => {
-                shutting_down = true;
-                peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
+        };
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                tracing::debug!(client = %peer.id, error = %e, "connection error");
+                break;
             }
-            () = &mut expiry, if !expired => {
-                expired = true;
-                peer.queue.close(POLICY, "token expired", false);
+            None => break,
+        };
+        let text = match message {
+            Message::Text(text) => {
+                metrics.messages_received.inc();
+                metrics.bytes_received.inc_by(text.len() as u64);
+                Some(text)
             }
-            () = &mut closing, if closing_armed => break,
+            Message::Binary(data) => {
+                metrics.messages_received.inc();
+                metrics.bytes_received.inc_by(data.len() as u64);
+                None
+            }
+        };
+        if peer.queue.is_closed() {
+            continue;
+        }
+        // A command may wait for room in the outbound queue (up to `limits.max_reply_wait`)
+        // while a large reply drains: shutdown and token expiry are still served meanwhile.
+        // Both close the queue, which ends every wait of the command at once, so the command
+        // finishes promptly and is never dropped halfway (its subscriptions stay consistent
+        // for `finish`).
+        let work = async {
+            match &text {
+                Some(text) => session.on_text(text.as_str()).await,
+                None => session.on_binary().await,
+            }
+        };
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                () = &mut work => break,
+                message = stream.recv(), if ahead.is_none() => ahead = Some(message),
+                () = async { let _ = shutdown.wait_for(|d| *d).await; }, if !shutting_down => {
+                    shutting_down = true;
+                    peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
+                }
+                () = &mut expiry, if !expired => {
+                    expired = true;
+                    peer.queue.close(POLICY, "token expired", false);
+                }
+            }
         }
     }
     session.finish().await;

@@ -265,6 +265,23 @@ describe("duplex.js against duplex serve", () => {
     await page.close();
   });
 
+  test("a history larger than the outbound queue resolves with every page joined", async () => {
+    const page = await libPage();
+    const out = await page.evaluate(async () => {
+      const c = window.probe("a", window.duplex.wsUrl()).connect();
+      await c.ready(5000);
+      // 40 publications of 32 KB: 1.3 MB, more than the server's 1 MiB queue.
+      const big = "x".repeat(32000);
+      for (let i = 1; i <= 40; i++) await c.publish("lib-paged", { n: i, big });
+      const h = await c.history("lib-paged", { limit: 100 });
+      return { n: h.publications.map((p) => p.data.n), more: h.more, state: c.state };
+    });
+    assert.deepEqual(out.n, Array.from({ length: 40 }, (_, i) => i + 1));
+    assert.equal(out.more, undefined);
+    assert.equal(out.state, "connected");
+    await page.close();
+  });
+
   test("a dropped link: reconnect with backoff, recover the missed publications exactly once", async () => {
     const proxy = new TcpProxy(server.port);
     await proxy.listen();

@@ -8,6 +8,7 @@ import {
   Client,
   DEFAULTS,
   DuplexError,
+  joinPages,
   StreamPosition,
   wsUrl,
 } from "../../../web/duplex.js";
@@ -151,4 +152,85 @@ test("subscribing twice to one channel is refused", () => {
   c.subscribe("lobby");
   assert.throws(() => c.subscribe("lobby"), /already subscribed/);
   assert.throws(() => c.subscribe(""), TypeError);
+});
+
+test("joinPages concatenates the paged array and drops more", () => {
+  const joined = joinPages([
+    { type: "reply", id: 1, epoch: "e", offset: 9, publications: [{ offset: 1 }], more: true },
+    { type: "reply", id: 1, epoch: "e", offset: 9, publications: [{ offset: 2 }, { offset: 3 }], more: true },
+    { type: "reply", id: 1, epoch: "e", offset: 9, publications: [{ offset: 4 }], complete: true },
+  ]);
+  assert.deepEqual(joined, {
+    type: "reply",
+    id: 1,
+    epoch: "e",
+    offset: 9,
+    publications: [{ offset: 1 }, { offset: 2 }, { offset: 3 }, { offset: 4 }],
+    complete: true,
+  });
+  const one = { type: "reply", id: 2, channel: "c", clients: [{ client: "a" }] };
+  assert.deepEqual(joinPages([one]), one);
+});
+
+/** A WebSocket stand-in: `server` answers each sent command with a list of frames. */
+function fakeSocket(server, gap = 5) {
+  return class FakeWebSocket {
+    constructor() {
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 1;
+        this.onmessage?.({ data: JSON.stringify({ type: "welcome", client: "k1", user: null }) });
+      }, 0);
+    }
+    send(text) {
+      const frames = server(JSON.parse(text));
+      frames.forEach((f, i) => setTimeout(() => this.onmessage?.({ data: JSON.stringify(f) }), gap * i));
+    }
+    close() {
+      this.readyState = 3;
+    }
+  };
+}
+
+test("history and presence resolve with every page of a paged reply", async () => {
+  const WebSocket = fakeSocket((cmd) => {
+    if (cmd.type === "history") {
+      return [
+        { type: "reply", id: cmd.id, channel: "c", epoch: "e", offset: 3, publications: [{ offset: 1 }], more: true },
+        { type: "message", channel: "c", offset: 4, data: 1 },
+        { type: "reply", id: cmd.id, channel: "c", epoch: "e", offset: 3, publications: [{ offset: 2 }], more: true },
+        { type: "reply", id: cmd.id, channel: "c", epoch: "e", offset: 3, publications: [{ offset: 3 }] },
+      ];
+    }
+    const page = (n, more) => ({ type: "reply", id: cmd.id, channel: "c", clients: [{ client: n }], ...more });
+    return [page("a", { more: true }), page("b", {})];
+  });
+  const c = new Client("ws://127.0.0.1:9/ws", { WebSocket, pingInterval: 60000 }).connect();
+  await c.ready(1000);
+  const h = await c.history("c", { limit: 100, timeout: 1000 });
+  assert.deepEqual(h.publications.map((p) => p.offset), [1, 2, 3]);
+  assert.equal(h.more, undefined);
+  const p = await c.presence("c", { timeout: 1000 });
+  assert.deepEqual(p.clients.map((e) => e.client), ["a", "b"]);
+  c.close();
+});
+
+test("each page of a paged reply restarts the request timeout", async () => {
+  const WebSocket = fakeSocket(
+    (cmd) =>
+      [1, 2, 3, 4, 5].map((n) => ({
+        type: "reply",
+        id: cmd.id,
+        channel: "c",
+        clients: [{ client: String(n) }],
+        ...(n < 5 ? { more: true } : {}),
+      })),
+    120,
+  );
+  const c = new Client("ws://127.0.0.1:9/ws", { WebSocket, pingInterval: 60000 }).connect();
+  await c.ready(1000);
+  // Pages arrive 120 ms apart: 480 ms in all, more than the 300 ms timeout of one page.
+  const p = await c.presence("c", { timeout: 300 });
+  assert.equal(p.clients.length, 5);
+  c.close();
 });
