@@ -155,6 +155,7 @@ function joinRoom(room, since) {
       message: (m) => addMessage(m),
       join: onJoin,
       leave: onLeave,
+      presenceDiff: onPresenceDiff,
       error: (err) => {
         el.error.textContent = `Cannot join #${room}: ${err.message}`;
       },
@@ -201,11 +202,14 @@ function displayName(entry) {
 
 // A rename is a leave and a join of the same connection (presence info is set
 // when subscribing), so a leave is announced only if no join follows shortly.
+// The server batches joins and leaves (join_leave_interval), and when both fall
+// into one batch it sends only the join, with the new name: a known client
+// joining again is a rename too.
 const pendingLeaves = new Map(); // client id -> timer
 const RENAME_WINDOW_MS = 1500;
 
 function onJoin(e) {
-  const known = state.users.has(e.client);
+  const before = state.users.get(e.client);
   state.users.set(e.client, e);
   renderUsers();
   if (e.client === client.clientId) return;
@@ -214,9 +218,34 @@ function onJoin(e) {
     clearTimeout(pending.timer);
     pendingLeaves.delete(e.client);
     if (pending.name !== displayName(e)) addSystem(`${pending.name} is now ${displayName(e)}`);
-  } else if (!known) {
+  } else if (before) {
+    if (displayName(before) !== displayName(e)) {
+      addSystem(`${displayName(before)} is now ${displayName(e)}`);
+    }
+  } else {
     addSystem(`${displayName(e)} joined`);
   }
+}
+
+// Too many changes at once (a crowd): the server sent only counts, so reload
+// the list, at most every few seconds.
+let rosterReload = null;
+const ROSTER_RELOAD_MS = 3000;
+
+function onPresenceDiff(diff, sub) {
+  if (diff.joins || rosterReload) return;
+  rosterReload = setTimeout(async () => {
+    rosterReload = null;
+    if (state.sub !== sub) return;
+    try {
+      const p = await sub.presence();
+      if (state.sub !== sub) return;
+      state.users = new Map((p.clients || []).map((c) => [c.client, c]));
+      renderUsers();
+    } catch (err) {
+      console.warn("presence:", err.message);
+    }
+  }, ROSTER_RELOAD_MS);
 }
 
 function onLeave(e) {

@@ -297,8 +297,16 @@ export class Subscription {
  * @typedef {object} SubscriptionHandlers
  * @property {(msg: {channel: string, offset: number, data: *, from: string}) => void} [message]
  *   a publication, delivered once and in offset order
- * @property {(info: object) => void} [join] someone subscribed (presence-enabled channels)
- * @property {(info: object) => void} [leave] someone left (presence-enabled channels)
+ * @property {(entry: {channel: string, client: string, user: ?string, info: ?object}) => void} [join]
+ *   someone subscribed, or changed its info (presence-enabled channels); apply as
+ *   "add or replace" by `client`. The server batches joins and leaves per
+ *   `join_leave_interval` (200 ms by default), so this comes a little after the fact
+ * @property {(entry: {channel: string, client: string, user: ?string, info: ?object}) => void} [leave]
+ *   someone left; may name a client never seen joining (it came and went within one
+ *   interval): ignore those
+ * @property {(diff: {channel: string, joined: number, left: number, joins?: object[], leaves?: object[]}) => void} [presenceDiff]
+ *   the whole batch, before its `join`/`leave` calls; without `joins`/`leaves` when
+ *   too many changed at once (then only the counts are known: ask `presence()`)
  * @property {(ctx: {epoch: string, offset: number, recovered: boolean, resubscribed: boolean, reply: object}) => void} [subscribed]
  *   the server confirmed the subscription; after a reconnect, `recovered` says
  *   whether everything missed in between is being replayed
@@ -832,8 +840,24 @@ export class Client {
       case "message":
         this._onMessage(msg);
         return;
+      case "presence_diff": {
+        // One frame per join_leave_interval: every join and leave of the channel since
+        // the last one, each client at most once (its last change). Above the server's
+        // join_leave_max_entries only the counts come, without `joins`/`leaves`.
+        const sub = this._subs.get(msg.channel);
+        if (!sub || sub.state === "unsubscribed") return;
+        sub._call("presenceDiff", msg);
+        for (const e of Array.isArray(msg.joins) ? msg.joins : []) {
+          sub._call("join", { ...e, type: "join", channel: msg.channel });
+        }
+        for (const e of Array.isArray(msg.leaves) ? msg.leaves : []) {
+          sub._call("leave", { ...e, type: "leave", channel: msg.channel });
+        }
+        return;
+      }
       case "join":
       case "leave": {
+        // Hubs before presence_diff sent each change on its own.
         const sub = this._subs.get(msg.channel);
         if (sub && sub.state !== "unsubscribed") sub._call(msg.type, msg);
         return;

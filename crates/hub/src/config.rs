@@ -186,6 +186,12 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Largest serialized `data` of one publication in bytes. Default 32 KiB.
     pub max_publication_size: usize,
+    /// How deeply arrays and objects may nest in a publication's `data` (every publish path)
+    /// and a subscription's `info`; deeper ones are refused with `too_deep` (HTTP 400).
+    /// Default 32: real payloads rarely pass ten levels, and the frames that wrap `data` (up
+    /// to three more levels) stay within the strictest common parsers (.NET stops at 64,
+    /// Ruby at 100, serde_json at 128), while a 16,000-deep array would crash recursive ones.
+    pub max_json_depth: usize,
     /// Sustained commands per second per connection. Default 100.
     pub commands_per_second: u32,
     /// Commands a connection may send in a burst. Default 200.
@@ -296,6 +302,19 @@ pub struct NamespaceConfig {
     pub presence: bool,
     /// Send `join`/`leave` events to subscribers (needs `presence`). Default `true`.
     pub join_leave: bool,
+    /// Joins and leaves of a channel are collected for this long and sent as one
+    /// `presence_diff` frame per subscriber, so a crowd filling a room costs one frame per
+    /// subscriber per interval instead of one per subscriber per join (O(N) instead of O(N²)
+    /// frames). Default 200 ms: a roster that lags by a fifth of a second still feels live,
+    /// and a subscriber gets at most five such frames a second. `0s` sends every change on
+    /// its own frame at once (small rooms only). At most 10 s.
+    #[serde(with = "humantime_serde")]
+    pub join_leave_interval: Duration,
+    /// Most changes one `presence_diff` lists by name; an interval with more sends only the
+    /// counts (`joined`, `left`) and clients ask `presence` if they want the names. Bounds
+    /// what one frame costs per subscriber (100 entries with a 1 KiB `info` each is ~110 KiB)
+    /// when a crowd churns. `0` always sends counts only, for very large rooms. Default 100.
+    pub join_leave_max_entries: usize,
     /// Clients may publish; when `false` only the HTTP API and the server can. Default `true`.
     pub client_publish: bool,
     /// Slow-consumer policy. Default `disconnect`.
@@ -323,6 +342,13 @@ pub struct NamespaceOverrides {
     pub presence: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join_leave: Option<bool>,
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub join_leave_interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_leave_max_entries: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_publish: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -412,6 +438,7 @@ impl Default for Limits {
             max_connections_per_ip: 1_000,
             max_message_size: 64 * 1024,
             max_publication_size: 32 * 1024,
+            max_json_depth: crate::protocol::DEFAULT_MAX_JSON_DEPTH,
             commands_per_second: 100,
             commands_burst: 200,
             max_channels_per_connection: 128,
@@ -438,6 +465,8 @@ impl Default for NamespaceConfig {
             anonymous_create: true,
             presence: true,
             join_leave: true,
+            join_leave_interval: Duration::from_millis(200),
+            join_leave_max_entries: 100,
             client_publish: true,
             slow_consumer: SlowConsumerPolicy::Disconnect,
         }
@@ -455,6 +484,8 @@ impl NamespaceOverrides {
             anonymous_create: None,
             presence: Some(false),
             join_leave: Some(false),
+            join_leave_interval: None,
+            join_leave_max_entries: None,
             client_publish: Some(false),
             slow_consumer: Some(SlowConsumerPolicy::DropOldest),
         }
@@ -468,6 +499,10 @@ impl NamespaceOverrides {
             anonymous_create: self.anonymous_create.unwrap_or(base.anonymous_create),
             presence: self.presence.unwrap_or(base.presence),
             join_leave: self.join_leave.unwrap_or(base.join_leave),
+            join_leave_interval: self.join_leave_interval.unwrap_or(base.join_leave_interval),
+            join_leave_max_entries: self
+                .join_leave_max_entries
+                .unwrap_or(base.join_leave_max_entries),
             client_publish: self.client_publish.unwrap_or(base.client_publish),
             slow_consumer: self.slow_consumer.unwrap_or(base.slow_consumer),
         }
@@ -521,6 +556,9 @@ impl Config {
                 "limits.max_publication_size must be between 1 and limits.max_message_size ({})",
                 l.max_message_size
             ));
+        }
+        if l.max_json_depth == 0 {
+            return invalid("limits.max_json_depth must be at least 1".into());
         }
         if l.commands_per_second == 0 || l.commands_burst == 0 || l.max_errors == 0 {
             return invalid(
@@ -582,6 +620,16 @@ impl Config {
             }
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
                 return invalid(format!("namespace {name:?}: history_ttl must be positive"));
+            }
+            if ns.join_leave_interval > Duration::from_secs(10) {
+                return invalid(format!(
+                    "namespace {name:?}: join_leave_interval above 10s"
+                ));
+            }
+            if ns.join_leave_max_entries > 10_000 {
+                return invalid(format!(
+                    "namespace {name:?}: join_leave_max_entries above 10000"
+                ));
             }
         }
         let m = &self.memory;
@@ -778,5 +826,28 @@ mod tests {
         let shown = c.to_toml_redacted();
         assert!(!shown.contains("0123456789"));
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn join_leave_settings_inherit_and_are_bounded() {
+        let c = Config::from_toml(
+            "[channels]\njoin_leave_interval = \"50ms\"\n\
+             [namespaces.big]\njoin_leave_max_entries = 0\n\
+             [namespaces.fast]\njoin_leave_interval = \"0s\"\n",
+        )
+        .unwrap();
+        let big = c.namespace("big").unwrap();
+        assert_eq!(big.join_leave_interval, Duration::from_millis(50));
+        assert_eq!(big.join_leave_max_entries, 0);
+        assert_eq!(c.namespace("fast").unwrap().join_leave_interval, Duration::ZERO);
+        assert_eq!(Config::default().channels.join_leave_interval, Duration::from_millis(200));
+        assert!(Config::from_toml("[channels]\njoin_leave_interval = \"11s\"").is_err());
+        assert!(Config::from_toml("[namespaces.a]\njoin_leave_max_entries = 10001").is_err());
+        assert_eq!(Config::default().limits.max_json_depth, 32);
+        assert!(Config::from_toml("[limits]\nmax_json_depth = 0").is_err());
+        assert_eq!(
+            Config::from_toml("[limits]\nmax_json_depth = 8").unwrap().limits.max_json_depth,
+            8
+        );
     }
 }

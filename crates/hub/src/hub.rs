@@ -20,6 +20,7 @@ use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSink};
+use crate::presence_batch::PresenceBatcher;
 use crate::protocol::{CommandError, ErrorCode};
 
 /// A hub: everything one `duplex serve` node shares between its connections. Cheap to clone.
@@ -98,6 +99,7 @@ impl Hub {
         let sink = Arc::new(NodeSink {
             node: node.clone(),
             max_held: config.limits.max_queue_bytes,
+            presence: PresenceBatcher::new(&config, metrics.clone()),
         });
         let broker: Arc<dyn Broker> = match config.broker {
             BrokerKind::Memory => {
@@ -277,6 +279,11 @@ impl Shared {
         data: Arc<RawValue>,
         from: Option<Arc<str>>,
     ) -> Result<StreamPosition, CommandError> {
+        let max_depth = self.config.limits.max_json_depth;
+        if crate::protocol::json_too_deep(data.get(), max_depth) {
+            self.metrics.limit_hit("json_depth");
+            return Err(crate::protocol::too_deep("data", max_depth));
+        }
         let max = self.config.limits.max_publication_size;
         if data.get().len() > max {
             return Err(CommandError::new(

@@ -30,7 +30,8 @@
 //! assert!(next(&mut ws).await?.starts_with(r#"{"type":"welcome""#));
 //! ws.send(Message::text(r#"{"type":"subscribe","id":1,"channel":"lobby"}"#)).await?;
 //! assert!(next(&mut ws).await?.contains(r#""recovered":false"#)); // the reply
-//! assert!(next(&mut ws).await?.starts_with(r#"{"type":"join""#)); // its own presence
+//! // Its own join, in the room's next `presence_diff` (joins are batched per 200 ms).
+//! assert!(next(&mut ws).await?.starts_with(r#"{"type":"presence_diff""#));
 //!
 //! // …and receives what the server, another client, or `POST /api/publish` publishes.
 //! let data = serde_json::value::RawValue::from_string(r#"{"text":"hello"}"#.into())?;
@@ -71,6 +72,7 @@ mod hub;
 mod limits;
 mod metrics;
 mod node;
+mod presence_batch;
 mod queue;
 mod server;
 mod session;

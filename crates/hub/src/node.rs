@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::broker::{Broker, BrokerError, Delivery, DeliverySink};
 use crate::frame::Frame;
 use crate::metrics::Metrics;
+use crate::presence_batch::PresenceBatcher;
 use crate::protocol;
 use crate::queue::{Outbound, Pushed};
 
@@ -317,12 +318,22 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Fans a `presence_diff` frame (no offset, never dropped) out to `channel`'s local
+    /// subscribers; recovering ones hold it until they go live.
+    pub(crate) fn fan_out_presence(&self, channel: &str, frame: Frame, max_held: usize) {
+        self.fan_out(channel, None, frame, max_held);
+    }
+}
+
 /// The node as the broker's delivery target.
 #[derive(Debug)]
 pub(crate) struct NodeSink {
     pub(crate) node: Arc<Node>,
     /// Recovery buffers are bounded like queues.
     pub(crate) max_held: usize,
+    /// Joins and leaves are coalesced per channel (see `presence_batch`).
+    pub(crate) presence: PresenceBatcher,
 }
 
 impl DeliverySink for NodeSink {
@@ -337,12 +348,12 @@ impl DeliverySink for NodeSink {
                     .fan_out(&channel, Some(publication.offset), frame, self.max_held);
             }
             Delivery::Join { channel, entry } => {
-                let frame = Frame::text(protocol::presence_event(true, &channel, &entry));
-                self.node.fan_out(&channel, None, frame, self.max_held);
+                self.presence
+                    .add(&self.node, self.max_held, channel, true, entry);
             }
             Delivery::Leave { channel, entry } => {
-                let frame = Frame::text(protocol::presence_event(false, &channel, &entry));
-                self.node.fan_out(&channel, None, frame, self.max_held);
+                self.presence
+                    .add(&self.node, self.max_held, channel, false, entry);
             }
             Delivery::Reset { channel } => self.node.reset(&channel),
         }
@@ -375,10 +386,11 @@ mod tests {
     #[tokio::test]
     async fn held_deliveries_are_deduplicated_against_the_replay() {
         let metrics = Arc::new(Metrics::new());
-        let node = Arc::new(Node::new(metrics));
+        let node = Arc::new(Node::new(metrics.clone()));
         let sink = Arc::new(NodeSink {
             node: node.clone(),
             max_held: 1 << 20,
+            presence: PresenceBatcher::new(&crate::Config::default(), metrics),
         });
         let broker = MemoryBroker::new(sink);
         let keep = Retention {

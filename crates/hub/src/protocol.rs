@@ -12,6 +12,13 @@ use crate::broker::{PresenceEntry, Publication, StreamPosition};
 /// Largest `id` a command may carry: 2⁵³−1, so JavaScript clients can hold it exactly.
 pub const MAX_ID: u64 = (1 << 53) - 1;
 
+/// The default of `limits.max_json_depth`: how deeply arrays and objects may nest in a
+/// client's `data` or `info` (see [`json_too_deep`]). 32 leaves room for every real payload
+/// and keeps the frames that wrap it (`message` adds one level, a `history` reply three)
+/// within the strictest common parsers: .NET `System.Text.Json` stops at 64, Ruby's `JSON`
+/// at 100, serde_json at 128, Python's recursive `json` near 1000.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
+
 /// The error codes of `docs/protocol.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -207,10 +214,24 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Parses one text frame. On failure the error comes with the command's `id` when that much
-/// could be read, so the error reply can carry it.
+/// Parses one text frame with the default depth limit ([`DEFAULT_MAX_JSON_DEPTH`]); see
+/// [`parse_command_limited`].
 pub fn parse_command(
     text: &str,
+) -> Result<(Option<u64>, Command<'_>), (Option<u64>, CommandError)> {
+    parse_command_limited(text, DEFAULT_MAX_JSON_DEPTH)
+}
+
+/// Parses one text frame. On failure the error comes with the command's `id` when that much
+/// could be read, so the error reply can carry it. A publication's `data` or a subscription's
+/// `info` nested deeper than `max_json_depth` is refused with `too_deep`.
+///
+/// serde_json's own recursion limit (128) does not apply to them: a [`RawValue`] field (and
+/// an unknown field, which is ignored) is skipped by an iterative scanner that keeps any
+/// depth, so a 16,000-deep array passes the envelope intact. Hence [`json_too_deep`].
+pub fn parse_command_limited(
+    text: &str,
+    max_json_depth: usize,
 ) -> Result<(Option<u64>, Command<'_>), (Option<u64>, CommandError)> {
     // Serde would also accept a JSON array for a struct; commands are objects only.
     if !text.trim_start().starts_with('{') {
@@ -247,7 +268,54 @@ pub fn parse_command(
             }
         },
     };
-    command_from(&env).map(|c| (id, c)).map_err(|e| (id, e))
+    command_from(&env, max_json_depth)
+        .map(|c| (id, c))
+        .map_err(|e| (id, e))
+}
+
+/// Whether arrays and objects nest deeper than `max` levels in `json` (a scalar has depth 0,
+/// `[]` and `{}` depth 1, `[{"a":[]}]` depth 3). One pass over the bytes with a counter, no
+/// recursion and no allocation; it stops at the first level past `max`. `json` is expected
+/// to be valid JSON (a [`RawValue`]): brackets inside strings, escaped quotes included, are
+/// not counted.
+pub fn json_too_deep(json: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json.as_bytes() {
+        if in_string {
+            // RFC 8259 §7: inside a string, `\` escapes the next character (`\"` included);
+            // multi-byte UTF-8 never contains these ASCII bytes.
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The `too_deep` error for the field `what`.
+pub fn too_deep(what: &str, max: usize) -> CommandError {
+    CommandError::new(
+        ErrorCode::TooDeep,
+        format!("{what} nests arrays and objects deeper than {max} levels"),
+    )
 }
 
 fn since(env: &Envelope<'_>) -> Result<Option<Since>, CommandError> {
@@ -264,7 +332,7 @@ fn since(env: &Envelope<'_>) -> Result<Option<Since>, CommandError> {
     }
 }
 
-fn command_from<'a>(env: &Envelope<'a>) -> Result<Command<'a>, CommandError> {
+fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>, CommandError> {
     let Some(ty) = env.ty else {
         return Err(CommandError::bad_request("missing field \"type\""));
     };
@@ -286,6 +354,9 @@ fn command_from<'a>(env: &Envelope<'a>) -> Result<Command<'a>, CommandError> {
                 Some(raw) if raw.get().starts_with('{') => Some(raw),
                 Some(_) => return Err(CommandError::bad_request("\"info\" must be an object")),
             };
+            if info.is_some_and(|i| json_too_deep(i.get(), max_depth)) {
+                return Err(too_deep("\"info\"", max_depth));
+            }
             Command::Subscribe {
                 channel: channel()?,
                 since,
@@ -300,6 +371,9 @@ fn command_from<'a>(env: &Envelope<'a>) -> Result<Command<'a>, CommandError> {
             let data = env
                 .data
                 .ok_or_else(|| CommandError::bad_request("missing field \"data\""))?;
+            if json_too_deep(data.get(), max_depth) {
+                return Err(too_deep("\"data\"", max_depth));
+            }
             Command::Publish { channel, data }
         }
         "presence" => Command::Presence {
@@ -625,18 +699,36 @@ pub fn message(channel: &str, p: &Publication) -> String {
     )
 }
 
-/// `{"type":"join"|"leave",...}`.
-pub fn presence_event(join: bool, channel: &str, entry: &PresenceEntry) -> String {
+/// `{"type":"presence_diff",...}`: the joins and leaves of one channel over one
+/// `join_leave_interval`, one frame per subscriber however many there were. `joined` and
+/// `left` count them; the lists are sent when `lists` is `Some` (the batch was small enough),
+/// and left out otherwise, so a client knows to ask `presence` if it wants the names.
+pub fn presence_diff(
+    channel: &str,
+    joined: usize,
+    left: usize,
+    lists: Option<(&[&PresenceEntry], &[&PresenceEntry])>,
+) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
-        #[serde(flatten)]
-        entry: &'a PresenceEntry,
+        joined: usize,
+        left: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        joins: Option<&'a [&'a PresenceEntry]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        leaves: Option<&'a [&'a PresenceEntry]>,
     }
     encode(
-        if join { "join" } else { "leave" },
+        "presence_diff",
         None,
-        Body { channel, entry },
+        Body {
+            channel,
+            joined,
+            left,
+            joins: lists.map(|l| l.0),
+            leaves: lists.map(|l| l.1),
+        },
     )
 }
 
@@ -821,5 +913,87 @@ mod tests {
         assert_eq!(all[49], "c49");
         assert_eq!(pages.last().unwrap().get("more"), None);
         assert_eq!(pages[0]["more"], true);
+    }
+
+    /// The deepest nesting of `json`, by the scanner.
+    fn depth(json: &str) -> usize {
+        (0..=json.len()).find(|&d| !json_too_deep(json, d)).unwrap()
+    }
+
+    #[test]
+    fn depth_scanner_counts_arrays_and_objects_only() {
+        assert_eq!(depth("1"), 0);
+        assert_eq!(depth(r#""text""#), 0);
+        assert_eq!(depth("[]"), 1);
+        assert_eq!(depth("{}"), 1);
+        assert_eq!(depth(r#"[{"a":[]}]"#), 3);
+        assert_eq!(depth(r#"{"a":[1,[2]],"b":{"c":{}}}"#), 3);
+        assert_eq!(depth("[[],[],[[]]]"), 3, "siblings do not add up");
+    }
+
+    #[test]
+    fn depth_scanner_skips_strings_and_escapes() {
+        assert_eq!(depth(r#""[[[{{{""#), 0);
+        assert_eq!(depth(r#"["]]]]", "[[[["]"#), 1);
+        // An escaped quote does not end the string; an escaped backslash does not escape
+        // the quote after it.
+        assert_eq!(depth(r#"["\"[[[", 1]"#), 1);
+        assert_eq!(depth(r#"["\\", [[1]]]"#), 3);
+        assert_eq!(depth(r#"{"k\"}":"\\\"[["}"#), 1);
+        assert_eq!(depth(r#"["\u005b\u005b", "é[ü"]"#), 1);
+    }
+
+    #[test]
+    fn depth_limit_is_inclusive() {
+        let nested = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(!json_too_deep(&nested(32), 32), "exactly at the limit passes");
+        assert!(json_too_deep(&nested(33), 32));
+        assert!(!json_too_deep("7", 0));
+        assert!(json_too_deep("[]", 0));
+        // 16,000 levels: refused in one pass, no stack used.
+        assert!(json_too_deep(&nested(16_000), DEFAULT_MAX_JSON_DEPTH));
+    }
+
+    #[test]
+    fn deep_data_and_info_are_refused_with_too_deep() {
+        let deep = format!("{}{}", "[".repeat(16_000), "]".repeat(16_000));
+        // serde_json's recursion limit does not reach into the RawValue: the envelope parses.
+        let publish = format!(r#"{{"type":"publish","id":4,"channel":"a","data":{deep}}}"#);
+        let (id, code, message) = err_of(&publish);
+        assert_eq!((id, code), (Some(4), ErrorCode::TooDeep));
+        assert!(message.contains("\"data\""), "{message}");
+        let info = format!(r#"{{"type":"subscribe","channel":"a","info":{{"x":{deep}}}}}"#);
+        assert_eq!(err_of(&info).1, ErrorCode::TooDeep);
+        let ok = format!(
+            r#"{{"type":"publish","channel":"a","data":{}{}}}"#,
+            "[".repeat(32),
+            "]".repeat(32)
+        );
+        assert!(parse_command(&ok).is_ok());
+        assert!(parse_command_limited(&ok, 31).is_err());
+        // Unknown fields are skipped whatever their depth, and not forwarded.
+        let extra = format!(r#"{{"type":"ping","extra":{deep}}}"#);
+        assert!(matches!(parse_command(&extra), Ok((None, Command::Ping))));
+    }
+
+    #[test]
+    fn presence_diff_lists_or_counts() {
+        let e = PresenceEntry {
+            client: "n-1".into(),
+            user: None,
+            info: None,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&presence_diff("c", 1, 0, Some((&[&e], &[])))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"presence_diff","channel":"c","joined":1,"left":0,
+                "joins":[{"client":"n-1","user":null,"info":null}],"leaves":[]})
+        );
+        let v: serde_json::Value = serde_json::from_str(&presence_diff("c", 500, 3, None)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"presence_diff","channel":"c","joined":500,"left":3})
+        );
     }
 }

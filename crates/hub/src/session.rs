@@ -106,9 +106,15 @@ impl Session {
 
     /// Handles one text message.
     pub(crate) async fn on_text(&mut self, text: &str) {
-        let (id, command) = match protocol::parse_command(text) {
+        let max_depth = self.hub.config.limits.max_json_depth;
+        let (id, command) = match protocol::parse_command_limited(text, max_depth) {
             Ok(parsed) => parsed,
-            Err((id, err)) => return self.fail(id, err).await,
+            Err((id, err)) => {
+                if err.code == ErrorCode::TooDeep {
+                    self.hub.metrics.limit_hit("json_depth");
+                }
+                return self.fail(id, err).await;
+            }
         };
         if self.commands.check().is_err() {
             return self

@@ -31,9 +31,9 @@ async fn publish_reaches_every_subscriber_including_the_publisher() {
     assert!(reply["epoch"].as_str().is_some_and(|e| !e.is_empty()));
     b.subscribe("lobby").await;
     // a sees b's join.
-    let join = a.recv().await;
-    assert_eq!(join["type"], "join");
-    assert_eq!(join["client"], b.id());
+    let diff = a.recv_presence().await;
+    assert_eq!(listed(&diff, "joins"), [b.id()], "{diff}");
+    assert_eq!(diff["channel"], "lobby");
 
     let (reply, events) = a
         .call_with_events(json!({"type":"publish","channel":"lobby","data":{"text":"hi"}}))
@@ -73,7 +73,11 @@ async fn unsubscribe_stops_delivery_and_announces_leave() {
     let mut b = s.client().await;
     a.subscribe("lobby").await;
     b.subscribe("lobby").await;
-    assert_eq!(a.recv().await["client"], b.id(), "a sees b join");
+    assert_eq!(
+        listed(&a.recv_presence().await, "joins"),
+        [b.id()],
+        "a sees b join"
+    );
     let reply = b
         .call(json!({"type":"unsubscribe","channel":"lobby"}))
         .await;
@@ -81,9 +85,9 @@ async fn unsubscribe_stops_delivery_and_announces_leave() {
         reply,
         json!({"type":"reply","id":reply["id"],"channel":"lobby"})
     );
-    let leave = a.recv().await;
-    assert_eq!(leave["type"], "leave");
-    assert_eq!(leave["client"], b.id());
+    let diff = a.recv_presence().await;
+    assert_eq!(listed(&diff, "leaves"), [b.id()], "{diff}");
+    assert_eq!((diff["joined"].as_u64(), diff["left"].as_u64()), (Some(0), Some(1)));
     a.call(json!({"type":"publish","channel":"lobby","data":1}))
         .await;
     b.assert_silent(Duration::from_millis(200)).await;
@@ -107,10 +111,11 @@ async fn presence_lists_clients_with_info_and_leave_on_disconnect() {
     let ada = clients.iter().find(|c| c["client"] == a.id()).unwrap();
     assert_eq!(ada["info"], json!({"name":"Ada"}));
     assert!(ada["user"].is_null());
+    let a_id = a.id().to_owned();
     drop(a);
-    let leave = b.recv().await;
-    assert_eq!(leave["type"], "leave");
-    assert_eq!(leave["info"], json!({"name":"Ada"}));
+    let leave = b.recv_presence().await;
+    assert_eq!(listed(&leave, "leaves"), [a_id.clone()], "{leave}");
+    assert_eq!(leave["leaves"][0]["info"], json!({"name":"Ada"}));
     let reply = b.call(json!({"type":"presence","channel":"lobby"})).await;
     assert_eq!(reply["clients"].as_array().unwrap().len(), 1);
 }

@@ -52,7 +52,7 @@ async fn reconnect_with_since_gets_exactly_the_missed_ten_in_order() {
     }
     assert_eq!(got, (4..=13).collect::<Vec<_>>());
     // Then its own join (presence is announced once the replay is queued).
-    assert_eq!(a.recv().await["type"], "join");
+    assert_eq!(listed(&a.recv_presence().await, "joins"), [a.id()]);
     a.assert_silent(Duration::from_millis(100)).await;
     publisher
         .call(json!({"type":"publish","channel":"room","data":{"n":14}}))
@@ -102,7 +102,9 @@ async fn recovery_racing_live_publications_has_no_gap_and_no_duplicate() {
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(100), c.ws.recv()).await
     {
         assert!(
-            m.as_text().unwrap().starts_with(r#"{"type":"join""#),
+            m.as_text()
+                .unwrap()
+                .starts_with(r#"{"type":"presence_diff""#),
             "{m:?}"
         );
     }
@@ -126,7 +128,11 @@ async fn beyond_the_window_or_another_epoch_is_not_recovered() {
         .await;
     assert_eq!(reply["recovered"], false);
     assert_eq!(reply["offset"], 10);
-    assert_eq!(c.recv().await["type"], "join", "no replay before the join");
+    assert_eq!(
+        c.recv().await["type"],
+        "presence_diff",
+        "no replay before the join"
+    );
     c.assert_silent(Duration::from_millis(100)).await;
 
     let mut d = s.client().await;
@@ -134,7 +140,7 @@ async fn beyond_the_window_or_another_epoch_is_not_recovered() {
         .call(json!({"type":"subscribe","channel":"w","since":{"epoch":"other","offset":9}}))
         .await;
     assert_eq!(reply["recovered"], false);
-    assert_eq!(d.recv().await["type"], "join");
+    assert_eq!(d.recv().await["type"], "presence_diff");
     d.assert_silent(Duration::from_millis(100)).await;
 
     // Within the window (offsets 6..=10 kept) it works.

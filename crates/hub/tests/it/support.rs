@@ -19,12 +19,29 @@ pub(crate) struct TestServer {
     pub(crate) task: tokio::task::JoinHandle<Result<(), duplex_hub::ServerError>>,
 }
 
-/// A configuration for tests: a free port, no demo feed.
+/// How long joins and leaves are collected in tests (the default is 200 ms): short, so that
+/// `Client::subscribe` need not wait long for the client's own join.
+pub(crate) const JOIN_LEAVE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A configuration for tests: a free port, no demo feed, a short `join_leave_interval`.
 pub(crate) fn config() -> Config {
     let mut c = Config::default();
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.demo.ticker = false;
+    c.channels.join_leave_interval = JOIN_LEAVE_INTERVAL;
     c
+}
+
+/// The client ids a `presence_diff` lists under `list` (`"joins"` or `"leaves"`).
+pub(crate) fn listed(diff: &Value, list: &str) -> Vec<String> {
+    diff[list]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["client"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub(crate) async fn start() -> TestServer {
@@ -135,23 +152,33 @@ impl Client {
     }
 
     /// Subscribes to a channel with join/leave events and asserts success; consumes the
-    /// client's own `join`, which follows the reply.
+    /// `presence_diff` frames after the reply up to the one that lists the client's own join
+    /// (sent within the namespace's `join_leave_interval`). Nothing else may come between.
     pub(crate) async fn subscribe(&mut self, channel: &str) -> Value {
         let reply = self
             .call(json!({"type":"subscribe","channel":channel}))
             .await;
         assert_eq!(reply["type"], "reply", "{reply}");
-        let join = self.recv().await;
-        assert_eq!(join["type"], "join", "{join}");
-        assert_eq!(join["client"], self.id(), "{join}");
-        reply
+        loop {
+            let diff = self.recv_presence().await;
+            if listed(&diff, "joins").iter().any(|c| c == self.id()) {
+                return reply;
+            }
+        }
     }
 
-    /// The next frame that is not a `join`/`leave` event.
+    /// The next frame, which must be a `presence_diff`.
+    pub(crate) async fn recv_presence(&mut self) -> Value {
+        let diff = self.recv().await;
+        assert_eq!(diff["type"], "presence_diff", "{diff}");
+        diff
+    }
+
+    /// The next frame that is not a `presence_diff` (join/leave) event.
     pub(crate) async fn recv_message(&mut self) -> Value {
         loop {
             let v = self.recv().await;
-            if v["type"] != "join" && v["type"] != "leave" {
+            if v["type"] != "presence_diff" {
                 return v;
             }
         }
