@@ -27,9 +27,9 @@ pub(crate) struct Args {
     /// The agent name the reports are filed under.
     #[arg(long, default_value = "duplex", env = "AUTOBAHN_AGENT")]
     agent: String,
-    /// How long one case may take, connection included. The slowest case (1000 compressed
-    /// messages of 128 KiB, 13.x.18) took under 10 s on a busy 2-core machine; the default
-    /// leaves ample margin for a slower machine while bounding a stuck case.
+    /// How long one case may take, connection included. The slowest cases (1000 compressed
+    /// messages of 128 KiB, 12.x.18 and 13.x.18) take seconds; the default leaves a wide
+    /// margin for a slow machine while bounding a stuck case (docs/conformance.md).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
     case_timeout: Duration,
     /// How long the fuzzingserver may take to write its reports (it answers the
