@@ -754,11 +754,6 @@ mod tests {
         for secret in ["0123456789", "jwt-secret", "s3cr", "t-pw"] {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
-        assert_eq!(
-            Config::from_toml(&shown).unwrap().redis_url.as_deref(),
-            Some("redis://app:<redacted>@10.0.0.10:6379/0"),
-            "the redacted form still parses"
-        );
     }
 
     #[test]
