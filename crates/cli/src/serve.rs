@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ArgAction;
-use duplex_hub::config::LogFormat;
+use duplex_hub::config::{redact_url, LogFormat, MissingChannels, Secret};
 use duplex_hub::{Config, Server};
 
 /// Flags of `duplex serve`. Each has a `DUPLEX_*` environment variable.
@@ -35,15 +35,39 @@ pub(crate) struct Args {
     /// This node's id [default: random].
     #[arg(long, env = "DUPLEX_NODE")]
     node: Option<String>,
-    /// Bearer key that enables `POST /api/publish`.
+    /// Bearer key that enables `POST /api/publish`. On the command line it is visible to
+    /// every local user: prefer `--api-key-file` or the environment variable.
     #[arg(long, env = "DUPLEX_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// HS256 secret for client JWTs.
+    /// File holding the API key (one line), read at startup.
+    #[arg(long, env = "DUPLEX_API_KEY_FILE", value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// HS256 secret for client JWTs. On the command line it is visible to every local user:
+    /// prefer `--jwt-secret-file` or the environment variable.
     #[arg(long, env = "DUPLEX_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// File holding the HS256 secret for client JWTs (one line), read at startup.
+    #[arg(long, env = "DUPLEX_JWT_SECRET_FILE", value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
     /// PEM public key (RSA for RS256, EC P-256 for ES256) for client JWTs.
     #[arg(long, env = "DUPLEX_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
     jwt_public_key_file: Option<PathBuf>,
+    /// Accepted JWT audiences (`aud`), comma-separated; tokens must name one of them
+    /// [default: none, and a token with an `aud` claim is refused].
+    #[arg(
+        long,
+        env = "DUPLEX_JWT_AUDIENCES",
+        value_delimiter = ',',
+        value_name = "AUDIENCES"
+    )]
+    jwt_audiences: Option<Vec<String>>,
+    /// Accepted JWT issuer (`iss`) [default: not checked].
+    #[arg(long, env = "DUPLEX_JWT_ISSUER", value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// What a token without a `channels` claim may use: `all`, `none`, or `auto` (all when
+    /// audiences are set, else none) [default: auto].
+    #[arg(long, env = "DUPLEX_MISSING_CHANNELS", value_name = "auto|all|none")]
+    missing_channels: Option<String>,
     /// Accept connections without a token [default: true].
     #[arg(long, env = "DUPLEX_ANONYMOUS", action = ArgAction::Set, value_name = "BOOL")]
     anonymous: Option<bool>,
@@ -83,9 +107,19 @@ pub(crate) struct Args {
     #[arg(long, env = "DUPLEX_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     shutdown_timeout: Option<Duration>,
     /// Share channels with other nodes through this Redis (sets `broker = "redis"`), e.g.
-    /// `redis://127.0.0.1:6379/0`.
-    #[arg(long = "redis", env = "DUPLEX_REDIS_URL", value_name = "URL")]
+    /// `redis://127.0.0.1:6379/0`. A URL with a password is better given in the
+    /// environment variable or `--redis-url-file`.
+    #[arg(
+        long = "redis",
+        env = "DUPLEX_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     redis_url: Option<String>,
+    /// File holding the Redis URL (one line, e.g. `redis://:PASSWORD@10.0.0.10:6379/0`),
+    /// read at startup; sets `broker = "redis"`.
+    #[arg(long, env = "DUPLEX_REDIS_URL_FILE", value_name = "FILE")]
+    redis_url_file: Option<PathBuf>,
     /// Reverse proxies whose `X-Forwarded-For` is believed for per-IP limits,
     /// comma-separated IP addresses.
     #[arg(
@@ -119,19 +153,7 @@ impl Args {
         if self.node.is_some() {
             c.node.clone_from(&self.node);
         }
-        if self.api_key.is_some() {
-            c.api.key.clone_from(&self.api_key);
-        }
-        if self.jwt_secret.is_some() {
-            c.auth.jwt_secret.clone_from(&self.jwt_secret);
-            c.auth.jwt_public_key_file = None;
-        }
-        if self.jwt_public_key_file.is_some() {
-            c.auth
-                .jwt_public_key_file
-                .clone_from(&self.jwt_public_key_file);
-            c.auth.jwt_secret = None;
-        }
+        self.apply_secrets(&mut c)?;
         set(&mut c.auth.anonymous, &self.anonymous);
         set(&mut c.auth.allowed_origins, &self.allowed_origins);
         set(&mut c.limits.max_connections, &self.max_connections);
@@ -150,13 +172,94 @@ impl Args {
         set(&mut c.websocket.pong_timeout, &self.pong_timeout);
         set(&mut c.shutdown_timeout, &self.shutdown_timeout);
         set(&mut c.demo.ticker, &self.demo_ticker);
-        if self.redis_url.is_some() {
-            c.redis_url.clone_from(&self.redis_url);
-            c.broker = duplex_hub::config::BrokerKind::Redis;
-        }
         set(&mut c.limits.trusted_proxies, &self.trusted_proxies);
         c.validate()?;
         Ok(c)
+    }
+}
+
+impl Args {
+    /// Keys, secrets and the Redis URL: a flag (or its variable) replaces every other
+    /// setting of the same thing from the file; two flags for one thing are refused.
+    fn apply_secrets(&self, c: &mut Config) -> anyhow::Result<()> {
+        let keys = [
+            self.jwt_secret.is_some(),
+            self.jwt_secret_file.is_some(),
+            self.jwt_public_key_file.is_some(),
+        ];
+        if keys.iter().filter(|set| **set).count() > 1 {
+            anyhow::bail!(
+                "--jwt-secret, --jwt-secret-file and --jwt-public-key-file (or their DUPLEX_* \
+                 variables) are mutually exclusive"
+            );
+        }
+        if keys.contains(&true) {
+            c.auth.jwt_secret = self.jwt_secret.as_deref().map(Secret::from);
+            c.auth.jwt_secret_file.clone_from(&self.jwt_secret_file);
+            c.auth
+                .jwt_public_key_file
+                .clone_from(&self.jwt_public_key_file);
+        }
+        if let Some(audiences) = &self.jwt_audiences {
+            c.auth.audiences = audiences
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect();
+        }
+        if self.jwt_issuer.is_some() {
+            c.auth.issuer.clone_from(&self.jwt_issuer);
+        }
+        if let Some(policy) = &self.missing_channels {
+            c.auth.missing_channels = match policy.as_str() {
+                "auto" => MissingChannels::Auto,
+                "all" => MissingChannels::All,
+                "none" => MissingChannels::None,
+                other => {
+                    anyhow::bail!("--missing-channels must be auto, all or none, not {other:?}")
+                }
+            };
+        }
+        if self.api_key.is_some() && self.api_key_file.is_some() {
+            anyhow::bail!("--api-key and --api-key-file are mutually exclusive");
+        }
+        if self.api_key.is_some() || self.api_key_file.is_some() {
+            c.api.key = self.api_key.as_deref().map(Secret::from);
+            c.api.key_file.clone_from(&self.api_key_file);
+        }
+        if self.redis_url.is_some() && self.redis_url_file.is_some() {
+            anyhow::bail!("--redis and --redis-url-file are mutually exclusive");
+        }
+        if self.redis_url.is_some() || self.redis_url_file.is_some() {
+            c.redis_url = self.redis_url.as_deref().map(Secret::from);
+            c.redis_url_file.clone_from(&self.redis_url_file);
+            c.broker = duplex_hub::config::BrokerKind::Redis;
+        }
+        Ok(())
+    }
+
+    /// Secrets that came as flags: readable by any local user in the process list
+    /// (`/proc/PID/cmdline`). A value with its variable unset was a flag.
+    fn secrets_on_the_command_line(&self) -> Vec<(&'static str, &'static str)> {
+        let flag = |value: bool, var: &str| value && std::env::var_os(var).is_none();
+        let mut found = Vec::new();
+        if flag(self.jwt_secret.is_some(), "DUPLEX_JWT_SECRET") {
+            found.push(("--jwt-secret", "--jwt-secret-file or DUPLEX_JWT_SECRET"));
+        }
+        if flag(self.api_key.is_some(), "DUPLEX_API_KEY") {
+            found.push(("--api-key", "--api-key-file or DUPLEX_API_KEY"));
+        }
+        let password = self
+            .redis_url
+            .as_deref()
+            .is_some_and(|url| redact_url(url) != url);
+        if flag(password, "DUPLEX_REDIS_URL") {
+            found.push((
+                "--redis with a password",
+                "--redis-url-file or DUPLEX_REDIS_URL",
+            ));
+        }
+        found
     }
 }
 
@@ -223,6 +326,12 @@ async fn serve(args: Args, global_log: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&config)?;
+    for (flag, instead) in args.secrets_on_the_command_line() {
+        tracing::warn!(
+            "{flag} on the command line is visible to every local user in the process list; \
+             use {instead}"
+        );
+    }
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
     tracing::info!(%addr, node = server.hub().node_id(), "duplex serve listening: http://{addr}/");
@@ -302,6 +411,106 @@ mod tests {
         assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6390/0"));
         assert_eq!(c.limits.trusted_proxies.len(), 1);
         assert!(config(&[]).unwrap().redis_url.is_none());
+    }
+
+    #[test]
+    fn secrets_from_files() {
+        let dir = std::env::temp_dir().join(format!("duplex-serve-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let jwt = file("jwt", "jwt-secret-in-a-file-0123\n");
+        let key = file("key", "api-key-in-a-file\n");
+        let url = file("url", "redis://:hunter2-pass@127.0.0.1:6390/0\n");
+        let c = config(&[
+            "--jwt-secret-file",
+            &jwt,
+            "--api-key-file",
+            &key,
+            "--redis-url-file",
+            &url,
+        ])
+        .unwrap();
+        assert_eq!(c.broker, duplex_hub::config::BrokerKind::Redis);
+        let shown = c.to_toml_redacted();
+        assert!(
+            shown.contains("jwt_secret_file") && shown.contains("key_file"),
+            "{shown}"
+        );
+        let c = c.with_secret_files().unwrap();
+        assert_eq!(
+            c.auth.jwt_secret.as_deref(),
+            Some("jwt-secret-in-a-file-0123")
+        );
+        assert_eq!(c.api.key.as_deref(), Some("api-key-in-a-file"));
+        assert_eq!(
+            c.redis_url.as_deref(),
+            Some("redis://:hunter2-pass@127.0.0.1:6390/0")
+        );
+        let shown = c.to_toml_redacted();
+        for secret in ["jwt-secret-in", "api-key-in", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("redis://:<redacted>@127.0.0.1:6390/0"),
+            "{shown}"
+        );
+
+        assert!(config(&[
+            "--jwt-secret",
+            "0123456789abcdef!",
+            "--jwt-secret-file",
+            &jwt
+        ])
+        .is_err());
+        assert!(config(&["--api-key", "0123456789", "--api-key-file", &key]).is_err());
+        assert!(config(&["--redis", "redis://h", "--redis-url-file", &url]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redis_password_is_redacted_and_flagged() {
+        let argv = [
+            "duplex-serve",
+            "--redis",
+            "redis://app:hunter2-pass@127.0.0.1:6390/0",
+        ];
+        let args = Cli::try_parse_from(argv).unwrap().args;
+        let shown = args.config().unwrap().to_toml_redacted();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("redis://app:<redacted>@127.0.0.1:6390/0"),
+            "{shown}"
+        );
+        if std::env::var_os("DUPLEX_REDIS_URL").is_none() {
+            assert_eq!(args.secrets_on_the_command_line().len(), 1);
+        }
+        let plain = Cli::try_parse_from(["duplex-serve", "--redis", "redis://127.0.0.1:6390/0"]);
+        assert!(plain.unwrap().args.secrets_on_the_command_line().is_empty());
+    }
+
+    #[test]
+    fn audience_issuer_and_missing_channels() {
+        let c = config(&[
+            "--jwt-audiences",
+            "duplex,chat",
+            "--jwt-issuer",
+            "https://id.example",
+            "--missing-channels",
+            "all",
+        ])
+        .unwrap();
+        assert_eq!(c.auth.audiences, ["duplex", "chat"]);
+        assert_eq!(c.auth.issuer.as_deref(), Some("https://id.example"));
+        assert_eq!(c.auth.missing_channels, MissingChannels::All);
+        assert_eq!(
+            config(&[]).unwrap().auth.missing_channels,
+            MissingChannels::Auto
+        );
+        assert!(config(&["--missing-channels", "some"]).is_err());
     }
 
     #[test]

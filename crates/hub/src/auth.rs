@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use crate::channel::matches_any;
-use crate::config::{AuthConfig, ConfigError};
+use crate::config::{read_secret, AuthConfig, ConfigError, MissingChannels};
 
 /// Largest serialized presence `info` (JWT claim or `subscribe` field), in bytes.
 pub const MAX_INFO_SIZE: usize = 1024;
@@ -44,8 +44,10 @@ impl Identity {
     }
 }
 
-/// Why a token was refused (the handshake answers 401).
-#[derive(Debug, thiserror::Error)]
+/// Why a token was refused (the handshake answers 401). The `Display` form is the body of
+/// the 401 response: it says what is wrong in the words of `docs/protocol.md`, never the
+/// verifying library's own text (that goes to the debug log).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
     /// No token and anonymous access is off.
@@ -54,27 +56,104 @@ pub enum AuthError {
     /// A token was sent but no key is configured to check it.
     #[error("tokens are not accepted: no key is configured")]
     NoKey,
-    /// Signature, algorithm, claims or format.
-    #[error("invalid token: {0}")]
-    Invalid(String),
+    /// Not three base64url parts of JSON, or a header that names no known algorithm.
+    #[error("invalid token: malformed")]
+    Malformed,
+    /// The signature does not verify with the configured key.
+    #[error("invalid token: bad signature")]
+    BadSignature,
+    /// The header's `alg` is not the configured key's algorithm.
+    #[error("invalid token: wrong algorithm")]
+    WrongAlgorithm,
+    /// `exp` has passed.
+    #[error("invalid token: expired")]
+    Expired,
+    /// `nbf` has not come yet.
+    #[error("invalid token: not yet valid")]
+    NotYetValid,
+    /// `aud` names none of `auth.audiences` (or names one while none is configured).
+    #[error("invalid token: wrong audience")]
+    WrongAudience,
+    /// `iss` is not `auth.issuer`.
+    #[error("invalid token: wrong issuer")]
+    WrongIssuer,
+    /// A required claim (`sub`, `exp`, and `aud`/`iss` when configured) is absent.
+    #[error("invalid token: missing claim \"{0}\"")]
+    MissingClaim(&'static str),
+    /// A claim has the wrong type or value.
+    #[error("invalid token: claim \"{0}\" {1}")]
+    BadClaim(&'static str, &'static str),
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
-    #[serde(default)]
-    channels: Option<Vec<String>>,
-    #[serde(default)]
-    publish: Option<Vec<String>>,
-    #[serde(default)]
-    info: Option<serde_json::Value>,
+impl AuthError {
+    /// The protocol's word for a refusal by the verifying library.
+    fn from_library(e: &jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::InvalidSignature => Self::BadSignature,
+            K::InvalidAlgorithm | K::MissingAlgorithm => Self::WrongAlgorithm,
+            K::ExpiredSignature => Self::Expired,
+            K::ImmatureSignature => Self::NotYetValid,
+            K::InvalidAudience => Self::WrongAudience,
+            K::InvalidIssuer => Self::WrongIssuer,
+            K::MissingRequiredClaim(claim) => Self::MissingClaim(claim_name(claim)),
+            K::InvalidClaimFormat(claim) => Self::BadClaim(claim_name(claim), NOT_NUMERIC_DATE),
+            // Base64, JSON, UTF-8, an unknown `alg`, a key that cannot verify this token.
+            _ => Self::Malformed,
+        }
+    }
+}
+
+const NOT_NUMERIC_DATE: &str = "is not a NumericDate (seconds since the epoch, at least 0)";
+
+fn claim_name(claim: &str) -> &'static str {
+    match claim {
+        "exp" => "exp",
+        "nbf" => "nbf",
+        "sub" => "sub",
+        "aud" => "aud",
+        "iss" => "iss",
+        _ => "?",
+    }
+}
+
+/// RFC 7519 §2 NumericDate: seconds since the epoch, possibly fractional. Rounded down (an
+/// expiry never moves later); the verifying library has already refused negative, non-finite
+/// and out-of-range values, and this checks again rather than trust it.
+fn numeric_date(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    // `as` saturates; the range check keeps the saturation out of reach anyway.
+    (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.floor() as u64)
+}
+
+/// A channel-pattern claim: absent or `null` is `None`, otherwise an array of strings.
+fn patterns(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<Vec<String>>, AuthError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or(AuthError::BadClaim(name, "must be an array of strings")),
+        Some(_) => Err(AuthError::BadClaim(name, "must be an array of strings")),
+    }
 }
 
 /// Token verification and Origin policy, built once from [`AuthConfig`].
 pub struct Authenticator {
     key: Option<(DecodingKey, Validation)>,
     anonymous: bool,
+    /// A token without a `channels` claim may use every channel (else none).
+    missing_channels_all: bool,
+    /// `auth.issuer` is set.
+    check_issuer: bool,
     allowed_origins: Vec<String>,
 }
 
@@ -82,16 +161,24 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("algorithm", &self.key.as_ref().map(|(_, v)| &v.algorithms))
+            .field("audiences", &self.key.as_ref().map(|(_, v)| &v.aud))
+            .field("issuer", &self.key.as_ref().map(|(_, v)| &v.iss))
             .field("anonymous", &self.anonymous)
+            .field("missing_channels_all", &self.missing_channels_all)
             .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
 }
 
 impl Authenticator {
-    /// Loads the configured key (reading the PEM file, if any).
+    /// Loads the configured key (reading the PEM or secret file, if any).
     pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
-        let key = if let Some(secret) = &config.jwt_secret {
+        let secret = match (&config.jwt_secret, &config.jwt_secret_file) {
+            (Some(secret), _) => Some(secret.clone()),
+            (None, Some(path)) => Some(read_secret(path)?),
+            (None, None) => None,
+        };
+        let key = if let Some(secret) = secret {
             Some((
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
@@ -119,13 +206,33 @@ impl Authenticator {
             v.leeway = 0;
             v.validate_exp = true;
             v.validate_nbf = true;
-            v.validate_aud = false;
-            v.set_required_spec_claims(&["exp", "sub"]);
+            // RFC 7519 §4.1.3: with no audience configured, a token that names one is
+            // refused; with audiences configured, `aud` must name one of them.
+            v.validate_aud = true;
+            let mut required = vec!["exp", "sub"];
+            if !config.audiences.is_empty() {
+                v.set_audience(&config.audiences);
+                required.push("aud");
+            }
+            if let Some(issuer) = &config.issuer {
+                v.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            v.set_required_spec_claims(&required);
             (key, v)
         });
+        let missing_channels_all = match config.missing_channels {
+            MissingChannels::All => true,
+            MissingChannels::None => false,
+            // Only `aud` binds a token to this hub: an issuer also signs tokens for its
+            // other applications.
+            _ => !config.audiences.is_empty(),
+        };
         Ok(Self {
             key,
             anonymous: config.anonymous,
+            missing_channels_all,
+            check_issuer: config.issuer.is_some(),
             allowed_origins: config.allowed_origins.clone(),
         })
     }
@@ -142,35 +249,59 @@ impl Authenticator {
         let Some((key, validation)) = &self.key else {
             return Err(AuthError::NoKey);
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let c = data.claims;
-        if c.sub.is_empty() {
-            return Err(AuthError::Invalid("empty \"sub\"".into()));
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+            .map_err(|e| {
+                let refused = AuthError::from_library(&e);
+                tracing::debug!(error = %e, %refused, "token refused");
+                refused
+            })?
+            .claims;
+        let identity = self.identity(&claims);
+        if let Err(refused) = &identity {
+            tracing::debug!(%refused, "token refused");
         }
-        let info = match c.info {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v @ serde_json::Value::Object(_)) => {
+        identity
+    }
+
+    /// The identity of verified claims (`exp`, `nbf`, `aud`, `iss` and the signature are
+    /// checked already).
+    fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
+        let user = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => Arc::<str>::from(s.as_str()),
+            None => return Err(AuthError::MissingClaim("sub")),
+            Some(_) => return Err(AuthError::BadClaim("sub", "must be a non-empty string")),
+        };
+        // RFC 7519 §4.1.1: `iss` is one string (the library also takes an array).
+        if self.check_issuer && !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(AuthError::BadClaim("iss", "must be a string"));
+        }
+        let expires_at = claims
+            .get("exp")
+            .ok_or(AuthError::MissingClaim("exp"))
+            .and_then(|v| numeric_date(v).ok_or(AuthError::BadClaim("exp", NOT_NUMERIC_DATE)))?;
+        let info = match claims.get("info") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => {
                 let text = v.to_string();
                 if text.len() > MAX_INFO_SIZE {
-                    return Err(AuthError::Invalid(format!(
-                        "\"info\" claim above {MAX_INFO_SIZE} bytes"
-                    )));
+                    // MAX_INFO_SIZE, spelled out for a `&'static str`.
+                    return Err(AuthError::BadClaim("info", "is above 1024 bytes"));
                 }
                 RawValue::from_string(text).ok().map(Arc::from)
             }
-            Some(_) => {
-                return Err(AuthError::Invalid(
-                    "\"info\" claim must be an object".into(),
-                ))
-            }
+            Some(_) => return Err(AuthError::BadClaim("info", "must be an object")),
+        };
+        let publish = patterns(claims, "publish")?;
+        let channels = match patterns(claims, "channels")? {
+            None if !self.missing_channels_all => Some(Vec::new()),
+            channels => channels,
         };
         Ok(Identity {
-            user: Some(c.sub.into()),
-            channels: c.channels,
-            publish: c.publish,
+            user: Some(user),
+            channels,
+            publish,
             info,
-            expires_at: Some(c.exp),
+            expires_at: Some(expires_at),
         })
     }
 
@@ -234,8 +365,9 @@ mod tests {
         Authenticator::new(&AuthConfig {
             anonymous,
             jwt_secret: Some("0123456789abcdef0123".into()),
-            jwt_public_key_file: None,
             allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
+            missing_channels: MissingChannels::All,
+            ..AuthConfig::default()
         })
         .unwrap()
     }
@@ -280,6 +412,56 @@ mod tests {
         assert!(a.authenticate(Some(&no_sub)).is_err());
         assert!(a.authenticate(Some("garbage")).is_err());
         assert!(auth(true, &[]).authenticate(None).unwrap().user.is_none());
+    }
+
+    #[test]
+    fn refusals_and_missing_channels() {
+        let with = |adjust: fn(&mut AuthConfig)| {
+            let mut c = AuthConfig {
+                jwt_secret: Some("0123456789abcdef0123".into()),
+                ..AuthConfig::default()
+            };
+            adjust(&mut c);
+            Authenticator::new(&c).unwrap()
+        };
+        let t = future();
+        let key = "0123456789abcdef0123";
+        let strict = with(|_| {});
+        let bare = token(serde_json::json!({"sub":"ada","exp":t}), key);
+        let id = strict.authenticate(Some(&bare)).unwrap();
+        assert!(!id.may_subscribe("lobby") && !id.may_publish("lobby"));
+        let id = with(|c| c.missing_channels = MissingChannels::All)
+            .authenticate(Some(&bare))
+            .unwrap();
+        assert!(id.may_subscribe("lobby") && id.may_publish("lobby"));
+        let aud = token(serde_json::json!({"sub":"ada","exp":t,"aud":"duplex"}), key);
+        assert_eq!(
+            strict.authenticate(Some(&aud)).unwrap_err(),
+            AuthError::WrongAudience
+        );
+        let bound = with(|c| c.audiences = vec!["duplex".into()]);
+        assert!(bound
+            .authenticate(Some(&aud))
+            .unwrap()
+            .may_subscribe("lobby"));
+        assert_eq!(
+            bound.authenticate(Some(&bare)).unwrap_err(),
+            AuthError::MissingClaim("aud")
+        );
+        let max = token(serde_json::json!({"sub":"ada","exp":u64::MAX}), key);
+        assert_eq!(
+            strict.authenticate(Some(&max)).unwrap().expires_at,
+            Some(u64::MAX)
+        );
+        let frac = token(serde_json::json!({"sub":"ada","exp":t as f64 + 0.9}), key);
+        assert_eq!(
+            strict.authenticate(Some(&frac)).unwrap().expires_at,
+            Some(t)
+        );
+        assert_eq!(
+            strict.authenticate(Some("x.y.z")).unwrap_err().to_string(),
+            "invalid token: malformed"
+        );
     }
 
     #[test]

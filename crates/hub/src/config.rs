@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod secret;
+
+pub(crate) use secret::read_secret;
+pub use secret::{redact_password_in, redact_url, Secret, REDACTED};
+
 /// The whole server configuration.
 ///
 /// ```
@@ -35,9 +40,16 @@ pub struct Config {
     pub node: Option<String>,
     /// Which broker carries publications, history and presence. Default `memory`.
     pub broker: BrokerKind,
-    /// Redis URL for `broker = "redis"`, e.g. `redis://127.0.0.1:6379/0`.
+    /// Redis URL for `broker = "redis"`, e.g. `redis://127.0.0.1:6379/0`; with a password,
+    /// `redis://:PASSWORD@host:6379/0` (shown redacted by `--print-config`). Prefer
+    /// `redis_url_file` or the `DUPLEX_REDIS_URL` environment variable for a URL with a
+    /// password. Mutually exclusive with `redis_url_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
+    /// A file holding the Redis URL (one line; a trailing newline is ignored), read when the
+    /// hub starts, so the password is neither in the configuration nor on a command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url_file: Option<PathBuf>,
     /// Redis broker details (key prefix, presence expiry, timeouts).
     pub redis: RedisConfig,
     /// How long a graceful shutdown may take before remaining connections are dropped.
@@ -148,15 +160,51 @@ pub struct AuthConfig {
     /// Accept connections without a token (as user `null`). Default `true`, so the demo works;
     /// turn it off in production when every client has a token.
     pub anonymous: bool,
-    /// HS256 shared secret. Mutually exclusive with `jwt_public_key_file`.
+    /// HS256 shared secret (at least 16 bytes). Mutually exclusive with `jwt_secret_file` and
+    /// `jwt_public_key_file`. Prefer `jwt_secret_file` or `DUPLEX_JWT_SECRET`: a secret in a
+    /// flag is visible to every local user in the process list.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+    /// A file holding the HS256 secret (a trailing newline is ignored), read when the hub
+    /// starts. Mutually exclusive with `jwt_secret` and `jwt_public_key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Accepted `aud` values. When set, a token must carry an `aud` claim naming at least one
+    /// of them. When empty (the default), a token that carries an `aud` claim at all is
+    /// refused (RFC 7519 §4.1.3: a recipient that does not identify itself with a value of a
+    /// present `aud` must reject the token), so tokens that an identity provider issued for
+    /// other applications are not accepted here.
+    pub audiences: Vec<String>,
+    /// The accepted `iss`. When set, a token must carry exactly this issuer; when unset (the
+    /// default), `iss` is not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// What a token without a `channels` claim may use. Default `auto`: every channel when
+    /// `audiences` is set (the token was issued for this hub), no channel otherwise.
+    pub missing_channels: MissingChannels,
     /// Origins allowed besides the server's own, e.g. `https://app.example.com`; `*` allows
     /// any. Requests without `Origin` (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
+}
+
+/// What a verified token that carries no `channels` claim may subscribe to (and, without a
+/// `publish` claim, publish to). Anonymous connections are not tokens: they may use every
+/// channel that the namespaces allow, whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissingChannels {
+    /// `all` when `auth.audiences` is set, `none` otherwise: only a token addressed to this
+    /// hub gets unrestricted access by leaving the claim out.
+    #[default]
+    Auto,
+    /// Every channel (subject to the namespaces' rules).
+    All,
+    /// No channel: `subscribe`, `presence`, `history` and `publish` answer `forbidden`.
+    None,
 }
 
 /// HTTP API settings.
@@ -164,9 +212,14 @@ pub struct AuthConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ApiConfig {
-    /// Bearer key for `POST /api/publish`; the endpoint is disabled while unset.
+    /// Bearer key for `POST /api/publish` (at least 8 bytes); the endpoint is disabled while
+    /// neither this nor `key_file` is set. Prefer `key_file` or `DUPLEX_API_KEY`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub key: Option<Secret>,
+    /// A file holding the API key (a trailing newline is ignored), read when the hub starts.
+    /// Mutually exclusive with `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// Require the key for `GET /api/channels` and `GET /api/stats` too. Default `false`.
     pub protect_reads: bool,
 }
@@ -387,6 +440,7 @@ impl Default for Config {
             node: None,
             broker: BrokerKind::Memory,
             redis_url: None,
+            redis_url_file: None,
             redis: RedisConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             log: LogConfig::default(),
@@ -425,7 +479,11 @@ impl Default for AuthConfig {
         Self {
             anonymous: true,
             jwt_secret: None,
+            jwt_secret_file: None,
             jwt_public_key_file: None,
+            audiences: Vec::new(),
+            issuer: None,
+            missing_channels: MissingChannels::Auto,
             allowed_origins: Vec::new(),
         }
     }
@@ -512,7 +570,16 @@ impl NamespaceOverrides {
 impl Config {
     /// Parses a TOML document; missing keys take their defaults. The result is validated.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text)?;
+        // The error names the place, not the line's text: that line may hold a secret.
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(String::new(), |span| {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ConfigError::Invalid(format!("{at}{}", e.message().trim_end()))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -526,19 +593,42 @@ impl Config {
         Self::from_toml(&text)
     }
 
-    /// The configuration as TOML, with secrets replaced by `"<redacted>"`.
+    /// The configuration as TOML, with secrets replaced by `"<redacted>"` (and the password
+    /// of `redis_url`, keeping the rest of the URL).
     pub fn to_toml_redacted(&self) -> String {
         let mut shown = self.clone();
-        let redacted = || Some("<redacted>".to_owned());
+        let redacted = || Some(Secret::from(REDACTED));
         if shown.auth.jwt_secret.is_some() {
             shown.auth.jwt_secret = redacted();
         }
         if shown.api.key.is_some() {
             shown.api.key = redacted();
         }
+        if let Some(url) = &shown.redis_url {
+            shown.redis_url = Some(Secret::from(redact_url(url)));
+        }
         // Serializing plain data structs to TOML only fails for unsupported types, which
         // `Config` does not contain.
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Reads the secrets kept in files (`auth.jwt_secret_file`, `api.key_file`,
+    /// `redis_url_file`) into `auth.jwt_secret`, `api.key` and `redis_url`, clears the file
+    /// settings and validates the result. [`crate::Hub::new`] calls it; a configuration
+    /// without file settings is returned unchanged.
+    pub fn with_secret_files(mut self) -> Result<Self, ConfigError> {
+        self.validate()?;
+        if let Some(path) = self.auth.jwt_secret_file.take() {
+            self.auth.jwt_secret = Some(read_secret(&path)?);
+        }
+        if let Some(path) = self.api.key_file.take() {
+            self.api.key = Some(read_secret(&path)?);
+        }
+        if let Some(path) = self.redis_url_file.take() {
+            self.redis_url = Some(read_secret(&path)?);
+        }
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks ranges and cross-field rules.
@@ -591,17 +681,7 @@ impl Config {
         if self.websocket.ping_interval.is_zero() || self.websocket.pong_timeout.is_zero() {
             return invalid("websocket.ping_interval and pong_timeout must be positive".into());
         }
-        if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
-            return invalid(
-                "auth.jwt_secret and auth.jwt_public_key_file are mutually exclusive".into(),
-            );
-        }
-        if matches!(&self.auth.jwt_secret, Some(s) if s.len() < 16) {
-            return invalid("auth.jwt_secret must be at least 16 bytes".into());
-        }
-        if matches!(&self.api.key, Some(k) if k.len() < 8) {
-            return invalid("api.key must be at least 8 bytes".into());
-        }
+        self.validate_secrets()?;
         if let Some(node) = &self.node {
             if node.is_empty() || node.len() > 64 || !node.bytes().all(is_id_byte) {
                 return invalid("node must be 1-64 characters of [A-Za-z0-9_-]".into());
@@ -656,8 +736,11 @@ impl Config {
                 ));
             }
         }
-        if self.broker == BrokerKind::Redis && self.redis_url.is_none() {
-            return invalid("broker = \"redis\" needs redis_url".into());
+        if self.broker == BrokerKind::Redis
+            && self.redis_url.is_none()
+            && self.redis_url_file.is_none()
+        {
+            return invalid("broker = \"redis\" needs redis_url or redis_url_file".into());
         }
         if self.redis.prefix.is_empty()
             || self.redis.prefix.len() > 64
@@ -680,6 +763,43 @@ impl Config {
                     "auth.allowed_origins: {origin:?} is not \"*\" or an http(s) origin"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The key, API and Redis settings of [`Config::validate`]. Messages name the setting,
+    /// never its value.
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        let a = &self.auth;
+        let keys = [
+            a.jwt_secret.is_some(),
+            a.jwt_secret_file.is_some(),
+            a.jwt_public_key_file.is_some(),
+        ];
+        if keys.iter().filter(|set| **set).count() > 1 {
+            return invalid(
+                "auth.jwt_secret, auth.jwt_secret_file and auth.jwt_public_key_file are \
+                 mutually exclusive",
+            );
+        }
+        if matches!(&a.jwt_secret, Some(s) if s.len() < 16) {
+            return invalid("auth.jwt_secret must be at least 16 bytes");
+        }
+        if a.audiences.iter().any(String::is_empty) {
+            return invalid("auth.audiences must not contain an empty string");
+        }
+        if matches!(&a.issuer, Some(i) if i.is_empty()) {
+            return invalid("auth.issuer must not be empty (leave it out to accept any)");
+        }
+        if self.api.key.is_some() && self.api.key_file.is_some() {
+            return invalid("api.key and api.key_file are mutually exclusive");
+        }
+        if matches!(&self.api.key, Some(k) if k.len() < 8) {
+            return invalid("api.key must be at least 8 bytes");
+        }
+        if self.redis_url.is_some() && self.redis_url_file.is_some() {
+            return invalid("redis_url and redis_url_file are mutually exclusive");
         }
         Ok(())
     }
@@ -822,10 +942,50 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let c = Config::from_toml("[api]\nkey = \"0123456789\"").unwrap();
+        let c = Config::from_toml(
+            "broker = \"redis\"\nredis_url = \"redis://app:s3cr%40t-pw@10.0.0.10:6379/0\"\n\
+             [api]\nkey = \"0123456789\"\n[auth]\njwt_secret = \"jwt-secret-0123456789\"",
+        )
+        .unwrap();
         let shown = c.to_toml_redacted();
-        assert!(!shown.contains("0123456789"));
-        assert!(shown.contains("<redacted>"));
+        for secret in ["0123456789", "jwt-secret", "s3cr", "t-pw"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("redis://app:<redacted>@10.0.0.10:6379/0"),
+            "{shown}"
+        );
+        let debug = format!("{c:?}");
+        for secret in ["0123456789", "jwt-secret", "s3cr", "t-pw"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_the_line() {
+        let e = Config::from_toml("[auth]\njwt_secret = \"unterminated-secret-value")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("unterminated-secret-value"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn audiences_and_issuer() {
+        let c = Config::from_toml(
+            "[auth]\naudiences = [\"duplex\"]\nissuer = \"https://id.example\"\n\
+             missing_channels = \"none\"",
+        )
+        .unwrap();
+        assert_eq!(c.auth.audiences, ["duplex"]);
+        assert_eq!(c.auth.missing_channels, MissingChannels::None);
+        assert_eq!(
+            Config::default().auth.missing_channels,
+            MissingChannels::Auto
+        );
+        assert!(Config::from_toml("[auth]\naudiences = [\"\"]").is_err());
+        assert!(Config::from_toml("[auth]\nissuer = \"\"").is_err());
+        assert!(Config::from_toml("[auth]\nmissing_channels = \"some\"").is_err());
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub struct Stats {
 impl Hub {
     /// Builds a hub from a validated configuration.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        config.validate()?;
+        // Validates, and reads the secrets kept in files (`auth.jwt_secret_file`, ...).
+        let config = config.with_secret_files()?;
         let metrics = Arc::new(Metrics::new());
         let node = Arc::new(Node::new(metrics.clone()));
         let sink = Arc::new(NodeSink {
@@ -107,7 +108,7 @@ impl Hub {
             }
             BrokerKind::Redis => {
                 let options = RedisOptions {
-                    url: config.redis_url.clone().unwrap_or_default(),
+                    url: config.redis_url.as_deref().unwrap_or_default().to_owned(),
                     prefix: config.redis.prefix.clone(),
                     presence_ttl: config.redis.presence_ttl,
                     timeout: config.redis.timeout,

@@ -15,7 +15,7 @@ use axum::Router;
 use duplex::axum::{UpgradeRejection, UpgradedIo, WebSocketUpgrade};
 use duplex::{CloseCode, Message, WebSocket};
 
-use crate::auth::{token_from_query, Identity};
+use crate::auth::{token_from_query, AuthError, Identity};
 use crate::limits::{ConnectionPermit, LimitError};
 use crate::metrics::HandshakeFailure;
 use crate::queue::Next;
@@ -123,12 +123,25 @@ async fn upgrade(
     let identity = match hub.shared.auth.authenticate(token.as_deref()) {
         Ok(identity) => identity,
         Err(e) => {
-            return refuse(
+            // The body is the protocol's words (`AuthError`'s Display), never the JWT
+            // library's text. RFC 6750 §3: a 401 names the scheme, and an `error` code only
+            // when a token was sent (§3.1).
+            let challenge = if e == AuthError::Missing {
+                "Bearer"
+            } else {
+                "Bearer error=\"invalid_token\""
+            };
+            let mut response = refuse(
                 &hub,
                 HandshakeFailure::Unauthorized,
                 StatusCode::UNAUTHORIZED,
                 &e.to_string(),
-            )
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(challenge),
+            );
+            return response;
         }
     };
     let client_ip = client_ip(addr.ip(), &headers, &hub.config().limits.trusted_proxies);
@@ -163,11 +176,39 @@ async fn upgrade(
         .on_upgrade(move |ws| run(hub, ws, identity, addr, permit))
 }
 
-/// Seconds since the Unix epoch until `exp`, as a deadline.
+/// Deadlines further away than this are no deadline: the connection will not outlive it,
+/// and `Instant` arithmetic near its limits overflows (in our addition, or in the timer's
+/// rounding of the deadline).
+const MAX_EXPIRY_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `exp` (seconds since the Unix epoch, from a verified token, so any `u64`) as a deadline,
+/// or `None` when there is none or it is too far away to matter.
 fn expiry_deadline(identity: &Identity) -> Option<tokio::time::Instant> {
     let exp = identity.expires_at?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+    let delay = Duration::from_secs(exp.saturating_sub(now));
+    if delay > MAX_EXPIRY_DELAY {
+        return None;
+    }
+    tokio::time::Instant::now().checked_add(delay)
+}
+
+/// Counts one open connection in `duplex_connections` for as long as it lives: dropped on
+/// every way out of [`run`], a panic included, so the gauge cannot drift.
+struct OpenConnection(std::sync::Arc<crate::metrics::Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        metrics.connections.inc();
+        metrics.connections_opened.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
 }
 
 async fn run(
@@ -178,8 +219,7 @@ async fn run(
     permit: ConnectionPermit,
 ) {
     let metrics = hub.shared.metrics.clone();
-    metrics.connections.inc();
-    metrics.connections_opened.inc();
+    let open = OpenConnection::new(metrics.clone());
     let expires = expiry_deadline(&identity);
     let mut session = Session::new(hub.shared.clone(), identity);
     let peer = session.peer().clone();
@@ -310,7 +350,7 @@ async fn run(
         tracing::debug!(client = %peer.id, "writer did not finish; dropping the connection");
         writer.abort();
     }
-    metrics.connections.dec();
+    drop(open);
     tracing::debug!(client = %peer.id, "disconnected");
     drop(permit);
 }

@@ -43,6 +43,7 @@ use super::{
     Broker, BrokerError, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry, Publication,
     Retention, StreamPosition,
 };
+use crate::config::{redact_password_in, redact_url};
 
 /// How long a channel's stream hash (epoch and offset) outlives its last use. A channel idle
 /// for longer starts a new epoch, as a forgotten channel of the memory broker does.
@@ -74,8 +75,8 @@ impl Scripts {
     }
 }
 
-/// Settings of a [`RedisBroker`].
-#[derive(Debug, Clone)]
+/// Settings of a [`RedisBroker`]. Its `Debug` form shows the URL without its password.
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port/db`.
     pub url: String,
@@ -85,6 +86,17 @@ pub struct RedisOptions {
     pub presence_ttl: Duration,
     /// Timeout of each command and connection attempt.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// Channels, offsets, history and presence in Redis, shared by every node that uses the same
@@ -252,15 +264,22 @@ impl RedisBroker {
         options: &RedisOptions,
         sink: Arc<dyn DeliverySink>,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client = Client::open(options.url.as_str())
-            .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
+        // Errors built from the URL never show its password.
+        let redact = |e: &dyn std::fmt::Display| redact_password_in(&e.to_string(), &options.url);
+        let client = Client::open(options.url.as_str()).map_err(|e| {
+            BrokerError::Unavailable(format!(
+                "invalid redis_url {}: {}",
+                redact_url(&options.url),
+                redact(&e)
+            ))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| unavailable(redact(&e)))?;
         let inner = Arc::new(Inner {
             client,
             conn,
