@@ -129,6 +129,20 @@ pub(crate) struct Args {
         value_name = "IPS"
     )]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    /// Time a client has to send a request's head, also the idle keep-alive limit
+    /// [default: 10s].
+    #[arg(long, env = "DUPLEX_HEADER_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    header_timeout: Option<Duration>,
+    /// Largest request head (request line and headers) in bytes; larger gets 431
+    /// [default: 16384].
+    #[arg(long, env = "DUPLEX_MAX_HEADER_BYTES", value_name = "BYTES")]
+    max_header_bytes: Option<usize>,
+    /// Time an HTTP request may take, body included; past it 408 [default: 30s].
+    #[arg(long, env = "DUPLEX_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    request_timeout: Option<Duration>,
+    /// Prefix length by which per-IP limits count IPv6 clients [default: 64].
+    #[arg(long, env = "DUPLEX_IPV6_PREFIX", value_name = "BITS")]
+    ipv6_prefix: Option<u8>,
     /// Run the demo ticker feed on `ticker:prices` [default: true].
     #[arg(long, env = "DUPLEX_DEMO_TICKER", action = ArgAction::Set, value_name = "BOOL")]
     demo_ticker: Option<bool>,
@@ -173,6 +187,10 @@ impl Args {
         set(&mut c.shutdown_timeout, &self.shutdown_timeout);
         set(&mut c.demo.ticker, &self.demo_ticker);
         set(&mut c.limits.trusted_proxies, &self.trusted_proxies);
+        set(&mut c.limits.header_timeout, &self.header_timeout);
+        set(&mut c.limits.max_header_bytes, &self.max_header_bytes);
+        set(&mut c.limits.request_timeout, &self.request_timeout);
+        set(&mut c.limits.ipv6_prefix, &self.ipv6_prefix);
         c.validate()?;
         Ok(c)
     }
@@ -518,5 +536,27 @@ mod tests {
         let c = config(&["--ping-interval", "5s", "--jwt-secret", "0123456789abcdef!"]).unwrap();
         assert_eq!(c.websocket.ping_interval, Duration::from_secs(5));
         assert!(!c.to_toml_redacted().contains("0123456789abcdef!"));
+    }
+
+    #[test]
+    fn http_edge_limits() {
+        let c = config(&[
+            "--header-timeout",
+            "3s",
+            "--max-header-bytes",
+            "8192",
+            "--request-timeout",
+            "1m",
+            "--ipv6-prefix",
+            "56",
+        ])
+        .unwrap();
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.max_header_bytes, 8192);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.ipv6_prefix, 56);
+        assert!(config(&["--max-header-bytes", "100"]).is_err());
+        assert!(config(&["--ipv6-prefix", "129"]).is_err());
+        assert!(config(&["--header-timeout", "0s"]).is_err());
     }
 }

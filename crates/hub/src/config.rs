@@ -269,6 +269,28 @@ pub struct Limits {
     /// a connection from one of them counts against the per-IP limit of the client address
     /// that the proxy appended last. From any other peer the header is ignored. Default none.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How long a client may take to send a request's head (request line and headers),
+    /// counted from the connection's accept or the previous response, so it also bounds an
+    /// idle keep-alive connection. A connection that has not sent a whole head by then is
+    /// closed. Default 10 s, as `duplex echo`: long enough for a slow mobile link, short
+    /// enough that a slowloris holds a slot for seconds, not forever.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; a larger one is answered
+    /// with 431 and the connection closed. Default 16 KiB: browsers send a few hundred
+    /// bytes plus cookies, a JWT in `Authorization` or the query is 1-2 KiB; it also caps
+    /// what an unfinished head costs in memory. At least 1024.
+    pub max_header_bytes: usize,
+    /// How long an HTTP request (other than an upgrade) may take from its head to its
+    /// response, body included; past it the client gets 408 and the connection is closed.
+    /// Bounds slow bodies, which the header timeout does not cover. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Per-IP limits count IPv6 clients by this prefix length: one subscriber usually holds
+    /// a whole /64 (RFC 6177), so counting single addresses would give it 2^64 quotas.
+    /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) always count as their IPv4 address.
+    /// 0-128, default 64.
+    pub ipv6_prefix: u8,
 }
 
 /// Built-in demo data.
@@ -504,6 +526,10 @@ impl Default for Limits {
             max_reply_wait: Duration::from_secs(30),
             max_errors: 20,
             trusted_proxies: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -763,6 +789,15 @@ impl Config {
                     "auth.allowed_origins: {origin:?} is not \"*\" or an http(s) origin"
                 ));
             }
+        }
+        if l.header_timeout.is_zero() || l.request_timeout.is_zero() {
+            return invalid("limits.header_timeout and request_timeout must be positive".into());
+        }
+        if l.max_header_bytes < 1024 {
+            return invalid("limits.max_header_bytes must be at least 1024".into());
+        }
+        if l.ipv6_prefix > 128 {
+            return invalid("limits.ipv6_prefix must be between 0 and 128".into());
         }
         Ok(())
     }

@@ -56,6 +56,14 @@ impl Hub {
     /// The hub's HTTP routes: `/ws`, `/api/*`, `/healthz`, `/metrics` and the pages. Serve it
     /// with `into_make_service_with_connect_info::<SocketAddr>()` so that per-IP limits see
     /// the peer address.
+    ///
+    /// Served this way, the router applies the upgrade checks, the API key, the body limit
+    /// and the connection limits to WebSockets only. What happens before a request reaches
+    /// it is the server's part, which [`crate::Server`] does and another server must do
+    /// itself: the header timeout (`limits.header_timeout`), the head size limit
+    /// (`limits.max_header_bytes`), the request timeout (`limits.request_timeout`),
+    /// counting unfinished HTTP requests against the connection limits, and answering 503
+    /// while shutting down.
     pub fn router(&self) -> Router {
         let mut router = Router::new()
             .route("/api/publish", post(api_publish))
@@ -185,7 +193,10 @@ async fn healthz(State(hub): State<Hub>) -> Response {
     }
 }
 
-async fn metrics(State(hub): State<Hub>) -> Response {
+async fn metrics(State(hub): State<Hub>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_read(&hub, &headers) {
+        return e.into_response();
+    }
     let mut response = Response::new(Body::from(hub.metrics_text()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

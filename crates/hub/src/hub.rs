@@ -134,6 +134,7 @@ impl Hub {
         let limits = Arc::new(ConnectionLimits::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
+            config.limits.ipv6_prefix,
         ));
         Ok(Self {
             shared: Arc::new(Shared {

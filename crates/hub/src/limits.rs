@@ -1,7 +1,13 @@
-//! Connection limits: total and per IP address.
+//! Connection limits: total and per client address.
+//!
+//! [`crate::Server`] takes a [`ConnectionPermit`] for every TCP connection when it accepts
+//! it, before a byte of the request is read, so unfinished HTTP requests count as well as
+//! WebSockets. When a request upgrades, the permit moves to the WebSocket task: one
+//! connection holds one slot, whatever it speaks. An application that serves
+//! [`crate::Hub::router`] itself has no accept-time permit; the upgrade takes one then.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -15,10 +21,47 @@ pub(crate) enum LimitError {
     PerIp,
 }
 
+impl LimitError {
+    /// The `limit` label of `duplex_limit_hits_total`.
+    pub(crate) fn metric(self) -> &'static str {
+        match self {
+            Self::Total => "connections_total",
+            Self::PerIp => "connections_per_ip",
+        }
+    }
+}
+
+/// The address a per-IP limit counts: IPv4 addresses as they are (an IPv4-mapped IPv6
+/// address `::ffff:a.b.c.d` as `a.b.c.d`), IPv6 addresses by their first `prefix` bits,
+/// since one subscriber usually holds a whole /64 (RFC 6177) and could otherwise open
+/// `max_connections_per_ip` connections from each of its 2^64 addresses.
+pub(crate) fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
+    websockets: usize,
     per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Counts {
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Counts open connections; a [`ConnectionPermit`] gives its slot back when dropped.
@@ -27,59 +70,134 @@ pub(crate) struct ConnectionLimits {
     counts: Mutex<Counts>,
     max: usize,
     max_per_ip: usize,
+    ipv6_prefix: u8,
 }
 
 /// One open connection's slot.
 #[derive(Debug)]
 pub(crate) struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    /// The key counted against the per-IP limit; `None` while only the total counts it
+    /// (a trusted proxy's connection before its request names the client).
+    ip: Option<IpAddr>,
+    websocket: bool,
 }
 
 impl ConnectionLimits {
     /// `max_per_ip == 0` means no per-IP limit.
-    pub(crate) fn new(max: usize, max_per_ip: usize) -> Self {
+    pub(crate) fn new(max: usize, max_per_ip: usize, ipv6_prefix: u8) -> Self {
         Self {
             counts: Mutex::new(Counts::default()),
             max,
             max_per_ip,
+            ipv6_prefix,
         }
     }
 
-    /// Takes a slot for a connection from `ip`.
-    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, LimitError> {
+    /// Takes a slot for a connection from `ip` (normalised with [`ip_key`]); with `None`,
+    /// only the total limit applies until [`ConnectionPermit::assign_ip`].
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+    ) -> Result<ConnectionPermit, LimitError> {
+        let key = ip.map(|ip| ip_key(ip, self.ipv6_prefix));
         let mut c = self.counts.lock();
         if c.total >= self.max {
             return Err(LimitError::Total);
         }
-        let n = c.per_ip.entry(ip).or_insert(0);
-        if self.max_per_ip > 0 && *n >= self.max_per_ip {
-            return Err(LimitError::PerIp);
+        if let Some(key) = key {
+            self.take_ip(&mut c, key)?;
         }
-        *n += 1;
         c.total += 1;
         Ok(ConnectionPermit {
             limits: self.clone(),
-            ip,
+            ip: key,
+            websocket: false,
         })
     }
 
-    /// Open connections.
+    fn take_ip(&self, c: &mut Counts, key: IpAddr) -> Result<(), LimitError> {
+        let n = c.per_ip.entry(key).or_insert(0);
+        if self.max_per_ip > 0 && *n >= self.max_per_ip {
+            if *n == 0 {
+                c.per_ip.remove(&key);
+            }
+            return Err(LimitError::PerIp);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Open WebSocket connections.
     pub(crate) fn open(&self) -> usize {
+        self.counts.lock().websockets
+    }
+
+    /// Open connections of any kind (HTTP requests included).
+    pub(crate) fn open_total(&self) -> usize {
         self.counts.lock().total
+    }
+}
+
+impl ConnectionPermit {
+    /// Counts the connection against `ip` (normalised with [`ip_key`]) instead of the key
+    /// it was taken with: a trusted proxy's connection once `X-Forwarded-For` names the
+    /// client. On [`LimitError::PerIp`] the permit is unchanged.
+    pub(crate) fn assign_ip(&mut self, ip: IpAddr) -> Result<(), LimitError> {
+        let key = ip_key(ip, self.limits.ipv6_prefix);
+        if self.ip == Some(key) {
+            return Ok(());
+        }
+        let mut c = self.limits.counts.lock();
+        self.limits.take_ip(&mut c, key)?;
+        if let Some(old) = self.ip.replace(key) {
+            c.release_ip(old);
+        }
+        Ok(())
+    }
+
+    /// Marks the connection as an open WebSocket (what [`ConnectionLimits::open`] and the
+    /// shutdown drain count).
+    pub(crate) fn set_websocket(&mut self) {
+        if !self.websocket {
+            self.websocket = true;
+            self.limits.counts.lock().websockets += 1;
+        }
     }
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut c = self.limits.counts.lock();
-        c.total -= 1;
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
+        c.total = c.total.saturating_sub(1);
+        if self.websocket {
+            c.websockets = c.websockets.saturating_sub(1);
         }
+        if let Some(ip) = self.ip {
+            c.release_ip(ip);
+        }
+    }
+}
+
+/// A request extension that carries the accept-time permit of the connection the request
+/// came on. The upgrade takes it for the WebSocket; if no request upgrades, it is released
+/// when the connection closes.
+#[derive(Debug, Clone)]
+pub(crate) struct PermitSlot(Arc<Mutex<Option<ConnectionPermit>>>);
+
+impl PermitSlot {
+    pub(crate) fn new(permit: ConnectionPermit) -> Self {
+        Self(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    /// The permit, unless an earlier request on the connection took it.
+    pub(crate) fn take(&self) -> Option<ConnectionPermit> {
+        self.0.lock().take()
+    }
+
+    /// Puts back a permit taken with [`PermitSlot::take`] (an upgrade that was refused).
+    pub(crate) fn put_back(&self, permit: ConnectionPermit) {
+        *self.0.lock() = Some(permit);
     }
 }
 
@@ -87,18 +205,93 @@ impl Drop for ConnectionPermit {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn limits_and_release() {
-        let l = Arc::new(ConnectionLimits::new(3, 2));
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let p1 = l.acquire(a).unwrap();
-        let _p2 = l.acquire(a).unwrap();
-        assert_eq!(l.acquire(a).unwrap_err(), LimitError::PerIp);
-        let _p3 = l.acquire(b).unwrap();
-        assert_eq!(l.acquire(b).unwrap_err(), LimitError::Total);
+        let l = Arc::new(ConnectionLimits::new(3, 2, 64));
+        let a = ip("127.0.0.1");
+        let b = ip("127.0.0.2");
+        let p1 = l.acquire(Some(a)).unwrap();
+        let _p2 = l.acquire(Some(a)).unwrap();
+        assert_eq!(l.acquire(Some(a)).unwrap_err(), LimitError::PerIp);
+        let _p3 = l.acquire(Some(b)).unwrap();
+        assert_eq!(l.acquire(Some(b)).unwrap_err(), LimitError::Total);
         drop(p1);
-        assert_eq!(l.open(), 2);
-        assert!(l.acquire(a).is_ok());
+        assert_eq!(l.open_total(), 2);
+        assert_eq!(l.open(), 0, "no WebSocket yet");
+        assert!(l.acquire(Some(a)).is_ok());
+    }
+
+    #[test]
+    fn websockets_are_counted_apart() {
+        let l = Arc::new(ConnectionLimits::new(3, 0, 64));
+        let mut p = l.acquire(Some(ip("127.0.0.1"))).unwrap();
+        let _http = l.acquire(Some(ip("127.0.0.1"))).unwrap();
+        p.set_websocket();
+        p.set_websocket();
+        assert_eq!((l.open(), l.open_total()), (1, 2));
+        drop(p);
+        assert_eq!((l.open(), l.open_total()), (0, 1));
+    }
+
+    #[test]
+    fn a_proxy_connection_is_rekeyed_to_its_client() {
+        let l = Arc::new(ConnectionLimits::new(10, 1, 64));
+        let client = ip("10.0.0.7");
+        let _direct = l.acquire(Some(client)).unwrap();
+        let mut via_proxy = l.acquire(None).unwrap();
+        assert_eq!(via_proxy.assign_ip(client).unwrap_err(), LimitError::PerIp);
+        assert_eq!(via_proxy.ip, None, "unchanged after a refusal");
+        via_proxy.assign_ip(ip("10.0.0.8")).unwrap();
+        assert_eq!(
+            l.acquire(Some(ip("10.0.0.8"))).unwrap_err(),
+            LimitError::PerIp
+        );
+        drop(via_proxy);
+        assert!(l.acquire(Some(ip("10.0.0.8"))).is_ok());
+        assert!(l.counts.lock().per_ip.len() <= 2, "no leftover keys");
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_ipv4() {
+        assert_eq!(ip_key(ip("::ffff:192.0.2.1"), 64), ip("192.0.2.1"));
+        assert_eq!(ip_key(ip("192.0.2.1"), 64), ip("192.0.2.1"));
+        let l = Arc::new(ConnectionLimits::new(10, 1, 64));
+        let _p = l.acquire(Some(ip("192.0.2.1"))).unwrap();
+        assert_eq!(
+            l.acquire(Some(ip("::ffff:192.0.2.1"))).unwrap_err(),
+            LimitError::PerIp
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_prefix() {
+        assert_eq!(
+            ip_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            ip_key(ip("2001:db8:1:2:aaaa::1"), 48),
+            ip("2001:db8:1::"),
+            "a shorter prefix"
+        );
+        assert_eq!(ip_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(ip_key(ip("2001:db8::1"), 0), ip("::"), "/0: one key");
+        assert_eq!(ip_key(ip("2001:db8::1"), 200), ip("2001:db8::1"), "clamped");
+        assert_eq!(ip_key(ip("::1"), 64), ip("::"), "loopback is in ::/64");
+        let l = Arc::new(ConnectionLimits::new(10, 1, 64));
+        let _p = l.acquire(Some(ip("2001:db8:0:1::1"))).unwrap();
+        assert_eq!(
+            l.acquire(Some(ip("2001:db8:0:1::2"))).unwrap_err(),
+            LimitError::PerIp,
+            "same /64"
+        );
+        assert!(
+            l.acquire(Some(ip("2001:db8:0:2::1"))).is_ok(),
+            "another /64"
+        );
     }
 }

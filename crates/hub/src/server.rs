@@ -1,12 +1,42 @@
 //! The listener: binds, serves HTTP and WebSocket on one port, shuts down gracefully.
+//!
+//! The accept loop is the server's edge. Each TCP connection takes a connection slot when
+//! it is accepted, before a byte is read, so that unfinished requests count against
+//! `limits.max_connections` and `max_connections_per_ip`; over a limit the connection gets
+//! a fixed 503 or 429 and is closed unread. Each connection is then served by hyper's
+//! HTTP/1.1 connection with a header timer (`limits.header_timeout`, which also bounds idle
+//! keep-alive connections), a head size limit (`limits.max_header_bytes`, 431) and a
+//! request timeout (`limits.request_timeout`, 408). A request that upgrades hands the slot
+//! to its WebSocket.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::Router;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigError};
+use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
 use crate::Hub;
+
+/// First and longest pause after an accept error such as EMFILE, so that a process out of
+/// file descriptors waits for some to be freed instead of spinning on the listener.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -73,9 +103,12 @@ impl Server {
         &self.hub
     }
 
-    /// Serves until `shutdown` completes (or [`Hub::shutdown`] is called), then stops
-    /// accepting, closes every WebSocket with 1001 and waits for them at most
-    /// `shutdown_timeout`.
+    /// Serves until `shutdown` completes (or [`Hub::shutdown`] is called), then drains:
+    /// every WebSocket is closed with 1001 and awaited at most `shutdown_timeout`, while
+    /// new connections are still accepted and answered 503 (so that clients and load
+    /// balancers see the documented answer, not a refused connection). Idle connections
+    /// and unfinished requests are closed at once; requests being answered may finish.
+    /// The listener closes when the drain ends.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -92,32 +125,23 @@ impl Server {
                 _ = down.wait_for(|d| *d) => {}
             }
         });
+        let (phase, phase_rx) = watch::channel(Phase::Serving);
+        let edge = Arc::new(Edge::new(&hub, phase_rx));
+        let accepting = tokio::spawn(accept_loop(self.listener, edge));
+
         let mut down = hub.shared.shutdown_signal();
-        let graceful = async move {
-            let _ = down.wait_for(|d| *d).await;
-        };
-        let app = hub
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(self.listener, app).with_graceful_shutdown(graceful);
-        let mut serving = tokio::spawn(async move { serve.await });
-        let mut down = hub.shared.shutdown_signal();
-        tokio::select! {
-            result = &mut serving => {
-                // axum only returns before shutdown if the listener fails for good.
-                let result = result.map_err(|e| std::io::Error::other(e.to_string()));
-                return match result {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(source)) | Err(source) => Err(ServerError::Io {
-                        context: "server stopped".into(),
-                        source,
-                    }),
-                };
-            }
-            _ = down.wait_for(|d| *d) => {}
-        }
+        let _ = down.wait_for(|d| *d).await;
+        phase.send_replace(Phase::Draining);
         let timeout = hub.config().shutdown_timeout;
-        tracing::info!(connections = hub.connections(), "shutting down");
+        tracing::info!(
+            connections = hub.connections(),
+            other = hub
+                .shared
+                .limits
+                .open_total()
+                .saturating_sub(hub.connections()),
+            "shutting down"
+        );
         let deadline = tokio::time::Instant::now() + timeout;
         let left = hub.drain(timeout).await;
         if left > 0 {
@@ -126,13 +150,316 @@ impl Server {
                 "shutdown deadline passed; dropping connections"
             );
         }
-        if tokio::time::timeout_at(deadline, &mut serving)
-            .await
-            .is_err()
-        {
-            serving.abort();
+        phase.send_replace(Phase::Stopped);
+        let mut tasks = match accepting.await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::error!(error = %e, "the accept loop failed");
+                JoinSet::new()
+            }
+        };
+        // Requests being answered when the drain ended get what is left of the deadline.
+        let finish = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, finish).await.is_err() {
+            tasks.shutdown().await;
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Where the server is in its life; every connection task watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutdown started: WebSockets are closing, HTTP requests get 503.
+    Draining,
+    /// The drain ended: the listener is closed, connections end.
+    Stopped,
+}
+
+/// What every connection task shares.
+struct Edge {
+    hub: Hub,
+    router: Router,
+    http: http1::Builder,
+    phase: watch::Receiver<Phase>,
+    request_timeout: Duration,
+}
+
+impl Edge {
+    fn new(hub: &Hub, phase: watch::Receiver<Phase>) -> Self {
+        let limits = &hub.config().limits;
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            // Runs from the accept (and again from each response) until a whole head has
+            // arrived; bytes trickling in do not extend it.
+            .header_read_timeout(limits.header_timeout)
+            // Answered with 431 (RFC 6585 §5) once the buffered head reaches the limit.
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        Self {
+            hub: hub.clone(),
+            router: hub.router(),
+            http,
+            phase,
+            request_timeout: limits.request_timeout,
+        }
+    }
+
+    /// Whether the connection limits key a connection from `peer` by its address now, or
+    /// only once its request names the client (a trusted proxy).
+    fn per_ip_key(&self, peer: SocketAddr) -> Option<std::net::IpAddr> {
+        let ip = peer.ip().to_canonical();
+        let trusted = &self.hub.config().limits.trusted_proxies;
+        (!trusted.iter().any(|t| t.to_canonical() == ip)).then_some(ip)
+    }
+
+    async fn respond(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        slot: PermitSlot,
+    ) -> Response<Body> {
+        let draining = self.hub.is_shutting_down();
+        // `/healthz` and `/ws` answer 503 themselves while draining, with their own bodies
+        // and metrics.
+        if draining && !matches!(req.uri().path(), "/healthz" | "/ws") {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
+        }
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(slot);
+        let mut router = self.router.clone();
+        let call = tower_service::Service::call(&mut router, req);
+        let mut response = match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(never)) => match never {},
+            Err(_) => {
+                self.hub.shared.metrics.limit_hit("request_timeout");
+                return plain(StatusCode::REQUEST_TIMEOUT, "request timed out\n");
+            }
+        };
+        if draining && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// A short text answer after which the connection closes.
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn accept_loop(listener: TcpListener, edge: Arc<Edge>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    let mut phase = edge.phase.clone();
+    let mut backoff = ACCEPT_BACKOFF.0;
+    loop {
+        // Reap finished connection tasks so the set holds only live ones.
+        while tasks.try_join_next().is_some() {}
+        let stopped = async {
+            let _ = phase.wait_for(|p| *p == Phase::Stopped).await;
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped => break,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                admit(&edge, &mut tasks, tcp, peer);
+            }
+            // The peer gave up between SYN and accept: nothing to do.
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                // EMFILE/ENFILE (23, 24 on Linux and the BSDs) and the like: accept again
+                // only after a pause, doubling up to a second.
+                if matches!(e.raw_os_error(), Some(23 | 24)) {
+                    edge.hub.shared.metrics.limit_hit("file_descriptors");
+                }
+                tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
+                let stopped = async {
+                    let _ = phase.wait_for(|p| *p == Phase::Stopped).await;
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stopped => break,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+            }
+        }
+    }
+    drop(listener);
+    tasks
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted
+    )
+}
+
+/// Takes a slot for the new connection and serves it, or refuses it unread.
+fn admit(edge: &Arc<Edge>, tasks: &mut JoinSet<()>, tcp: TcpStream, peer: SocketAddr) {
+    match edge.hub.shared.limits.acquire(edge.per_ip_key(peer)) {
+        Ok(permit) => {
+            let _ = tcp.set_nodelay(true);
+            tasks.spawn(serve_connection(edge.clone(), tcp, peer, permit));
+        }
+        Err(e) => {
+            edge.hub.shared.metrics.limit_hit(e.metric());
+            tracing::debug!(%peer, limit = e.metric(), "connection refused at accept");
+            refuse_unread(&tcp, e);
+        }
+    }
+}
+
+/// Answers a connection over a limit without parsing its request: a fixed response written
+/// without waiting (a new socket's send buffer has room for it), then the socket is closed.
+fn refuse_unread(tcp: &TcpStream, e: LimitError) {
+    let (status, body) = match e {
+        LimitError::Total => ("503 Service Unavailable", "too many connections\n"),
+        LimitError::PerIp => (
+            "429 Too Many Requests",
+            "too many connections from this address\n",
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.try_write(response.as_bytes());
+    // Discard what the client already sent, without waiting for more: closing a socket
+    // with unread data makes the kernel send a reset, which can destroy the response
+    // before the client reads it.
+    let mut scratch = [0u8; 4096];
+    for _ in 0..4 {
+        match tcp.try_read(&mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// Counts a connection's requests from the head's arrival until the response's body has
+/// been sent, so that shutdown can tell an idle or unfinished connection (closed at once)
+/// from one being answered.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper drops it.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+async fn serve_connection(
+    edge: Arc<Edge>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) {
+    let slot = PermitSlot::new(permit);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let edge = edge.clone();
+        let in_flight = in_flight.clone();
+        hyper::service::service_fn(move |req| {
+            let edge = edge.clone();
+            let slot = slot.clone();
+            let guard = InFlight::enter(&in_flight);
+            async move {
+                let response = edge.respond(req, peer, slot).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _in_flight: guard,
+                }))
+            }
+        })
+    };
+    let conn = edge
+        .http
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut phase = edge.phase.clone();
+    // A connection accepted while draining is answered (503), without keep-alive.
+    if *phase.borrow_and_update() != Phase::Serving {
+        conn.as_mut().graceful_shutdown();
+    }
+    let mut watching = true;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            changed = phase.changed(), if watching => {
+                watching = changed.is_ok()
+                    && *phase.borrow_and_update() == Phase::Draining;
+                // Shutdown: no more keep-alive; an idle connection or an unfinished
+                // request has nothing worth waiting for and is closed at once.
+                conn.as_mut().graceful_shutdown();
+                if in_flight.load(Ordering::SeqCst) == 0 {
+                    tracing::debug!(%peer, "closing an idle connection for shutdown");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        let metrics = &edge.hub.shared.metrics;
+        if e.is_timeout() {
+            metrics.limit_hit("header_timeout");
+            tracing::debug!(%peer, "request head not received in time; closed");
+        } else if e.is_parse_too_large() {
+            metrics.limit_hit("header_size");
+            tracing::debug!(%peer, "request head too large; answered 431");
+        } else {
+            tracing::debug!(%peer, error = %e, "HTTP connection error");
+        }
     }
 }

@@ -11,12 +11,13 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use duplex::axum::{UpgradeRejection, UpgradedIo, WebSocketUpgrade};
 use duplex::{CloseCode, Message, WebSocket};
 
 use crate::auth::{token_from_query, AuthError, Identity};
-use crate::limits::{ConnectionPermit, LimitError};
+use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
 use crate::metrics::HandshakeFailure;
 use crate::queue::Next;
 use crate::session::{Session, POLICY};
@@ -53,9 +54,14 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 /// The address per-IP limits count: the peer itself, or, when the peer is a trusted proxy,
 /// the last address of `X-Forwarded-For` that is not itself a trusted proxy (each proxy
 /// appends the address it received the request from, so earlier entries are the client's
-/// own claims and cannot be believed).
+/// own claims and cannot be believed). Addresses are compared and returned in canonical
+/// form: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack listener reports
+/// for IPv4 peers) is its IPv4 address. [`crate::limits::ip_key`] then applies the IPv6
+/// prefix.
 fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip);
+    let peer = peer.to_canonical();
+    if !is_trusted(peer) {
         return peer;
     }
     let mut ip = peer;
@@ -68,8 +74,8 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
     for hop in hops.into_iter().rev() {
         match hop.trim().parse::<IpAddr>() {
             Ok(hop) => {
-                ip = hop;
-                if !trusted.contains(&hop) {
+                ip = hop.to_canonical();
+                if !is_trusted(ip) {
                     break;
                 }
             }
@@ -79,9 +85,34 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
     ip
 }
 
+/// The connection's slot for a WebSocket from `client`: the one [`crate::Server`] took
+/// when it accepted the TCP connection (re-keyed to `client` when a trusted proxy named
+/// it), or, when the router is served by something else, a new one.
+fn websocket_permit(
+    hub: &Hub,
+    slot: Option<&PermitSlot>,
+    client: IpAddr,
+) -> Result<ConnectionPermit, LimitError> {
+    let mut permit = match slot.and_then(PermitSlot::take) {
+        Some(mut permit) => {
+            if let Err(e) = permit.assign_ip(client) {
+                if let Some(slot) = slot {
+                    slot.put_back(permit);
+                }
+                return Err(e);
+            }
+            permit
+        }
+        None => hub.shared.limits.acquire(Some(client))?,
+    };
+    permit.set_websocket();
+    Ok(permit)
+}
+
 async fn upgrade(
     State(hub): State<Hub>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<PermitSlot>>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, UpgradeRejection>,
@@ -145,23 +176,26 @@ async fn upgrade(
         }
     };
     let client_ip = client_ip(addr.ip(), &headers, &hub.config().limits.trusted_proxies);
-    let permit = match hub.shared.limits.acquire(client_ip) {
+    let slot = slot.as_ref().map(|Extension(slot)| slot);
+    let permit = match websocket_permit(&hub, slot, client_ip) {
         Ok(p) => p,
-        Err(LimitError::Total) => {
+        Err(e @ LimitError::Total) => {
+            hub.shared.metrics.limit_hit(e.metric());
             return refuse(
                 &hub,
                 HandshakeFailure::Capacity,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections",
-            )
+            );
         }
-        Err(LimitError::PerIp) => {
+        Err(e @ LimitError::PerIp) => {
+            hub.shared.metrics.limit_hit(e.metric());
             return refuse(
                 &hub,
                 HandshakeFailure::PerIp,
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from this address",
-            )
+            );
         }
     };
     let c = hub.config();
@@ -386,5 +420,30 @@ mod tests {
         );
         assert_eq!(client_ip(proxy, &forwarded(&["junk"]), &[proxy]), proxy);
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &[proxy]), proxy);
+    }
+
+    #[test]
+    fn forwarded_for_and_peers_are_canonical() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mapped_proxy = ip("::ffff:127.0.0.2");
+        let proxy = ip("127.0.0.2");
+        assert_eq!(
+            client_ip(ip("::ffff:10.1.2.3"), &HeaderMap::new(), &[]),
+            ip("10.1.2.3"),
+            "a dual-stack listener's IPv4 peer"
+        );
+        let h = forwarded(&["::ffff:10.9.9.9"]);
+        assert_eq!(
+            client_ip(mapped_proxy, &h, &[proxy]),
+            ip("10.9.9.9"),
+            "a mapped peer matches its IPv4 trusted entry; a mapped hop is IPv4"
+        );
+        assert_eq!(
+            client_ip(proxy, &h, &[mapped_proxy]),
+            ip("10.9.9.9"),
+            "a mapped trusted entry matches its IPv4 peer"
+        );
+        let chained = forwarded(&["10.9.9.9, ::ffff:127.0.0.2"]);
+        assert_eq!(client_ip(proxy, &chained, &[proxy]), ip("10.9.9.9"));
     }
 }

@@ -146,7 +146,14 @@ async fn protected_reads_need_the_key() {
     let s = start_with(c).await;
     assert_eq!(get(s.addr, "/api/stats", "").await.0, 401);
     assert_eq!(get(s.addr, "/api/channels", "").await.0, 401);
+    assert_eq!(get(s.addr, "/metrics", "").await.0, 401);
     assert_eq!(get(s.addr, "/api/stats", &auth()).await.0, 200);
+    assert_eq!(get(s.addr, "/metrics", &auth()).await.0, 200);
+    assert_eq!(
+        get(s.addr, "/healthz", "").await.0,
+        200,
+        "health stays open"
+    );
 }
 
 #[tokio::test]
