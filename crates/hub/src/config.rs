@@ -951,7 +951,7 @@ mod tests {
         assert!(Config::from_toml("[memory]\nmax_history_bytes = 1000").is_err());
         assert!(Config::from_toml("[channels]\nmax_history_bytes = 1000").is_err());
         assert!(
-            Config::from_toml("[memory]\nmax_history_bytes = 1000\nmax_history_entry = 10").is_ok()
+            Config::from_toml("[memory]\nmax_history_bytes = 2000\nmax_history_entry = 10").is_ok()
         );
     }
 
