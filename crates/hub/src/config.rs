@@ -728,9 +728,7 @@ impl Config {
                 return invalid(format!("namespace {name:?}: history_ttl must be positive"));
             }
             if ns.join_leave_interval > Duration::from_secs(10) {
-                return invalid(format!(
-                    "namespace {name:?}: join_leave_interval above 10s"
-                ));
+                return invalid(format!("namespace {name:?}: join_leave_interval above 10s"));
             }
             if ns.join_leave_max_entries > 10_000 {
                 return invalid(format!(
@@ -1034,14 +1032,23 @@ mod tests {
         let big = c.namespace("big").unwrap();
         assert_eq!(big.join_leave_interval, Duration::from_millis(50));
         assert_eq!(big.join_leave_max_entries, 0);
-        assert_eq!(c.namespace("fast").unwrap().join_leave_interval, Duration::ZERO);
-        assert_eq!(Config::default().channels.join_leave_interval, Duration::from_millis(200));
+        assert_eq!(
+            c.namespace("fast").unwrap().join_leave_interval,
+            Duration::ZERO
+        );
+        assert_eq!(
+            Config::default().channels.join_leave_interval,
+            Duration::from_millis(200)
+        );
         assert!(Config::from_toml("[channels]\njoin_leave_interval = \"11s\"").is_err());
         assert!(Config::from_toml("[namespaces.a]\njoin_leave_max_entries = 10001").is_err());
         assert_eq!(Config::default().limits.max_json_depth, 32);
         assert!(Config::from_toml("[limits]\nmax_json_depth = 0").is_err());
         assert_eq!(
-            Config::from_toml("[limits]\nmax_json_depth = 8").unwrap().limits.max_json_depth,
+            Config::from_toml("[limits]\nmax_json_depth = 8")
+                .unwrap()
+                .limits
+                .max_json_depth,
             8
         );
     }

@@ -200,7 +200,12 @@ impl Inner {
                     .collect()
             };
             let (joins, leaves) = (listed(true), listed(false));
-            let full = protocol::presence_diff(channel, joined, left, Some((&joins, &leaves)));
+            let full = protocol::presence_diff(
+                channel,
+                joined,
+                left,
+                Some((joins.as_slice(), leaves.as_slice())),
+            );
             if full.len() <= self.max_frame {
                 text = Some(full);
             }
@@ -267,7 +272,10 @@ mod tests {
                 id: id.into(),
                 queue: Outbound::new(1 << 20),
             });
-            self.node.add(&*self.broker, "c", &peer, false).await.unwrap();
+            self.node
+                .add(&*self.broker, "c", &peer, false)
+                .await
+                .unwrap();
             self.node.go_live("c", &peer, Vec::new(), 0);
             self.broker
                 .presence_add("c", entry(id, None), true)
@@ -326,7 +334,10 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0]["type"], "presence_diff");
         assert_eq!(got[0]["channel"], "c");
-        assert_eq!((got[0]["joined"].as_u64(), got[0]["left"].as_u64()), (Some(3), Some(0)));
+        assert_eq!(
+            (got[0]["joined"].as_u64(), got[0]["left"].as_u64()),
+            (Some(3), Some(0))
+        );
         assert_eq!(clients(&got[0], "joins"), ["a", "b", "c"]);
         assert_eq!(frames(&b), got);
         assert_eq!(frames(&c), got);

@@ -946,7 +946,10 @@ mod tests {
     #[test]
     fn depth_limit_is_inclusive() {
         let nested = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
-        assert!(!json_too_deep(&nested(32), 32), "exactly at the limit passes");
+        assert!(
+            !json_too_deep(&nested(32), 32),
+            "exactly at the limit passes"
+        );
         assert!(json_too_deep(&nested(33), 32));
         assert!(!json_too_deep("7", 0));
         assert!(json_too_deep("[]", 0));
@@ -984,7 +987,7 @@ mod tests {
             info: None,
         };
         let v: serde_json::Value =
-            serde_json::from_str(&presence_diff("c", 1, 0, Some((&[&e], &[])))).unwrap();
+            serde_json::from_str(&presence_diff("c", 1, 0, Some((&[&e][..], &[][..])))).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"presence_diff","channel":"c","joined":1,"left":0,

@@ -87,7 +87,10 @@ async fn unsubscribe_stops_delivery_and_announces_leave() {
     );
     let diff = a.recv_presence().await;
     assert_eq!(listed(&diff, "leaves"), [b.id()], "{diff}");
-    assert_eq!((diff["joined"].as_u64(), diff["left"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (diff["joined"].as_u64(), diff["left"].as_u64()),
+        (Some(0), Some(1))
+    );
     a.call(json!({"type":"publish","channel":"lobby","data":1}))
         .await;
     b.assert_silent(Duration::from_millis(200)).await;

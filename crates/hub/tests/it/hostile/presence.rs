@@ -176,7 +176,10 @@ async fn within_an_interval_the_last_change_of_a_client_wins() {
         .await;
     bob.call(sub("Robert")).await;
     let diff = keeper.recv_presence().await;
-    assert_eq!((diff["joined"].as_u64(), diff["left"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (diff["joined"].as_u64(), diff["left"].as_u64()),
+        (Some(1), Some(0))
+    );
     assert_eq!(diff["joins"][0]["client"], bob.id());
     assert_eq!(diff["joins"][0]["info"], json!({"name":"Robert"}));
     assert_served(&s, "127.0.0.2").await;
@@ -215,7 +218,10 @@ async fn deeply_nested_json_is_refused_with_too_deep() {
     ))
     .await;
     let err = c.recv().await;
-    assert_eq!((err["id"].as_u64(), err["code"].as_str()), (Some(8), Some("too_deep")));
+    assert_eq!(
+        (err["id"].as_u64(), err["code"].as_str()),
+        (Some(8), Some("too_deep"))
+    );
 
     let (status, _, body) = post(
         s.addr,
@@ -236,10 +242,12 @@ async fn deeply_nested_json_is_refused_with_too_deep() {
     // Nothing deep reached the subscriber; 32 levels (the default limit) do.
     let at_limit = nested(32);
     let reply = c
-        .call(serde_json::from_str(&format!(
-            r#"{{"type":"publish","channel":"deep","data":{at_limit}}}"#
-        ))
-        .unwrap())
+        .call(
+            serde_json::from_str(&format!(
+                r#"{{"type":"publish","channel":"deep","data":{at_limit}}}"#
+            ))
+            .unwrap(),
+        )
         .await;
     assert_eq!(reply["type"], "reply", "{reply}");
     let m = subscriber.recv_message().await;
