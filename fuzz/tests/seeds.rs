@@ -32,3 +32,13 @@ fn handshake_server_seeds() {
 fn handshake_client_seeds() {
     replay("handshake_client", duplex_proto_fuzz::handshake_client);
 }
+
+#[test]
+fn inflate_seeds() {
+    replay("inflate", duplex_proto_fuzz::inflate);
+}
+
+#[test]
+fn hub_command_seeds() {
+    replay("hub_command", duplex_proto_fuzz::hub_command);
+}

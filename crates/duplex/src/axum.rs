@@ -162,6 +162,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         if !headers.contains_key(header::HOST) {
             return Err(UpgradeRejection::bad("missing Host header"));
         }
+        // RFC 9112 §3.2 (one Host), RFC 6455 §11.3.1 and §11.3.5 (one key, one version).
+        if let Some(reason) = duplex_proto::handshake::server::duplicate(headers) {
+            return Err(UpgradeRejection::bad(reason));
+        }
         if !has_token(headers, header::UPGRADE, "websocket") {
             return Err(UpgradeRejection::bad(
                 "missing \"Upgrade: websocket\" header",

@@ -103,6 +103,14 @@ impl ClientBuilder {
     }
 
     /// Add a request header (e.g. `Authorization`, `Cookie`, `Origin`).
+    ///
+    /// The name must be an HTTP token and the value visible ASCII, spaces and tabs; headers
+    /// the handshake writes itself (`Host`, `Upgrade`, `Connection`, `Sec-WebSocket-*`,
+    /// `Content-Length`, `Transfer-Encoding`; see
+    /// [`RESERVED_REQUEST_HEADERS`](duplex_proto::handshake::client::RESERVED_REQUEST_HEADERS))
+    /// are refused. A header that breaks these rules is kept, and [`connect`](Self::connect)
+    /// then fails with [`Error::InvalidHeader`] naming the first one, before anything is sent:
+    /// a value with CR or LF never reaches the wire.
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -230,9 +238,12 @@ impl ClientBuilder {
     /// (with the address), [`Error::Proxy`] (with its status), [`Error::Tls`] (unknown CA,
     /// name mismatch, expiry, ...), [`Error::Timeout`], [`Error::Refused`] when the server
     /// answers with another status than 101 (with the start of the body),
-    /// [`Error::Redirected`] or [`Error::TooManyRedirects`], and [`Error::Handshake`] for an
-    /// invalid 101 response (a wrong `Sec-WebSocket-Accept`, an unoffered subprotocol).
+    /// [`Error::Redirected`] or [`Error::TooManyRedirects`], [`Error::Handshake`] for an
+    /// invalid 101 response (a wrong `Sec-WebSocket-Accept`, an unoffered subprotocol), and
+    /// [`Error::InvalidHeader`] for a header of [`header`](Self::header) that cannot be sent
+    /// (checked before connecting).
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
+        self.check_headers()?;
         let mut url = self.url.clone();
         let mut headers = self.headers.clone();
         let mut followed = 0;
@@ -282,6 +293,7 @@ impl ClientBuilder {
         self,
         io: S,
     ) -> Result<(WebSocket<S>, Response)> {
+        self.check_headers()?;
         let target = Target::parse(&self.url)?;
         let deadline = Instant::now() + self.handshake_timeout;
         let outcome = timeout_at(deadline, self.handshake(io, &target, &self.headers))
@@ -291,6 +303,18 @@ impl ClientBuilder {
             Outcome::Open(ws, response) => Ok((*ws, response)),
             Outcome::Redirect { status, location } => Err(Error::Redirected { status, location }),
         }
+    }
+
+    /// Refuse, before connecting, a header or subprotocol that cannot be sent.
+    fn check_headers(&self) -> Result<()> {
+        let mut hs = ClientHandshake::new("host", "/");
+        for p in &self.subprotocols {
+            hs = hs.subprotocol(p.clone());
+        }
+        for (name, value) in &self.headers {
+            hs = hs.header(name.clone(), value.clone());
+        }
+        hs.check().map_err(Error::InvalidHeader)
     }
 
     /// Resolve, connect TCP and open the proxy tunnel, within the connect timeout.
@@ -364,7 +388,7 @@ impl ClientBuilder {
         if let Some(settings) = &self.config.deflate {
             hs = hs.extensions(deflate::client_offer(settings));
         }
-        io.write_all(&hs.request()).await?;
+        io.write_all(&hs.request()?).await?;
         io.flush().await?;
         let mut buf = BytesMut::with_capacity(1024);
         loop {
@@ -593,6 +617,44 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_bad_header_fails_connect_before_anything_is_sent() {
+        let cases = [
+            ("X-Token", "a\r\nSet-Cookie: s=1", "the value contains CR or LF"),
+            ("X-Token", "a\nb", "the value contains CR or LF"),
+            ("X-Token", "caf\u{e9}", "the value is not ASCII"),
+            ("X-Token", "a\x01b", "the value contains a control character"),
+            ("X-Token\r\nX-Evil", "1", "the name is not an HTTP token (RFC 9110 §5.6.2)"),
+            ("T\u{f6}ken", "1", "the name is not an HTTP token (RFC 9110 §5.6.2)"),
+            ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA==", "the handshake sets this header itself"),
+            ("host", "other.example", "the handshake sets this header itself"),
+        ];
+        for (name, value, reason) in cases {
+            // Port 1 on loopback: had it tried to connect, the error would be another one.
+            let builder = ClientBuilder::new("ws://127.0.0.1:1/")
+                .header("Authorization", "Bearer t")
+                .header(name, value);
+            match builder.clone().connect().await {
+                Err(Error::InvalidHeader(e)) => {
+                    assert_eq!((e.name.as_str(), e.reason), (name, reason));
+                }
+                other => panic!("{name:?}: {value:?}: {other:?}"),
+            }
+            // On a given transport nothing is written either.
+            let (mine, mut theirs) = tokio::io::duplex(4096);
+            let result = builder.connect_on(mine).await;
+            assert!(matches!(result, Err(Error::InvalidHeader(_))), "{result:?}");
+            let mut sent = Vec::new();
+            theirs.read_to_end(&mut sent).await.unwrap();
+            assert!(sent.is_empty(), "{:?}", String::from_utf8_lossy(&sent));
+        }
+        let bad_protocol = ClientBuilder::new("ws://127.0.0.1:1/").subprotocol("chat\r\nX: 1");
+        assert!(matches!(
+            bad_protocol.connect().await,
+            Err(Error::InvalidHeader(e)) if e.name == "Sec-WebSocket-Protocol"
+        ));
+    }
 
     #[test]
     fn targets() {

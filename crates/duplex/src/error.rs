@@ -2,7 +2,7 @@
 
 use std::{io, net::SocketAddr};
 
-use duplex_proto::{CloseError, HandshakeError, ProtocolError, SendError};
+use duplex_proto::{CloseError, HandshakeError, InvalidHeader, ProtocolError, SendError};
 
 use crate::tls::TlsError;
 
@@ -26,6 +26,13 @@ pub enum Error {
         /// Up to 512 bytes of the response body.
         body: String,
     },
+    /// A header this side was asked to send cannot be sent as given (CR or LF, another
+    /// control or a non-ASCII byte, a name that is not an HTTP token, or a header the
+    /// handshake sets itself). Client: from [`ClientBuilder::header`](crate::ClientBuilder::header),
+    /// before anything is sent. Server: from the accept hook's answer; the client was answered
+    /// `500` without it.
+    #[error("invalid header: {0}")]
+    InvalidHeader(#[from] InvalidHeader),
     /// The accept hook refused the request with this status.
     #[error("request rejected with HTTP {0}")]
     Rejected(u16),

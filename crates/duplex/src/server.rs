@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use duplex_proto::{
     deflate,
     handshake::server::{parse_request, Accept, Reject, Request},
-    Config, HandshakeError, Role,
+    Config, HandshakeError, InvalidHeader, Role,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -135,8 +135,19 @@ where
 /// # Ok(()) }
 /// ```
 ///
+/// # Headers from the hook
+///
+/// Header names and values of the [`Accept`] or [`Reject`] returned by `hook` are checked
+/// before anything is written (see [`Accept::header`]): a value with CR or LF, a control or
+/// non-ASCII byte, a name that is not an HTTP token, or a header the handshake writes itself
+/// is never sent. The client gets `500 Internal Server Error` instead, the header is logged
+/// (`warn`), and this returns [`Error::InvalidHeader`] naming it. Values copied from the
+/// request are therefore safe to send back: a request value that would have added a header
+/// costs that client a 500, nothing more.
+///
 /// # Errors
-/// As for [`accept`], plus [`Error::Rejected`] when `hook` refused the request.
+/// As for [`accept`], plus [`Error::Rejected`] when `hook` refused the request, and
+/// [`Error::InvalidHeader`] when its answer had a header that cannot be sent.
 pub async fn accept_with<S, F>(mut io: S, config: ServerConfig, hook: F) -> Result<WebSocket<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -157,8 +168,10 @@ where
     let mut accept = match hook(&request) {
         Ok(accept) => accept,
         Err(reject) => {
-            refuse(&mut io, &reject).await;
-            return Err(Error::Rejected(reject.status));
+            return Err(match refuse(&mut io, &reject).await {
+                Some(invalid) => Error::InvalidHeader(invalid),
+                None => Error::Rejected(reject.status),
+            });
         }
     };
     match &accept.subprotocol {
@@ -194,7 +207,17 @@ where
         }
         _ => None,
     };
-    io.write_all(&accept.response(&request)).await?;
+    let response = match accept.response(&request) {
+        Ok(response) => response,
+        Err(e) => {
+            // Never written as given: its CR/LF would add headers (a hook echoing a request
+            // value would let the client choose them). The client gets a 500.
+            tracing::warn!(error = %e, "accept not sent: answered 500");
+            refuse(&mut io, &Reject::internal_error()).await;
+            return Err(Error::InvalidHeader(e));
+        }
+    };
+    io.write_all(&response).await?;
     io.flush().await?;
     let leftover = buf.split_off(0);
     Ok(
@@ -228,7 +251,121 @@ async fn read_request<S: AsyncRead + Unpin>(
 }
 
 /// Answer with an HTTP error and close; failures only mean the client is gone.
-async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, reject: &Reject) {
-    let _ = io.write_all(&reject.response()).await;
+/// Send `reject` and close. A refusal with a header that cannot be sent is answered `500`
+/// without its headers instead, logged, and returned.
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, reject: &Reject) -> Option<InvalidHeader> {
+    let (response, invalid) = reject.or_internal_error();
+    if let Some(e) = &invalid {
+        tracing::warn!(status = reject.status, error = %e, "refusal not sent: answered 500");
+    }
+    let _ = io.write_all(&response).await;
     let _ = io.shutdown().await;
+    invalid
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A request whose query carries `value`, percent-encoded (as a hook would decode it).
+    fn request(query: &str) -> String {
+        format!(
+            "GET /?name={query} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    }
+
+    /// Runs `accept_with` with `hook` against `request`; returns its result and what the
+    /// client received.
+    async fn run<F>(request: String, hook: F) -> (Result<()>, String)
+    where
+        F: FnOnce(&Request) -> Result<Accept, Reject> + Send + 'static,
+    {
+        let (mut client, server) = duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            accept_with(server, ServerConfig::default(), hook)
+                .await
+                .map(drop)
+        });
+        client.write_all(request.as_bytes()).await.unwrap();
+        let result = task.await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        (result, String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    /// The hook of the report: it echoes a decoded query value in a response header.
+    fn echoed(req: &Request) -> String {
+        let raw = req.query().and_then(|q| q.strip_prefix("name=")).unwrap_or("");
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_accept_with_crlf_in_a_header_is_answered_500_and_not_written() {
+        let (result, answer) = run(request("a%0D%0ASet-Cookie:%20session=attacker"), |req| {
+            Ok(Accept::default().header("X-Name", echoed(req)))
+        })
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
+        assert!(!answer.contains("Set-Cookie") && !answer.contains("X-Name"), "{answer}");
+        match result {
+            Err(Error::InvalidHeader(e)) => {
+                assert_eq!(e.name, "X-Name");
+                assert_eq!(e.reason, "the value contains CR or LF");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A value that is fine is sent.
+        let (result, answer) =
+            run(request("ok"), |req| Ok(Accept::default().header("X-Name", echoed(req)))).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(answer.starts_with("HTTP/1.1 101 ") && answer.contains("\r\nX-Name: ok\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_reject_with_a_bad_header_is_answered_500_and_not_written() {
+        for query in ["a%0Ab", "caf%C3%A9", "a%00b"] {
+            let (result, answer) = run(request(query), |req| {
+                Err(Reject::new(302, "moved").header("Location", echoed(req)))
+            })
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 500 "), "{query}: {answer}");
+            assert!(!answer.contains("Location"), "{query}: {answer}");
+            assert!(
+                matches!(&result, Err(Error::InvalidHeader(e)) if e.name == "Location"),
+                "{query}: {result:?}"
+            );
+        }
+        // An invalid name, and a header the refusal writes itself.
+        for (name, value) in [("X\r\nY", "1"), ("Content-Length", "0")] {
+            let (result, answer) =
+                run(request("x"), move |_| Err(Reject::new(403, "no").header(name, value))).await;
+            assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
+            assert!(matches!(result, Err(Error::InvalidHeader(_))), "{result:?}");
+        }
+        let (result, answer) = run(request("x"), |_| {
+            Err(Reject::new(403, "no").header("WWW-Authenticate", "Bearer"))
+        })
+        .await;
+        assert!(matches!(result, Err(Error::Rejected(403))), "{result:?}");
+        assert!(answer.contains("\r\nWWW-Authenticate: Bearer\r\n"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn duplicate_keys_get_400_with_the_reason() {
+        let twice = request("x").replacen(
+            "Sec-WebSocket-Version: 13\r\n",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            1,
+        );
+        let (result, answer) = run(twice, |_| Ok(Accept::default())).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nduplicate Sec-WebSocket-Key header\n"), "{answer}");
+        assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
+    }
 }

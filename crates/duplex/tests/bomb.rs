@@ -59,14 +59,15 @@ fn compressed_frame(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Serves `duplex` with deflate on and a 1 MiB message limit; reports each connection's
+/// Serves `duplex` with deflate on and a `max_message` limit; reports each connection's
 /// outcome (the error that ended it) on `tx`.
-async fn server(tx: mpsc::UnboundedSender<String>) -> std::net::SocketAddr {
+async fn server(tx: mpsc::UnboundedSender<String>, max_message: usize) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let config = ServerConfig::default().connection(
         Config::default()
-            .max_message_size(MAX_MESSAGE)
+            .max_message_size(max_message)
+            .max_frame_size(max_message)
             .deflate(Some(DeflateConfig::default())),
     );
     tokio::spawn(async move {
@@ -150,7 +151,7 @@ const MIB: u64 = 1 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compression_bomb_is_refused_with_1009_and_memory_stays_flat() {
     let (tx, mut outcomes) = mpsc::unbounded_channel();
-    let addr = server(tx).await;
+    let addr = server(tx, MAX_MESSAGE).await;
 
     // A few KiB that inflate to 8 times the limit.
     let tiny = compressed_frame(&deflated_zeros(8));
@@ -194,5 +195,41 @@ async fn a_compression_bomb_is_refused_with_1009_and_memory_stays_flat() {
         rss_growth < 32 * MIB,
         "resident size grew by {} MiB",
         rss_growth / MIB
+    );
+}
+
+/// The case of the report: about 100 KB on the wire against the default 64 MiB limit of
+/// `duplex echo`. Inflating it stops at the limit; the buffer it fills is allocated at most
+/// once at about the limit (growing it by doubling held 64 MiB and asked for 128 MiB more,
+/// about 200 MB before the 1009).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_kb_bomb_costs_about_the_default_message_limit() {
+    let limit = Config::default().max_message_size;
+    assert_eq!(limit, 64 << 20);
+    let (tx, mut outcomes) = mpsc::unbounded_channel();
+    let addr = server(tx, limit).await;
+    // 100 MiB of zeros in about 100 KB.
+    let frame = compressed_frame(&deflated_zeros(100));
+    assert!(frame.len() < 110_000, "{} bytes", frame.len());
+    let (peak_before, _) = memory();
+    let code = timeout(LIMIT, bomb(addr, &frame)).await.expect("in time");
+    assert_eq!(CloseCode(code), CloseCode::TOO_BIG);
+    let outcome = timeout(LIMIT, outcomes.recv()).await.expect("in time");
+    assert!(outcome.expect("reported").contains("error"));
+    let (peak_after, _) = memory();
+    let growth = peak_after.saturating_sub(peak_before);
+    eprintln!(
+        "{} byte bomb: peak resident {} -> {} MiB (+{} MiB, limit {} MiB)",
+        frame.len(),
+        peak_before / MIB,
+        peak_after / MIB,
+        growth / MIB,
+        limit as u64 / MIB
+    );
+    // About the limit: 64 MiB plus the frame, the codec and slack; not twice or three times it.
+    assert!(
+        growth < limit as u64 + 24 * MIB,
+        "peak resident size grew by {} MiB",
+        growth / MIB
     );
 }

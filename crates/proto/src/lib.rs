@@ -64,7 +64,7 @@ pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
 pub use connection::{Closed, Connection, Event, Side, State};
 pub use error::{CloseError, ProtocolError, SendError};
-pub use handshake::HandshakeError;
+pub use handshake::{HandshakeError, InvalidHeader};
 pub use message::{Message, Utf8Bytes};
 pub use prepared::Prepared;
 pub use role::Role;

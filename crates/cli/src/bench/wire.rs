@@ -101,7 +101,7 @@ pub(crate) async fn connect(
     if let Some(p) = &offer.subprotocol {
         handshake = handshake.subprotocol(p.clone());
     }
-    stream.write_all(&handshake.request()).await?;
+    stream.write_all(&handshake.request()?).await?;
     let mut rx = RecvBuf::new(rx_capacity);
     loop {
         if rx.read(&mut stream).await? == 0 {

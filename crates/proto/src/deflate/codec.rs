@@ -127,7 +127,8 @@ impl Deflate {
         loop {
             let filled = out.len();
             // One byte past the limit is enough to know it was crossed.
-            let room = STEP.min(max + 1 - filled.min(max));
+            let room = STEP.min(max.saturating_add(1).saturating_sub(filled));
+            grow(out, filled + room, max);
             out.resize(filled + room, 0);
             let (before_in, before_out) = (self.decompress.total_in(), self.decompress.total_out());
             let status =
@@ -160,6 +161,28 @@ impl Deflate {
             }
         }
     }
+}
+
+/// Make room for `want` bytes in `out`, growing it the way `Vec` does (doubling) but never
+/// past `max + 1` bytes, the most [`Deflate::inflate`] ever needs.
+///
+/// `BytesMut` (like `Vec`) doubles its capacity and copies: at a 64 MiB limit, the step that
+/// crosses it asked for 128 MiB while the old 64 MiB were still held, and a 100 KB bomb cost
+/// over 200 MB before its 1009. Here the new buffer is allocated at the capped size and the
+/// old one freed right after the copy, so inflating costs at most about `max`, and the copies
+/// stay amortised O(n).
+fn grow(out: &mut BytesMut, want: usize, max: usize) {
+    if out.capacity() >= want {
+        return;
+    }
+    let cap = out
+        .capacity()
+        .saturating_mul(2)
+        .min(max.saturating_add(1))
+        .max(want);
+    let mut bigger = BytesMut::with_capacity(cap);
+    bigger.extend_from_slice(out);
+    *out = bigger;
 }
 
 #[cfg(test)]
@@ -230,6 +253,37 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ProtocolError::MessageTooLarge { .. }));
         assert!(out.len() <= (1 << 20) + 1 + STEP);
+        // The buffer never grew past the limit: a bomb costs about the limit, not twice it.
+        assert!(out.capacity() <= (1 << 20) + 1, "{}", out.capacity());
+    }
+
+    #[test]
+    fn a_message_of_exactly_the_limit_fits_in_a_buffer_of_the_limit() {
+        let (mut client, mut server) = pair(&DeflateParams::default());
+        for max in [1, 1000, 100_000, 1 << 20] {
+            let msg: Vec<u8> = (0..max).map(|i| (i % 251) as u8).collect();
+            let mut wire = BytesMut::new();
+            client.compress(&msg, &mut wire);
+            let mut out = BytesMut::new();
+            server.decompress(&wire, true, &mut out, max).unwrap();
+            assert_eq!(&out[..], &msg[..]);
+            assert!(out.capacity() <= max + 1, "{max}: {}", out.capacity());
+        }
+    }
+
+    #[test]
+    fn growth_doubles_up_to_the_limit() {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(b"abc");
+        grow(&mut out, 100, 1000);
+        assert!(out.capacity() >= 100 && &out[..] == b"abc");
+        let before = out.capacity();
+        grow(&mut out, before + 1, 1000);
+        assert!(out.capacity() >= (2 * before).min(1001));
+        grow(&mut out, 1001, 1000);
+        assert!(out.capacity() >= 1001);
+        grow(&mut out, 1001, usize::MAX);
+        assert_eq!(&out[..], b"abc");
     }
 
     #[test]

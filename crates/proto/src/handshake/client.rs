@@ -4,7 +4,7 @@
 //! use duplex_proto::handshake::client::ClientHandshake;
 //!
 //! let hs = ClientHandshake::new("example.com", "/chat").subprotocol("chat");
-//! let request = hs.request();
+//! let request = hs.request().unwrap();
 //! assert!(request.starts_with(b"GET /chat HTTP/1.1\r\nHost: example.com\r\n"));
 //! ```
 
@@ -13,8 +13,25 @@ use std::fmt::Write as _;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 
 use super::{
-    accept_key, has_token, head_len, list_values, to_header_map, HandshakeError, MAX_HEADERS,
+    accept_key, check_header, check_token, check_value, has_token, head_len, list_values,
+    to_header_map, HandshakeError, InvalidHeader, MAX_HEADERS,
 };
+
+/// Headers [`ClientHandshake::header`] refuses (lowercase): the handshake writes them itself
+/// (`Host`, `Upgrade`, `Connection`, the `Sec-WebSocket-*` request headers; use
+/// [`ClientHandshake::subprotocol`] and [`ClientHandshake::extensions`]), or they would frame
+/// a body the request does not have.
+pub const RESERVED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "content-length",
+    "transfer-encoding",
+];
 
 /// A client's upgrade request and what it needs to check the answer.
 #[derive(Debug, Clone)]
@@ -73,6 +90,11 @@ impl ClientHandshake {
     }
 
     /// Add a request header (e.g. `Authorization`, `Cookie`, `Origin`).
+    ///
+    /// The name must be an HTTP token and not one of [`RESERVED_REQUEST_HEADERS`]; the value
+    /// visible ASCII, spaces and tabs (no CR, LF or other control bytes). This is checked by
+    /// [`check`](Self::check) and [`request`](Self::request), which refuse the whole request
+    /// rather than write a bad header.
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -92,9 +114,42 @@ impl ClientHandshake {
         &self.key
     }
 
+    /// Check every part of the request this handshake would write: the host, the target,
+    /// the subprotocols (tokens, RFC 6455 §4.1), the extension offer and the extra headers.
+    ///
+    /// # Errors
+    /// The first part that cannot be sent, by name, with the reason.
+    pub fn check(&self) -> Result<(), InvalidHeader> {
+        check_value("Host", &self.host)?;
+        if self.host.is_empty() || !self.host.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidHeader::new("Host", "not a host name"));
+        }
+        // RFC 9112 §3.2: the request target has no whitespace and no control bytes.
+        if self.target.is_empty() || !self.target.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidHeader::new(
+                "request target",
+                "it must be visible ASCII without spaces",
+            ));
+        }
+        for p in &self.subprotocols {
+            check_token("Sec-WebSocket-Protocol", p)?;
+        }
+        if let Some(e) = &self.extensions {
+            check_value("Sec-WebSocket-Extensions", e)?;
+        }
+        for (name, value) in &self.headers {
+            check_header(name, value, RESERVED_REQUEST_HEADERS)?;
+        }
+        Ok(())
+    }
+
     /// The request bytes.
-    #[must_use]
-    pub fn request(&self) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// A part of the request that cannot be sent (see [`check`](Self::check)); nothing is
+    /// produced then.
+    pub fn request(&self) -> Result<Vec<u8>, InvalidHeader> {
+        self.check()?;
         let mut out = String::with_capacity(256);
         let _ = write!(
             out,
@@ -116,7 +171,7 @@ impl ClientHandshake {
             let _ = write!(out, "{name}: {value}\r\n");
         }
         out.push_str("\r\n");
-        out.into_bytes()
+        Ok(out.into_bytes())
     }
 
     /// Parse and check the response at the start of `buf`.
@@ -228,6 +283,67 @@ mod tests {
              Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
             accept_key(hs.key().as_bytes())
         )
+    }
+
+    #[test]
+    fn valid_headers_are_written() {
+        let hs = ClientHandshake::new("example.com:9001", "/chat?x=1")
+            .subprotocol("chat")
+            .header("Authorization", "Bearer a.b.c")
+            .header("X-Empty", "")
+            .header("X-Tab", "a\tb");
+        let request = String::from_utf8(hs.request().unwrap()).unwrap();
+        assert!(request.contains("\r\nAuthorization: Bearer a.b.c\r\n"), "{request}");
+        assert!(request.contains("\r\nX-Empty: \r\n"), "{request}");
+        assert!(request.contains("\r\nX-Tab: a\tb\r\n"), "{request}");
+    }
+
+    #[test]
+    fn invalid_headers_refuse_the_whole_request() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            // (name, value, the name in the error, the reason's start)
+            ("X-Echo", "a\r\nSet-Cookie: s=1", "X-Echo", "the value contains CR or LF"),
+            ("X-Echo", "a\nb", "X-Echo", "the value contains CR or LF"),
+            ("X-Echo", "a\rb", "X-Echo", "the value contains CR or LF"),
+            ("X-Nul", "a\0b", "X-Nul", "the value contains a control character"),
+            ("X-Del", "a\x7fb", "X-Del", "the value contains a control character"),
+            ("X-Name", "caf\u{e9}", "X-Name", "the value is not ASCII"),
+            ("X-A\r\nSet-Cookie", "1", "X-A\r\nSet-Cookie", "the name is not"),
+            ("X A", "1", "X A", "the name is not"),
+            ("", "1", "", "the name is not"),
+            ("Caf\u{e9}", "1", "Caf\u{e9}", "the name is not"),
+            ("Host", "evil.example", "Host", "the handshake sets"),
+            ("sec-websocket-key", "x", "sec-websocket-key", "the handshake sets"),
+            ("Content-Length", "5", "Content-Length", "the handshake sets"),
+        ];
+        for &(name, value, shown, reason) in cases {
+            let hs = ClientHandshake::new("h", "/")
+                .header("X-Fine", "1")
+                .header(name, value)
+                .header("X-Later", "a\nb");
+            let err = hs.request().unwrap_err();
+            assert_eq!(err.name, shown, "{name:?}: {value:?}");
+            assert!(err.reason.starts_with(reason), "{name:?}: {err}");
+            assert_eq!(hs.check(), Err(err.clone()));
+            // The message shows CR/LF escaped, so it cannot break a log line either.
+            assert!(!err.to_string().contains(['\r', '\n']), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_parts_of_the_request_are_checked_too() {
+        let bad = [
+            ClientHandshake::new("h\r\nX: 1", "/"),
+            ClientHandshake::new("", "/"),
+            ClientHandshake::new("h", "/a b"),
+            ClientHandshake::new("h", "/\r\nX: 1"),
+            ClientHandshake::new("h", "/").subprotocol("chat\r\nX: 1"),
+            ClientHandshake::new("h", "/").subprotocol("a, b"),
+            ClientHandshake::new("h", "/").extensions("permessage-deflate\r\nX: 1"),
+        ];
+        for hs in bad {
+            assert!(hs.request().is_err(), "{hs:?}");
+        }
     }
 
     #[test]

@@ -84,6 +84,73 @@ impl HandshakeError {
     }
 }
 
+/// A header (or another part of a handshake head) that this side was asked to send and that
+/// cannot go on the wire as given.
+///
+/// Header names and values are checked before any byte is written: a value with CR or LF
+/// would end the header line and add headers of the caller's choosing (RFC 9110 §5.5: field
+/// values never contain CR, LF or NUL), so such a head is never produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("header {name:?} cannot be sent: {reason}")]
+pub struct InvalidHeader {
+    /// The header name as given (or the part of the head, e.g. `request target`).
+    pub name: String,
+    /// Why it was refused.
+    pub reason: &'static str,
+}
+
+impl InvalidHeader {
+    pub(crate) fn new(name: &str, reason: &'static str) -> Self {
+        Self {
+            name: name.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// Check a header that is about to be written as `{name}: {value}\r\n`.
+///
+/// The name must be an HTTP token (RFC 9110 §5.6.2) and not one of `reserved` (lowercase
+/// names the handshake writes itself: a second copy would contradict it); the value must be
+/// visible ASCII, spaces and tabs (RFC 9110 §5.5; obs-text, bytes above 0x7f, is refused
+/// rather than sent as something the peer may decode differently).
+pub(crate) fn check_header(name: &str, value: &str, reserved: &[&str]) -> Result<(), InvalidHeader> {
+    let parsed = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| InvalidHeader::new(name, "the name is not an HTTP token (RFC 9110 §5.6.2)"))?;
+    if reserved.contains(&parsed.as_str()) {
+        return Err(InvalidHeader::new(
+            name,
+            "the handshake sets this header itself",
+        ));
+    }
+    check_value(name, value)
+}
+
+/// Check a header value (see [`check_header`]).
+pub(crate) fn check_value(name: &str, value: &str) -> Result<(), InvalidHeader> {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(InvalidHeader::new(name, "the value contains CR or LF"));
+    }
+    if !value.is_ascii() {
+        return Err(InvalidHeader::new(name, "the value is not ASCII"));
+    }
+    http::HeaderValue::from_str(value)
+        .map(drop)
+        .map_err(|_| InvalidHeader::new(name, "the value contains a control character"))
+}
+
+/// Check a value that must be a single token (a subprotocol, RFC 6455 §4.1).
+pub(crate) fn check_token(name: &str, value: &str) -> Result<(), InvalidHeader> {
+    // A header name is exactly a token (RFC 9110 §5.1, §5.6.2).
+    match http::HeaderName::from_bytes(value.as_bytes()) {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            check_value(name, value)?;
+            Err(InvalidHeader::new(name, "the value is not an HTTP token"))
+        }
+    }
+}
+
 /// Whether a comma-separated header value contains `token`, ignoring ASCII case (§4.2.1:
 /// `Connection: keep-alive, Upgrade` is valid).
 fn has_token(value: &[u8], token: &str) -> bool {

@@ -9,7 +9,7 @@
 //! let (request, used) = parse_request(raw, 8192).unwrap().unwrap();
 //! assert_eq!(used, raw.len());
 //! assert_eq!(request.path(), "/chat");
-//! let response = Accept::default().response(&request);
+//! let response = Accept::default().response(&request).unwrap();
 //! assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
 //! ```
 
@@ -18,8 +18,32 @@ use std::fmt::Write as _;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 
 use super::{
-    accept_key, has_token, head_len, list_values, to_header_map, HandshakeError, MAX_HEADERS,
+    accept_key, check_header, check_token, check_value, has_token, head_len, list_values,
+    to_header_map, HandshakeError, InvalidHeader, MAX_HEADERS,
 };
+
+/// Headers [`Accept::header`] refuses (lowercase): the `101` response writes them itself
+/// (use [`Accept::subprotocol`] and [`Accept::extensions`]: a hook's own
+/// `Sec-WebSocket-Extensions` would announce compression the connection does not do), or
+/// they would frame a body.
+pub const RESERVED_ACCEPT_HEADERS: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "content-length",
+    "transfer-encoding",
+];
+
+/// Headers [`Reject::header`] refuses (lowercase): the refusal writes them itself, and they
+/// frame its body.
+pub const RESERVED_REJECT_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+];
 
 /// A validated WebSocket upgrade request.
 #[derive(Debug, Clone)]
@@ -113,6 +137,9 @@ pub fn parse_request(
     if headers.get(http::header::HOST).is_none() {
         return Err(HandshakeError::Invalid("missing Host header"));
     }
+    if let Some(reason) = duplicate(&headers) {
+        return Err(HandshakeError::Invalid(reason));
+    }
     let has = |name: http::header::HeaderName, token: &str| {
         headers
             .get_all(name)
@@ -154,6 +181,30 @@ pub fn parse_request(
     )))
 }
 
+/// The reason to refuse a request that repeats a header which must appear once.
+///
+/// RFC 9112 §3.2: a server MUST answer 400 to a request with more than one Host header field
+/// line. RFC 6455 §11.3.1 and §11.3.5: `Sec-WebSocket-Key` and `Sec-WebSocket-Version` MUST
+/// NOT appear more than once in a request. Two keys leave it open which one the accept value
+/// answers, and a proxy and the server could each act on a different one.
+#[must_use]
+pub fn duplicate(headers: &http::HeaderMap) -> Option<&'static str> {
+    let once = [
+        (http::header::HOST, "duplicate Host header"),
+        (
+            http::header::SEC_WEBSOCKET_KEY,
+            "duplicate Sec-WebSocket-Key header",
+        ),
+        (
+            http::header::SEC_WEBSOCKET_VERSION,
+            "duplicate Sec-WebSocket-Version header",
+        ),
+    ];
+    once.into_iter()
+        .find(|(name, _)| headers.get_all(name).iter().nth(1).is_some())
+        .map(|(_, reason)| reason)
+}
+
 /// How to accept a request: the `101` response's optional parts.
 #[derive(Debug, Clone, Default)]
 pub struct Accept {
@@ -174,15 +225,41 @@ impl Accept {
     }
 
     /// Add a response header.
+    ///
+    /// The name must be an HTTP token and not one of [`RESERVED_ACCEPT_HEADERS`], the value
+    /// visible ASCII, spaces and tabs: a value with CR or LF (for instance one copied from
+    /// the request) would add headers of the client's choosing. [`response`](Self::response)
+    /// checks them and writes nothing when one is invalid.
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
 
+    /// Check the subprotocol (a token), the extensions value and every extra header.
+    ///
+    /// # Errors
+    /// The first one that cannot be sent, by name, with the reason.
+    pub fn check(&self) -> Result<(), InvalidHeader> {
+        if let Some(p) = &self.subprotocol {
+            check_token("Sec-WebSocket-Protocol", p)?;
+        }
+        if let Some(e) = &self.extensions {
+            check_value("Sec-WebSocket-Extensions", e)?;
+        }
+        for (name, value) in &self.headers {
+            check_header(name, value, RESERVED_ACCEPT_HEADERS)?;
+        }
+        Ok(())
+    }
+
     /// The `101 Switching Protocols` response to `request` (§4.2.2).
-    #[must_use]
-    pub fn response(&self, request: &Request) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// A part that cannot be sent (see [`check`](Self::check)): no response is produced, and
+    /// the server should answer `500` instead (a fault of the server, not of the client).
+    pub fn response(&self, request: &Request) -> Result<Vec<u8>, InvalidHeader> {
+        self.check()?;
         let mut out = String::with_capacity(160);
         out.push_str(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
@@ -202,7 +279,7 @@ impl Accept {
             let _ = write!(out, "{name}: {value}\r\n");
         }
         out.push_str("\r\n");
-        out.into_bytes()
+        Ok(out.into_bytes())
     }
 }
 
@@ -227,16 +304,58 @@ impl Reject {
         }
     }
 
-    /// Add a response header.
+    /// Add a response header (e.g. `Location`, `WWW-Authenticate`, `Retry-After`).
+    ///
+    /// The name must be an HTTP token and not one of [`RESERVED_REJECT_HEADERS`], the value
+    /// visible ASCII, spaces and tabs. [`response`](Self::response) checks them.
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
 
-    /// The complete HTTP response; the connection is closed after it.
+    /// Check every extra header.
+    ///
+    /// # Errors
+    /// The first one that cannot be sent, by name, with the reason.
+    pub fn check(&self) -> Result<(), InvalidHeader> {
+        for (name, value) in &self.headers {
+            check_header(name, value, RESERVED_REJECT_HEADERS)?;
+        }
+        Ok(())
+    }
+
+    /// The complete HTTP response; the connection is closed after it. The reason's first line
+    /// is the body (a body carries any byte safely: its length is in `Content-Length`).
+    ///
+    /// # Errors
+    /// A header that cannot be sent (see [`check`](Self::check)): no response is produced.
+    /// [`or_internal_error`](Self::or_internal_error) gives what to send instead.
+    pub fn response(&self) -> Result<Vec<u8>, InvalidHeader> {
+        self.check()?;
+        Ok(self.write())
+    }
+
+    /// The response to send, and the header that made it a `500` instead of this refusal.
+    ///
+    /// A refusal whose headers cannot be sent becomes `500 Internal Server Error` without
+    /// them: writing it as given would let its values add headers, and dropping only the bad
+    /// header would send a response the hook did not mean.
     #[must_use]
-    pub fn response(&self) -> Vec<u8> {
+    pub fn or_internal_error(&self) -> (Vec<u8>, Option<InvalidHeader>) {
+        match self.check() {
+            Ok(()) => (self.write(), None),
+            Err(e) => (Self::internal_error().write(), Some(e)),
+        }
+    }
+
+    /// `500`, for a response the server could not build (a hook's invalid header).
+    #[must_use]
+    pub fn internal_error() -> Self {
+        Self::new(500, "invalid response header")
+    }
+
+    fn write(&self) -> Vec<u8> {
         let status =
             http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_REQUEST);
         let body = format!("{}\n", self.reason.lines().next().unwrap_or_default());
@@ -292,7 +411,7 @@ mod tests {
             req.subprotocols().collect::<Vec<_>>(),
             ["chat", "superchat"]
         );
-        let resp = String::from_utf8(Accept::default().subprotocol("chat").response(&req)).unwrap();
+        let resp = String::from_utf8(Accept::default().subprotocol("chat").response(&req).unwrap()).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: chat\r\n"));
     }
@@ -338,9 +457,114 @@ mod tests {
 
     #[test]
     fn reject_426_names_the_version() {
-        let r = Reject::from(&HandshakeError::UnsupportedVersion).response();
+        let r = Reject::from(&HandshakeError::UnsupportedVersion)
+            .response()
+            .unwrap();
         let r = String::from_utf8(r).unwrap();
         assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn duplicate_key_version_or_host_gets_400_with_its_reason() {
+        let cases = [
+            (
+                "Host: server.example.com\r\n",
+                "Host: other.example.com\r\n",
+                "duplicate Host header",
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+                "duplicate Sec-WebSocket-Key header",
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "duplicate Sec-WebSocket-Key header",
+            ),
+            (
+                "Sec-WebSocket-Version: 13\r\n",
+                "SEC-WEBSOCKET-VERSION: 13\r\n",
+                "duplicate Sec-WebSocket-Version header",
+            ),
+        ];
+        for (line, again, reason) in cases {
+            let bad = GOOD.replacen(line, &format!("{line}{again}"), 1);
+            let err = parse(&bad).unwrap_err();
+            assert_eq!(err, HandshakeError::Invalid(reason), "{again}");
+            assert_eq!(err.status(), 400);
+            let answer = String::from_utf8(Reject::from(&err).response().unwrap()).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+            assert!(answer.ends_with(&format!("\r\n\r\n{reason}\n")), "{answer}");
+        }
+        // Other headers may repeat (RFC 9110 §5.3).
+        let two = GOOD.replacen("Origin:", "X-A: 1\r\nX-A: 2\r\nOrigin:", 1);
+        assert!(parse(&two).unwrap().is_some());
+    }
+
+    #[test]
+    fn accept_refuses_headers_that_cannot_be_sent() {
+        let (req, _) = parse(GOOD).unwrap().unwrap();
+        // What a hook that echoes a request value would send.
+        let echoed = "x\r\nSet-Cookie: session=attacker";
+        let bad = [
+            Accept::default().header("X-Echo", echoed),
+            Accept::default().header("X-Echo", "x\ny"),
+            Accept::default().header("X-Echo", "x\0y"),
+            Accept::default().header("X-Echo", "\u{fc}ber"),
+            Accept::default().header("X-Echo\r\nSet-Cookie", "1"),
+            Accept::default().header("\u{fc}ber", "1"),
+            Accept::default().header("Sec-WebSocket-Extensions", "permessage-deflate"),
+            Accept::default().header("connection", "close"),
+            Accept::default().subprotocol("chat\r\nSet-Cookie: s=1"),
+            Accept {
+                extensions: Some("permessage-deflate\r\nX: 1".into()),
+                ..Accept::default()
+            },
+        ];
+        for accept in bad {
+            let err = accept.response(&req).unwrap_err();
+            assert_eq!(accept.check(), Err(err.clone()));
+            assert!(!err.to_string().contains(['\r', '\n']), "{err}");
+        }
+        let err = Accept::default()
+            .header("X-Echo", echoed)
+            .response(&req)
+            .unwrap_err();
+        assert_eq!(err.name, "X-Echo");
+        assert_eq!(err.reason, "the value contains CR or LF");
+        let good = Accept::default()
+            .header("Set-Cookie", "a=1; Path=/")
+            .response(&req)
+            .unwrap();
+        assert!(String::from_utf8(good)
+            .unwrap()
+            .contains("\r\nSet-Cookie: a=1; Path=/\r\n"));
+    }
+
+    #[test]
+    fn reject_with_a_bad_header_becomes_a_500_without_it() {
+        let reject = Reject::new(302, "moved").header("Location", "/a\r\nSet-Cookie: s=1");
+        let err = reject.response().unwrap_err();
+        assert_eq!(err.name, "Location");
+        let (bytes, why) = reject.or_internal_error();
+        assert_eq!(why, Some(err));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{text}");
+        assert!(!text.contains("Set-Cookie") && !text.contains("Location"), "{text}");
+        for (name, value) in [
+            ("Content-Length", "0"),
+            ("X-A", "\u{e9}"),
+            ("X A", "1"),
+            ("X-A", "a\rb"),
+        ] {
+            assert!(Reject::new(403, "no").header(name, value).response().is_err());
+        }
+        let (fine, why) = Reject::new(302, "moved")
+            .header("Location", "/b")
+            .or_internal_error();
+        assert!(why.is_none());
+        assert!(String::from_utf8(fine).unwrap().contains("\r\nLocation: /b\r\n"));
     }
 }

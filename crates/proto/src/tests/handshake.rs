@@ -21,7 +21,7 @@ fn request_response_then_frames_in_the_same_reads() {
     // The client sends its first message right behind the request, in the same write.
     let mut client = Connection::new(Role::Client, Config::default());
     client.send(Message::text("early")).unwrap();
-    let mut wire = hs.request();
+    let mut wire = hs.request().unwrap();
     wire.extend(take_output(&mut client));
 
     let (request, used) = parse_request(&wire, MAX_HEAD_SIZE).unwrap().unwrap();
@@ -40,7 +40,10 @@ fn request_response_then_frames_in_the_same_reads() {
     );
 
     // And the server's first frame rides behind its 101.
-    let mut answer = Accept::default().subprotocol("chat").response(&request);
+    let mut answer = Accept::default()
+        .subprotocol("chat")
+        .response(&request)
+        .unwrap();
     server.send(Message::text("welcome")).unwrap();
     answer.extend(take_output(&mut server));
     let (response, used) = hs.parse_response(&answer).unwrap().unwrap();
