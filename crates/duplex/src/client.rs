@@ -621,14 +621,38 @@ mod tests {
     #[tokio::test]
     async fn a_bad_header_fails_connect_before_anything_is_sent() {
         let cases = [
-            ("X-Token", "a\r\nSet-Cookie: s=1", "the value contains CR or LF"),
+            (
+                "X-Token",
+                "a\r\nSet-Cookie: s=1",
+                "the value contains CR or LF",
+            ),
             ("X-Token", "a\nb", "the value contains CR or LF"),
             ("X-Token", "caf\u{e9}", "the value is not ASCII"),
-            ("X-Token", "a\x01b", "the value contains a control character"),
-            ("X-Token\r\nX-Evil", "1", "the name is not an HTTP token (RFC 9110 §5.6.2)"),
-            ("T\u{f6}ken", "1", "the name is not an HTTP token (RFC 9110 §5.6.2)"),
-            ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA==", "the handshake sets this header itself"),
-            ("host", "other.example", "the handshake sets this header itself"),
+            (
+                "X-Token",
+                "a\x01b",
+                "the value contains a control character",
+            ),
+            (
+                "X-Token\r\nX-Evil",
+                "1",
+                "the name is not an HTTP token (RFC 9110 §5.6.2)",
+            ),
+            (
+                "T\u{f6}ken",
+                "1",
+                "the name is not an HTTP token (RFC 9110 §5.6.2)",
+            ),
+            (
+                "Sec-WebSocket-Key",
+                "AAAAAAAAAAAAAAAAAAAAAA==",
+                "the handshake sets this header itself",
+            ),
+            (
+                "host",
+                "other.example",
+                "the handshake sets this header itself",
+            ),
         ];
         for (name, value, reason) in cases {
             // Port 1 on loopback: had it tried to connect, the error would be another one.

@@ -299,7 +299,10 @@ mod tests {
 
     /// The hook of the report: it echoes a decoded query value in a response header.
     fn echoed(req: &Request) -> String {
-        let raw = req.query().and_then(|q| q.strip_prefix("name=")).unwrap_or("");
+        let raw = req
+            .query()
+            .and_then(|q| q.strip_prefix("name="))
+            .unwrap_or("");
         percent_encoding::percent_decode_str(raw)
             .decode_utf8_lossy()
             .into_owned()
@@ -312,7 +315,10 @@ mod tests {
         })
         .await;
         assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
-        assert!(!answer.contains("Set-Cookie") && !answer.contains("X-Name"), "{answer}");
+        assert!(
+            !answer.contains("Set-Cookie") && !answer.contains("X-Name"),
+            "{answer}"
+        );
         match result {
             Err(Error::InvalidHeader(e)) => {
                 assert_eq!(e.name, "X-Name");
@@ -321,8 +327,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A value that is fine is sent.
-        let (result, answer) =
-            run(request("ok"), |req| Ok(Accept::default().header("X-Name", echoed(req)))).await;
+        let (result, answer) = run(request("ok"), |req| {
+            Ok(Accept::default().header("X-Name", echoed(req)))
+        })
+        .await;
         assert!(result.is_ok(), "{result:?}");
         assert!(answer.starts_with("HTTP/1.1 101 ") && answer.contains("\r\nX-Name: ok\r\n"));
     }
@@ -343,8 +351,10 @@ mod tests {
         }
         // An invalid name, and a header the refusal writes itself.
         for (name, value) in [("X\r\nY", "1"), ("Content-Length", "0")] {
-            let (result, answer) =
-                run(request("x"), move |_| Err(Reject::new(403, "no").header(name, value))).await;
+            let (result, answer) = run(request("x"), move |_| {
+                Err(Reject::new(403, "no").header(name, value))
+            })
+            .await;
             assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
             assert!(matches!(result, Err(Error::InvalidHeader(_))), "{result:?}");
         }
@@ -353,7 +363,10 @@ mod tests {
         })
         .await;
         assert!(matches!(result, Err(Error::Rejected(403))), "{result:?}");
-        assert!(answer.contains("\r\nWWW-Authenticate: Bearer\r\n"), "{answer}");
+        assert!(
+            answer.contains("\r\nWWW-Authenticate: Bearer\r\n"),
+            "{answer}"
+        );
     }
 
     #[tokio::test]
@@ -365,7 +378,10 @@ mod tests {
         );
         let (result, answer) = run(twice, |_| Ok(Accept::default())).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-        assert!(answer.ends_with("\r\n\r\nduplicate Sec-WebSocket-Key header\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\nduplicate Sec-WebSocket-Key header\n"),
+            "{answer}"
+        );
         assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
     }
 }

@@ -442,6 +442,7 @@ mod tests {
         let sink = Arc::new(NodeSink {
             node: node.clone(),
             max_held: 1 << 20,
+            presence: PresenceBatcher::new(&crate::Config::default(), metrics.clone()),
         });
         let broker = MemoryBroker::new(sink);
         let keep = Retention {

@@ -227,7 +227,7 @@ mod tests {
 
     use super::*;
     use crate::broker::{Broker, MemoryBroker};
-    use crate::node::{NodeSink, Peer};
+    use crate::node::{GoLive, NodeSink, Peer};
     use crate::queue::{Next, Outbound};
 
     struct Room {
@@ -276,7 +276,7 @@ mod tests {
                 .add(&*self.broker, "c", &peer, false)
                 .await
                 .unwrap();
-            self.node.go_live("c", &peer, Vec::new(), 0);
+            assert_eq!(self.node.go_live("c", &peer, 0), GoLive::Live);
             self.broker
                 .presence_add("c", entry(id, None), true)
                 .await
@@ -365,7 +365,7 @@ mod tests {
         next_frames(&keeper).await;
         r.leave(&y).await;
         r.node.add(&*r.broker, "c", &y, false).await.unwrap();
-        r.node.go_live("c", &y, Vec::new(), 0);
+        assert_eq!(r.node.go_live("c", &y, 0), GoLive::Live);
         r.broker
             .presence_add("c", entry("y", Some(r#"{"name":"Y"}"#)), true)
             .await

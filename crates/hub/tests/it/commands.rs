@@ -117,7 +117,11 @@ async fn presence_lists_clients_with_info_and_leave_on_disconnect() {
     let a_id = a.id().to_owned();
     drop(a);
     let leave = b.recv_presence().await;
-    assert_eq!(listed(&leave, "leaves"), [a_id.clone()], "{leave}");
+    assert_eq!(
+        listed(&leave, "leaves"),
+        std::slice::from_ref(&a_id),
+        "{leave}"
+    );
     assert_eq!(leave["leaves"][0]["info"], json!({"name":"Ada"}));
     let reply = b.call(json!({"type":"presence","channel":"lobby"})).await;
     assert_eq!(reply["clients"].as_array().unwrap().len(), 1);

@@ -293,7 +293,10 @@ mod tests {
             .header("X-Empty", "")
             .header("X-Tab", "a\tb");
         let request = String::from_utf8(hs.request().unwrap()).unwrap();
-        assert!(request.contains("\r\nAuthorization: Bearer a.b.c\r\n"), "{request}");
+        assert!(
+            request.contains("\r\nAuthorization: Bearer a.b.c\r\n"),
+            "{request}"
+        );
         assert!(request.contains("\r\nX-Empty: \r\n"), "{request}");
         assert!(request.contains("\r\nX-Tab: a\tb\r\n"), "{request}");
     }
@@ -302,19 +305,49 @@ mod tests {
     fn invalid_headers_refuse_the_whole_request() {
         let cases: &[(&str, &str, &str, &str)] = &[
             // (name, value, the name in the error, the reason's start)
-            ("X-Echo", "a\r\nSet-Cookie: s=1", "X-Echo", "the value contains CR or LF"),
+            (
+                "X-Echo",
+                "a\r\nSet-Cookie: s=1",
+                "X-Echo",
+                "the value contains CR or LF",
+            ),
             ("X-Echo", "a\nb", "X-Echo", "the value contains CR or LF"),
             ("X-Echo", "a\rb", "X-Echo", "the value contains CR or LF"),
-            ("X-Nul", "a\0b", "X-Nul", "the value contains a control character"),
-            ("X-Del", "a\x7fb", "X-Del", "the value contains a control character"),
+            (
+                "X-Nul",
+                "a\0b",
+                "X-Nul",
+                "the value contains a control character",
+            ),
+            (
+                "X-Del",
+                "a\x7fb",
+                "X-Del",
+                "the value contains a control character",
+            ),
             ("X-Name", "caf\u{e9}", "X-Name", "the value is not ASCII"),
-            ("X-A\r\nSet-Cookie", "1", "X-A\r\nSet-Cookie", "the name is not"),
+            (
+                "X-A\r\nSet-Cookie",
+                "1",
+                "X-A\r\nSet-Cookie",
+                "the name is not",
+            ),
             ("X A", "1", "X A", "the name is not"),
             ("", "1", "", "the name is not"),
             ("Caf\u{e9}", "1", "Caf\u{e9}", "the name is not"),
             ("Host", "evil.example", "Host", "the handshake sets"),
-            ("sec-websocket-key", "x", "sec-websocket-key", "the handshake sets"),
-            ("Content-Length", "5", "Content-Length", "the handshake sets"),
+            (
+                "sec-websocket-key",
+                "x",
+                "sec-websocket-key",
+                "the handshake sets",
+            ),
+            (
+                "Content-Length",
+                "5",
+                "Content-Length",
+                "the handshake sets",
+            ),
         ];
         for &(name, value, shown, reason) in cases {
             let hs = ClientHandshake::new("h", "/")

@@ -114,7 +114,11 @@ impl InvalidHeader {
 /// names the handshake writes itself: a second copy would contradict it); the value must be
 /// visible ASCII, spaces and tabs (RFC 9110 §5.5; obs-text, bytes above 0x7f, is refused
 /// rather than sent as something the peer may decode differently).
-pub(crate) fn check_header(name: &str, value: &str, reserved: &[&str]) -> Result<(), InvalidHeader> {
+pub(crate) fn check_header(
+    name: &str,
+    value: &str,
+    reserved: &[&str],
+) -> Result<(), InvalidHeader> {
     let parsed = http::HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| InvalidHeader::new(name, "the name is not an HTTP token (RFC 9110 §5.6.2)"))?;
     if reserved.contains(&parsed.as_str()) {

@@ -411,7 +411,13 @@ mod tests {
             req.subprotocols().collect::<Vec<_>>(),
             ["chat", "superchat"]
         );
-        let resp = String::from_utf8(Accept::default().subprotocol("chat").response(&req).unwrap()).unwrap();
+        let resp = String::from_utf8(
+            Accept::default()
+                .subprotocol("chat")
+                .response(&req)
+                .unwrap(),
+        )
+        .unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: chat\r\n"));
     }
@@ -495,7 +501,10 @@ mod tests {
             assert_eq!(err, HandshakeError::Invalid(reason), "{again}");
             assert_eq!(err.status(), 400);
             let answer = String::from_utf8(Reject::from(&err).response().unwrap()).unwrap();
-            assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+            assert!(
+                answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{answer}"
+            );
             assert!(answer.ends_with(&format!("\r\n\r\n{reason}\n")), "{answer}");
         }
         // Other headers may repeat (RFC 9110 §5.3).
@@ -551,20 +560,31 @@ mod tests {
         let (bytes, why) = reject.or_internal_error();
         assert_eq!(why, Some(err));
         let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{text}");
-        assert!(!text.contains("Set-Cookie") && !text.contains("Location"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("Set-Cookie") && !text.contains("Location"),
+            "{text}"
+        );
         for (name, value) in [
             ("Content-Length", "0"),
             ("X-A", "\u{e9}"),
             ("X A", "1"),
             ("X-A", "a\rb"),
         ] {
-            assert!(Reject::new(403, "no").header(name, value).response().is_err());
+            assert!(Reject::new(403, "no")
+                .header(name, value)
+                .response()
+                .is_err());
         }
         let (fine, why) = Reject::new(302, "moved")
             .header("Location", "/b")
             .or_internal_error();
         assert!(why.is_none());
-        assert!(String::from_utf8(fine).unwrap().contains("\r\nLocation: /b\r\n"));
+        assert!(String::from_utf8(fine)
+            .unwrap()
+            .contains("\r\nLocation: /b\r\n"));
     }
 }

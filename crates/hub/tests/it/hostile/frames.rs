@@ -105,7 +105,12 @@ impl RawFrame {
         if self.masked {
             let key = [0x37, 0xfa, 0x21, 0x3d];
             out.extend_from_slice(&key);
-            out.extend(self.payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+            out.extend(
+                self.payload
+                    .iter()
+                    .zip(key.iter().cycle())
+                    .map(|(b, k)| b ^ k),
+            );
         } else {
             out.extend_from_slice(&self.payload);
         }
@@ -425,7 +430,10 @@ async fn reserved_opcodes_and_reserved_bits_are_closed_with_1002() {
             format!("{name} on text"),
             vec![RawFrame::text(r#"{"type":"ping"}"#).rsv(bits)],
         ));
-        named.push((format!("{name} on ping"), vec![RawFrame::new(PING, "x").rsv(bits)]));
+        named.push((
+            format!("{name} on ping"),
+            vec![RawFrame::new(PING, "x").rsv(bits)],
+        ));
         named.push((
             format!("{name} on a continuation"),
             vec![
@@ -503,19 +511,14 @@ async fn a_close_with_an_invalid_code_is_closed_with_1002() {
     let s = start().await;
     // §7.4.1/§7.4.2: 1004-1006 and 1015 are reserved and MUST NOT be set in a Close frame,
     // 0-999 are not used, 1016-2999 belong to the protocol, and nothing goes above 4999.
-    let mut cases: Vec<(String, Vec<RawFrame>)> = [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000]
-        .into_iter()
-        .map(|code| (format!("close {code}"), vec![close_with(code)]))
-        .collect();
-    cases.push((
-        "close u16::MAX".into(),
-        vec![close_with(u16::MAX)],
-    ));
+    let mut cases: Vec<(String, Vec<RawFrame>)> =
+        [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000]
+            .into_iter()
+            .map(|code| (format!("close {code}"), vec![close_with(code)]))
+            .collect();
+    cases.push(("close u16::MAX".into(), vec![close_with(u16::MAX)]));
     // §5.5.1: a body, if any, starts with a two-byte code.
-    cases.push((
-        "one-byte close".into(),
-        vec![RawFrame::new(CLOSE, [0x03])],
-    ));
+    cases.push(("one-byte close".into(), vec![RawFrame::new(CLOSE, [0x03])]));
     let cases: Vec<(&str, Vec<RawFrame>)> =
         cases.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
     each_closes_with(&s, PROTOCOL_ERROR, &cases).await;
@@ -527,7 +530,11 @@ async fn a_close_with_an_invalid_code_is_closed_with_1002() {
     let mut a = Attacker::connect(&s).await;
     a.send_frames(&[RawFrame::new(CLOSE, "")]).await;
     let f = a.frame().await.expect("a Close");
-    assert_eq!((f.opcode, f.payload.len()), (CLOSE, 0), "an empty Close is answered empty");
+    assert_eq!(
+        (f.opcode, f.payload.len()),
+        (CLOSE, 0),
+        "an empty Close is answered empty"
+    );
 }
 
 // ---- text that is not UTF-8: 1007 ----
@@ -593,7 +600,11 @@ async fn invalid_utf8_in_text_is_closed_with_1007_also_across_fragments() {
     ])
     .await;
     let reply = a.json().await;
-    assert_eq!((&reply["type"], &reply["id"]), (&json!("reply"), &json!(5)), "{reply}");
+    assert_eq!(
+        (&reply["type"], &reply["id"]),
+        (&json!("reply"), &json!(5)),
+        "{reply}"
+    );
 }
 
 // ---- size: 1009 ----
@@ -612,15 +623,24 @@ async fn a_message_over_max_message_size_is_closed_with_1009() {
         &s,
         TOO_BIG,
         &[
-            ("one text frame of max + 1", vec![RawFrame::new(TEXT, vec![b'x'; max + 1])]),
-            ("one binary frame of max + 1", vec![RawFrame::new(BINARY, vec![0; max + 1])]),
+            (
+                "one text frame of max + 1",
+                vec![RawFrame::new(TEXT, vec![b'x'; max + 1])],
+            ),
+            (
+                "one binary frame of max + 1",
+                vec![RawFrame::new(BINARY, vec![0; max + 1])],
+            ),
             ("fragments of 4 KiB adding up to more than max", fragmented),
             // Declared only: refused on the header, before any of the body.
             (
                 "a header declaring max + 1",
                 vec![RawFrame::text("").declare(max as u64 + 1)],
             ),
-            ("a header declaring 1 TiB", vec![RawFrame::text("").declare(1 << 40)]),
+            (
+                "a header declaring 1 TiB",
+                vec![RawFrame::text("").declare(1 << 40)],
+            ),
             (
                 "a continuation declaring 2^62 after a small fragment",
                 vec![
@@ -725,7 +745,9 @@ async fn a_ping_flood_gets_a_pong_per_ping_with_memory_flat() {
     const BATCHES: usize = 40;
     let flood = async {
         for batch in 0..BATCHES {
-            let pings: Vec<RawFrame> = (0..BATCH).map(|i| numbered_ping(batch * BATCH + i)).collect();
+            let pings: Vec<RawFrame> = (0..BATCH)
+                .map(|i| numbered_ping(batch * BATCH + i))
+                .collect();
             a.send_frames(&pings).await;
             for i in 0..BATCH {
                 let f = a.frame().await.expect("the server closed during the flood");
@@ -739,7 +761,11 @@ async fn a_ping_flood_gets_a_pong_per_ping_with_memory_flat() {
     tokio::join!(flood, assert_served(&s, "127.0.0.2"));
     a.assert_alive().await;
     let growth = peak.saturating_sub(before);
-    println!("{} pings answered; RSS growth {:.1} MiB", BATCH * BATCHES, rss_mib(growth));
+    println!(
+        "{} pings answered; RSS growth {:.1} MiB",
+        BATCH * BATCHES,
+        rss_mib(growth)
+    );
     assert!(growth < 32 * 1024 * 1024, "RSS grew by {growth} bytes");
 }
 
@@ -771,7 +797,10 @@ async fn a_ping_flood_from_a_peer_that_never_reads_is_pushed_back_with_memory_fl
         rss_mib(written as u64),
         rss_mib(growth)
     );
-    assert!(written < total, "the server read everything without writing its pongs");
+    assert!(
+        written < total,
+        "the server read everything without writing its pongs"
+    );
     assert!(growth < 32 * 1024 * 1024, "RSS grew by {growth} bytes");
 
     // The attacker starts reading: every complete ping gets its pong, then the connection
@@ -809,7 +838,11 @@ async fn a_stalled_reader_on_a_busy_channel_is_closed_with_1013_and_memory_stays
     )])
     .await;
     let reply = a.json().await;
-    assert_eq!((&reply["type"], &reply["id"]), (&json!("reply"), &json!(1)), "{reply}");
+    assert_eq!(
+        (&reply["type"], &reply["id"]),
+        (&json!("reply"), &json!(1)),
+        "{reply}"
+    );
     // From here on the attacker reads nothing, while the channel gets up to 64 MiB.
     let series = r#"duplex_slow_consumer_total{action="disconnect"}"#;
     let payload = format!("\"{}\"", "x".repeat(4096));
@@ -837,7 +870,11 @@ async fn a_stalled_reader_on_a_busy_channel_is_closed_with_1013_and_memory_stays
     }
     let growth = peak.saturating_sub(before);
     println!("RSS growth {:.1} MiB", rss_mib(growth));
-    assert_eq!(metric(&s, series).await, 1.0, "exactly the stalled reader was cut off");
+    assert_eq!(
+        metric(&s, series).await,
+        1.0,
+        "exactly the stalled reader was cut off"
+    );
     assert!(growth < 32 * 1024 * 1024, "RSS grew by {growth} bytes");
     // What was in flight, then the Close.
     let mut messages = 0u64;
@@ -876,7 +913,10 @@ async fn a_peer_that_never_answers_pings_is_dropped_after_interval_plus_timeout(
     let (code, ()) = tokio::join!(dropped, assert_served(&s, "127.0.0.2"));
     let elapsed = started.elapsed();
     assert_eq!(code, INTERNAL, "keepalive timeout");
-    assert_eq!(pings, 1, "one ping, then the Close when its pong is overdue");
+    assert_eq!(
+        pings, 1,
+        "one ping, then the Close when its pong is overdue"
+    );
     assert!(elapsed >= interval + timeout, "{elapsed:?}");
     assert!(elapsed < interval + timeout + WAIT, "{elapsed:?}");
     // The server closes TCP after its Close (§7.1.1).
@@ -945,10 +985,15 @@ async fn a_command_flood_gets_rate_limited_errors_then_1008() {
 async fn garbage_instead_of_an_http_request_gets_400_or_a_close_and_others_are_served() {
     let s = start().await;
     let frame = RawFrame::text(r#"{"type":"ping"}"#).encode();
-    let mut tls_hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut tls_hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     tls_hello.extend_from_slice(&[0xAB; 64]);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("binary noise", (0..=255u8).rev().cycle().take(4096).collect()),
+        (
+            "binary noise",
+            (0..=255u8).rev().cycle().take(4096).collect(),
+        ),
         ("a TLS ClientHello", tls_hello),
         ("a WebSocket frame before any handshake", frame),
         ("a line of junk", b"HELLO THERE\r\n\r\n".to_vec()),
@@ -957,7 +1002,10 @@ async fn garbage_instead_of_an_http_request_gets_400_or_a_close_and_others_are_s
             "an HTTP/1.1 request line without a method",
             b"/ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         ),
-        ("a bad HTTP version", b"GET /ws HTTP/9.7\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "a bad HTTP version",
+            b"GET /ws HTTP/9.7\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         (
             "a header line without a colon",
             b"GET /ws HTTP/1.1\r\nHost x\r\n\r\n".to_vec(),
@@ -981,7 +1029,10 @@ async fn garbage_instead_of_an_http_request_gets_400_or_a_close_and_others_are_s
                 }
             })
             .await;
-            assert!(read.is_ok(), "{name}: neither answered nor closed (round {round})");
+            assert!(
+                read.is_ok(),
+                "{name}: neither answered nor closed (round {round})"
+            );
             let text = String::from_utf8_lossy(&answer);
             assert!(
                 answer.is_empty() || text.starts_with("HTTP/1.1 400 "),

@@ -78,7 +78,11 @@ async fn duplicate_key_version_or_host_gets_400_with_its_reason() {
             "duplicate Sec-WebSocket-Version header",
         ),
     ];
-    let before = metric(&server, "duplex_handshake_failures_total{reason=\"bad_request\"}").await;
+    let before = metric(
+        &server,
+        "duplex_handshake_failures_total{reason=\"bad_request\"}",
+    )
+    .await;
     // The refused connections stay open (HTTP keep-alive) while a good client is served.
     let mut open = Vec::new();
     for (extra, reason) in &cases {
@@ -96,11 +100,12 @@ async fn duplicate_key_version_or_host_gets_400_with_its_reason() {
         open.push(tcp);
     }
     assert_served(&server, "127.0.0.2").await;
-    let after = metric(&server, "duplex_handshake_failures_total{reason=\"bad_request\"}").await;
-    assert!(
-        after - before >= cases.len() as f64,
-        "{before} -> {after}"
-    );
+    let after = metric(
+        &server,
+        "duplex_handshake_failures_total{reason=\"bad_request\"}",
+    )
+    .await;
+    assert!(after - before >= cases.len() as f64, "{before} -> {after}");
     // The same request without the duplicate is upgraded.
     let (status, text, _tcp) = exchange(addr, &upgrade_request(addr, "/ws", "")).await;
     assert_eq!(status, 101, "{text}");
@@ -113,7 +118,11 @@ async fn a_deflate_bomb_to_the_hub_is_a_protocol_error() {
     // before a byte of it is inflated (RFC 6455 §5.2: 1002).
     let server = start().await;
     let addr = server.addr;
-    let request = upgrade_request(addr, "/ws", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+    let request = upgrade_request(
+        addr,
+        "/ws",
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    );
     let (status, head, mut tcp) = exchange(addr, &request).await;
     assert_eq!(status, 101, "{head}");
     assert!(
@@ -121,7 +130,9 @@ async fn a_deflate_bomb_to_the_hub_is_a_protocol_error() {
         "{head}"
     );
     // A few bytes of deflate standing for a lot of zeros, masked, RSV1 set.
-    let payload = [0x62, 0x60, 0x18, 0x05, 0xa3, 0x60, 0x14, 0x0c, 0x77, 0x00, 0x00];
+    let payload = [
+        0x62, 0x60, 0x18, 0x05, 0xa3, 0x60, 0x14, 0x0c, 0x77, 0x00, 0x00,
+    ];
     let mask = [1, 2, 3, 4];
     let mut frame = vec![0x80 | 0x40 | 0x2, 0x80 | payload.len() as u8];
     frame.extend_from_slice(&mask);

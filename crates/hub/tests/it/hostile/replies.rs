@@ -139,9 +139,9 @@ async fn history_of_the_whole_window_comes_in_pages() {
     let mut c = Client::connect_from(&s, "127.0.0.1").await;
     let (id, command) = (7, json!({"type":"history","channel":"hist","limit":100}));
     let reader = pages(&mut c, id, command);
-    let (pages, ()) = tokio::join!(reader, assert_served(&s, "127.0.0.2"));
+    let (window, ()) = tokio::join!(reader, assert_served(&s, "127.0.0.2"));
     let mut offsets = Vec::new();
-    for page in &pages {
+    for page in &window {
         assert_eq!(page["epoch"], epoch.as_str());
         assert_eq!(page["offset"], WINDOW);
         assert!(page.to_string().len() <= QUEUE / 4 + 40 * 1024, "page size");
@@ -154,19 +154,19 @@ async fn history_of_the_whole_window_comes_in_pages() {
         );
     }
     assert_eq!(offsets, (1..=WINDOW).collect::<Vec<_>>());
-    assert!(pages.len() > 4, "{} pages", pages.len());
-    assert!(pages.last().unwrap().get("more").is_none());
-    println!("history: {WINDOW} publications in {} pages", pages.len());
+    assert!(window.len() > 4, "{} pages", window.len());
+    assert!(window.last().unwrap().get("more").is_none());
+    println!("history: {WINDOW} publications in {} pages", window.len());
 
     // With `since`: every page carries `complete`.
     let since = json!({"type":"history","channel":"hist","since":{"epoch":epoch,"offset":50}});
-    let pages = pages(&mut c, 8, since).await;
-    let n: usize = pages
+    let after = pages(&mut c, 8, since).await;
+    let n: usize = after
         .iter()
         .map(|p| p["publications"].as_array().unwrap().len())
         .sum();
     assert_eq!(n, 50);
-    assert!(pages.iter().all(|p| p["complete"] == true));
+    assert!(after.iter().all(|p| p["complete"] == true));
     assert_eq!(disconnects(&s), 0);
 }
 
