@@ -364,14 +364,14 @@ mod tests {
         for _ in 0..9 {
             q.push(frame(98), false);
         }
-        assert!(q.try_push(frame(198)).is_err(), "does not fit yet");
+        assert!(q.try_push(frame(196)).is_err(), "does not fit yet");
         assert_eq!(q.bytes(), 900, "a refused try_push changes nothing");
         let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.push_wait(frame(198), soon(5000)).await });
+        let waiter = tokio::spawn(async move { q2.push_wait(frame(196), soon(5000)).await });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "waits while the queue is full");
         assert!(!q.is_closed());
-        // The writer takes one frame: 800 + 200 fits.
+        // The writer takes one frame: 800 + 200 (196 bytes and a 4-byte header) fits.
         assert!(matches!(q.pop().await, Some(Next::Frame(_))));
         assert_eq!(waiter.await.unwrap(), Pushed::Queued { dropped: 0 });
         assert_eq!(q.bytes(), 1000);
@@ -409,7 +409,7 @@ mod tests {
             q.push(frame(98), true);
         }
         assert_eq!(
-            q.push_wait(frame(198), soon(10)).await,
+            q.push_wait(frame(196), soon(10)).await,
             Pushed::Queued { dropped: 2 },
             "droppable publications make room at once, as for any reply"
         );

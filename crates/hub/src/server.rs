@@ -429,9 +429,12 @@ async fn serve_connection(
         .with_upgrades();
     tokio::pin!(conn);
     let mut phase = edge.phase.clone();
-    // A connection accepted while draining is answered (503), without keep-alive.
-    if *phase.borrow_and_update() != Phase::Serving {
-        conn.as_mut().graceful_shutdown();
+    // A connection accepted while draining is answered (503 with `Connection: close`, which
+    // ends it after the response): hyper's graceful shutdown would close it unanswered,
+    // since no request has started yet. It is closed like the others when the drain ends,
+    // and one accepted after that is closed at once.
+    if *phase.borrow_and_update() == Phase::Stopped {
+        return;
     }
     let mut watching = true;
     let result = loop {

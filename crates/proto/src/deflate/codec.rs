@@ -163,23 +163,34 @@ impl Deflate {
     }
 }
 
-/// Make room for `want` bytes in `out`, growing it the way `Vec` does (doubling) but never
-/// past `max + 1` bytes, the most [`Deflate::inflate`] ever needs.
+/// Past this many inflated bytes, [`grow`] reserves the rest of the limit in one step.
+const RESERVE_AT: usize = 1 << 20;
+
+/// Limits up to which [`grow`] may reserve the whole limit at once (address space only:
+/// pages are touched as they are filled).
+const RESERVE_MAX: usize = 1 << 30;
+
+/// Make room for `want` bytes in `out`, never past `max + 1` bytes, the most
+/// [`Deflate::inflate`] ever needs.
 ///
-/// `BytesMut` (like `Vec`) doubles its capacity and copies: at a 64 MiB limit, the step that
-/// crosses it asked for 128 MiB while the old 64 MiB were still held, and a 100 KB bomb cost
-/// over 200 MB before its 1009. Here the new buffer is allocated at the capped size and the
-/// old one freed right after the copy, so inflating costs at most about `max`, and the copies
-/// stay amortised O(n).
+/// Growing by doubling (as `Vec` and `BytesMut` do) copies into a new buffer while the old
+/// one is held, and the allocator keeps the freed ones resident: at a 64 MiB limit a 100 KB
+/// bomb cost over 200 MB before its 1009. Small messages double as usual; once a message
+/// passes [`RESERVE_AT`], the buffer is reserved up to the limit in one step. The reservation
+/// is address space, and [`Deflate::inflate`] touches it only [`STEP`] bytes at a time as it
+/// fills, so a bomb costs about the limit in resident memory and a large message about its
+/// own size, with one copy of at most [`RESERVE_AT`] bytes.
 fn grow(out: &mut BytesMut, want: usize, max: usize) {
     if out.capacity() >= want {
         return;
     }
-    let cap = out
-        .capacity()
-        .saturating_mul(2)
-        .min(max.saturating_add(1))
-        .max(want);
+    let limit = max.saturating_add(1);
+    let cap = if want > RESERVE_AT && limit <= RESERVE_MAX {
+        limit
+    } else {
+        out.capacity().saturating_mul(2).min(limit)
+    }
+    .max(want);
     let mut bigger = BytesMut::with_capacity(cap);
     bigger.extend_from_slice(out);
     *out = bigger;
@@ -284,6 +295,14 @@ mod tests {
         assert!(out.capacity() >= 1001);
         grow(&mut out, 1001, usize::MAX);
         assert_eq!(&out[..], b"abc");
+        // Past RESERVE_AT the rest of the limit is reserved at once.
+        let mut big = BytesMut::new();
+        grow(&mut big, RESERVE_AT + 1, 8 << 20);
+        assert_eq!(big.capacity(), (8 << 20) + 1);
+        // An unbounded limit keeps doubling.
+        let mut open = BytesMut::with_capacity(RESERVE_AT);
+        grow(&mut open, RESERVE_AT + 1, usize::MAX);
+        assert!(open.capacity() >= 2 * RESERVE_AT && open.capacity() < 4 * RESERVE_AT);
     }
 
     #[test]
