@@ -46,8 +46,8 @@ async fn hits(s: &TestServer, limit: &str) -> f64 {
 }
 
 /// Eight anonymous connections publish 32 KiB payloads, each to a fresh channel name, three
-/// times the budget's worth (48 MiB against `memory.max_history_bytes` = 16 MiB, a quarter of
-/// the default so the test stays quick): retained history stays within the budget the whole
+/// times the budget's worth (24 MiB against `memory.max_history_bytes` = 8 MiB, an eighth of
+/// the default so the test stays quick on a debug build): retained history stays within the budget the whole
 /// time, RSS grows by about the budget and no more, and a well-behaved client is served
 /// meanwhile.
 #[tokio::test]
@@ -57,18 +57,18 @@ async fn channel_spam_keeps_retained_history_within_the_budget() {
     let mut c = config();
     c.limits.commands_per_second = 5000;
     c.limits.commands_burst = 5000;
-    c.memory.max_history_bytes = 16 << 20;
+    c.memory.max_history_bytes = 8 << 20;
     let s = start_with(c).await;
     let budget = s.hub.config().memory.max_history_bytes;
     let rss_before = rss_bytes();
     const CONNECTIONS: usize = 8;
-    const EACH: usize = 192; // 8 × 192 × 32 KiB = 48 MiB, three times the budget
+    const EACH: usize = 96; // 8 × 96 × 32 KiB = 24 MiB, three times the budget
     let mut spammers = Vec::new();
     for k in 0..CONNECTIONS {
         let mut c = s.client().await;
         spammers.push(tokio::spawn(async move {
             let data = payload(32 * 1024);
-            let until = tokio::time::Instant::now() + Duration::from_secs(60);
+            let until = tokio::time::Instant::now() + Duration::from_secs(90);
             let mut accepted = 0;
             for i in 0..EACH {
                 if tokio::time::Instant::now() > until {
@@ -107,15 +107,19 @@ async fn channel_spam_keeps_retained_history_within_the_budget() {
         broker_channels(&s).await
     );
     assert!(served, "the budget was never half used");
-    assert!(accepted >= CONNECTIONS * EACH * 9 / 10, "{accepted}");
+    // However slow the machine, the spam must have passed the budget well before it ended.
+    assert!(
+        accepted * 32 * 1024 >= budget * 3 / 2,
+        "only {accepted} publications"
+    );
     assert!(
         bytes <= budget as f64 && bytes > budget as f64 / 2.0,
         "{bytes}"
     );
     assert!(hits(&s, "history_bytes").await > 0.0);
-    // The budget plus transient buffers and allocator slack; without the budget all 48 MiB
+    // The budget plus transient buffers and allocator slack; without the budget all 24 MiB
     // stay resident.
-    let bound = budget as u64 + (24 << 20);
+    let bound = budget as u64 + (10 << 20);
     assert!(growth < bound, "RSS grew by {growth} bytes (bound {bound})");
 }
 

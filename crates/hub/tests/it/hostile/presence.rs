@@ -79,7 +79,9 @@ async fn a_room_filling_up_costs_o_n_frames() {
     // Everyone got its reply and at most one frame per interval; the roster is complete.
     let drained =
         futures_util::future::join_all(clients.iter_mut().map(|c| drain(c, interval))).await;
-    let limit = (fill.as_millis() / interval.as_millis()) as usize + 2;
+    // A flush per interval while the room filled, plus slack for timers that fire late on a
+    // busy machine and deliver a flush that was due at the edge of the window.
+    let limit = (fill.as_millis() / interval.as_millis()) as usize + 5;
     for frames in &drained {
         assert_eq!(frames[0]["type"], "reply", "{}", frames[0]);
         assert!(frames[1..].iter().all(|f| f["type"] == "presence_diff"));
