@@ -206,7 +206,14 @@ impl Client {
 
 /// A raw HTTP/1.1 exchange; returns the status, the head and the body.
 pub(crate) async fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (status, text) = exchange(tcp, request).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// Writes `request`, reads until the server closes; returns the status and the whole text.
+async fn exchange(mut tcp: TcpStream, request: &str) -> (u16, String) {
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
@@ -214,13 +221,12 @@ pub(crate) async fn http(addr: SocketAddr, request: &str) -> (u16, String, Strin
         .expect("HTTP response timed out")
         .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
+    let status = text
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
+    (status, text)
 }
 
 /// A GET with optional extra header lines (each ending in `\r\n`).
@@ -307,20 +313,7 @@ pub(crate) async fn tcp_from(from: &str, addr: SocketAddr) -> TcpStream {
 
 /// A raw HTTP/1.1 exchange over a connection from `from`; returns the status and the text.
 pub(crate) async fn http_from(from: &str, addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut tcp = tcp_from(from, addr).await;
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
-        .await
-        .expect("HTTP response timed out")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    exchange(tcp_from(from, addr).await, request).await
 }
 
 /// Asserts that a well-behaved client from `from` is served in full while whatever the test
