@@ -89,6 +89,13 @@ impl Deflate {
         }
         if out[start..].ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
+        } else if out.len() == start {
+            // zlib skips a flush that repeats the last one with no input in between, so an
+            // empty message after another one comes out as nothing at all, and the receiver's
+            // appended tail would then start a stored block that swallows the next message.
+            // RFC 7692 §7.2.3.6: send the empty stored block instead, whose first byte is
+            // all that is left once its tail is removed.
+            out.extend_from_slice(&[0x00]);
         }
         if self.reset_compress {
             self.compress.reset();
@@ -233,6 +240,25 @@ mod tests {
             } else {
                 assert!(sizes[2] < sizes[0] / 2, "{sizes:?}");
             }
+        }
+    }
+
+    /// Empty messages between others, with the context kept: each must decode, and the
+    /// stream must stay in step (found by the `inflate` fuzz target).
+    #[test]
+    fn empty_messages_keep_the_stream_in_step() {
+        let (mut client, mut server) = pair(&DeflateParams::default());
+        let messages: [&[u8]; 10] = [
+            b"Hello", b"Hello", b"plain", b"Hello", b"Hello", b"", b"plain", b"Hello", b"", b"",
+        ];
+        for (i, msg) in messages.iter().enumerate() {
+            let mut wire = BytesMut::new();
+            client.compress(msg, &mut wire);
+            let mut out = BytesMut::new();
+            server
+                .decompress(&wire, true, &mut out, 1 << 20)
+                .unwrap_or_else(|e| panic!("message {i} ({wire:02x?}): {e}"));
+            assert_eq!(&out[..], *msg, "message {i}");
         }
     }
 
