@@ -41,7 +41,8 @@
 //! - [`Config`]: limits and timers, each with a documented default.
 //! - [`ProtocolError`], [`CloseError`], [`SendError`], [`HandshakeError`]: errors by layer.
 
-#![forbid(unsafe_code)]
+// One audited `unsafe` (`Utf8Bytes::as_str`); every other use is refused.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod close;

@@ -28,12 +28,21 @@ impl Utf8Bytes {
         Self(bytes)
     }
 
-    /// The text.
+    /// The text, in constant time: it was validated once, when it was made.
     #[must_use]
+    #[allow(unsafe_code)]
     pub fn as_str(&self) -> &str {
-        // Every constructor validates or starts from a `str`; a failure here is a bug in this
-        // crate, and the fallback keeps it from ever being unsound or panicking.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        // Checked again in debug builds (the tests, the fuzz targets): a constructor that let
+        // invalid bytes in would fail there first.
+        debug_assert!(std::str::from_utf8(&self.0).is_ok());
+        // SAFETY: the bytes are valid UTF-8. Every way to make a `Utf8Bytes` guarantees it:
+        // `from_static` and `From<String>` start from a `str`, `TryFrom<Bytes>` validates,
+        // and `from_bytes_unchecked` is private to this crate and called only on bytes it
+        // validated (a text message's payload after `Utf8Validator::finish`, a Close reason
+        // after `utf8::validate`, a `Prepared` text made from a `Utf8Bytes`). The bytes are
+        // never changed afterwards: `Bytes` is immutable. Re-validating here cost 1.2 µs per
+        // call for 1 KiB of mixed text and 1 ms for 1 MiB (docs/benchmarks.md).
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
     /// The raw bytes.
