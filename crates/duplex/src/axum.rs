@@ -37,7 +37,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use duplex_proto::{handshake::accept_key, Config, Role};
+use duplex_proto::{deflate, handshake::accept_key, Config, Role};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
@@ -57,15 +57,22 @@ pub type UpgradedIo = TokioIo<Upgraded>;
 pub struct WebSocketUpgrade {
     key: HeaderValue,
     offered: Vec<String>,
+    /// The `Sec-WebSocket-Extensions` elements of the request, in order.
+    extensions: Vec<String>,
     selected: Option<String>,
     config: Config,
     on_upgrade: OnUpgrade,
+    on_failed: Option<FailedUpgrade>,
 }
+
+/// What runs when hyper cannot hand over an upgraded connection.
+type FailedUpgrade = Box<dyn FnOnce(hyper::Error) + Send + 'static>;
 
 impl fmt::Debug for WebSocketUpgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebSocketUpgrade")
             .field("offered", &self.offered)
+            .field("extensions", &self.extensions)
             .field("selected", &self.selected)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -136,6 +143,20 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     })
 }
 
+/// The elements of every value of header `name`, split at commas, trimmed, empty ones left
+/// out (RFC 7230 §7 lists; the values of `Sec-WebSocket-Protocol` and
+/// `Sec-WebSocket-Extensions` hold no quoted commas in practice).
+fn list(headers: &HeaderMap, name: HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// RFC 6455 §4.2.1 item 5: the key is the base64 encoding of 16 bytes, which is exactly
 /// 22 alphabet characters, a last character whose low 4 bits are zero, and `==`.
 fn valid_key(key: &[u8]) -> bool {
@@ -194,14 +215,8 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             }
             None => return Err(UpgradeRejection::bad("missing Sec-WebSocket-Key header")),
         };
-        let offered = headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect();
+        let offered = list(headers, header::SEC_WEBSOCKET_PROTOCOL);
+        let extensions = list(headers, header::SEC_WEBSOCKET_EXTENSIONS);
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
@@ -212,9 +227,11 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         Ok(Self {
             key,
             offered,
+            extensions,
             selected: None,
             config: Config::default(),
             on_upgrade,
+            on_failed: None,
         })
     }
 }
@@ -245,10 +262,29 @@ impl WebSocketUpgrade {
         self.selected.as_deref()
     }
 
-    /// The protocol configuration of the upgraded connection (limits, keepalive).
+    /// The protocol configuration of the upgraded connection (limits, keepalive, and
+    /// [`Config::deflate`]: when set, a `permessage-deflate` offer of the client is accepted
+    /// as [`crate::accept`] would, RFC 7692 §5).
     #[must_use]
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The `Sec-WebSocket-Extensions` elements the client offered, in its order.
+    pub fn offered_extensions(&self) -> impl Iterator<Item = &str> {
+        self.extensions.iter().map(String::as_str)
+    }
+
+    /// Runs `callback` with hyper's error when the connection cannot be handed over after the
+    /// `101` (the client went away, or the server connection does not support upgrades). By
+    /// default the failure is logged at `debug` level.
+    #[must_use]
+    pub fn on_failed_upgrade<C>(mut self, callback: C) -> Self
+    where
+        C: FnOnce(hyper::Error) + Send + 'static,
+    {
+        self.on_failed = Some(Box::new(callback));
         self
     }
 
@@ -262,19 +298,35 @@ impl WebSocketUpgrade {
     {
         let Self {
             key,
+            extensions,
             selected,
             config,
             on_upgrade,
+            on_failed,
             ..
         } = self;
+        // RFC 7692 §5: accept the first acceptable permessage-deflate offer, if enabled.
+        // The parameters are used only when their response header can be sent.
+        let deflate = config.deflate.as_ref().and_then(|settings| {
+            let (params, response) =
+                deflate::negotiate(extensions.iter().map(String::as_str), settings)?;
+            Some((params, HeaderValue::from_str(&response).ok()?))
+        });
+        let (params, extension) = deflate.unzip();
+        let subprotocol = selected.clone();
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    let ws = WebSocket::from_raw(io, Role::Server, config, BytesMut::new());
+                    let ws = WebSocket::from_raw(io, Role::Server, config, BytesMut::new())
+                        .with_deflate(params)
+                        .with_subprotocol(subprotocol);
                     callback(ws).await;
                 }
-                Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),
+                Err(e) => match on_failed {
+                    Some(on_failed) => on_failed(e),
+                    None => tracing::debug!(error = %e, "HTTP upgrade failed"),
+                },
             }
         });
         let mut response = Response::new(Body::empty());
@@ -287,6 +339,9 @@ impl WebSocketUpgrade {
         }
         if let Some(p) = selected.and_then(|p| HeaderValue::from_str(&p).ok()) {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        if let Some(extension) = extension {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
         }
         response
     }
@@ -306,6 +361,116 @@ mod tests {
         assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
         assert!(!valid_key(b"dGhlIHNhbXBsZSBub25j*Q=="));
         assert!(!valid_key(b""));
+    }
+
+    /// An upgrade request as a client would send it, offering `chat` and permessage-deflate.
+    fn request() -> axum::http::Request<Body> {
+        axum::http::Request::get("/ws")
+            .header(header::HOST, "localhost")
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(header::SEC_WEBSOCKET_PROTOCOL, "other, chat")
+            .header(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                "permessage-deflate; client_max_window_bits",
+            )
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn extract(mut req: axum::http::Request<Body>) -> WebSocketUpgrade {
+        // Not from a connection: hyper's upgrade future resolves to an error at once.
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (mut parts, _) = req.into_parts();
+        parts.extensions.insert(on_upgrade);
+        WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_101_confirms_the_subprotocol_and_deflate_from_config() {
+        let upgrade = extract(request()).await;
+        assert_eq!(
+            upgrade.offered_extensions().collect::<Vec<_>>(),
+            ["permessage-deflate; client_max_window_bits"]
+        );
+        let response = upgrade
+            .protocols(["chat"])
+            .config(Config::default().deflate(Some(deflate::DeflateConfig::default())))
+            .on_upgrade(|_| async {});
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let headers = response.headers();
+        assert_eq!(headers[header::SEC_WEBSOCKET_PROTOCOL], "chat");
+        let extension = headers[header::SEC_WEBSOCKET_EXTENSIONS].to_str().unwrap();
+        assert!(extension.starts_with("permessage-deflate"), "{extension}");
+        // Without deflate in the config, the offer is declined.
+        let response = extract(request()).await.on_upgrade(|_| async {});
+        assert!(!response
+            .headers()
+            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS));
+        assert!(!response
+            .headers()
+            .contains_key(header::SEC_WEBSOCKET_PROTOCOL));
+    }
+
+    /// Through a real `axum::serve`: the callback's socket has the subprotocol and deflate of
+    /// the 101, and a compressible message crosses both ways.
+    #[tokio::test]
+    async fn the_socket_in_the_callback_uses_what_was_negotiated() {
+        use crate::{ClientBuilder, Message};
+
+        async fn handler(upgrade: WebSocketUpgrade) -> Response {
+            upgrade
+                .protocols(["chat"])
+                .config(Config::default().deflate(Some(deflate::DeflateConfig::default())))
+                .on_upgrade(|mut ws| async move {
+                    let seen = format!("{:?} {}", ws.subprotocol(), ws.deflate_params().is_some());
+                    if let Some(Ok(message)) = ws.recv().await {
+                        let _ = ws.send(message).await;
+                        let _ = ws.send(Message::text(seen)).await;
+                    }
+                })
+        }
+        let app = axum::Router::new().route("/ws", axum::routing::get(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (mut ws, _) = ClientBuilder::new(format!("ws://{addr}/ws"))
+            .subprotocol("other")
+            .subprotocol("chat")
+            .deflate(Some(deflate::DeflateConfig::default()))
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(ws.subprotocol(), Some("chat"));
+        assert!(ws.deflate_params().is_some());
+        let big = Message::text("compress me ".repeat(10_000));
+        ws.send(big.clone()).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), big);
+        assert_eq!(
+            ws.recv().await.unwrap().unwrap(),
+            Message::text("Some(\"chat\") true")
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_upgrade_reaches_its_callback() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _response = extract(request())
+            .await
+            .on_failed_upgrade(move |e| {
+                let _ = tx.send(e.to_string());
+            })
+            .on_upgrade(|_| async { panic!("no connection to upgrade") });
+        let error = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!error.is_empty());
     }
 
     #[test]

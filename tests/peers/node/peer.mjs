@@ -3,7 +3,11 @@
 // Usage:
 //   node peer.mjs server        listen on 127.0.0.1 (a free port), print "listening PORT",
 //                               serve one connection, then exit
-//   node peer.mjs client URL    connect to URL, run the scenario, then exit
+//   node peer.mjs client URL [--subprotocol NAME]...
+//                               connect to URL (offering these subprotocols, and
+//                               permessage-deflate as ws does by default), report the
+//                               handshake as "subprotocol NAME|none" and "extensions VALUE|none"
+//                               when a subprotocol is offered, run the scenario, then exit
 //
 // The scenario is the request path, e.g. ws://127.0.0.1:9001/echo. The peer prints what it
 // observed as lines on stdout ("closed 1000 done", "pong peer-ping", ...) for the Rust test to
@@ -189,10 +193,17 @@ function runServer() {
   });
 }
 
-function runClient(url) {
-  const ws = new WebSocket(url, { maxPayload: MAX_PAYLOAD, handshakeTimeout: TIMEOUT_MS });
+function runClient(url, protocols) {
+  const ws = new WebSocket(url, protocols, {
+    maxPayload: MAX_PAYLOAD,
+    handshakeTimeout: TIMEOUT_MS,
+  });
   const ev = events(ws);
   ws.once('open', () => {
+    if (protocols.length > 0) {
+      report(`subprotocol ${ws.protocol || 'none'}`);
+      report(`extensions ${ws.extensions || 'none'}`);
+    }
     scenario(ws, ev, new URL(url).pathname).then(
       () => process.exit(0),
       (error) => fail(error.message),
@@ -201,8 +212,15 @@ function runClient(url) {
   ws.once('error', (error) => fail(error.message));
 }
 
-const [mode, url] = process.argv.slice(2);
+const [mode, url, ...options] = process.argv.slice(2);
+const protocols = [];
+for (let i = 0; i < options.length; i += 2) {
+  if (options[i] !== '--subprotocol' || options[i + 1] === undefined) {
+    fail(`unknown option ${options[i]}`);
+  }
+  protocols.push(options[i + 1]);
+}
 setTimeout(() => fail(`the peer did not finish within ${TIMEOUT_MS / 1000} s`), TIMEOUT_MS).unref();
-if (mode === 'server' && url === undefined) runServer();
-else if (mode === 'client' && url !== undefined) runClient(url);
-else fail('usage: node peer.mjs server | node peer.mjs client URL');
+if (mode === 'server' && url === undefined && protocols.length === 0) runServer();
+else if (mode === 'client' && url !== undefined) runClient(url, protocols);
+else fail('usage: node peer.mjs server | node peer.mjs client URL [--subprotocol NAME]...');

@@ -14,6 +14,8 @@ Options:
                         server_no_context_takeover; client: request server_no_context_takeover
                         and offer client_no_context_takeover), or "off". Without this option
                         the library's defaults apply as well, but nothing extra is reported.
+    --subprotocol NAME  (client) offer this subprotocol (repeatable, in order of preference)
+                        and report the one the server chose as "subprotocol NAME" (or "none")
 
 With --deflate, the peer first reports the negotiated extension as "extensions VALUE" (the
 Sec-WebSocket-Extensions response header, or "none").
@@ -176,6 +178,8 @@ def report_extensions(args, ws):
     if args.deflate is not None:
         value = ws.response.headers.get("Sec-WebSocket-Extensions")
         report(f"extensions {value or 'none'}")
+    if args.subprotocol:
+        report(f"subprotocol {ws.subprotocol or 'none'}")
 
 
 async def run_server(args):
@@ -223,6 +227,7 @@ async def run_client(args):
         open_timeout=TIMEOUT,
         ssl=tls,
         create_connection=record_pings(ClientConnection),
+        subprotocols=args.subprotocol or None,
         **compression(args, server=False),
     ) as ws:
         report_extensions(args, ws)
@@ -236,9 +241,12 @@ def parse(argv):
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--cafile")
     parser.add_argument("--deflate", choices=["off", "default", "no-takeover"])
+    parser.add_argument("--subprotocol", action="append", default=[])
     args = parser.parse_args(argv[1:])
     if (args.role == "client") != (args.url is not None):
         parser.error("a client needs a URL, a server takes none")
+    if args.subprotocol and args.role != "client":
+        parser.error("--subprotocol is a client option")
     return args
 
 

@@ -675,3 +675,90 @@ mod deflate {
         python_server_wss_no_takeover: PeerIsServer, true, Reset;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The axum integration: what the 101 confirmed is what the socket uses.
+// ---------------------------------------------------------------------------------------------
+
+/// What the upgraded socket reported inside the axum callback.
+#[cfg(feature = "axum")]
+type Negotiated = (Option<String>, Option<DeflateParams>);
+
+/// An axum app that upgrades with `duplex::axum`, choosing a subprotocol and accepting
+/// permessage-deflate from its `Config`; the peer connects offering both. The socket in the
+/// callback must carry the subprotocol and the deflate parameters of the `101`, and the
+/// compressed echo of [`deflate_messages`] must come back intact.
+#[cfg(feature = "axum")]
+async fn axum_upgrade(peer: Peer) {
+    use std::sync::{Arc, Mutex};
+
+    use duplex::axum::WebSocketUpgrade;
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<Negotiated>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let handler = move |upgrade: WebSocketUpgrade| {
+        let tx = Arc::clone(&tx);
+        async move {
+            upgrade
+                .protocols(["duplex.v9", "chat"])
+                .config(Config::default().deflate(Some(DeflateConfig::default())))
+                .on_upgrade(move |mut ws| async move {
+                    let seen = (
+                        ws.subprotocol().map(str::to_owned),
+                        ws.deflate_params().cloned(),
+                    );
+                    deflate_body(&mut ws).await;
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(seen);
+                    }
+                })
+        }
+    };
+    let app = axum::Router::new().route("/echo", axum::routing::get(handler));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("ws://{addr}/echo");
+    let mut args = vec!["client", url.as_str()];
+    if matches!(peer, Peer::Python) {
+        args.extend(["--deflate", "default"]);
+    }
+    args.extend(["--subprotocol", "chat", "--subprotocol", "other"]);
+    let running = Running::spawn(peer, &args);
+    let (subprotocol, params) = timeout(LIMIT, rx)
+        .await
+        .expect("the axum callback did not finish in time")
+        .expect("the axum callback ended without reporting");
+    let mut lines = running.finish().await;
+    server.abort();
+    assert_eq!(subprotocol.as_deref(), Some("chat"));
+    assert!(
+        params.is_some(),
+        "permessage-deflate was not negotiated through axum"
+    );
+    lines.sort();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0], "closed 1000 done");
+    assert!(
+        lines[1].starts_with("extensions permessage-deflate"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], "subprotocol chat");
+}
+
+#[cfg(feature = "axum")]
+mod axum_upgrade {
+    use super::Peer;
+
+    #[tokio::test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    async fn python_client() {
+        super::axum_upgrade(Peer::Python).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    async fn node_client() {
+        super::axum_upgrade(Peer::Node).await;
+    }
+}
