@@ -12,6 +12,9 @@ use crate::protocol::ErrorCode;
 /// A label set with one label.
 pub(crate) type Label = [(&'static str, &'static str); 1];
 
+/// The `code` labels of `duplex_protocol_closes_total`, shown as 0 from the start.
+const PROTOCOL_CLOSE_CODES: [&str; 4] = ["1002", "1007", "1009", "other"];
+
 /// Why a WebSocket upgrade was refused, as the `reason` label of
 /// `duplex_handshake_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,7 @@ pub(crate) struct Metrics {
     handshake_failures: Family<Label, Counter>,
     command_errors: Family<Label, Counter>,
     limit_hits: Family<Label, Counter>,
+    protocol_closes: Family<Label, Counter>,
     command_duration: Family<Label, Histogram>,
 }
 
@@ -88,6 +92,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             command_errors: Family::default(),
             limit_hits: Family::default(),
+            protocol_closes: Family::default(),
             command_duration: Family::new_with_constructor(duration_histogram),
             registry: Registry::default(),
         };
@@ -168,6 +173,12 @@ impl Metrics {
             m.limit_hits.clone(),
         );
         r.register(
+            "protocol_closes",
+            "Connections the frame layer closed because the client broke the protocol, by close \
+             code (1002 protocol error, 1007 invalid UTF-8, 1009 message too big)",
+            m.protocol_closes.clone(),
+        );
+        r.register(
             "command_duration_seconds",
             "Time to execute a command, by type",
             m.command_duration.clone(),
@@ -175,6 +186,9 @@ impl Metrics {
         // Pre-create the common series so they show as 0 before the first event.
         for code in ErrorCode::ALL {
             let _ = m.command_errors.get_or_create(&[("code", code.as_str())]);
+        }
+        for code in PROTOCOL_CLOSE_CODES {
+            let _ = m.protocol_closes.get_or_create(&[("code", code)]);
         }
         let _ = m.slow_consumer.get_or_create(&[("action", "disconnect")]);
         let _ = m.slow_consumer.get_or_create(&[("action", "drop_oldest")]);
@@ -209,6 +223,17 @@ impl Metrics {
     /// docs/security.md, e.g. `header_timeout`.
     pub(crate) fn limit_hit(&self, limit: &'static str) {
         self.limit_hits.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    /// Counts one connection closed by the frame layer with `code` for a protocol violation.
+    pub(crate) fn protocol_close(&self, code: u16) {
+        let label = match code {
+            1002 => "1002",
+            1007 => "1007",
+            1009 => "1009",
+            _ => "other",
+        };
+        self.protocol_closes.get_or_create(&[("code", label)]).inc();
     }
 
     pub(crate) fn command_duration(&self, kind: &'static str, seconds: f64) {

@@ -327,6 +327,10 @@ async fn run(
         let message = match message {
             Some(Ok(message)) => message,
             Some(Err(e)) => {
+                if let duplex::Error::Failed(duplex::proto::CloseError::Protocol(violation)) = &e {
+                    // The frame layer has already sent the matching Close frame.
+                    metrics.protocol_close(violation.close_code().0);
+                }
                 tracing::debug!(client = %peer.id, error = %e, "connection error");
                 break;
             }

@@ -371,16 +371,26 @@ where
 }
 
 /// Every case, on a connection of its own, gets a Close with `expected`, repeatedly, while a
-/// well-behaved client is served; afterwards no connection is left over.
+/// well-behaved client is served; afterwards no connection is left over, and every one of
+/// those closes is counted in `duplex_protocol_closes_total` under its code.
 async fn each_closes_with(server: &TestServer, expected: u16, cases: &[(&str, Vec<RawFrame>)]) {
-    while_served(server, |round| async move {
-        for (name, frames) in cases {
-            let code = close_code_for(server, frames).await;
-            assert_eq!(code, expected, "{name} (round {round})");
+    let series = format!("duplex_protocol_closes_total{{code=\"{expected}\"}}");
+    let before = metric(server, &series).await;
+    let closes = Cell::new(0_u32);
+    while_served(server, |round| {
+        let closes = &closes;
+        async move {
+            for (name, frames) in cases {
+                let code = close_code_for(server, frames).await;
+                assert_eq!(code, expected, "{name} (round {round})");
+                closes.set(closes.get() + 1);
+            }
         }
     })
     .await;
     eventually(|| server.hub.connections() == 0).await;
+    let counted = metric(server, &series).await - before;
+    assert_eq!(counted, f64::from(closes.get()), "{series}");
 }
 
 fn rss_mib(bytes: u64) -> f64 {
