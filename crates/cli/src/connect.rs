@@ -30,7 +30,8 @@ use self::input::Input;
 On a terminal: type a line to send it; /ping [data], /close [code [reason]], /quit (or \
 Ctrl-D), /help.
 Otherwise each stdin line is sent as a text message, and each message received is printed on \
-its own line; stdin's end closes the connection (with --oneshot: waits for the replies).
+its own line; stdin's end closes the connection (with --oneshot: waits for the replies; \
+with --max-messages N: waits for N messages).
 
 Exit status: 0 after a clean close that we started, or that the server started with 1000, \
 1001 or no code; 1 when connecting fails, the connection fails, or the server closes with \
@@ -84,7 +85,7 @@ pub(crate) struct Args {
     /// Show Pings and Pongs received (on stderr unless on a terminal).
     #[arg(long)]
     show_ping_pong: bool,
-    /// Close after receiving N messages.
+    /// Close after receiving N messages; the end of stdin waits for them.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_messages: Option<u64>,
     /// Send all of stdin, then print replies until the server closes or --max-messages
@@ -161,7 +162,9 @@ async fn session(args: Args) -> i32 {
             args.url
         ));
     }
-    let (code, last_line) = Session::new(&args).run(ws, inputs, &mut out).await;
+    let (code, last_line) = Session::new(&args, interactive)
+        .run(ws, inputs, &mut out)
+        .await;
     out.finish(&last_line);
     code
 }
@@ -268,6 +271,8 @@ enum Report {
 /// The receiving side of a session: prints what arrives and decides when to close.
 struct Session {
     oneshot: bool,
+    /// On a terminal, Ctrl-D leaves at once.
+    interactive: bool,
     show_ping_pong: bool,
     limit: Option<u64>,
     received: u64,
@@ -279,9 +284,10 @@ struct Session {
 }
 
 impl Session {
-    const fn new(args: &Args) -> Self {
+    const fn new(args: &Args, interactive: bool) -> Self {
         Self {
             oneshot: args.oneshot,
+            interactive,
             show_ping_pong: args.show_ping_pong,
             limit: args.max_messages,
             received: 0,
@@ -346,14 +352,15 @@ impl Session {
                 },
                 Some(report) = reports.recv() => match report {
                     Report::InputDone { sent } => {
-                        if self.oneshot {
-                            if self.limit.is_none() && sent > 0 {
-                                self.limit = Some(sent);
-                            }
-                            if self.limit.is_some_and(|l| self.received >= l) {
-                                close(&mut self);
-                            }
-                        } else {
+                        if self.oneshot && self.limit.is_none() && sent > 0 {
+                            self.limit = Some(sent);
+                        }
+                        // With a count of messages to wait for (--max-messages, or the
+                        // replies of --oneshot), the end of piped stdin waits for them; with
+                        // neither, it closes at once (--oneshot alone: the server closes).
+                        if self.interactive
+                            || self.limit.map_or(!self.oneshot, |l| self.received >= l)
+                        {
                             close(&mut self);
                         }
                     }

@@ -290,7 +290,10 @@ fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("invalid log filter {:?}", config.log.level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: a log file, a pipe or a log collector gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     // A subscriber installed earlier by the binary wins; ours is then not needed.
     let _ = match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

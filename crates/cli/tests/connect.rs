@@ -50,6 +50,30 @@ impl Echo {
     }
 }
 
+/// A log that goes to a pipe (a file, a collector) is plain text: no ANSI colour codes,
+/// though `NO_COLOR` is not set.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let mut child = Command::new(DUPLEX)
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next().expect("duplex echo printed nothing").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a piped log: {line:?}"
+    );
+}
+
 /// The port of the first `127.0.0.1:PORT` in a log line.
 fn port_in(line: &str) -> Option<u16> {
     let rest = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
@@ -220,7 +244,11 @@ fn oneshot_waits_for_the_replies() {
     );
     assert!(run.status.success(), "{run:?}");
     assert_eq!(run.stdout(), "re: a\n");
-    // Without --oneshot, the end of stdin closes at once and the slow replies are lost.
+    // --max-messages alone waits for that many as well: the end of stdin does not cut them.
+    let run = connect(&["--max-messages", "2", &url(addr.port())], b"a\nb\n");
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(run.stdout(), "re: a\nre: b\n");
+    // Without either, the end of stdin closes at once and the slow replies are lost.
     let run = connect(&[&url(addr.port())], b"a\nb\n");
     assert!(run.status.success(), "{run:?}");
     assert_eq!(run.stdout(), "");
