@@ -103,6 +103,27 @@ impl Step {
 /// several minutes).
 const BUILD_LIMIT: Duration = Duration::from_secs(30 * 60);
 
+/// The whole test command, installs and builds included, ends within this: each step's own
+/// limit is cut to what is left, and a step that finds nothing left fails without running,
+/// so the summary is always printed. A cold run on two cores takes about 45 minutes; CI
+/// allows 90.
+const BUDGET: Duration = Duration::from_secs(80 * 60);
+
+/// Overrides [`BUDGET`], in minutes.
+const BUDGET_MINUTES: &str = "DUPLEX_TEST_BUDGET_MINUTES";
+
+fn budget() -> Result<Duration> {
+    match std::env::var(BUDGET_MINUTES) {
+        Ok(value) => {
+            let minutes: u64 = value
+                .parse()
+                .with_context(|| format!("{BUDGET_MINUTES}={value} is not a number of minutes"))?;
+            Ok(Duration::from_secs(minutes.saturating_mul(60)))
+        }
+        Err(_) => Ok(BUDGET),
+    }
+}
+
 /// Which steps to run.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Selection {
@@ -150,6 +171,11 @@ struct Row {
 
 /// `cargo xtask test`.
 pub(crate) fn test(args: &TestArgs) -> Result<bool> {
+    let budget = budget()?;
+    cmd::within(budget, || test_within(args, budget))
+}
+
+fn test_within(args: &TestArgs, budget: Duration) -> Result<bool> {
     let started = Instant::now();
     let ws = Workspace::locate()?;
     let steps = args.selection.steps();
@@ -180,6 +206,20 @@ pub(crate) fn test(args: &TestArgs) -> Result<bool> {
 
     for step in steps {
         banner(&step.name());
+        if cmd::bound(budget).is_zero() {
+            let why = format!(
+                "not run: the test command's budget of {} min was spent ({BUDGET_MINUTES})",
+                budget.as_secs() / 60
+            );
+            eprintln!("xtask: {}: {why}", step.name());
+            rows.push(Row {
+                name: step.name(),
+                outcome: Outcome::Failed(why),
+                seconds: 0.0,
+                counted: true,
+            });
+            continue;
+        }
         let row = timed(&step.name(), true, || {
             cmd::within(step.limit(), || run(step, &ws, &mut installer, &duplex))
                 .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")))
