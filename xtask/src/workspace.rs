@@ -51,10 +51,22 @@ impl Workspace {
         Ok(Self { root, target })
     }
 
-    /// A `cargo` command that runs at the workspace root.
+    /// A `cargo` command that runs at the workspace root, in the environment a user's own
+    /// `cargo` would have.
+    ///
+    /// `cargo xtask` runs under `cargo run`, which sets `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`
+    /// and the like for xtask itself. Build scripts that watch one of them (ring's watches
+    /// `CARGO_MANIFEST_DIR`) would see them change between this command's builds and the
+    /// README's `cargo run --release -p duplex-cli`, and rebuild half the dependencies each
+    /// time; so they are removed.
     pub(crate) fn cargo(&self) -> Command {
         let mut command = Command::new(cargo());
         command.current_dir(&self.root);
+        for (key, _) in env::vars_os() {
+            if key.to_str().is_some_and(set_by_cargo_run) {
+                command.env_remove(key);
+            }
+        }
         command
     }
 
@@ -118,6 +130,53 @@ impl Workspace {
     }
 }
 
+/// Whether `key` is one of the variables `cargo run` sets for the program it runs (rather
+/// than one a user sets to configure cargo, such as `CARGO_TARGET_DIR` or `CARGO_HOME`).
+fn set_by_cargo_run(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
+}
+
 fn cargo() -> String {
     env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_cargo_run_sets_is_told_apart_from_what_users_set() {
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+        ] {
+            assert!(set_by_cargo_run(key), "{key}");
+        }
+        for key in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_PROFILE_RELEASE_DEBUG",
+            "CARGO_TERM_COLOR",
+            "CARGO_INCREMENTAL",
+        ] {
+            assert!(!set_by_cargo_run(key), "{key}");
+        }
+    }
 }
