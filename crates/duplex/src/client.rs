@@ -70,6 +70,9 @@ pub struct ClientBuilder {
     headers: Vec<(String, String)>,
     subprotocols: Vec<String>,
     config: Config,
+    /// Set by [`deflate`](Self::deflate): wins over `config.deflate` whatever the order of
+    /// the calls.
+    deflate: Option<Option<DeflateConfig>>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
     proxy: ProxyChoice,
@@ -93,6 +96,7 @@ impl ClientBuilder {
             headers: Vec::new(),
             subprotocols: Vec::new(),
             config: Config::default(),
+            deflate: None,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             proxy: ProxyChoice::Direct,
@@ -127,14 +131,16 @@ impl ClientBuilder {
     }
 
     /// Offer permessage-deflate (RFC 7692) with these settings; `None` offers no compression
-    /// (the default). Shorthand for setting [`Config::deflate`].
+    /// (the default). Takes precedence over [`Config::deflate`] of [`config`](Self::config),
+    /// whichever of the two is called first.
     #[must_use]
     pub fn deflate(mut self, settings: Option<DeflateConfig>) -> Self {
-        self.config.deflate = settings;
+        self.deflate = Some(settings);
         self
     }
 
-    /// Settings of the connection once open.
+    /// Settings of the connection once open. Its [`Config::deflate`] applies unless
+    /// [`deflate`](Self::deflate) is called as well.
     #[must_use]
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -242,8 +248,11 @@ impl ClientBuilder {
     /// invalid 101 response (a wrong `Sec-WebSocket-Accept`, an unoffered subprotocol), and
     /// [`Error::InvalidHeader`] for a header of [`header`](Self::header) that cannot be sent
     /// (checked before connecting).
-    pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
+    pub async fn connect(mut self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
         self.check_headers()?;
+        if let Some(deflate) = self.deflate.take() {
+            self.config.deflate = deflate;
+        }
         let mut url = self.url.clone();
         let mut headers = self.headers.clone();
         let mut followed = 0;
@@ -617,6 +626,66 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `deflate` and `config` in either order: `deflate` wins; `config` alone applies.
+    #[tokio::test]
+    async fn deflate_and_config_do_not_depend_on_their_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let server = crate::ServerConfig::default()
+            .connection(Config::default().deflate(Some(DeflateConfig::default())));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut ws) =
+                        crate::accept_with(tcp, server, |_| Ok(Default::default())).await
+                    {
+                        while let Some(Ok(_)) = ws.recv().await {}
+                    }
+                });
+            }
+        });
+        let on = || Some(DeflateConfig::default());
+        let with = || Config::default().deflate(on());
+        let cases = [
+            (
+                "deflate then config",
+                ClientBuilder::new(&url)
+                    .deflate(on())
+                    .config(Config::default()),
+                true,
+            ),
+            (
+                "config then deflate",
+                ClientBuilder::new(&url)
+                    .config(Config::default())
+                    .deflate(on()),
+                true,
+            ),
+            (
+                "config alone",
+                ClientBuilder::new(&url).config(with()),
+                true,
+            ),
+            (
+                "deflate(None) after config",
+                ClientBuilder::new(&url).config(with()).deflate(None),
+                false,
+            ),
+            (
+                "deflate(None) before config",
+                ClientBuilder::new(&url).deflate(None).config(with()),
+                false,
+            ),
+            ("neither", ClientBuilder::new(&url), false),
+        ];
+        for (name, builder, offered) in cases {
+            let (mut ws, _) = builder.connect().await.unwrap();
+            assert_eq!(ws.deflate_params().is_some(), offered, "{name}");
+            ws.close(crate::CloseCode::NORMAL, "").await.unwrap();
+        }
+    }
 
     #[tokio::test]
     async fn a_bad_header_fails_connect_before_anything_is_sent() {

@@ -158,6 +158,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &self.io
     }
 
+    /// The transport, mutably: for socket options and the like. Reading from it or writing to
+    /// it directly breaks the framing of the connection.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// The transport, giving up the connection. Bytes already read but not yet delivered,
+    /// and output not yet written, are dropped with it.
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+
     /// The next message. `None` once the connection is closed cleanly; an error (once) when it
     /// failed. Pings are answered and Pongs skipped; see [`next_event`](Self::next_event) to see
     /// them.
@@ -544,5 +556,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WebSocke
     /// Sends a Close (1000) and writes it; keep receiving to see the peer's answer.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.get_mut().poll_close_inner(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_transport_can_be_reached_and_taken_back() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut ws = WebSocket::from_raw(ours, Role::Server, Config::default(), BytesMut::new());
+        // Bytes written through get_mut reach the peer as they are.
+        ws.get_mut().write_all(b"raw").await.unwrap();
+        let mut buf = [0; 3];
+        theirs.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"raw");
+        // After into_inner, the transport is the caller's: the peer's bytes are read from it.
+        let mut io = ws.into_inner();
+        theirs.write_all(b"back").await.unwrap();
+        let mut buf = [0; 4];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
     }
 }
