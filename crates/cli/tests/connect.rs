@@ -3,10 +3,10 @@
 
 use std::{
     future::Future,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Lines, Read, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStderr, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -22,19 +22,28 @@ struct Echo {
     port: u16,
 }
 
+/// `duplex echo` on a free port, its log (stderr) piped back line by line.
+fn spawn_echo(extra: &[&str], env: (&str, Option<&str>)) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut command = Command::new(DUPLEX);
+    command
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    match env {
+        (key, Some(value)) => command.env(key, value),
+        (key, None) => command.env_remove(key),
+    };
+    let mut child = command.spawn().unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
 impl Echo {
     fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(DUPLEX)
-            .args(["echo", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (child, mut lines) = spawn_echo(extra, ("NO_COLOR", Some("1")));
         let port = loop {
             let line = lines
                 .next()
@@ -54,16 +63,7 @@ impl Echo {
 /// though `NO_COLOR` is not set.
 #[test]
 fn logs_to_a_pipe_carry_no_colour_codes() {
-    let mut child = Command::new(DUPLEX)
-        .args(["echo", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_echo(&[], ("NO_COLOR", None));
     let line = lines.next().expect("duplex echo printed nothing").unwrap();
     let _ = child.kill();
     let _ = child.wait();
