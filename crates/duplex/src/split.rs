@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use duplex_proto::{CloseCode, Event, Message, Prepared};
+use duplex_proto::{CloseCode, CloseFrame, Closed, Event, Message, Prepared};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -84,6 +84,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         )
     }
 }
+
+/// What both halves can tell about how the connection ended.
+macro_rules! ending {
+    ($half:ident) => {
+        impl<S: AsyncRead + AsyncWrite + Unpin> $half<S> {
+            /// How the connection ended (its close code, reason and who started it), once it
+            /// has; see [`WebSocket::closed`].
+            #[must_use]
+            pub fn closed(&self) -> Option<Closed> {
+                self.shared.lock().closed().cloned()
+            }
+
+            /// The Close frame the peer sent, once it has arrived; see
+            /// [`WebSocket::close_frame`].
+            #[must_use]
+            pub fn close_frame(&self) -> Option<CloseFrame> {
+                self.shared.lock().close_frame().cloned()
+            }
+        }
+    };
+}
+
+ending!(WsStream);
+ending!(WsSink);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     fn with<T>(
@@ -192,5 +216,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WsSink<S
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.with(cx, WebSocket::poll_close_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use duplex_proto::{Config, Role, Side};
+
+    use crate::{CloseCode, WebSocket};
+
+    /// After a split, the receiving half still learns the peer's close code and reason.
+    #[tokio::test]
+    async fn the_halves_see_how_the_connection_ended() {
+        let (a, b) = tokio::io::duplex(4096);
+        let server = WebSocket::from_raw(a, Role::Server, Config::default(), BytesMut::new());
+        let mut client = WebSocket::from_raw(b, Role::Client, Config::default(), BytesMut::new());
+        let (sink, mut stream) = server.split();
+        assert!(stream.closed().is_none() && sink.close_frame().is_none());
+        let peer = tokio::spawn(async move { client.close(CloseCode::from(4001), "bye").await });
+        assert!(
+            stream.recv().await.is_none(),
+            "a clean close ends the stream"
+        );
+        peer.await.unwrap().unwrap();
+        let closed = stream.closed().expect("closed after the stream ended");
+        assert_eq!(
+            (closed.code, closed.reason.as_str()),
+            (CloseCode::from(4001), "bye")
+        );
+        assert_eq!(closed.initiated_by, Side::Peer);
+        let frame = sink.close_frame().expect("the peer's Close frame");
+        assert_eq!(frame.code, CloseCode::from(4001));
     }
 }
