@@ -60,6 +60,8 @@ pub struct WebSocket<S> {
     read_streak: u32,
     shutdown: Shutdown,
     io_error: Option<io::Error>,
+    /// `io_error` was returned by [`poll_event`](Self::poll_event).
+    io_reported: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             read_streak: 0,
             shutdown: Shutdown::NotStarted,
             io_error: None,
+            io_reported: false,
         }
     }
 
@@ -178,7 +181,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// The next event, control frames included: a message, a Ping (already answered), a Pong,
-    /// or the final [`Event::Closed`] (clean or not); then `None`.
+    /// or the final [`Event::Closed`] (clean or not); then `None`. When the transport failed
+    /// (a connection reset, say) rather than ended, its [`Error::Io`] comes first, once, and
+    /// the `Closed` event after it.
     pub async fn next_event(&mut self) -> Option<Result<Event>> {
         poll_fn(|cx| self.poll_event(cx)).await
     }
@@ -265,6 +270,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         loop {
             match ready!(self.poll_event(cx)) {
                 Some(Ok(Event::Message(m))) => return Poll::Ready(Some(Ok(m))),
+                // After the transport's own error, the Closed event has nothing to add.
+                Some(Ok(Event::Closed(_))) if self.io_reported => return Poll::Ready(None),
                 Some(Ok(Event::Closed(closed))) => {
                     return Poll::Ready(closed.error.map(|e| Err(self.error_for(e))));
                 }
@@ -305,6 +312,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         error: Some(CloseError::UnexpectedEof),
                     })
                 });
+                // A transport that failed (a reset, say) rather than reached its end is
+                // reported as itself, once, before the Closed event that follows it.
+                if closed.error == Some(CloseError::UnexpectedEof) {
+                    if let Some(io) = self.io_error.take() {
+                        self.io_reported = true;
+                        return Poll::Ready(Some(Err(Error::Io(io))));
+                    }
+                }
                 let event = Event::Closed(Closed::clone(closed));
                 self.finished = true;
                 return Poll::Ready(Some(Ok(event)));
@@ -564,6 +579,47 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    /// A peer that resets the connection: the error is the transport's, not "unexpected EOF".
+    #[tokio::test]
+    async fn a_reset_is_reported_as_the_io_error_it_is() {
+        async fn reset_pair() -> WebSocket<tokio::net::TcpStream> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+            let (client, accepted) = tokio::join!(client, listener.accept());
+            let (server, _) = accepted.unwrap();
+            // SO_LINGER 0: closing sends RST instead of FIN.
+            server.set_zero_linger().unwrap();
+            drop(server);
+            WebSocket::from_raw(
+                client.unwrap(),
+                Role::Client,
+                Config::default(),
+                BytesMut::new(),
+            )
+        }
+        let is_reset =
+            |e: &Error| matches!(e, Error::Io(io) if io.kind() == io::ErrorKind::ConnectionReset);
+        let mut ws = reset_pair().await;
+        match ws.next_event().await {
+            Some(Err(e)) => assert!(is_reset(&e), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        match ws.next_event().await {
+            Some(Ok(Event::Closed(closed))) => {
+                assert_eq!(closed.error, Some(CloseError::UnexpectedEof));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ws.next_event().await.is_none());
+        // recv: the same error, then the end.
+        let mut ws = reset_pair().await;
+        match ws.recv().await {
+            Some(Err(e)) => assert!(is_reset(&e), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(ws.recv().await.is_none());
+    }
 
     #[tokio::test]
     async fn the_transport_can_be_reached_and_taken_back() {
