@@ -41,8 +41,10 @@ const FAIR_SHARE: u32 = 64 * 1024;
 /// receiving, so a connection must be received from to stay healthy; use
 /// [`split`](Self::split) to receive and send from two tasks.
 ///
-/// Writes are corked: what is sent while the messages of one read are being handled leaves in
-/// one write once they are all taken, and writes are vectored.
+/// [`send`](Self::send) means sent: when it returns `Ok`, the frame has been handed to the
+/// transport (written, and flushed). To batch many messages into one write, [`feed`](Self::feed)
+/// them and [`flush`](Self::flush) once, or feed replies while receiving: what was fed is
+/// written before the next read. Writes are vectored.
 #[derive(Debug)]
 pub struct WebSocket<S> {
     io: S,
@@ -188,7 +190,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         poll_fn(|cx| self.poll_event(cx)).await
     }
 
-    /// Send a message.
+    /// Send a message: once this returns `Ok`, the frame (and anything fed before it) has been
+    /// written to the transport and flushed, whatever else is buffered to be received.
     ///
     /// # Errors
     /// [`Error::Closed`] once the closing handshake started; [`Error::Io`] if the transport
@@ -196,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn send(&mut self, message: Message) -> Result<()> {
         poll_fn(|cx| self.poll_ready(cx)).await?;
         self.conn.send(message)?;
-        self.flush_unless_corked().await
+        self.flush().await
     }
 
     /// Send a message framed once for many connections (broadcast).
@@ -206,7 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn send_prepared(&mut self, prepared: &Prepared) -> Result<()> {
         poll_fn(|cx| self.poll_ready(cx)).await?;
         self.conn.send_prepared(prepared)?;
-        self.flush_unless_corked().await
+        self.flush().await
     }
 
     /// Send a Ping (payload at most 125 bytes); the Pong arrives as an [`Event::Pong`].
@@ -216,10 +219,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn ping(&mut self, payload: Bytes) -> Result<()> {
         poll_fn(|cx| self.poll_ready(cx)).await?;
         self.conn.ping(&payload)?;
-        self.flush_unless_corked().await
+        self.flush().await
     }
 
-    /// Queue a message without writing it; [`flush`](Self::flush) writes everything queued.
+    /// Queue a message without writing it: [`flush`](Self::flush), the next send, or a receive
+    /// that has taken every message already read writes everything queued, before it reads
+    /// again.
     ///
     /// # Errors
     /// [`Error::Closed`] once the closing handshake started.
@@ -253,14 +258,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
         }
         Ok(())
-    }
-
-    async fn flush_unless_corked(&mut self) -> Result<()> {
-        if self.conn.has_events() {
-            Ok(())
-        } else {
-            self.flush().await
-        }
     }
 
     // ---- the poll functions everything above is built on ----
@@ -579,6 +576,40 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    /// A peer that pipelines two messages, and a handler that replies to the first and then
+    /// works for a while before it receives again: the reply leaves at once, although the
+    /// second message was already buffered (it used to wait for the next receive).
+    #[tokio::test]
+    async fn a_reply_leaves_at_once_while_the_next_message_waits() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = WebSocket::from_raw(tcp, Role::Server, Config::default(), BytesMut::new());
+            let first = ws.recv().await.unwrap().unwrap();
+            ws.send(first).await.unwrap();
+            // The slow part of the handler.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            let second = ws.recv().await.unwrap().unwrap();
+            ws.send(second).await.unwrap();
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut client = WebSocket::from_raw(tcp, Role::Client, Config::default(), BytesMut::new());
+        // Both in one write, so the server reads them in one go.
+        client.feed(Message::text("one")).unwrap();
+        client.feed(Message::text("two")).unwrap();
+        client.flush().await.unwrap();
+        let sent = std::time::Instant::now();
+        assert_eq!(client.recv().await.unwrap().unwrap(), Message::text("one"));
+        let waited = sent.elapsed();
+        assert!(
+            waited < std::time::Duration::from_millis(1000),
+            "the reply waited {waited:?} for the handler's next receive"
+        );
+        assert_eq!(client.recv().await.unwrap().unwrap(), Message::text("two"));
+        server.await.unwrap();
+    }
 
     /// A peer that resets the connection: the error is the transport's, not "unexpected EOF".
     #[tokio::test]
