@@ -37,7 +37,11 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use duplex_proto::{deflate, handshake::accept_key, Config, Role};
+use duplex_proto::{
+    deflate,
+    handshake::{accept_key, list_values},
+    Config, Role,
+};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
@@ -143,17 +147,10 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     })
 }
 
-/// The elements of every value of header `name`, split at commas, trimmed, empty ones left
-/// out (RFC 7230 §7 lists; the values of `Sec-WebSocket-Protocol` and
-/// `Sec-WebSocket-Extensions` hold no quoted commas in practice).
+/// The elements of the list header `name`, owned: the request's headers are not kept.
 fn list(headers: &HeaderMap, name: HeaderName) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
+    list_values(headers, name.as_str())
+        .map(str::to_owned)
         .collect()
 }
 
@@ -313,14 +310,16 @@ impl WebSocketUpgrade {
             Some((params, HeaderValue::from_str(&response).ok()?))
         });
         let (params, extension) = deflate.unzip();
-        let subprotocol = selected.clone();
+        let protocol = selected
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok());
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
                     let ws = WebSocket::from_raw(io, Role::Server, config, BytesMut::new())
                         .with_deflate(params)
-                        .with_subprotocol(subprotocol);
+                        .with_subprotocol(selected);
                     callback(ws).await;
                 }
                 Err(e) => match on_failed {
@@ -337,7 +336,7 @@ impl WebSocketUpgrade {
         if let Ok(accept) = HeaderValue::from_str(&accept_key(key.as_bytes().trim_ascii())) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
-        if let Some(p) = selected.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        if let Some(p) = protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
         }
         if let Some(extension) = extension {

@@ -163,8 +163,12 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// The comma-separated values of every occurrence of a header, trimmed, empty ones skipped.
-fn list_values<'a>(headers: &'a http::HeaderMap, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+/// The comma-separated values of every occurrence of a header, trimmed, empty ones skipped
+/// (RFC 9110 §5.6.1 lists, as `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` are).
+pub fn list_values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &str,
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(name)
         .into_iter()
