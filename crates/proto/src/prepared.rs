@@ -1,14 +1,30 @@
 //! Messages framed once and written to many connections.
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::{Bytes, BytesMut};
 
 use crate::{
+    deflate::compress_alone,
     frame::{FrameHeader, OpCode},
     message::{Message, Utf8Bytes},
 };
 
+/// The window [`Prepared`] compresses with: the largest, which every peer that negotiated
+/// the default accepts (smaller messages fit any window, see `Deflate::accepts_window`).
+pub(crate) const PREPARED_WINDOW_BITS: u8 = 15;
+
 /// A message encoded once as a complete server frame, shared cheaply (a reference count per
 /// clone) between every connection that sends it — the building block of broadcast.
+///
+/// On a server connection that negotiated permessage-deflate, a message at or above the
+/// connection's threshold goes out compressed, and that too is done once: the first such
+/// connection compresses the payload on its own (a fresh compressor, at its level) and every
+/// later one sends the same bytes. A message compressed on its own refers to nothing sent
+/// before it, so it inflates on any connection whatever its history (RFC 7692 §7.2.1); the
+/// connection then drops its own compression history, which the peer's window no longer
+/// matches. A payload that does not shrink is sent uncompressed, which RFC 7692 §6 allows
+/// for any message.
 ///
 /// ```
 /// use duplex_proto::{Message, Prepared};
@@ -21,6 +37,9 @@ pub struct Prepared {
     opcode: OpCode,
     frame: Bytes,
     payload: Bytes,
+    /// The compressed frame, made by the first connection that wants it; `None` inside when
+    /// compression does not shrink the payload.
+    compressed: Arc<OnceLock<Option<Bytes>>>,
 }
 
 impl Prepared {
@@ -41,6 +60,7 @@ impl Prepared {
             opcode,
             frame,
             payload,
+            compressed: Arc::default(),
         }
     }
 
@@ -70,6 +90,25 @@ impl Prepared {
     #[must_use]
     pub const fn opcode(&self) -> OpCode {
         self.opcode
+    }
+
+    /// The frame compressed at `level` with a window of [`PREPARED_WINDOW_BITS`] (RSV1 set,
+    /// RFC 7692 §6), made on the first call — later calls return it whatever their level —
+    /// or `None` when compression does not make it smaller.
+    pub(crate) fn compressed_frame(&self, level: u32) -> Option<&Bytes> {
+        self.compressed
+            .get_or_init(|| {
+                let deflated = compress_alone(&self.payload, level, PREPARED_WINDOW_BITS);
+                (deflated.len() < self.payload.len()).then(|| {
+                    let mut header = FrameHeader::new(self.opcode, deflated.len() as u64);
+                    header.rsv1 = true;
+                    let mut buf = BytesMut::with_capacity(header.encoded_len() + deflated.len());
+                    header.encode(&mut buf);
+                    buf.extend_from_slice(&deflated);
+                    buf.freeze()
+                })
+            })
+            .as_ref()
     }
 
     /// The message this frame carries.

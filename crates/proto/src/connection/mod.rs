@@ -19,7 +19,7 @@ use crate::{
     error::{CloseError, SendError},
     frame::OpCode,
     message::{Message, Utf8Bytes},
-    prepared::Prepared,
+    prepared::{Prepared, PREPARED_WINDOW_BITS},
     role::Role,
 };
 
@@ -320,7 +320,8 @@ impl Connection {
 
     /// Queue a frame that was encoded once for many connections.
     ///
-    /// A server writes the prepared bytes as they are; a client, which must mask with its own
+    /// A server writes the prepared bytes as they are — or, with permessage-deflate, the
+    /// prepared compressed bytes (see [`Prepared`]); a client, which must mask with its own
     /// key, frames the payload again.
     ///
     /// # Errors
@@ -330,17 +331,27 @@ impl Connection {
             return Err(SendError::Closed);
         }
         match self.role {
-            Role::Server => self.output.raw(prepared.frame()),
-            Role::Client => {
-                let mask = self.mask_key();
-                self.output.frame(
-                    prepared.opcode(),
-                    true,
-                    false,
-                    mask,
-                    Payload::Shared(prepared.payload()),
-                );
-            }
+            Role::Server => match self.deflate.as_deref_mut() {
+                Some(deflate)
+                    if deflate.codec.should_compress(prepared.payload().len())
+                        && deflate
+                            .codec
+                            .accepts_window(PREPARED_WINDOW_BITS, prepared.payload().len()) =>
+                {
+                    match prepared.compressed_frame(deflate.codec.level()) {
+                        Some(frame) => {
+                            self.output.raw(frame);
+                            // The peer's window now holds this message; ours does not.
+                            deflate.codec.forget_history();
+                        }
+                        None => self.output.raw(prepared.frame()),
+                    }
+                }
+                _ => self.output.raw(prepared.frame()),
+            },
+            // Masked with our own key (RFC 6455 §5.3), so framed again, and compressed by
+            // this connection's own codec when negotiated.
+            Role::Client => return self.send(prepared.message()),
         }
         Ok(())
     }

@@ -14,9 +14,18 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 const STEP: usize = 16 * 1024;
 
 /// The compression state of one connection.
+///
+/// Both halves are created on first use: a zlib compressor costs 245-371 KiB and a
+/// decompressor 46 KiB (see the module docs), and a server that sends only shared
+/// [`Prepared`](crate::Prepared) frames never needs its own compressor, nor does a side whose
+/// peer sends nothing compressed need a decompressor.
 pub(crate) struct Deflate {
-    compress: Compress,
-    decompress: Decompress,
+    compress: Option<Compress>,
+    decompress: Option<Decompress>,
+    level: u32,
+    /// Window bits of our compressor and of the peer's (what our decompressor must hold).
+    ours: u8,
+    theirs: u8,
     reset_compress: bool,
     reset_decompress: bool,
     threshold: usize,
@@ -25,6 +34,9 @@ pub(crate) struct Deflate {
 impl std::fmt::Debug for Deflate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deflate")
+            .field("level", &self.level)
+            .field("ours", &self.ours)
+            .field("theirs", &self.theirs)
             .field("reset_compress", &self.reset_compress)
             .field("reset_decompress", &self.reset_decompress)
             .field("threshold", &self.threshold)
@@ -49,13 +61,12 @@ impl Deflate {
             ),
         };
         Self {
-            compress: Compress::new_with_window_bits(
-                Compression::new(level),
-                false,
-                ours.clamp(9, 15),
-            ),
+            compress: None,
+            decompress: None,
+            level,
+            ours: ours.clamp(9, 15),
             // A window at least as large as the peer's always decodes its stream.
-            decompress: Decompress::new_with_window_bits(false, theirs.clamp(9, 15)),
+            theirs: theirs.clamp(9, 15),
             reset_compress: reset_ours,
             reset_decompress: reset_theirs,
             threshold,
@@ -67,38 +78,37 @@ impl Deflate {
         len >= self.threshold
     }
 
+    /// The compression level of this connection.
+    pub(crate) const fn level(&self) -> u32 {
+        self.level
+    }
+
+    /// Whether the peer can inflate a message of `len` bytes that was compressed on its own
+    /// with a window of `bits`: its distances reach at most `min(len, 2^bits)` bytes back,
+    /// and the peer holds a window of our negotiated size (RFC 7692 §7.1.2.1).
+    pub(crate) fn accepts_window(&self, bits: u8, len: usize) -> bool {
+        bits <= self.ours || len <= 1usize << self.ours
+    }
+
+    /// A message compressed elsewhere, on its own, was sent between two of ours: the peer's
+    /// window now holds its text, which our compressor never saw, so our next message must
+    /// not refer back past it. Dropping our history is always allowed (RFC 7692 §7.2.1: the
+    /// sender may use fewer earlier bytes than the window allows).
+    pub(crate) fn forget_history(&mut self) {
+        if let Some(c) = &mut self.compress {
+            c.reset();
+        }
+    }
+
     /// Compress one whole message into `out` (without the trailing empty block).
     pub(crate) fn compress(&mut self, payload: &[u8], out: &mut BytesMut) {
-        let start = out.len();
-        let mut input = payload;
-        loop {
-            let filled = out.len();
-            let room = (input.len() / 2).max(64);
-            out.resize(filled + room, 0);
-            let (before_in, before_out) = (self.compress.total_in(), self.compress.total_out());
-            let result = self
-                .compress
-                .compress(input, &mut out[filled..], FlushCompress::Sync);
-            let written = (self.compress.total_out() - before_out) as usize;
-            out.truncate(filled + written);
-            input = &input[(self.compress.total_in() - before_in) as usize..];
-            // The flush is complete once all input is taken and zlib did not fill the room.
-            if result.is_err() || (input.is_empty() && written < room) {
-                break;
-            }
-        }
-        if out[start..].ends_with(&TAIL) {
-            out.truncate(out.len() - TAIL.len());
-        } else if out.len() == start {
-            // zlib skips a flush that repeats the last one with no input in between, so an
-            // empty message after another one comes out as nothing at all, and the receiver's
-            // appended tail would then start a stored block that swallows the next message.
-            // RFC 7692 §7.2.3.6: send the empty stored block instead, whose first byte is
-            // all that is left once its tail is removed.
-            out.extend_from_slice(&[0x00]);
-        }
+        let (level, bits) = (self.level, self.ours);
+        let compress = self.compress.get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::new(level), false, bits)
+        });
+        deflate_message(compress, payload, out);
         if self.reset_compress {
-            self.compress.reset();
+            compress.reset();
         }
     }
 
@@ -119,7 +129,9 @@ impl Deflate {
         if last {
             self.inflate(&TAIL, out, max)?;
             if self.reset_decompress {
-                self.decompress.reset(false);
+                if let Some(d) = &mut self.decompress {
+                    d.reset(false);
+                }
             }
         }
         Ok(())
@@ -131,19 +143,21 @@ impl Deflate {
         out: &mut BytesMut,
         max: usize,
     ) -> Result<(), ProtocolError> {
+        let bits = self.theirs;
+        let decompress = self
+            .decompress
+            .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
         loop {
             let filled = out.len();
             // One byte past the limit is enough to know it was crossed.
             let room = STEP.min(max.saturating_add(1).saturating_sub(filled));
             grow(out, filled + room, max);
             out.resize(filled + room, 0);
-            let (before_in, before_out) = (self.decompress.total_in(), self.decompress.total_out());
-            let status =
-                self.decompress
-                    .decompress(input, &mut out[filled..], FlushDecompress::Sync);
-            let written = (self.decompress.total_out() - before_out) as usize;
+            let (before_in, before_out) = (decompress.total_in(), decompress.total_out());
+            let status = decompress.decompress(input, &mut out[filled..], FlushDecompress::Sync);
+            let written = (decompress.total_out() - before_out) as usize;
             out.truncate(filled + written);
-            let used = (self.decompress.total_in() - before_in) as usize;
+            let used = (decompress.total_in() - before_in) as usize;
             input = &input[used..];
             if out.len() > max {
                 return Err(ProtocolError::MessageTooLarge {
@@ -168,6 +182,48 @@ impl Deflate {
             }
         }
     }
+}
+
+/// Compress `payload` as one message of a permessage-deflate stream into `out`, ending with
+/// a sync flush whose empty-block tail is removed (RFC 7692 §7.2.1).
+fn deflate_message(compress: &mut Compress, payload: &[u8], out: &mut BytesMut) {
+    let start = out.len();
+    let mut input = payload;
+    loop {
+        let filled = out.len();
+        let room = (input.len() / 2).max(64);
+        out.resize(filled + room, 0);
+        let (before_in, before_out) = (compress.total_in(), compress.total_out());
+        let result = compress.compress(input, &mut out[filled..], FlushCompress::Sync);
+        let written = (compress.total_out() - before_out) as usize;
+        out.truncate(filled + written);
+        input = &input[(compress.total_in() - before_in) as usize..];
+        // The flush is complete once all input is taken and zlib did not fill the room.
+        if result.is_err() || (input.is_empty() && written < room) {
+            break;
+        }
+    }
+    if out[start..].ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    } else if out.len() == start {
+        // zlib skips a flush that repeats the last one with no input in between, so an
+        // empty message after another one comes out as nothing at all, and the receiver's
+        // appended tail would then start a stored block that swallows the next message.
+        // RFC 7692 §7.2.3.6: send the empty stored block instead, whose first byte is
+        // all that is left once its tail is removed.
+        out.extend_from_slice(&[0x00]);
+    }
+}
+
+/// Compress `payload` as a message on its own, with a fresh compressor of `window_bits`:
+/// it refers to no earlier message, so any peer whose window is large enough inflates it,
+/// whatever it received before (the shared frames of [`Prepared`](crate::Prepared)).
+pub(crate) fn compress_alone(payload: &[u8], level: u32, window_bits: u8) -> BytesMut {
+    let mut compress =
+        Compress::new_with_window_bits(Compression::new(level), false, window_bits.clamp(9, 15));
+    let mut out = BytesMut::with_capacity(payload.len() / 2 + 64);
+    deflate_message(&mut compress, payload, &mut out);
+    out
 }
 
 /// Past this many inflated bytes, [`grow`] reserves the rest of the limit in one step.

@@ -20,6 +20,12 @@
 //! | 14          | 307 KiB    | 46 KiB       | 353 KiB  |
 //! | 15          | 371 KiB    | 46 KiB       | 417 KiB  |
 //!
+//! Each half is allocated when it is first used: a connection whose peer sends nothing
+//! compressed never holds a decompressor, and a server that sends only [`Prepared`] frames
+//! (compressed once for every connection) never holds a compressor.
+//!
+//! [`Prepared`]: crate::Prepared
+//!
 //! Lowering the window saves at most 126 KiB per connection on the compressing side and
 //! nothing on the decompressing side with this backend; the fixed tables dominate.
 //!
@@ -30,5 +36,5 @@
 mod codec;
 mod params;
 
-pub(crate) use codec::Deflate;
+pub(crate) use codec::{compress_alone, Deflate};
 pub use params::{client_accept, client_offer, negotiate, DeflateConfig, DeflateParams};

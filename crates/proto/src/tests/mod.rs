@@ -23,5 +23,7 @@ mod keepalive;
 mod reading;
 // The opening handshake end to end (§4).
 mod handshake;
+// permessage-deflate: shared compressed frames beside each connection's own (RFC 7692).
+mod deflate;
 // Property tests: header round trip, re-chunking, fragmentation model, arbitrary input.
 mod properties;
