@@ -331,10 +331,12 @@ fn run(
                 tests
                     .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                     .args(["--run-ignored", "only"])
-                    // The peer tests, and the `duplex connect` tests against the Python peer.
+                    // The peer tests, the hub's `/ws` with the Python client, and the
+                    // `duplex connect` tests against the Python peer.
                     .args([
                         "-E",
                         "(package(duplex) & binary(it) & test(/^peers::/)) \
+                         | (package(duplex-hub) & binary(it) & test(/^peers::/)) \
                          | (package(duplex-cli) & binary(connect) & test(/^peers::/))",
                     ]),
                 limit,

@@ -103,6 +103,10 @@ pub(crate) struct Args {
     /// Time allowed for a pong, e.g. `10s` [default: 10s].
     #[arg(long, env = "DUPLEX_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pong_timeout: Option<Duration>,
+    /// Accept permessage-deflate from clients that offer it (`websocket.compression.enabled`)
+    /// [default: off].
+    #[arg(long, env = "DUPLEX_COMPRESSION")]
+    compression: bool,
     /// Longest graceful shutdown [default: 10s].
     #[arg(long, env = "DUPLEX_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     shutdown_timeout: Option<Duration>,
@@ -184,6 +188,9 @@ impl Args {
         set(&mut c.limits.max_queue_bytes, &self.max_queue_bytes);
         set(&mut c.websocket.ping_interval, &self.ping_interval);
         set(&mut c.websocket.pong_timeout, &self.pong_timeout);
+        if self.compression {
+            c.websocket.compression.enabled = true;
+        }
         set(&mut c.shutdown_timeout, &self.shutdown_timeout);
         set(&mut c.demo.ticker, &self.demo_ticker);
         set(&mut c.limits.trusted_proxies, &self.trusted_proxies);

@@ -150,6 +150,27 @@ pub struct WebSocketConfig {
     /// How long a pong may take before the connection is considered dead. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// permessage-deflate (RFC 7692) with clients that offer it. Off by default.
+    pub compression: CompressionConfig,
+}
+
+/// permessage-deflate for hub connections (`[websocket.compression]`).
+///
+/// Publications are compressed once per node and the same bytes go to every subscriber that
+/// negotiated compression, so the CPU cost grows with publications, not with subscribers. A
+/// compressing connection holds a 46 KiB decompressor once its client sends a compressed
+/// message, and the server needs no compressor of its own for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CompressionConfig {
+    /// Accept a client's permessage-deflate offer. Default `false`: compression trades CPU
+    /// (and a little latency) for bandwidth, worth it for large JSON over slow links.
+    pub enabled: bool,
+    /// zlib level, 1 (fastest) to 9 (smallest). Default 1.
+    pub level: u32,
+    /// Frames whose payload is shorter than this many bytes go uncompressed. Default 256.
+    pub threshold: usize,
 }
 
 /// Authentication settings.
@@ -492,7 +513,29 @@ impl Default for WebSocketConfig {
         Self {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
+            compression: CompressionConfig::default(),
         }
+    }
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            level: 1,
+            threshold: 256,
+        }
+    }
+}
+
+impl CompressionConfig {
+    /// The connection's deflate settings, when enabled.
+    pub(crate) fn deflate(&self) -> Option<duplex::deflate::DeflateConfig> {
+        self.enabled.then(|| {
+            duplex::deflate::DeflateConfig::default()
+                .level(self.level)
+                .threshold(self.threshold)
+        })
     }
 }
 
@@ -706,6 +749,9 @@ impl Config {
         }
         if self.websocket.ping_interval.is_zero() || self.websocket.pong_timeout.is_zero() {
             return invalid("websocket.ping_interval and pong_timeout must be positive".into());
+        }
+        if !(1..=9).contains(&self.websocket.compression.level) {
+            return invalid("websocket.compression.level must be 1-9".into());
         }
         self.validate_secrets()?;
         if let Some(node) = &self.node {

@@ -203,7 +203,8 @@ async fn upgrade(
         .max_message_size(c.limits.max_message_size)
         .max_frame_size(c.limits.max_message_size)
         .ping_interval(Some(c.websocket.ping_interval))
-        .pong_timeout(c.websocket.pong_timeout);
+        .pong_timeout(c.websocket.pong_timeout)
+        .deflate(c.websocket.compression.deflate());
     upgrade
         .protocols([crate::SUBPROTOCOL])
         .config(config)

@@ -24,6 +24,9 @@ key = "${API_KEY}"
 [auth]
 anonymous = true
 jwt_secret = "${JWT_SECRET}"
+
+[websocket.compression]
+enabled = true
 `;
 
 // Installed in every test page: `probe(name, url, options)` makes a Client that
@@ -108,6 +111,38 @@ describe("duplex.js against duplex serve", () => {
     assert.equal(out.rec.welcomes[0].client, out.clientId);
     const rtt = await page.evaluate(() => window.clients.a.ping());
     assert.ok(rtt >= 0 && rtt < 2000, `ping round trip ${rtt} ms`);
+    await page.close();
+  });
+
+  test("Chromium negotiates permessage-deflate and duplex.v1; large publications arrive intact", async () => {
+    const page = await libPage();
+    const out = await page.evaluate(async () => {
+      // A bare WebSocket, to see what the browser itself negotiated.
+      const ws = new WebSocket(window.duplex.wsUrl(), "duplex.v1");
+      await new Promise((resolve, reject) => {
+        ws.onopen = resolve;
+        ws.onerror = () => reject(new Error("WebSocket failed"));
+      });
+      const seen = { protocol: ws.protocol, extensions: ws.extensions };
+      ws.close();
+      // Through duplex.js: 20 KB out (compressed by Chromium) and back (by the server).
+      const url = window.duplex.wsUrl();
+      const a = window.probe("a", url).connect();
+      a.sub("lib-deflate");
+      await a.ready(5000);
+      const start = Date.now();
+      while (!a.rec.subscribed.length && Date.now() - start < 5000) await new Promise((r) => setTimeout(r, 20));
+      const rows = "price 101.25 volume 3000; ".repeat(800);
+      await a.publish("lib-deflate", { rows });
+      while (!(a.rec.messages["lib-deflate"] || []).length && Date.now() - start < 5000) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const got = (a.rec.messages["lib-deflate"] || [])[0];
+      return { ...seen, same: got?.data?.rows === rows };
+    });
+    assert.equal(out.protocol, "duplex.v1");
+    assert.match(out.extensions, /^permessage-deflate/);
+    assert.ok(out.same, "the 20 KB publication came back unchanged");
     await page.close();
   });
 

@@ -5,6 +5,8 @@ mod support;
 
 // Auth, Origin and connection limits at the handshake, and token claims after it.
 mod auth;
+// permessage-deflate: negotiated when enabled, publications compressed once for all.
+mod compression;
 // Every command and every error reply of the protocol.
 mod commands;
 // Fan-out to 1,000 subscribers.
@@ -15,6 +17,8 @@ mod heartbeat;
 mod http;
 // Hostile inputs: each gets its answer while a well-behaved client is served.
 mod hostile;
+// Python `websockets` as a client of /ws, with permessage-deflate.
+mod peers;
 // Recovery with `since`: exactly the missed publications, in order.
 mod recovery;
 // Graceful shutdown: every client gets 1001.
