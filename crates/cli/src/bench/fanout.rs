@@ -32,7 +32,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::{
     report::{self, Report, Stats},
-    wire::{self, Conn, Offer, Target},
+    wire::{self, Conn, Inflater, Offer, Target},
     Common, ServerWatch,
 };
 
@@ -57,6 +57,10 @@ pub(crate) struct Args {
     /// Handshakes and subscriptions in progress at once while connecting.
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
+    /// Subscribers offer permessage-deflate (RFC 7692) and inflate what arrives compressed;
+    /// the hub must have `websocket.compression` enabled.
+    #[arg(long)]
+    deflate: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -76,7 +80,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
     let target = Target::parse(&args.url)?;
     let common = &args.common;
     let offer = Offer {
-        deflate: false,
+        deflate: args.deflate,
         subprotocol: Some("duplex.v1".into()),
     };
     let subscribe = wire::client_frame(
@@ -98,6 +102,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
             let source = common.source_for(i, args.subscribers + 1);
             async move {
                 let mut conn = wire::connect(target, source, offer, 16 * 1024).await?;
+                if offer.deflate && !conn.deflate {
+                    bail!("the hub declined permessage-deflate (enable websocket.compression)");
+                }
                 conn.stream.write_all(subscribe).await?;
                 await_reply(&mut conn).await?;
                 anyhow::Ok(conn)
@@ -154,6 +161,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
         "rate": args.rate,
         "channel": args.channel,
         "padding": args.padding,
+        "deflate": args.deflate,
     });
     let mut report = Report::new("fanout", params, &stats, common.duration, true);
     let published = ctx.published.get();
@@ -207,6 +215,7 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
 
 async fn subscriber(mut conn: Conn, ctx: &Ctx) -> anyhow::Result<()> {
     let mut last_seq: Option<u64> = None;
+    let mut inflater = conn.deflate.then(|| Inflater::new(16 * 1024));
     loop {
         if conn.rx.read(&mut conn.stream).await? == 0 {
             bail!("the hub closed the connection");
@@ -224,7 +233,18 @@ async fn subscriber(mut conn: Conn, ctx: &Ctx) -> anyhow::Result<()> {
                 OpCode::Close => bail!("the hub closed the connection"),
                 _ => continue,
             }
-            let text = conn.rx.payload(range);
+            let text = if h.rsv1 {
+                // RFC 7692 §6: RSV1 on the first frame marks a compressed message; the hub
+                // sends each message in one frame.
+                let inflater = inflater
+                    .as_mut()
+                    .context("a compressed frame without permessage-deflate")?;
+                inflater.out.clear();
+                inflater.feed(conn.rx.payload(range), h.fin)?;
+                &inflater.out[..]
+            } else {
+                conn.rx.payload(range)
+            };
             if !text.starts_with(br#"{"type":"message""#) {
                 continue;
             }
