@@ -17,6 +17,11 @@ use std::fmt::Write as _;
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 
+use crate::{
+    deflate::{self, DeflateParams},
+    Config,
+};
+
 use super::{
     accept_key, check_header, check_token, check_value, has_token, head_len, list_values,
     to_header_map, HandshakeError, InvalidHeader, MAX_HEADERS,
@@ -105,12 +110,28 @@ impl Request {
     pub fn extensions(&self) -> impl Iterator<Item = &str> {
         list_values(&self.headers, "sec-websocket-extensions")
     }
+
+    /// The first of `supported` (the server's order of preference) that the client offered,
+    /// compared exactly (subprotocol names are case-sensitive tokens, RFC 6455 §4.1); `None`
+    /// when there is none in common, and then the `101` confirms no subprotocol (§4.2.2
+    /// item 5.4: "the server MUST NOT send back a Sec-WebSocket-Protocol header field" that
+    /// the client did not offer).
+    pub fn select_subprotocol<I, P>(&self, supported: I) -> Option<P>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        supported
+            .into_iter()
+            .find(|ours| self.subprotocols().any(|theirs| theirs == ours.as_ref()))
+    }
 }
 
 /// Parse and validate an upgrade request at the start of `buf`.
 ///
 /// Returns `Ok(None)` while the head is incomplete (call again with more bytes), or the request
-/// and the length of its head; bytes after it are already WebSocket frames.
+/// and the length of its head; bytes after it are already WebSocket frames. The parsed head is
+/// checked by [`validate`], as the framework integrations check theirs.
 ///
 /// # Errors
 /// A [`HandshakeError`] whose [`status`](HandshakeError::status) is the HTTP answer: 400 for a
@@ -125,15 +146,69 @@ pub fn parse_request(
     let Some(used) = head_len(req.parse(buf), buf.len(), max_head)? else {
         return Ok(None);
     };
-    // §4.2.1: "An HTTP/1.1 or higher GET request".
-    if req.method != Some("GET") {
+    // A complete head has a method and a version (httparse fills both before `Complete`).
+    let method = http::Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HandshakeError::Malformed("invalid method".into()))?;
+    let version = match req.version {
+        Some(1) => http::Version::HTTP_11,
+        _ => http::Version::HTTP_10,
+    };
+    let target = req.path.unwrap_or("/");
+    let headers = to_header_map(req.headers)?;
+    validate(&method, version, target, headers).map(|request| Some((request, used)))
+}
+
+/// Check that a parsed HTTP request is a valid WebSocket upgrade (RFC 6455 §4.2.1).
+///
+/// This is the one validator of every server path: [`parse_request`] calls it on what
+/// httparse read, and integrations with HTTP servers (hyper, axum) call it with the parts of
+/// the request they were given, so every path accepts and refuses the same requests with the
+/// same reasons.
+///
+/// ```
+/// use duplex_proto::handshake::server::validate;
+/// use http::{HeaderMap, HeaderValue, Method, Version};
+///
+/// let mut headers = HeaderMap::new();
+/// for (name, value) in [
+///     ("host", "example.com"),
+///     ("upgrade", "websocket"),
+///     ("connection", "keep-alive, Upgrade"),
+///     ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+///     ("sec-websocket-version", "13"),
+///     ("sec-websocket-protocol", "chat, superchat"),
+/// ] {
+///     headers.insert(name, HeaderValue::from_static(value));
+/// }
+/// let request = validate(&Method::GET, Version::HTTP_11, "/chat?room=1", headers).unwrap();
+/// assert_eq!(request.query(), Some("room=1"));
+/// assert_eq!(request.select_subprotocol(["superchat", "chat"]), Some("superchat"));
+/// ```
+///
+/// # Errors
+/// [`HandshakeError::Invalid`] with the reason (answered `400`), or
+/// [`HandshakeError::UnsupportedVersion`] (answered `426` with `Sec-WebSocket-Version: 13`).
+pub fn validate(
+    method: &http::Method,
+    version: http::Version,
+    target: &str,
+    headers: http::HeaderMap,
+) -> Result<Request, HandshakeError> {
+    // §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
+    if method != http::Method::GET {
         return Err(HandshakeError::Invalid("method must be GET"));
     }
-    if req.version != Some(1) {
+    if version < http::Version::HTTP_11 {
         return Err(HandshakeError::Invalid("HTTP/1.1 or higher is required"));
     }
-    let target = req.path.unwrap_or("/").to_owned();
-    let headers = to_header_map(req.headers)?;
+    if version > http::Version::HTTP_11 {
+        // The Upgrade mechanism is HTTP/1.1's (RFC 9110 §7.8); over HTTP/2 a WebSocket is an
+        // extended CONNECT (RFC 8441), which is not supported here.
+        return Err(HandshakeError::Invalid(
+            "WebSocket upgrades need HTTP/1.1 (RFC 6455 §4.1)",
+        ));
+    }
+    // §4.2.1 item 2: a Host header field.
     if headers.get(http::header::HOST).is_none() {
         return Err(HandshakeError::Invalid("missing Host header"));
     }
@@ -146,16 +221,19 @@ pub fn parse_request(
             .iter()
             .any(|v| has_token(v.as_bytes(), token))
     };
+    // §4.2.1 item 3: an Upgrade header field containing "websocket", ASCII case-insensitive.
     if !has(http::header::UPGRADE, "websocket") {
         return Err(HandshakeError::Invalid(
             "missing \"Upgrade: websocket\" header",
         ));
     }
+    // §4.2.1 item 4: a Connection header field that includes the token "Upgrade".
     if !has(http::header::CONNECTION, "upgrade") {
         return Err(HandshakeError::Invalid(
             "missing \"Connection: Upgrade\" header",
         ));
     }
+    // §4.2.1 item 6 and §4.4: version 13, or 426 naming the versions we speak.
     match headers.get(http::header::SEC_WEBSOCKET_VERSION) {
         Some(v) if v.as_bytes().trim_ascii() == b"13" => {}
         _ => return Err(HandshakeError::UnsupportedVersion),
@@ -164,21 +242,20 @@ pub fn parse_request(
         .get(http::header::SEC_WEBSOCKET_KEY)
         .map(|v| v.as_bytes().trim_ascii())
         .ok_or(HandshakeError::Invalid("missing Sec-WebSocket-Key header"))?;
-    // §4.2.1 item 5: base64 of a 16-byte value.
+    // §4.2.1 item 5: base64 of a 16-byte value. The standard engine refuses non-canonical
+    // encodings (padding bits that are not zero), so the key is exactly 22 characters, one of
+    // `AQgw` last, and `==`.
     if STANDARD.decode(key).map(|k| k.len()) != Ok(16) {
         return Err(HandshakeError::Invalid(
             "Sec-WebSocket-Key must be base64 of 16 bytes",
         ));
     }
     let key = String::from_utf8_lossy(key).into_owned();
-    Ok(Some((
-        Request {
-            target,
-            headers,
-            key,
-        },
-        used,
-    )))
+    Ok(Request {
+        target: target.to_owned(),
+        headers,
+        key,
+    })
 }
 
 /// The reason to refuse a request that repeats a header which must appear once.
@@ -253,33 +330,153 @@ impl Accept {
         Ok(())
     }
 
-    /// The `101 Switching Protocols` response to `request` (§4.2.2).
+    /// The `101 Switching Protocols` response to `request` (§4.2.2), as given: no extension
+    /// is negotiated and the subprotocol is not compared with the offer. Servers use
+    /// [`negotiate`](Self::negotiate), which does both.
     ///
     /// # Errors
     /// A part that cannot be sent (see [`check`](Self::check)): no response is produced, and
     /// the server should answer `500` instead (a fault of the server, not of the client).
     pub fn response(&self, request: &Request) -> Result<Vec<u8>, InvalidHeader> {
         self.check()?;
-        let mut out = String::with_capacity(160);
-        out.push_str(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
-        );
-        let _ = write!(
-            out,
-            "Sec-WebSocket-Accept: {}\r\n",
-            accept_key(request.key.as_bytes())
-        );
+        Ok(Accepted::new(self.clone(), request, None).response())
+    }
+
+    /// Settle the `101` for `request`: the one function every server path (raw streams,
+    /// hyper, axum) builds its response with, so they confirm the same things.
+    ///
+    /// - The subprotocol, if set, must be one the client offered (RFC 6455 §4.2.2 item 5.4).
+    /// - RFC 7692 §5: when `config` enables permessage-deflate and [`extensions`]
+    ///   (Self::extensions) is not set, the first acceptable `permessage-deflate` offer of
+    ///   the client is accepted and its response parameters confirmed; the returned
+    ///   [`Accepted::deflate`] is what the connection must then use. Offers it cannot accept
+    ///   are declined by leaving them out (§5: "the server ... MUST decline" by not including
+    ///   the element). A hand-written [`extensions`](Self::extensions) value is sent as it is
+    ///   and nothing is negotiated.
+    /// - Every part is checked as [`check`](Self::check) does.
+    ///
+    /// # Errors
+    /// The part that cannot be sent, by name: a subprotocol the client did not offer, or a
+    /// header (see [`check`](Self::check)). The server should answer `500` (its own fault).
+    pub fn negotiate(
+        mut self,
+        request: &Request,
+        config: &Config,
+    ) -> Result<Accepted, InvalidHeader> {
         if let Some(p) = &self.subprotocol {
-            let _ = write!(out, "Sec-WebSocket-Protocol: {p}\r\n");
+            if !request.subprotocols().any(|offered| offered == p) {
+                check_token("Sec-WebSocket-Protocol", p)?;
+                return Err(InvalidHeader::new(
+                    "Sec-WebSocket-Protocol",
+                    "the client did not offer this subprotocol (RFC 6455 §4.2.2)",
+                ));
+            }
         }
-        if let Some(e) = &self.extensions {
-            let _ = write!(out, "Sec-WebSocket-Extensions: {e}\r\n");
+        let deflate = match (&config.deflate, &self.extensions) {
+            (Some(settings), None) => {
+                deflate::negotiate(request.extensions(), settings).map(|(params, response)| {
+                    self.extensions = Some(response);
+                    params
+                })
+            }
+            _ => None,
+        };
+        self.check()?;
+        Ok(Accepted::new(self, request, deflate))
+    }
+}
+
+/// An accepted upgrade, from [`Accept::negotiate`]: the checked header fields of the `101`
+/// and what the connection then speaks.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    subprotocol: Option<String>,
+    deflate: Option<DeflateParams>,
+    /// The header fields of the `101`, in order, every one checked.
+    fields: Vec<(String, String)>,
+}
+
+impl Accepted {
+    /// `accept` must have been checked.
+    fn new(accept: Accept, request: &Request, deflate: Option<DeflateParams>) -> Self {
+        let Accept {
+            subprotocol,
+            extensions,
+            headers,
+        } = accept;
+        // §4.2.2 item 5: Upgrade, Connection, Sec-WebSocket-Accept, then the optional
+        // Sec-WebSocket-Protocol and Sec-WebSocket-Extensions.
+        let mut fields = Vec::with_capacity(5 + headers.len());
+        fields.push(("Upgrade".to_owned(), "websocket".to_owned()));
+        fields.push(("Connection".to_owned(), "Upgrade".to_owned()));
+        fields.push((
+            "Sec-WebSocket-Accept".to_owned(),
+            accept_key(request.key.as_bytes()),
+        ));
+        if let Some(p) = &subprotocol {
+            fields.push(("Sec-WebSocket-Protocol".to_owned(), p.clone()));
         }
-        for (name, value) in &self.headers {
+        if let Some(e) = extensions {
+            fields.push(("Sec-WebSocket-Extensions".to_owned(), e));
+        }
+        fields.extend(headers);
+        Self {
+            subprotocol,
+            deflate,
+            fields,
+        }
+    }
+
+    /// The confirmed subprotocol.
+    #[must_use]
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// The permessage-deflate parameters the connection must use, if it was negotiated.
+    #[must_use]
+    pub const fn deflate(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref()
+    }
+
+    /// The header fields of the `101`, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The header fields of the `101` as a map, for an HTTP server that writes the response
+    /// itself.
+    #[must_use]
+    pub fn header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::with_capacity(self.fields.len());
+        for (name, value) in &self.fields {
+            // Every field was checked to be a token and a visible-ASCII value.
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    /// The complete `101 Switching Protocols` response.
+    #[must_use]
+    pub fn response(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(160);
+        out.push_str("HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in &self.fields {
             let _ = write!(out, "{name}: {value}\r\n");
         }
         out.push_str("\r\n");
-        Ok(out.into_bytes())
+        out.into_bytes()
+    }
+
+    /// The subprotocol and the deflate parameters, to set up the connection with.
+    #[must_use]
+    pub fn into_parts(self) -> (Option<String>, Option<DeflateParams>) {
+        (self.subprotocol, self.deflate)
     }
 }
 
@@ -355,10 +552,21 @@ impl Reject {
         Self::new(500, "invalid response header")
     }
 
+    /// The status sent: [`status`](Self::status), or `400` when that is not a valid code.
+    #[must_use]
+    pub fn status_code(&self) -> http::StatusCode {
+        http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_REQUEST)
+    }
+
+    /// The `text/plain` body sent: the first line of the reason and a newline.
+    #[must_use]
+    pub fn body(&self) -> String {
+        format!("{}\n", self.reason.lines().next().unwrap_or_default())
+    }
+
     fn write(&self) -> Vec<u8> {
-        let status =
-            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_REQUEST);
-        let body = format!("{}\n", self.reason.lines().next().unwrap_or_default());
+        let status = self.status_code();
+        let body = self.body();
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
             status.as_u16(),
@@ -510,6 +718,139 @@ mod tests {
         // Other headers may repeat (RFC 9110 §5.3).
         let two = GOOD.replacen("Origin:", "X-A: 1\r\nX-A: 2\r\nOrigin:", 1);
         assert!(parse(&two).unwrap().is_some());
+    }
+
+    #[test]
+    fn validate_checks_the_parts_an_http_server_parsed() {
+        let (parsed, _) = parse(GOOD).unwrap().unwrap();
+        let headers = parsed.headers().clone();
+        let ok = validate(
+            &http::Method::GET,
+            http::Version::HTTP_11,
+            "/chat?room=1",
+            headers.clone(),
+        )
+        .unwrap();
+        assert_eq!(ok.target(), parsed.target());
+        assert_eq!(ok.key(), parsed.key());
+        let cases = [
+            (
+                http::Method::POST,
+                http::Version::HTTP_11,
+                "method must be GET",
+            ),
+            (
+                http::Method::GET,
+                http::Version::HTTP_10,
+                "HTTP/1.1 or higher is required",
+            ),
+            (
+                http::Method::GET,
+                http::Version::HTTP_2,
+                "WebSocket upgrades need HTTP/1.1 (RFC 6455 §4.1)",
+            ),
+        ];
+        for (method, version, reason) in cases {
+            let err = validate(&method, version, "/", headers.clone()).unwrap_err();
+            assert_eq!(err, HandshakeError::Invalid(reason));
+        }
+        // §4.2.1 item 5: only the canonical base64 of 16 bytes.
+        for key in [
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25j*Q==",
+            "",
+        ] {
+            let mut bad = headers.clone();
+            bad.insert(
+                http::header::SEC_WEBSOCKET_KEY,
+                http::HeaderValue::from_str(key).unwrap(),
+            );
+            let err = validate(&http::Method::GET, http::Version::HTTP_11, "/", bad).unwrap_err();
+            assert_eq!(
+                err,
+                HandshakeError::Invalid("Sec-WebSocket-Key must be base64 of 16 bytes"),
+                "{key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn subprotocols_are_selected_by_the_servers_preference() {
+        let (req, _) = parse(GOOD).unwrap().unwrap();
+        assert_eq!(
+            req.select_subprotocol(["superchat", "chat"]),
+            Some("superchat")
+        );
+        assert_eq!(req.select_subprotocol(["other", "chat"]), Some("chat"));
+        assert_eq!(req.select_subprotocol(["Chat"]), None);
+        assert_eq!(req.select_subprotocol(Vec::<String>::new()), None);
+    }
+
+    #[test]
+    fn negotiate_confirms_only_what_was_offered_and_deflate_from_the_config() {
+        let offer = GOOD.replacen(
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Extensions: x-unknown, permessage-deflate; client_max_window_bits\r\n\
+             Sec-WebSocket-Version",
+            1,
+        );
+        let (req, _) = parse(&offer).unwrap().unwrap();
+        let with_deflate = Config::default().deflate(Some(deflate::DeflateConfig::default()));
+        let accepted = Accept::default()
+            .subprotocol("chat")
+            .header("Set-Cookie", "a=1")
+            .negotiate(&req, &with_deflate)
+            .unwrap();
+        assert_eq!(accepted.subprotocol(), Some("chat"));
+        assert!(accepted.deflate().is_some());
+        let names: Vec<_> = accepted.headers().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "Upgrade",
+                "Connection",
+                "Sec-WebSocket-Accept",
+                "Sec-WebSocket-Protocol",
+                "Sec-WebSocket-Extensions",
+                "Set-Cookie"
+            ]
+        );
+        // The bytes and the map say the same.
+        let text = String::from_utf8(accepted.response()).unwrap();
+        let map = accepted.header_map();
+        assert_eq!(map.len(), names.len());
+        for (name, value) in map.iter() {
+            let line = format!("\r\n{}: {}\r\n", name, value.to_str().unwrap());
+            assert!(
+                text.to_ascii_lowercase()
+                    .contains(&line.to_ascii_lowercase()),
+                "{line}"
+            );
+        }
+        assert!(map["sec-websocket-extensions"]
+            .to_str()
+            .unwrap()
+            .starts_with("permessage-deflate"));
+        // Deflate off in the config: the offer is declined.
+        let plain = Accept::default()
+            .negotiate(&req, &Config::default())
+            .unwrap();
+        assert!(plain.deflate().is_none());
+        assert!(plain
+            .headers()
+            .all(|(n, _)| n != "Sec-WebSocket-Extensions"));
+        // A subprotocol the client did not offer is never confirmed.
+        let err = Accept::default()
+            .subprotocol("graphql")
+            .negotiate(&req, &Config::default())
+            .unwrap_err();
+        assert_eq!(err.name, "Sec-WebSocket-Protocol");
+        let err = Accept::default()
+            .header("X-A", "a\r\nb")
+            .negotiate(&req, &with_deflate)
+            .unwrap_err();
+        assert_eq!(err.name, "X-A");
     }
 
     #[test]
