@@ -85,13 +85,13 @@ pub mod tls;
 mod websocket;
 
 pub use client::{connect, ClientBuilder};
-pub use duplex_proto::handshake::server::{Accept, Reject, Request};
+pub use duplex_proto::handshake::server::{Accept, Accepted, Reject, Request};
 pub use duplex_proto::{
     self as proto, deflate, handshake, CloseCode, CloseFrame, Closed, Config, Event, Message,
     Prepared, Role, Side, State, Utf8Bytes,
 };
 pub use error::{Error, Result};
-pub use server::{accept, accept_with, ServerConfig};
+pub use server::{accept, accept_with, Incoming, ServerConfig};
 pub use split::{WsSink, WsStream};
 pub use stream::MaybeTlsStream;
 pub use tls::TlsError;

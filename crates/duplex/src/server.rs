@@ -4,7 +4,6 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use duplex_proto::{
-    deflate,
     handshake::server::{parse_request, Accept, Reject, Request},
     Config, HandshakeError, InvalidHeader, Role,
 };
@@ -92,14 +91,6 @@ impl ServerConfig {
         self.require_subprotocol = required;
         self
     }
-
-    /// The subprotocol to select for `request`, by this server's preference.
-    fn select_subprotocol(&self, request: &Request) -> Option<String> {
-        self.subprotocols
-            .iter()
-            .find(|ours| request.subprotocols().any(|theirs| theirs == ours.as_str()))
-            .cloned()
-    }
 }
 
 /// Accept a WebSocket connection on `io` with the default settings.
@@ -147,84 +138,188 @@ where
 ///
 /// # Errors
 /// As for [`accept`], plus [`Error::Rejected`] when `hook` refused the request, and
-/// [`Error::InvalidHeader`] when its answer had a header that cannot be sent.
-pub async fn accept_with<S, F>(mut io: S, config: ServerConfig, hook: F) -> Result<WebSocket<S>>
+/// [`Error::InvalidHeader`] when its answer had a header that cannot be sent or a subprotocol
+/// the client did not offer (answered `500`).
+///
+/// To await something before answering (a database, another service), use [`Incoming`],
+/// of which this is a thin wrapper.
+pub async fn accept_with<S, F>(io: S, config: ServerConfig, hook: F) -> Result<WebSocket<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request) -> Result<Accept, Reject>,
 {
-    let read = tokio::time::timeout(
-        config.handshake_timeout,
-        read_request(&mut io, config.max_head_size),
-    );
-    let (request, mut buf) = match read.await {
-        Err(_) => return Err(Error::Timeout("opening handshake")),
-        Ok(Err(Error::Handshake(e))) => {
-            refuse(&mut io, &Reject::from(&e)).await;
-            return Err(Error::Handshake(e));
-        }
-        Ok(other) => other?,
-    };
-    let mut accept = match hook(&request) {
-        Ok(accept) => accept,
+    let incoming = Incoming::read(io, config).await?;
+    match hook(incoming.request()) {
+        Ok(accept) => incoming.accept(accept).await,
         Err(reject) => {
-            return Err(match refuse(&mut io, &reject).await {
-                Some(invalid) => Error::InvalidHeader(invalid),
-                None => Error::Rejected(reject.status),
-            });
+            let status = reject.status;
+            match incoming.reject(reject).await {
+                Err(Error::InvalidHeader(e)) => Err(Error::InvalidHeader(e)),
+                // Written or not (the client may be gone), the request was refused.
+                _ => Err(Error::Rejected(status)),
+            }
         }
-    };
-    match &accept.subprotocol {
-        Some(p) if !request.subprotocols().any(|o| o == p) => {
-            refuse(
-                &mut io,
-                &Reject::new(500, "server selected a subprotocol that was not offered"),
-            )
-            .await;
-            return Err(Error::Rejected(500));
-        }
-        Some(_) => {}
-        None => accept.subprotocol = config.select_subprotocol(&request),
     }
-    if accept.subprotocol.is_none() && config.require_subprotocol {
-        let reject = Reject::new(
-            400,
-            format!(
-                "no supported subprotocol offered (supported: {})",
-                config.subprotocols.join(", ")
-            ),
+}
+
+/// An upgrade request read from a stream and not answered yet: the two-step accept.
+///
+/// [`read`](Self::read) reads and validates the request; the application inspects it with
+/// [`request`](Self::request), may await anything it needs meanwhile (a session lookup in a
+/// database, a call to an authorization service), and then answers with
+/// [`accept`](Self::accept), which gives the [`WebSocket`], or [`reject`](Self::reject).
+/// [`accept_with`] is this with a synchronous hook.
+///
+/// Dropping an `Incoming` without answering drops the stream, which closes the connection
+/// without a response.
+///
+/// ```no_run
+/// use duplex::{Accept, Incoming, Reject, ServerConfig};
+///
+/// # async fn lookup(_: &str) -> Option<String> { None }
+/// # async fn run(tcp: tokio::net::TcpStream) -> duplex::Result<()> {
+/// let incoming = Incoming::read(tcp, ServerConfig::default().subprotocols(["chat"])).await?;
+/// let token = incoming.request().query().unwrap_or_default().to_owned();
+/// match lookup(&token).await {
+///     Some(user) => {
+///         let ws = incoming.accept(Accept::default().header("X-User", user)).await?;
+///         // ...
+///     }
+///     None => incoming.reject(Reject::new(401, "unknown session")).await?,
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Incoming<S> {
+    io: S,
+    request: Request,
+    /// Bytes read past the request head: the client's first frames.
+    leftover: BytesMut,
+    config: ServerConfig,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
+    /// Read the request head from `io` and validate it (RFC 6455 §4.2.1).
+    ///
+    /// The whole head must arrive within [`ServerConfig::handshake_timeout`] and fit in
+    /// [`ServerConfig::max_head_size`]. An invalid request is answered with its status
+    /// (400, 426 with `Sec-WebSocket-Version: 13`, 431) and the connection closed.
+    ///
+    /// # Errors
+    /// [`Error::Handshake`] for an invalid request (already answered), [`Error::Timeout`]
+    /// when the head did not arrive in time (the connection is dropped unanswered),
+    /// [`Error::Io`].
+    pub async fn read(mut io: S, config: ServerConfig) -> Result<Self> {
+        let read = tokio::time::timeout(
+            config.handshake_timeout,
+            read_request(&mut io, config.max_head_size),
         );
-        refuse(&mut io, &reject).await;
-        return Err(Error::Rejected(400));
+        let (request, leftover) = match read.await {
+            Err(_) => return Err(Error::Timeout("opening handshake")),
+            Ok(Err(Error::Handshake(e))) => {
+                refuse(&mut io, &Reject::from(&e)).await;
+                return Err(Error::Handshake(e));
+            }
+            Ok(other) => other?,
+        };
+        Ok(Self {
+            io,
+            request,
+            leftover,
+            config,
+        })
     }
-    // RFC 7692 §5: accept the first acceptable permessage-deflate offer, if enabled.
-    let deflate = match (&config.connection.deflate, &accept.extensions) {
-        (Some(settings), None) => {
-            deflate::negotiate(request.extensions(), settings).map(|(params, response)| {
-                accept.extensions = Some(response);
-                params
-            })
+
+    /// The validated request: target, headers, offered subprotocols and extensions.
+    #[must_use]
+    pub const fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The settings this request is answered with.
+    #[must_use]
+    pub const fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Answer `101 Switching Protocols` and open the connection.
+    ///
+    /// A subprotocol set on `accept` wins over the one [`ServerConfig::subprotocols`]
+    /// selects and must be one the client offered; with neither and
+    /// [`ServerConfig::require_subprotocol`], the client gets `400`. Permessage-deflate is
+    /// negotiated from the connection's [`Config::deflate`] (RFC 7692 §5), as
+    /// [`Accept::negotiate`] does for every server path.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHeader`] when a part of `accept` cannot be sent (a header with CR or
+    /// LF, a subprotocol that was not offered; the client got `500` and the part is logged),
+    /// [`Error::Rejected`] with `400` for a missing required subprotocol, [`Error::Io`].
+    pub async fn accept(self, mut accept: Accept) -> Result<WebSocket<S>> {
+        let Self {
+            mut io,
+            request,
+            leftover,
+            config,
+        } = self;
+        if accept.subprotocol.is_none() {
+            accept.subprotocol = request.select_subprotocol(&config.subprotocols).cloned();
         }
-        _ => None,
-    };
-    let response = match accept.response(&request) {
-        Ok(response) => response,
-        Err(e) => {
-            // Never written as given: its CR/LF would add headers (a hook echoing a request
-            // value would let the client choose them). The client gets a 500.
-            tracing::warn!(error = %e, "accept not sent: answered 500");
-            refuse(&mut io, &Reject::internal_error()).await;
-            return Err(Error::InvalidHeader(e));
+        if accept.subprotocol.is_none() && config.require_subprotocol {
+            let reject = Reject::new(
+                400,
+                format!(
+                    "no supported subprotocol offered (supported: {})",
+                    config.subprotocols.join(", ")
+                ),
+            );
+            refuse(&mut io, &reject).await;
+            return Err(Error::Rejected(400));
         }
-    };
-    io.write_all(&response).await?;
-    io.flush().await?;
-    let leftover = buf.split_off(0);
-    Ok(
-        WebSocket::from_raw(io, Role::Server, config.connection, leftover)
-            .with_deflate(deflate)
-            .with_subprotocol(accept.subprotocol),
-    )
+        let accepted = match accept.negotiate(&request, &config.connection) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Never written as given: its CR/LF would add headers (a hook echoing a
+                // request value would let the client choose them). The client gets a 500.
+                tracing::warn!(error = %e, "accept not sent: answered 500");
+                refuse(&mut io, &Reject::internal_error()).await;
+                return Err(Error::InvalidHeader(e));
+            }
+        };
+        io.write_all(&accepted.response()).await?;
+        io.flush().await?;
+        let (subprotocol, deflate) = accepted.into_parts();
+        Ok(
+            WebSocket::from_raw(io, Role::Server, config.connection, leftover)
+                .with_deflate(deflate)
+                .with_subprotocol(subprotocol),
+        )
+    }
+
+    /// Answer with `reject` (its status, headers and a `text/plain` body) and close.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHeader`] when a header of `reject` cannot be sent: the client got
+    /// `500` without its headers instead. [`Error::Io`] when the response could not be
+    /// written (the client is gone).
+    pub async fn reject(mut self, reject: Reject) -> Result<()> {
+        let (response, invalid) = reject.or_internal_error();
+        if let Some(e) = &invalid {
+            tracing::warn!(status = reject.status, error = %e, "refusal not sent: answered 500");
+        }
+        let written = self.io.write_all(&response).await;
+        let _ = self.io.shutdown().await;
+        match invalid {
+            Some(e) => Err(Error::InvalidHeader(e)),
+            None => written.map_err(Error::Io),
+        }
+    }
+
+    /// The stream, the request and the bytes read past its head, to answer it some other
+    /// way.
+    #[must_use]
+    pub fn into_parts(self) -> (S, Request, BytesMut) {
+        (self.io, self.request, self.leftover)
+    }
 }
 
 /// Read until a complete request head; returns it and the buffer past it.
@@ -250,8 +345,7 @@ async fn read_request<S: AsyncRead + Unpin>(
     }
 }
 
-/// Answer with an HTTP error and close; failures only mean the client is gone.
-/// Send `reject` and close. A refusal with a header that cannot be sent is answered `500`
+/// Send `reject` and close; failures to write only mean the client is gone. A refusal with a header that cannot be sent is answered `500`
 /// without its headers instead, logged, and returned.
 async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, reject: &Reject) -> Option<InvalidHeader> {
     let (response, invalid) = reject.or_internal_error();
@@ -383,5 +477,158 @@ mod tests {
             "{answer}"
         );
         assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
+    }
+    /// A connected client and the server half, over TCP, for the two-step accept.
+    async fn pair(
+        builder: impl FnOnce(String) -> crate::ClientBuilder + Send + 'static,
+    ) -> (
+        tokio::net::TcpStream,
+        tokio::task::JoinHandle<
+            Result<(
+                WebSocket<crate::MaybeTlsStream>,
+                duplex_proto::handshake::client::Response,
+            )>,
+        >,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/room?token=t1", listener.local_addr().unwrap());
+        let client = tokio::spawn(async move { builder(url).connect().await });
+        let (tcp, _) = listener.accept().await.unwrap();
+        (tcp, client)
+    }
+
+    #[tokio::test]
+    async fn the_application_awaits_a_lookup_then_accepts_with_a_header_and_subprotocol() {
+        use crate::Message;
+
+        let (tcp, client) = pair(|url| {
+            crate::ClientBuilder::new(url)
+                .subprotocol("chat.v1")
+                .subprotocol("chat.v2")
+                .deflate(Some(duplex_proto::deflate::DeflateConfig::default()))
+        })
+        .await;
+        let config = ServerConfig::default()
+            .subprotocols(["chat.v1"])
+            .connection(
+                Config::default().deflate(Some(duplex_proto::deflate::DeflateConfig::default())),
+            );
+        let incoming = Incoming::read(tcp, config).await.unwrap();
+        assert_eq!(incoming.request().path(), "/room");
+        // The "database": answers on another task, after a while.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let token = incoming.request().query().unwrap_or_default().to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(format!("user-of-{token}"));
+        });
+        let user = rx.await.unwrap();
+        // The application's own choice wins over the configured preference.
+        let mut ws = incoming
+            .accept(
+                Accept::default()
+                    .subprotocol("chat.v2")
+                    .header("X-User", user),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ws.subprotocol(), Some("chat.v2"));
+        assert!(ws.deflate_params().is_some());
+        let (mut client, response) = client.await.unwrap().unwrap();
+        assert_eq!(response.subprotocol.as_deref(), Some("chat.v2"));
+        assert_eq!(response.headers["x-user"], "user-of-token=t1");
+        assert!(client.deflate_params().is_some());
+        let big = Message::text("again ".repeat(5000));
+        client.send(big.clone()).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), big);
+    }
+
+    #[tokio::test]
+    async fn the_application_rejects_with_401_and_a_body() {
+        let (tcp, client) = pair(crate::ClientBuilder::new).await;
+        let incoming = Incoming::read(tcp, ServerConfig::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        incoming
+            .reject(Reject::new(401, "unknown session").header("WWW-Authenticate", "Bearer"))
+            .await
+            .unwrap();
+        match client.await.unwrap() {
+            Err(Error::Refused { status, body }) => {
+                assert_eq!(status, 401);
+                assert_eq!(body.trim_end(), "unknown session");
+            }
+            other => panic!("{:?}", other.map(drop)),
+        }
+        // A refusal with a header that cannot be sent becomes a 500.
+        let (tcp, client) = pair(crate::ClientBuilder::new).await;
+        let incoming = Incoming::read(tcp, ServerConfig::default()).await.unwrap();
+        let err = incoming
+            .reject(Reject::new(401, "no").header("WWW-Authenticate", "a\r\nb"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidHeader(_)), "{err:?}");
+        assert!(matches!(
+            client.await.unwrap(),
+            Err(Error::Refused { status: 500, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_read_is_bounded_by_the_handshake_timeout() {
+        let (mut client, server) = duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n")
+            .await
+            .unwrap();
+        let config = ServerConfig::default().handshake_timeout(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let err = Incoming::read(server, config).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Dropped unanswered: the client reads the end of the stream.
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_incoming_dropped_unanswered_closes_the_connection() {
+        let (tcp, client) = pair(crate::ClientBuilder::new).await;
+        let incoming = Incoming::read(tcp, ServerConfig::default()).await.unwrap();
+        drop(incoming);
+        let result = tokio::time::timeout(Duration::from_secs(5), client)
+            .await
+            .expect("the client sees the close at once")
+            .unwrap();
+        assert!(result.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_required_subprotocol_or_an_unoffered_one_is_refused() {
+        let (tcp, client) = pair(|url| crate::ClientBuilder::new(url).subprotocol("x")).await;
+        let config = ServerConfig::default()
+            .subprotocols(["chat"])
+            .require_subprotocol(true);
+        let incoming = Incoming::read(tcp, config).await.unwrap();
+        let err = incoming.accept(Accept::default()).await.unwrap_err();
+        assert!(matches!(err, Error::Rejected(400)), "{err:?}");
+        assert!(matches!(
+            client.await.unwrap(),
+            Err(Error::Refused { status: 400, .. })
+        ));
+        let (tcp, client) = pair(|url| crate::ClientBuilder::new(url).subprotocol("x")).await;
+        let incoming = Incoming::read(tcp, ServerConfig::default()).await.unwrap();
+        let err = incoming
+            .accept(Accept::default().subprotocol("y"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidHeader(e) if e.name == "Sec-WebSocket-Protocol"),
+            "{err:?}"
+        );
+        assert!(matches!(
+            client.await.unwrap(),
+            Err(Error::Refused { status: 500, .. })
+        ));
     }
 }
