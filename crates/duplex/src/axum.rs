@@ -30,42 +30,31 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
-use duplex_proto::{
-    deflate,
-    handshake::{accept_key, list_values},
-    Config, Role,
-};
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
+use duplex_proto::handshake::server::{Accept, Request};
+use duplex_proto::Config;
 
-use crate::WebSocket;
-
-/// The stream type of a WebSocket upgraded from an axum request.
-pub type UpgradedIo = TokioIo<Upgraded>;
+pub use crate::hyper::{UpgradeRejection, UpgradedIo};
+use crate::{hyper::Upgrade, WebSocket};
 
 /// An extractor for a valid RFC 6455 §4.2.1 upgrade request. Answer the request with
 /// [`WebSocketUpgrade::on_upgrade`]; the callback runs on its own task once the `101`
 /// response has been sent.
 ///
-/// When the request is not a valid upgrade, extraction fails with an
-/// [`UpgradeRejection`]: `426 Upgrade Required` with `Sec-WebSocket-Version: 13` for another
-/// protocol version, `400 Bad Request` with a one-line reason otherwise. Extract
+/// The request is checked, and the `101` built, by the same code as the raw handshake and
+/// [`duplex::hyper`](crate::hyper), on which this is built. When the request is not a valid
+/// upgrade, extraction fails with an [`UpgradeRejection`]: `426 Upgrade Required` with
+/// `Sec-WebSocket-Version: 13` for another protocol version, `400 Bad Request` with a
+/// one-line reason otherwise, `500` when the connection cannot be upgraded. Extract
 /// `Result<WebSocketUpgrade, UpgradeRejection>` to inspect the rejection first.
 pub struct WebSocketUpgrade {
-    key: HeaderValue,
-    offered: Vec<String>,
-    /// The `Sec-WebSocket-Extensions` elements of the request, in order.
-    extensions: Vec<String>,
-    selected: Option<String>,
-    config: Config,
-    on_upgrade: OnUpgrade,
+    upgrade: Upgrade,
+    accept: Accept,
     on_failed: Option<FailedUpgrade>,
 }
 
@@ -75,168 +64,39 @@ type FailedUpgrade = Box<dyn FnOnce(hyper::Error) + Send + 'static>;
 impl fmt::Debug for WebSocketUpgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebSocketUpgrade")
-            .field("offered", &self.offered)
-            .field("extensions", &self.extensions)
-            .field("selected", &self.selected)
-            .field("config", &self.config)
+            .field("upgrade", &self.upgrade)
+            .field("accept", &self.accept)
             .finish_non_exhaustive()
     }
 }
 
-/// Why a request is not a WebSocket upgrade; converts into the HTTP response to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpgradeRejection {
-    status: StatusCode,
-    reason: &'static str,
-}
-
-impl UpgradeRejection {
-    fn bad(reason: &'static str) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            reason,
-        }
-    }
-
-    /// The response status: 400, 426, or 500 when the server connection cannot upgrade.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The one-line reason sent as the body.
-    pub fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
-
-impl fmt::Display for UpgradeRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.status, self.reason)
-    }
-}
-
-impl std::error::Error for UpgradeRejection {}
-
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(format!("{}\n", self.reason)));
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if self.status == StatusCode::UPGRADE_REQUIRED {
-            // RFC 6455 §4.4: tell the client which versions we speak.
-            headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-        }
-        response
+        self.response().map(Body::new)
     }
-}
-
-/// Whether any value of header `name` holds `token` in its comma-separated list
-/// (case-insensitive, as RFC 7230 §3.2.6 tokens are).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
-/// The elements of the list header `name`, owned: the request's headers are not kept.
-fn list(headers: &HeaderMap, name: HeaderName) -> Vec<String> {
-    list_values(headers, name.as_str())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// RFC 6455 §4.2.1 item 5: the key is the base64 encoding of 16 bytes, which is exactly
-/// 22 alphabet characters, a last character whose low 4 bits are zero, and `==`.
-fn valid_key(key: &[u8]) -> bool {
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
-    key.len() == 24
-        && key[..22].iter().all(|&b| is_b64(b))
-        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
-        && &key[22..] == b"=="
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
     type Rejection = UpgradeRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        if parts.version != Version::HTTP_11 {
-            return Err(UpgradeRejection::bad(
-                "WebSocket upgrades need HTTP/1.1 (RFC 6455 §4.1)",
-            ));
-        }
-        if parts.method != Method::GET {
-            return Err(UpgradeRejection::bad("method must be GET"));
-        }
-        let headers = &parts.headers;
-        if !headers.contains_key(header::HOST) {
-            return Err(UpgradeRejection::bad("missing Host header"));
-        }
-        // RFC 9112 §3.2 (one Host), RFC 6455 §11.3.1 and §11.3.5 (one key, one version).
-        if let Some(reason) = duplex_proto::handshake::server::duplicate(headers) {
-            return Err(UpgradeRejection::bad(reason));
-        }
-        if !has_token(headers, header::UPGRADE, "websocket") {
-            return Err(UpgradeRejection::bad(
-                "missing \"Upgrade: websocket\" header",
-            ));
-        }
-        if !has_token(headers, header::CONNECTION, "upgrade") {
-            return Err(UpgradeRejection::bad(
-                "missing \"Connection: Upgrade\" header",
-            ));
-        }
-        match headers.get(header::SEC_WEBSOCKET_VERSION) {
-            Some(v) if v.as_bytes().trim_ascii() == b"13" => {}
-            _ => {
-                return Err(UpgradeRejection {
-                    status: StatusCode::UPGRADE_REQUIRED,
-                    reason: "Sec-WebSocket-Version must be 13",
-                })
-            }
-        }
-        let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
-            Some(k) if valid_key(k.as_bytes().trim_ascii()) => k.clone(),
-            Some(_) => {
-                return Err(UpgradeRejection::bad(
-                    "Sec-WebSocket-Key must be base64 of 16 bytes",
-                ))
-            }
-            None => return Err(UpgradeRejection::bad("missing Sec-WebSocket-Key header")),
-        };
-        let offered = list(headers, header::SEC_WEBSOCKET_PROTOCOL);
-        let extensions = list(headers, header::SEC_WEBSOCKET_EXTENSIONS);
-        let on_upgrade = parts
-            .extensions
-            .remove::<OnUpgrade>()
-            .ok_or(UpgradeRejection {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                reason: "this connection cannot be upgraded (serve with HTTP/1.1 upgrades on)",
-            })?;
         Ok(Self {
-            key,
-            offered,
-            extensions,
-            selected: None,
-            config: Config::default(),
-            on_upgrade,
+            upgrade: Upgrade::from_parts(parts)?,
+            accept: Accept::default(),
             on_failed: None,
         })
     }
 }
 
 impl WebSocketUpgrade {
+    /// The validated request: target, headers, offered subprotocols and extensions.
+    pub fn request(&self) -> &Request {
+        self.upgrade.request()
+    }
+
     /// The subprotocols the client offered, in its order of preference.
     pub fn offered_protocols(&self) -> impl Iterator<Item = &str> {
-        self.offered.iter().map(String::as_str)
+        self.upgrade.request().subprotocols()
     }
 
     /// Selects the first of `supported` (the server's preference order) that the client
@@ -247,30 +107,40 @@ impl WebSocketUpgrade {
         I: IntoIterator<Item = P>,
         P: AsRef<str>,
     {
-        self.selected = supported
-            .into_iter()
-            .find(|s| self.offered.iter().any(|o| o == s.as_ref()))
-            .map(|s| s.as_ref().to_owned());
+        self.upgrade = self.upgrade.protocols(supported);
         self
     }
 
     /// The subprotocol that will be confirmed, if any.
     pub fn selected_protocol(&self) -> Option<&str> {
-        self.selected.as_deref()
+        self.accept
+            .subprotocol
+            .as_deref()
+            .or_else(|| self.upgrade.selected_protocol())
     }
 
     /// The protocol configuration of the upgraded connection (limits, keepalive, and
     /// [`Config::deflate`]: when set, a `permessage-deflate` offer of the client is accepted
     /// as [`crate::accept`] would, RFC 7692 §5).
     #[must_use]
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
+    pub fn config(mut self, config: impl Into<Arc<Config>>) -> Self {
+        self.upgrade = self.upgrade.config(config);
+        self
+    }
+
+    /// Answer with `accept`: extra response headers (e.g. `Set-Cookie`), or a subprotocol,
+    /// which wins over the one [`protocols`](Self::protocols) selected and must be one the
+    /// client offered. Its headers are checked as on every server path: one that cannot be
+    /// sent turns the answer into a `500` (see [`Accept::header`]).
+    #[must_use]
+    pub fn accept(mut self, accept: Accept) -> Self {
+        self.accept = accept;
         self
     }
 
     /// The `Sec-WebSocket-Extensions` elements the client offered, in its order.
     pub fn offered_extensions(&self) -> impl Iterator<Item = &str> {
-        self.extensions.iter().map(String::as_str)
+        self.upgrade.request().extensions()
     }
 
     /// Runs `callback` with hyper's error when the connection cannot be handed over after the
@@ -287,6 +157,9 @@ impl WebSocketUpgrade {
 
     /// Answers the request with `101 Switching Protocols` and runs `callback` with the
     /// WebSocket on a new task once hyper hands over the connection.
+    ///
+    /// The answer is `500 Internal Server Error` instead, and `callback` never runs, when a
+    /// part of the [`accept`](Self::accept) answer cannot be sent.
     #[must_use = "the returned response must be sent for the upgrade to happen"]
     pub fn on_upgrade<F, Fut>(self, callback: F) -> Response
     where
@@ -294,73 +167,33 @@ impl WebSocketUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let Self {
-            key,
-            extensions,
-            selected,
-            config,
-            on_upgrade,
+            upgrade,
+            accept,
             on_failed,
-            ..
         } = self;
-        // RFC 7692 §5: accept the first acceptable permessage-deflate offer, if enabled.
-        // The parameters are used only when their response header can be sent.
-        let deflate = config.deflate.as_ref().and_then(|settings| {
-            let (params, response) =
-                deflate::negotiate(extensions.iter().map(String::as_str), settings)?;
-            Some((params, HeaderValue::from_str(&response).ok()?))
-        });
-        let (params, extension) = deflate.unzip();
-        let protocol = selected
-            .as_deref()
-            .and_then(|p| HeaderValue::from_str(p).ok());
+        let (response, upgrading) = match upgrade.accept(accept) {
+            Ok(answer) => answer,
+            Err(rejection) => return rejection.into_response(),
+        };
         tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    let ws = WebSocket::from_raw(io, Role::Server, config, BytesMut::new())
-                        .with_deflate(params)
-                        .with_subprotocol(selected);
-                    callback(ws).await;
-                }
+            match upgrading.await {
+                Ok(ws) => callback(ws).await,
                 Err(e) => match on_failed {
                     Some(on_failed) => on_failed(e),
                     None => tracing::debug!(error = %e, "HTTP upgrade failed"),
                 },
             }
         });
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        if let Ok(accept) = HeaderValue::from_str(&accept_key(key.as_bytes().trim_ascii())) {
-            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-        }
-        if let Some(p) = protocol {
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-        }
-        if let Some(extension) = extension {
-            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
-        }
-        response
+        response.map(Body::new)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::http::{header, StatusCode};
+    use duplex_proto::deflate;
 
-    #[test]
-    fn key_validation() {
-        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(
-            !valid_key(b"dGhlIHNhbXBsZSBub25jZR=="),
-            "non-zero padding bits"
-        );
-        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
-        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25j*Q=="));
-        assert!(!valid_key(b""));
-    }
+    use super::*;
 
     /// An upgrade request as a client would send it, offering `chat` and permessage-deflate.
     fn request() -> axum::http::Request<Body> {
@@ -472,14 +305,57 @@ mod tests {
         assert!(!error.is_empty());
     }
 
-    #[test]
-    fn tokens() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        assert!(has_token(&h, header::CONNECTION, "upgrade"));
-        assert!(!has_token(&h, header::CONNECTION, "close"));
+    /// The rejection's status, body and headers for `req`.
+    async fn rejected(
+        req: axum::http::Request<Body>,
+    ) -> (StatusCode, String, axum::http::HeaderMap) {
+        let (mut parts, _) = req.into_parts();
+        let rejection = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .unwrap_err();
+        let response = IntoResponse::into_response(rejection);
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned(), headers)
+    }
+
+    #[tokio::test]
+    async fn bad_requests_keep_their_statuses() {
+        let mut req = request();
+        req.headers_mut()
+            .insert(header::SEC_WEBSOCKET_KEY, "c2hvcnQ=".parse().unwrap());
+        let (status, body, _) = rejected(req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body, "Sec-WebSocket-Key must be base64 of 16 bytes\n");
+        let mut req = request();
+        req.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
+        let (status, _, headers) = rejected(req).await;
+        assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(headers[header::SEC_WEBSOCKET_VERSION], "13");
+        // Valid, but served without upgrades: nothing to hand the connection over with.
+        let (status, body, _) = rejected(request()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("cannot be upgraded"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_accept_that_cannot_be_sent_is_answered_500() {
+        let response = extract(request())
+            .await
+            .accept(Accept::default().header("X-A", "a\r\nSet-Cookie: s=1"))
+            .on_upgrade(|_| async { panic!("not upgraded") });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!response.headers().contains_key(header::SET_COOKIE));
+        let response = extract(request())
+            .await
+            .accept(Accept::default().subprotocol("chat").header("X-A", "1"))
+            .on_upgrade(|_| async {});
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(response.headers()["x-a"], "1");
+        assert_eq!(response.headers()[header::SEC_WEBSOCKET_PROTOCOL], "chat");
     }
 }

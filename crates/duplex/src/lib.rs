@@ -76,6 +76,8 @@
 pub mod axum;
 mod client;
 mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod pool;
 mod proxy;
 mod server;

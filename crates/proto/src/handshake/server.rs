@@ -346,8 +346,8 @@ impl Accept {
     /// hyper, axum) builds its response with, so they confirm the same things.
     ///
     /// - The subprotocol, if set, must be one the client offered (RFC 6455 §4.2.2 item 5.4).
-    /// - RFC 7692 §5: when `config` enables permessage-deflate and [`extensions`]
-    ///   (Self::extensions) is not set, the first acceptable `permessage-deflate` offer of
+    /// - RFC 7692 §5: when `config` enables permessage-deflate and
+    ///   [`extensions`](Self::extensions) is not set, the first acceptable `permessage-deflate` offer of
     ///   the client is accepted and its response parameters confirmed; the returned
     ///   [`Accepted::deflate`] is what the connection must then use. Offers it cannot accept
     ///   are declined by leaving them out (§5: "the server ... MUST decline" by not including
