@@ -677,11 +677,11 @@ mod deflate {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The axum integration: what the 101 confirmed is what the socket uses.
+// The axum and hyper integrations: what the 101 confirmed is what the socket uses.
 // ---------------------------------------------------------------------------------------------
 
-/// What the upgraded socket reported inside the axum callback.
-#[cfg(feature = "axum")]
+/// What the upgraded socket reported inside the axum callback or the hyper task.
+#[cfg(feature = "hyper")]
 type Negotiated = (Option<String>, Option<DeflateParams>);
 
 /// An axum app that upgrades with `duplex::axum`, choosing a subprotocol and accepting
@@ -718,6 +718,20 @@ async fn axum_upgrade(peer: Peer) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    negotiated_with(peer, addr, rx, "axum").await;
+    server.abort();
+}
+
+/// Run `peer` as a client of the server at `addr`, offering `chat` (and `other`) and
+/// permessage-deflate; `rx` reports what the server's socket negotiated. Both sides must
+/// agree that `chat` and permessage-deflate are on, and the compressed echo must pass.
+#[cfg(feature = "hyper")]
+async fn negotiated_with(
+    peer: Peer,
+    addr: std::net::SocketAddr,
+    rx: tokio::sync::oneshot::Receiver<Negotiated>,
+    via: &str,
+) {
     let url = format!("ws://{addr}/echo");
     let mut args = vec!["client", url.as_str()];
     if matches!(peer, Peer::Python) {
@@ -727,14 +741,13 @@ async fn axum_upgrade(peer: Peer) {
     let running = Running::spawn(peer, &args);
     let (subprotocol, params) = timeout(LIMIT, rx)
         .await
-        .expect("the axum callback did not finish in time")
-        .expect("the axum callback ended without reporting");
+        .unwrap_or_else(|_| panic!("the {via} handler did not finish in time"))
+        .unwrap_or_else(|_| panic!("the {via} handler ended without reporting"));
     let mut lines = running.finish().await;
-    server.abort();
     assert_eq!(subprotocol.as_deref(), Some("chat"));
     assert!(
         params.is_some(),
-        "permessage-deflate was not negotiated through axum"
+        "permessage-deflate was not negotiated through {via}"
     );
     lines.sort();
     assert_eq!(lines.len(), 3, "{lines:?}");
@@ -744,6 +757,81 @@ async fn axum_upgrade(peer: Peer) {
         "{lines:?}"
     );
     assert_eq!(lines[2], "subprotocol chat");
+}
+
+/// The plain hyper 1 upgrade (`duplex::hyper`, no axum): a `hyper::server::conn::http1`
+/// server with upgrades on, selecting a subprotocol and accepting permessage-deflate from its
+/// `Config`; as [`axum_upgrade`], the peer and the socket must agree on both.
+#[cfg(feature = "hyper")]
+async fn hyper_upgrade(peer: Peer) {
+    use std::{
+        convert::Infallible,
+        sync::{Arc, Mutex},
+    };
+
+    use duplex::hyper::{Body, Upgrade};
+    use hyper::{server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<Negotiated>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = Arc::clone(&tx);
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let tx = Arc::clone(&tx);
+                async move {
+                    let upgrade = match Upgrade::new(&mut req) {
+                        Ok(upgrade) => upgrade
+                            .protocols(["duplex.v9", "chat"])
+                            .config(Config::default().deflate(Some(DeflateConfig::default()))),
+                        Err(rejection) => return Ok::<_, Infallible>(rejection.response()),
+                    };
+                    let (response, upgrading) = match upgrade.accept(duplex::Accept::default()) {
+                        Ok(answer) => answer,
+                        Err(rejection) => return Ok(rejection.response()),
+                    };
+                    tokio::spawn(async move {
+                        let mut ws = upgrading.await.expect("hyper hands over the connection");
+                        let seen = (
+                            ws.subprotocol().map(str::to_owned),
+                            ws.deflate_params().cloned(),
+                        );
+                        deflate_body(&mut ws).await;
+                        if let Some(tx) = tx.lock().unwrap().take() {
+                            let _ = tx.send(seen);
+                        }
+                    });
+                    Ok::<hyper::Response<Body>, Infallible>(response)
+                }
+            });
+            let connection = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::spawn(connection);
+        }
+    });
+    negotiated_with(peer, addr, rx, "hyper").await;
+    server.abort();
+}
+
+#[cfg(feature = "hyper")]
+mod hyper_upgrade {
+    use super::Peer;
+
+    #[tokio::test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    async fn python_client() {
+        super::hyper_upgrade(Peer::Python).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    async fn node_client() {
+        super::hyper_upgrade(Peer::Node).await;
+    }
 }
 
 #[cfg(feature = "axum")]
