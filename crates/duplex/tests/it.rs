@@ -4,7 +4,12 @@
 #[path = "it/peers.rs"]
 mod peers;
 
-// Test servers and a throwaway PKI, shared with the client tests; the peer tests use the PKI.
+// The examples' servers and client, run as their header comments describe.
+#[path = "it/examples.rs"]
+mod examples;
+
+// Test servers and a throwaway PKI, shared with the client tests; the peer tests use the PKI,
+// the example tests the CONNECT proxy.
 #[cfg(feature = "tls")]
 #[allow(dead_code)]
 #[path = "client/support.rs"]
