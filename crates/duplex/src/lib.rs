@@ -50,7 +50,8 @@
 //!
 //! # Layout
 //! - [`WebSocket`]: a connection; [`split`](WebSocket::split) gives [`WsSink`] and [`WsStream`].
-//! - [`accept`], [`accept_with`], [`ServerConfig`]: the server side of the opening handshake.
+//! - [`accept`], [`accept_with`], [`ServerConfig`]: the server side of the opening handshake;
+//!   [`Incoming`] to inspect a request and await anything before answering it.
 //! - [`connect`], [`ClientBuilder`]: the client side: `ws://` and `wss://`, headers,
 //!   subprotocols, timeouts, HTTP CONNECT proxies, redirects.
 //! - [`tls`]: trusted roots and readable [`TlsError`]s for clients, an acceptor from PEM
@@ -60,6 +61,8 @@
 //! # Feature flags
 //! - `tls` (default): `wss://` through rustls with the *ring* provider, the bundled web PKI
 //!   roots, and OS roots on request.
+//! - `hyper`: `duplex::hyper`, the upgrade of plain hyper 1 requests (no framework).
+//! - `axum`: `duplex::axum::WebSocketUpgrade`, an axum extractor built on `hyper`.
 //!
 //! # Cancel safety
 //! [`WebSocket::recv`] and [`WebSocket::next_event`] are cancel-safe: if the future is dropped
