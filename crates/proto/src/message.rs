@@ -110,6 +110,30 @@ impl PartialEq<&str> for Utf8Bytes {
 }
 
 /// A complete data message.
+///
+/// Strings become text messages and byte buffers binary ones; owned and shared buffers
+/// (`String`, `Vec<u8>`, [`Bytes`], [`Utf8Bytes`]) are taken without copying, borrowed ones
+/// (`&str`, `&[u8]`) are copied. A message converts back into its payload as [`Bytes`].
+///
+/// ```
+/// use bytes::Bytes;
+/// use duplex_proto::{Message, Utf8Bytes};
+///
+/// let owned = String::from("hello");
+/// assert_eq!(Message::from(owned.as_str()), Message::text("hello"));
+/// assert_eq!(Message::from(owned), Message::text("hello"));
+/// assert_eq!(Message::from(Utf8Bytes::from_static("hi")), Message::text("hi"));
+/// assert!(Message::from("hi").is_text());
+///
+/// let data = vec![1u8, 2, 3];
+/// assert_eq!(Message::from(&data[..]), Message::binary(vec![1, 2, 3]));
+/// assert_eq!(Message::from(data), Message::binary(vec![1, 2, 3]));
+/// assert_eq!(Message::from(Bytes::from_static(b"\x01")), Message::binary(vec![1]));
+///
+/// let payload: Bytes = Message::text("abc").into();
+/// assert_eq!(payload, Bytes::from_static(b"abc"));
+/// assert_eq!(Bytes::from(Message::binary(vec![9])), Bytes::from_static(b"\x09"));
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub enum Message {
     /// A text message: always valid UTF-8 (RFC 6455 §5.6).
@@ -188,25 +212,51 @@ impl fmt::Debug for Message {
 }
 
 impl From<String> for Message {
+    /// A text message, taking the string's buffer without copying.
     fn from(s: String) -> Self {
         Self::text(s)
     }
 }
 
-impl From<&'static str> for Message {
-    fn from(s: &'static str) -> Self {
-        Self::text(s)
+impl From<&str> for Message {
+    /// A text message with a copy of the string. For a `&'static str`,
+    /// [`Message::text`] shares it without copying.
+    fn from(s: &str) -> Self {
+        Self::Text(Utf8Bytes::from(s.to_owned()))
+    }
+}
+
+impl From<Utf8Bytes> for Message {
+    /// A text message, sharing the bytes.
+    fn from(text: Utf8Bytes) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<&[u8]> for Message {
+    /// A binary message with a copy of the bytes.
+    fn from(data: &[u8]) -> Self {
+        Self::Binary(Bytes::copy_from_slice(data))
     }
 }
 
 impl From<Vec<u8>> for Message {
+    /// A binary message, taking the vector's buffer without copying.
     fn from(v: Vec<u8>) -> Self {
         Self::binary(v)
     }
 }
 
 impl From<Bytes> for Message {
+    /// A binary message, sharing the bytes.
     fn from(b: Bytes) -> Self {
         Self::Binary(b)
+    }
+}
+
+impl From<Message> for Bytes {
+    /// The payload, text or binary, without copying (see [`Message::into_bytes`]).
+    fn from(message: Message) -> Self {
+        message.into_bytes()
     }
 }
