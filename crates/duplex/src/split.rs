@@ -160,6 +160,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSink<S> {
         self.flush_all().await
     }
 
+    /// Queue a message without writing it; see [`WebSocket::feed`]. Past
+    /// [`Config::write_buffer_limit`](crate::Config::write_buffer_limit), what is queued is
+    /// written first.
+    ///
+    /// # Errors
+    /// As for [`WebSocket::feed`].
+    pub async fn feed(&mut self, message: Message) -> Result<()> {
+        self.ready().await?;
+        self.shared.lock().start_send_inner(message)
+    }
+
+    /// Write everything queued; see [`WebSocket::flush`].
+    ///
+    /// # Errors
+    /// As for [`WebSocket::flush`].
+    pub async fn flush(&mut self) -> Result<()> {
+        self.flush_all().await
+    }
+
+    /// Bytes queued and not yet written; see [`WebSocket::buffered_amount`].
+    #[must_use]
+    pub fn buffered_amount(&self) -> usize {
+        self.shared.lock().buffered_amount()
+    }
+
     /// Send a prepared (broadcast) message; see [`WebSocket::send_prepared`].
     ///
     /// # Errors

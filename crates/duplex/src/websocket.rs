@@ -20,8 +20,6 @@ use tokio::{
 
 use crate::error::{Error, Result};
 
-/// Above this many pending output bytes, `send` waits for the transport before queueing more.
-const WRITE_HIGH_WATERMARK: usize = 128 * 1024;
 /// Read buffer growth step. Large reads matter: with 16 KiB, echoing pipelined 16 KiB
 /// messages took twice the CPU per message of 64 KiB reads (two or more syscalls per
 /// message instead of one per several). Only a connection that is reading holds one: idle
@@ -45,6 +43,11 @@ const FAIR_SHARE: u32 = 64 * 1024;
 /// transport (written, and flushed). To batch many messages into one write, [`feed`](Self::feed)
 /// them and [`flush`](Self::flush) once, or feed replies while receiving: what was fed is
 /// written before the next read. Writes are vectored.
+///
+/// Output is queued up to [`Config::write_buffer_limit`] (128 KiB by default): a `send`,
+/// `feed` or [`Sink`](futures_sink::Sink) send that finds more queued first writes it, waiting
+/// for the transport if it must, so a peer that does not read holds at most about the limit
+/// plus one message here ([`buffered_amount`](Self::buffered_amount) says how much).
 #[derive(Debug)]
 pub struct WebSocket<S> {
     io: S,
@@ -226,10 +229,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// that has taken every message already read writes everything queued, before it reads
     /// again.
     ///
+    /// When more than [`Config::write_buffer_limit`] bytes are queued already, this first
+    /// writes them (and waits for the transport to take them), so a loop of `feed` calls never
+    /// queues more than about the limit plus one message. Below the limit it returns at once.
+    ///
     /// # Errors
-    /// [`Error::Closed`] once the closing handshake started.
-    pub fn feed(&mut self, message: Message) -> Result<()> {
+    /// [`Error::Closed`] once the closing handshake started; [`Error::Io`] if the transport
+    /// fails while the queue is written.
+    pub async fn feed(&mut self, message: Message) -> Result<()> {
+        poll_fn(|cx| self.poll_ready(cx)).await?;
         Ok(self.conn.send(message)?)
+    }
+
+    /// Bytes queued to be written and not yet handed to the transport, like the browser
+    /// API's `bufferedAmount`: frames fed and not flushed, replies to Pings, a Close.
+    #[must_use]
+    pub const fn buffered_amount(&self) -> usize {
+        self.conn.output_len()
     }
 
     /// Write everything queued.
@@ -327,7 +343,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 self.conn.receive_eof();
                 continue;
             }
-            if self.conn.output_len() > WRITE_HIGH_WATERMARK {
+            if self.conn.output_len() > self.conn.config().write_buffer_limit {
                 // The peer is not reading: stop reading too, rather than queue without bound.
                 ready!(self.poll_timer(cx));
                 continue;
@@ -488,7 +504,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Ready when another message may be queued: the connection is open and the pending output
-    /// is under the high watermark.
+    /// is at most [`Config::write_buffer_limit`] (more is written first).
     ///
     /// # Errors
     /// [`Error::Closed`] once the closing handshake started; [`Error::Io`] if the transport
@@ -497,7 +513,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if !self.conn.state().can_send() {
             return Poll::Ready(Err(Error::Closed));
         }
-        if self.conn.output_len() > WRITE_HIGH_WATERMARK {
+        if self.conn.output_len() > self.conn.config().write_buffer_limit {
             ready!(self.poll_write_all(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -597,8 +613,8 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut client = WebSocket::from_raw(tcp, Role::Client, Config::default(), BytesMut::new());
         // Both in one write, so the server reads them in one go.
-        client.feed(Message::text("one")).unwrap();
-        client.feed(Message::text("two")).unwrap();
+        client.feed(Message::text("one")).await.unwrap();
+        client.feed(Message::text("two")).await.unwrap();
         client.flush().await.unwrap();
         let sent = std::time::Instant::now();
         assert_eq!(client.recv().await.unwrap().unwrap(), Message::text("one"));
@@ -650,6 +666,59 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(ws.recv().await.is_none());
+    }
+
+    /// A peer that does not read: feeding in a loop (through `feed`, the `Sink`, or the split
+    /// sending half) never queues more than the write limit plus one frame; it waits instead.
+    #[tokio::test]
+    async fn feeding_a_peer_that_does_not_read_stays_within_the_write_limit() {
+        use futures_util::SinkExt;
+
+        const LIMIT: usize = 16 * 1024;
+        // A 1000-byte payload takes a 4-byte header from a server (RFC 6455 §5.2).
+        const FRAME: usize = 1004;
+        let message = Message::binary(vec![7; 1000]);
+        let patience = std::time::Duration::from_millis(200);
+        for way in ["feed", "Sink::feed", "WsSink::feed"] {
+            // The peer's end buffers 4 KiB and is never read.
+            let (ours, _theirs) = tokio::io::duplex(4096);
+            let config = Config::default().write_buffer_limit(LIMIT);
+            let mut ws = Some(WebSocket::from_raw(ours, Role::Server, config, BytesMut::new()));
+            let (mut sink, _stream) = match way {
+                "WsSink::feed" => ws.take().map(WebSocket::split).unzip(),
+                _ => (None, None),
+            };
+            let mut fed = 0;
+            let mut most = 0;
+            loop {
+                let m = message.clone();
+                let queued = match (way, &mut ws, &mut sink) {
+                    ("feed", Some(ws), _) => tokio::time::timeout(patience, ws.feed(m)).await,
+                    ("Sink::feed", Some(ws), _) => {
+                        tokio::time::timeout(patience, SinkExt::feed(ws, m)).await
+                    }
+                    (_, _, Some(sink)) => tokio::time::timeout(patience, sink.feed(m)).await,
+                    _ => unreachable!(),
+                };
+                let Ok(queued) = queued else { break };
+                queued.unwrap();
+                fed += 1;
+                let buffered = match (&ws, &sink) {
+                    (Some(ws), _) => ws.buffered_amount(),
+                    (_, Some(sink)) => sink.buffered_amount(),
+                    _ => unreachable!(),
+                };
+                most = most.max(buffered);
+                assert!(
+                    buffered <= LIMIT + FRAME,
+                    "{way}: {buffered} bytes queued after {fed} messages"
+                );
+                assert!(fed < 1000, "{way}: never waited for the transport");
+            }
+            // It waited once the transport was full and the queue past the limit.
+            assert!(most > LIMIT, "{way}: queued at most {most}");
+            assert!(fed * FRAME <= LIMIT + FRAME + 4096, "{way}: {fed} messages fed");
+        }
     }
 
     #[tokio::test]

@@ -43,6 +43,18 @@ pub struct Config {
     /// permessage-deflate (RFC 7692) settings: offered by a client, accepted by a server.
     /// Default `None`: compression is neither offered nor accepted.
     pub deflate: Option<DeflateConfig>,
+    /// Most output bytes an IO layer queues before it waits for the transport: past it, a
+    /// send first writes what is queued. Default 128 KiB.
+    ///
+    /// This connection keeps no limit of its own (it queues whatever it is given, and
+    /// [`Connection::output_len`](crate::Connection::output_len) says how much that is): the
+    /// limit is for the layer that writes its output. In the `duplex` crate, `send`, `feed`
+    /// and the `Sink` wait until the queue is at or below the limit before they queue one
+    /// more message, so the queue never holds more than about the limit plus one message; and
+    /// a connection whose queue is over the limit stops reading (a peer that does not read
+    /// our answers cannot make us buffer without bound). A small limit writes more often in
+    /// smaller pieces; 0 writes everything queued before each new message.
+    pub write_buffer_limit: usize,
 }
 
 impl Default for Config {
@@ -54,6 +66,7 @@ impl Default for Config {
             ping_interval: None,
             pong_timeout: Duration::from_secs(10),
             deflate: None,
+            write_buffer_limit: 128 * 1024,
         }
     }
 }
@@ -91,6 +104,13 @@ impl Config {
     #[must_use]
     pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
         self.deflate = deflate;
+        self
+    }
+
+    /// Set [`write_buffer_limit`](Self::write_buffer_limit).
+    #[must_use]
+    pub const fn write_buffer_limit(mut self, bytes: usize) -> Self {
+        self.write_buffer_limit = bytes;
         self
     }
 
