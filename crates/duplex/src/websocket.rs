@@ -112,7 +112,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     #[must_use]
     pub fn with_deflate(mut self, params: Option<DeflateParams>) -> Self {
         let config = Arc::clone(self.conn.shared_config());
-        let mut conn = Connection::with_deflate(self.conn.role(), config, params);
+        let mut conn = Connection::with_deflate(self.conn.role(), config, params)
+            .with_random(self.conn.take_random());
         conn.read_buf().extend_from_slice(self.conn.read_buf());
         self.conn = conn;
         self

@@ -39,6 +39,8 @@
 //! - [`handshake`]: the opening handshake, client and server.
 //! - [`deflate`]: permessage-deflate (RFC 7692) negotiation and compression.
 //! - [`Config`]: limits and timers, each with a documented default.
+//! - [`RandomSource`]: where a client's masking keys and handshake nonce come from (a CSPRNG
+//!   unless a test says otherwise).
 //! - [`ProtocolError`], [`CloseError`], [`SendError`], [`HandshakeError`]: errors by layer.
 
 // One audited `unsafe` (`Utf8Bytes::as_str`); every other use is refused.
@@ -55,6 +57,7 @@ pub mod handshake;
 pub mod mask;
 mod message;
 mod prepared;
+mod random;
 mod role;
 pub mod utf8;
 
@@ -68,4 +71,5 @@ pub use error::{CloseError, ProtocolError, SendError};
 pub use handshake::{HandshakeError, InvalidHeader};
 pub use message::{Message, Utf8Bytes};
 pub use prepared::Prepared;
+pub use random::RandomSource;
 pub use role::Role;

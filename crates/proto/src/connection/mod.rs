@@ -20,6 +20,7 @@ use crate::{
     frame::OpCode,
     message::{Message, Utf8Bytes},
     prepared::{Prepared, PREPARED_WINDOW_BITS},
+    random::RandomSource,
     role::Role,
 };
 
@@ -118,6 +119,8 @@ pub struct Connection {
     deflate_params: Option<DeflateParams>,
     /// The transport ended; what is buffered is still read before the connection is closed.
     eof: bool,
+    /// Where masking keys come from, when not the default CSPRNG. Boxed: only tests set one.
+    random: Option<Box<RandomSource>>,
 }
 
 /// permessage-deflate state: the codec and a reused buffer for outgoing messages.
@@ -181,7 +184,27 @@ impl Connection {
                 ..Timers::default()
             },
             eof: false,
+            random: None,
         }
+    }
+
+    /// Take the client's masking keys from `source` instead of the operating system's
+    /// cryptographically secure generator.
+    ///
+    /// **For deterministic tests only.** RFC 6455 §5.3: the masking key "MUST be derived from
+    /// a strong source of entropy" and be unpredictable, so that an application cannot choose
+    /// the bytes an intermediary sees; see [`RandomSource`]. A server does not mask, so its
+    /// connections never draw from the source.
+    #[must_use]
+    pub fn with_random(mut self, source: RandomSource) -> Self {
+        self.random = (!source.is_default()).then(|| Box::new(source));
+        self
+    }
+
+    /// The source set with [`with_random`](Self::with_random), taken out (to move it to
+    /// another connection); this connection goes back to the default source.
+    pub fn take_random(&mut self) -> RandomSource {
+        self.random.take().map(|b| *b).unwrap_or_default()
     }
 
     /// This endpoint's role.
@@ -272,11 +295,12 @@ impl Connection {
         if self.timers.ping.is_some_and(|d| d <= now) {
             self.timers.ping = None;
             if self.state.can_send() {
+                let mask = self.mask_key();
                 self.output.frame(
                     OpCode::Ping,
                     true,
                     false,
-                    self.mask_key(),
+                    mask,
                     Payload::Borrowed(b"keepalive"),
                 );
                 self.timers.pong = Some(now + self.config.pong_timeout);
@@ -487,9 +511,17 @@ impl Connection {
 
     // ---- internals shared with the reader ----
 
-    fn mask_key(&self) -> Option<[u8; 4]> {
-        // RFC 6455 §5.3: the key must be unpredictable, so it comes from a CSPRNG.
-        self.role.masks_outgoing().then(rand::random)
+    fn mask_key(&mut self) -> Option<[u8; 4]> {
+        if !self.role.masks_outgoing() {
+            return None;
+        }
+        // RFC 6455 §5.3: the key must be unpredictable, so by default it comes from a CSPRNG.
+        let mut key = [0; 4];
+        match &mut self.random {
+            Some(source) => source.fill(&mut key),
+            None => rand::fill(&mut key),
+        }
+        Some(key)
     }
 
     fn control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {

@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 
+use crate::RandomSource;
+
 use super::{
     accept_key, check_header, check_token, check_value, has_token, head_len, list_values,
     to_header_map, HandshakeError, InvalidHeader, MAX_HEADERS,
@@ -98,6 +100,25 @@ impl ClientHandshake {
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Draw the `Sec-WebSocket-Key` nonce (16 bytes, RFC 6455 §4.1 item 7) from `source`
+    /// instead of the operating system's CSPRNG, replacing the one drawn by
+    /// [`new`](Self::new). For deterministic tests only: see [`RandomSource`].
+    ///
+    /// ```
+    /// use duplex_proto::{handshake::client::ClientHandshake, RandomSource};
+    ///
+    /// let mut zeros = RandomSource::new(|buf: &mut [u8]| buf.fill(0));
+    /// let hs = ClientHandshake::new("example.com", "/").with_random(&mut zeros);
+    /// assert_eq!(hs.key(), "AAAAAAAAAAAAAAAAAAAAAA==");
+    /// ```
+    #[must_use]
+    pub fn with_random(mut self, source: &mut RandomSource) -> Self {
+        let mut nonce = [0; 16];
+        source.fill(&mut nonce);
+        self.key = STANDARD.encode(nonce);
         self
     }
 
