@@ -247,8 +247,10 @@ impl ClientBuilder {
     /// [`Error::Redirected`] or [`Error::TooManyRedirects`], [`Error::Handshake`] for an
     /// invalid 101 response (a wrong `Sec-WebSocket-Accept`, an unoffered subprotocol), and
     /// [`Error::InvalidHeader`] for a header of [`header`](Self::header) that cannot be sent
-    /// (checked before connecting).
+    /// (checked before connecting). A runtime built without Tokio's time driver, which the
+    /// timeouts need, is an [`Error::Io`] of kind `Other` saying so, also before connecting.
     pub async fn connect(mut self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
+        crate::timer::check()?;
         self.check_headers()?;
         if let Some(deflate) = self.deflate.take() {
             self.config.deflate = deflate;
@@ -302,6 +304,7 @@ impl ClientBuilder {
         self,
         io: S,
     ) -> Result<(WebSocket<S>, Response)> {
+        crate::timer::check()?;
         self.check_headers()?;
         let target = Target::parse(&self.url)?;
         let deadline = Instant::now() + self.handshake_timeout;

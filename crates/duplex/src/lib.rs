@@ -86,6 +86,7 @@ mod proxy;
 mod server;
 mod split;
 mod stream;
+mod timer;
 pub mod tls;
 mod websocket;
 

@@ -97,7 +97,8 @@ impl ServerConfig {
 ///
 /// # Errors
 /// [`Error::Handshake`] for an invalid request (the client was answered with its status),
-/// [`Error::Timeout`] if the request did not arrive in time, [`Error::Io`].
+/// [`Error::Timeout`] if the request did not arrive in time, [`Error::Io`] (of kind `Other`,
+/// before anything is read, when the runtime was built without Tokio's time driver).
 pub async fn accept<S>(io: S) -> Result<WebSocket<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -208,8 +209,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
     /// # Errors
     /// [`Error::Handshake`] for an invalid request (already answered), [`Error::Timeout`]
     /// when the head did not arrive in time (the connection is dropped unanswered),
-    /// [`Error::Io`].
+    /// [`Error::Io`] (of kind `Other`, before anything is read, when the runtime was built
+    /// without Tokio's time driver).
     pub async fn read(mut io: S, config: ServerConfig) -> Result<Self> {
+        crate::timer::check()?;
         let read = tokio::time::timeout(
             config.handshake_timeout,
             read_request(&mut io, config.max_head_size),

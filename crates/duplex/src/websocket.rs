@@ -428,7 +428,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         };
         let deadline = Instant::from_std(deadline);
         if deadline > now {
-            ready!(self.arm_sleep(deadline).poll(cx));
+            let Some(sleep) = self.arm_sleep(deadline) else {
+                // No timer: the connection has failed instead (see `arm_sleep`).
+                return Poll::Ready(());
+            };
+            ready!(sleep.poll(cx));
         }
         self.conn.handle_timeout(Instant::now().into_std());
         Poll::Ready(())
@@ -436,14 +440,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The one timer of this connection, set to `deadline` (allocated on first use, then
     /// reset in place).
-    fn arm_sleep(&mut self, deadline: Instant) -> Pin<&mut Sleep> {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    ///
+    /// `None` when the runtime has no time driver: a timeout that cannot be kept is not
+    /// silently dropped, so the connection fails with that error (reported by
+    /// [`poll_event`](Self::poll_event) before its `Closed` event) and, having no timer to
+    /// bound the wait for the server's EOF either, closes the transport without it.
+    fn arm_sleep(&mut self, deadline: Instant) -> Option<Pin<&mut Sleep>> {
+        if self.sleep.is_none() {
+            match crate::timer::sleep_until(deadline) {
+                Ok(sleep) => self.sleep = Some(Box::pin(sleep)),
+                Err(e) => {
+                    if self.io_error.is_none() {
+                        self.io_error = Some(e);
+                    }
+                    self.read_eof = true;
+                    self.conn.receive_eof();
+                    return None;
+                }
+            }
+        }
+        let sleep = self.sleep.as_mut()?;
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
         }
-        sleep.as_mut()
+        Some(sleep.as_mut())
     }
 
     /// Write all pending output and flush the transport.
@@ -478,8 +498,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.shutdown = if self.conn.role() == Role::Client && !self.read_eof {
                         // The deadline is kept in the timer, not in this state.
                         let deadline = Instant::now() + self.conn.config().close_timeout;
-                        self.arm_sleep(deadline);
-                        Shutdown::AwaitingEof
+                        if self.arm_sleep(deadline).is_some() {
+                            Shutdown::AwaitingEof
+                        } else {
+                            let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+                            Shutdown::Done
+                        }
                     } else {
                         let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
                         Shutdown::Done
