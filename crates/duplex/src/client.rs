@@ -200,6 +200,10 @@ impl ClientBuilder {
     /// Trust the CA certificates in this PEM file (may be called more than once). They
     /// replace the bundled web PKI roots; add [`native_roots`](Self::native_roots) to keep
     /// the OS store as well.
+    ///
+    /// The file is read at the first connect with these options, and again only once its
+    /// modification time or length changed: the configuration built from it is shared by
+    /// later connections, which resume their TLS sessions (see [`tls`](crate::tls#reuse-and-session-resumption)).
     #[cfg(feature = "tls")]
     #[must_use]
     pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
@@ -230,6 +234,8 @@ impl ClientBuilder {
     /// Use this rustls configuration for `wss://` as it is, instead of the one built from
     /// [`ca_file`](Self::ca_file), [`native_roots`](Self::native_roots) and
     /// [`insecure`](Self::insecure). Set its ALPN to `http/1.1` if the server expects it.
+    /// Sessions are resumed across connections that share the same `Arc` (rustls keeps them
+    /// in the configuration).
     #[cfg(feature = "tls")]
     #[must_use]
     pub fn tls_config(mut self, config: std::sync::Arc<crate::tls::rustls::ClientConfig>) -> Self {

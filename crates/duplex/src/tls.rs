@@ -24,6 +24,20 @@
 //! # }
 //! ```
 //!
+//! # Reuse and session resumption
+//!
+//! A client configuration is built once per process for each distinct combination of
+//! [`ca_file`](crate::ClientBuilder::ca_file)s, [`native_roots`](crate::ClientBuilder::native_roots)
+//! and [`insecure`](crate::ClientBuilder::insecure), then reused by every connection with the
+//! same options, whether through [`connect`](crate::connect) or a
+//! [`ClientBuilder`](crate::ClientBuilder). Reconnecting to a server therefore resumes the TLS
+//! session (rustls keeps the tickets of up to 256 servers in memory, per configuration), and
+//! the CA files are not parsed again. A CA file is read again, into a new configuration, at the
+//! first connect after its modification time or length changed; until then, the certificates
+//! read last are trusted. A configuration given with
+//! [`tls_config`](crate::ClientBuilder::tls_config) is used as it is: pass the same `Arc` to
+//! resume sessions.
+//!
 //! The crypto provider is *ring*, chosen explicitly rather than through rustls' process-wide
 //! default, so linking another rustls user with a different provider changes nothing here.
 
@@ -134,9 +148,11 @@ impl fmt::Display for Human {
 #[cfg(feature = "tls")]
 mod imp {
     use std::{
+        collections::HashMap,
         io,
-        path::Path,
-        sync::{Arc, OnceLock},
+        path::{Path, PathBuf},
+        sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError},
+        time::SystemTime,
     };
 
     use tokio_rustls::rustls::{
@@ -230,12 +246,74 @@ mod imp {
         pub(crate) config: Option<Arc<rustls::ClientConfig>>,
     }
 
+    /// The options a built client configuration depends on.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    struct CacheKey {
+        ca_files: Vec<PathBuf>,
+        native_roots: bool,
+        insecure: bool,
+    }
+
+    /// What each CA file looked like (modification time, length) when it was read.
+    type Stamps = Vec<(SystemTime, u64)>;
+
+    /// Distinct option sets kept; past it the cache starts over (a process uses a few).
+    const CACHE_ENTRIES: usize = 32;
+
+    /// The client configurations built so far in this process, by options: reused, so that
+    /// reconnects resume TLS sessions (the session store belongs to the configuration) and
+    /// CA files are not parsed again.
+    static CLIENT_CONFIGS: LazyLock<Mutex<Cache>> = LazyLock::new(Mutex::default);
+
+    type Cache = HashMap<CacheKey, (Stamps, Arc<rustls::ClientConfig>)>;
+
+    /// The stamps of `paths`, or `None` if one cannot be read (it is then not cached).
+    fn stamps(paths: &[PathBuf]) -> Option<Stamps> {
+        paths
+            .iter()
+            .map(|p| {
+                let meta = std::fs::metadata(p).ok()?;
+                Some((meta.modified().ok()?, meta.len()))
+            })
+            .collect()
+    }
+
     impl ClientTls {
-        /// The configuration to connect with.
+        /// The configuration to connect with: the one given with `tls_config`, or the one
+        /// built for these options, reused from the process-wide cache while the CA files are
+        /// unchanged (same modification time and length).
         pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
             if let Some(config) = &self.config {
                 return Ok(Arc::clone(config));
             }
+            let key = CacheKey {
+                ca_files: self.ca_files.clone(),
+                native_roots: self.native_roots,
+                insecure: self.insecure,
+            };
+            let stamps = stamps(&self.ca_files);
+            let cache = || CLIENT_CONFIGS.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(stamps) = &stamps {
+                if let Some((seen, config)) = cache().get(&key) {
+                    if seen == stamps {
+                        return Ok(Arc::clone(config));
+                    }
+                }
+            }
+            // Built without the lock held: it reads files.
+            let config = self.build()?;
+            if let Some(stamps) = stamps {
+                let mut cache = cache();
+                if cache.len() >= CACHE_ENTRIES && !cache.contains_key(&key) {
+                    cache.clear();
+                }
+                cache.insert(key, (stamps, Arc::clone(&config)));
+            }
+            Ok(config)
+        }
+
+        /// A new configuration from these options.
+        fn build(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
             let provider = provider();
             let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
                 .with_safe_default_protocol_versions()

@@ -78,6 +78,8 @@ where
 pub(crate) struct Hello {
     pub(crate) sni: Option<String>,
     pub(crate) alpn: Option<Vec<u8>>,
+    /// The handshake resumed an earlier session.
+    pub(crate) resumed: bool,
 }
 
 /// A `wss://` echo server; each completed TLS handshake reports what the client sent.
@@ -95,6 +97,8 @@ pub(crate) async fn tls_echo_server(
             let _ = tx.send(Hello {
                 sni: session.server_name().map(str::to_owned),
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                resumed: session.handshake_kind()
+                    == Some(duplex::tls::rustls::HandshakeKind::Resumed),
             });
             echo(tls, ServerConfig::default(), |_| Ok(Accept::default())).await;
         }

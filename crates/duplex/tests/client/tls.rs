@@ -39,6 +39,7 @@ async fn wss_with_the_ca_file_sends_sni_and_alpn() {
             Some(Hello {
                 sni: Some("localhost".into()),
                 alpn: Some(b"http/1.1".to_vec()),
+                resumed: false,
             })
         );
 
@@ -48,6 +49,58 @@ async fn wss_with_the_ca_file_sends_sni_and_alpn() {
             .await
             .unwrap();
         assert_eq!(hellos.recv().await.map(|h| h.sni), Some(None));
+    })
+    .await;
+}
+
+/// Connections with the same options share one client configuration: the second handshake
+/// resumes the first one's session, and the CA file is read again only once it changed.
+#[tokio::test]
+async fn reconnects_resume_the_session_and_read_the_ca_file_once() {
+    within(async {
+        let pki = Pki::new(&["localhost"], None);
+        let (addr, mut hellos) = tls_echo_server(pki.acceptor()).await;
+        let url = format!("wss://localhost:{}/", addr.port());
+        let resumed = |hello: Option<Hello>| hello.expect("a TLS handshake").resumed;
+        round_trip(ClientBuilder::new(&url).ca_file(&pki.ca))
+            .await
+            .unwrap();
+        assert!(!resumed(hellos.recv().await), "the first handshake is full");
+        // Another builder with the same options (and `connect` itself) reuses the config.
+        round_trip(ClientBuilder::new(&url).ca_file(&pki.ca))
+            .await
+            .unwrap();
+        assert!(resumed(hellos.recv().await), "the second handshake was not resumed");
+
+        // The file's bytes change, its modification time and length do not: it is not read
+        // again (garbage in it would fail the connect).
+        let pem = std::fs::read(&pki.ca).unwrap();
+        let modified = std::fs::metadata(&pki.ca).unwrap().modified().unwrap();
+        let set_modified = |time| {
+            let file = std::fs::File::options().write(true).open(&pki.ca).unwrap();
+            file.set_modified(time).unwrap();
+        };
+        std::fs::write(&pki.ca, vec![b'x'; pem.len()]).unwrap();
+        set_modified(modified);
+        round_trip(ClientBuilder::new(&url).ca_file(&pki.ca))
+            .await
+            .unwrap();
+        assert!(resumed(hellos.recv().await));
+
+        // Once the modification time changed, the next connect reads it again.
+        set_modified(modified + std::time::Duration::from_secs(10));
+        match ClientBuilder::new(&url).ca_file(&pki.ca).connect().await {
+            Err(Error::Tls(TlsError::File { path, .. })) => assert_eq!(path, pki.ca),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&pki.ca, &pem).unwrap();
+        round_trip(ClientBuilder::new(&url).ca_file(&pki.ca))
+            .await
+            .unwrap();
+        assert!(
+            !resumed(hellos.recv().await),
+            "a new configuration starts without sessions"
+        );
     })
     .await;
 }
