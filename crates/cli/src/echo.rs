@@ -178,17 +178,22 @@ fn handshake(start: Start) -> Handshake {
 
 /// Send every message back until the connection ends.
 ///
-/// Each message is queued as it is taken; `poll_recv` writes the queue before it next reads,
-/// so the echoes of one read leave in one write, and it stops reading while the peer does not
-/// take what is written.
+/// Each message is queued as it is taken (the `Sink` way: ready, then `start_send`);
+/// `poll_recv` writes the queue before it next reads, so the echoes of one read leave in one
+/// write, and it stops reading while the peer does not take what is written. Past
+/// `Config::write_buffer_limit`, `poll_ready` writes the queue before the next message.
 fn poll_echo<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocket<S>,
     cx: &mut Context<'_>,
 ) -> Poll<duplex::Result<()>> {
     loop {
+        // Only while open: once closing, nothing more is sent and receiving ends the loop.
+        if ws.state() == duplex::State::Open {
+            ready!(ws.poll_ready(cx))?;
+        }
         match ready!(ws.poll_recv(cx)) {
             Some(Ok(message)) => {
-                if let Err(e) = ws.feed(message) {
+                if let Err(e) = futures_util::Sink::start_send(Pin::new(&mut *ws), message) {
                     return Poll::Ready(Err(e));
                 }
             }

@@ -32,7 +32,9 @@ pub(crate) fn sleep_until(deadline: Instant) -> io::Result<Sleep> {
 
 /// Fail early, before any IO, if the runtime cannot run timers.
 pub(crate) fn check() -> crate::Result<()> {
-    sleep_until(Instant::now()).map(drop).map_err(crate::Error::Io)
+    sleep_until(Instant::now())
+        .map(drop)
+        .map_err(crate::Error::Io)
 }
 
 #[cfg(test)]

@@ -292,7 +292,11 @@ mod imp {
                 insecure: self.insecure,
             };
             let stamps = stamps(&self.ca_files);
-            let cache = || CLIENT_CONFIGS.lock().unwrap_or_else(PoisonError::into_inner);
+            let cache = || {
+                CLIENT_CONFIGS
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            };
             if let Some(stamps) = &stamps {
                 if let Some((seen, config)) = cache().get(&key) {
                     if seen == stamps {

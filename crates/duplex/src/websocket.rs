@@ -708,7 +708,12 @@ mod tests {
             // The peer's end buffers 4 KiB and is never read.
             let (ours, _theirs) = tokio::io::duplex(4096);
             let config = Config::default().write_buffer_limit(LIMIT);
-            let mut ws = Some(WebSocket::from_raw(ours, Role::Server, config, BytesMut::new()));
+            let mut ws = Some(WebSocket::from_raw(
+                ours,
+                Role::Server,
+                config,
+                BytesMut::new(),
+            ));
             let (mut sink, _stream) = match way {
                 "WsSink::feed" => ws.take().map(WebSocket::split).unzip(),
                 _ => (None, None),
@@ -742,7 +747,10 @@ mod tests {
             }
             // It waited once the transport was full and the queue past the limit.
             assert!(most > LIMIT, "{way}: queued at most {most}");
-            assert!(fed * FRAME <= LIMIT + FRAME + 4096, "{way}: {fed} messages fed");
+            assert!(
+                fed * FRAME <= LIMIT + FRAME + 4096,
+                "{way}: {fed} messages fed"
+            );
         }
     }
 

@@ -32,7 +32,10 @@ use std::fmt;
 /// // FIN + text, masked length 2, the key 00 01 02 03, then "hi" XOR the key.
 /// assert_eq!(&wire[..], &[0x81, 0x82, 0, 1, 2, 3, b'h', b'i' ^ 1]);
 /// ```
-pub struct RandomSource(Option<Box<dyn FnMut(&mut [u8]) + Send + Sync>>);
+pub struct RandomSource(Option<Box<Fill>>);
+
+/// A function that fills a buffer.
+type Fill = dyn FnMut(&mut [u8]) + Send + Sync;
 
 impl RandomSource {
     /// A source that fills each buffer with `fill`. For tests: see the type's documentation.

@@ -70,7 +70,10 @@ async fn reconnects_resume_the_session_and_read_the_ca_file_once() {
         round_trip(ClientBuilder::new(&url).ca_file(&pki.ca))
             .await
             .unwrap();
-        assert!(resumed(hellos.recv().await), "the second handshake was not resumed");
+        assert!(
+            resumed(hellos.recv().await),
+            "the second handshake was not resumed"
+        );
 
         // The file's bytes change, its modification time and length do not: it is not read
         // again (garbage in it would fail the connect).
