@@ -15,7 +15,7 @@ const CSS: &str = "text/css; charset=utf-8";
 
 macro_rules! web {
     ($file:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/", $file))
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/", $file))
     };
 }
 
