@@ -64,6 +64,10 @@
 //! - `hyper`: `duplex::hyper`, the upgrade of plain hyper 1 requests (no framework).
 //! - `axum`: `duplex::axum::WebSocketUpgrade`, an axum extractor built on `hyper`.
 //!
+//! # Re-exports
+//! [`bytes`] and [`http`], whose types appear in this API, and the protocol core as
+//! [`proto`].
+//!
 //! # Cancel safety
 //! [`WebSocket::recv`] and [`WebSocket::next_event`] are cancel-safe: if the future is dropped
 //! before it completes, no message is lost, and the next call returns it. `send` and its
@@ -73,7 +77,8 @@
 //! cancelled; the Close frame is then queued and the handshake finishes on the next receive.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
 pub mod axum;
@@ -96,9 +101,21 @@ pub use duplex_proto::{
     self as proto, deflate, handshake, CloseCode, CloseFrame, Closed, Config, Event, Message,
     Prepared, Role, Side, State, Utf8Bytes,
 };
+// The protocol's errors, which `Error` wraps.
+pub use duplex_proto::{CloseError, HandshakeError, InvalidHeader, ProtocolError, SendError};
 pub use error::{Error, Result};
 pub use server::{accept, accept_with, Incoming, ServerConfig};
 pub use split::{WsSink, WsStream};
 pub use stream::MaybeTlsStream;
 pub use tls::TlsError;
 pub use websocket::WebSocket;
+
+// The crates whose types appear in this API (`Bytes` in messages, `HeaderMap` in the
+// handshake response), so callers use the same versions without depending on them.
+pub use bytes;
+pub use http;
+
+/// The examples of README.md, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

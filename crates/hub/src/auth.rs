@@ -14,6 +14,7 @@ pub const MAX_INFO_SIZE: usize = 1024;
 
 /// The authenticated (or anonymous) identity of a connection.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Identity {
     /// The JWT `sub`; `None` when anonymous.
     pub user: Option<Arc<str>>,

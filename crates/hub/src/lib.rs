@@ -58,6 +58,9 @@
 //!   writer.
 //! - [`auth`]: JWT and Origin checks; `limits`: connection limits; `metrics`: Prometheus.
 
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod auth;
 pub mod broker;
 pub mod channel;
@@ -84,3 +87,8 @@ pub use server::{Server, ServerError};
 
 /// The WebSocket subprotocol of the hub's wire format.
 pub const SUBPROTOCOL: &str = "duplex.v1";
+
+/// The examples of README.md, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -136,6 +136,7 @@ pub struct Since {
 
 /// A parsed command.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Command<'a> {
     /// `subscribe`.
     Subscribe {

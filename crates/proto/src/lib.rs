@@ -45,7 +45,8 @@
 
 // One audited `unsafe` (`Utf8Bytes::as_str`); every other use is refused.
 #![deny(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod close;
 mod config;
@@ -73,3 +74,12 @@ pub use message::{Message, Utf8Bytes};
 pub use prepared::Prepared;
 pub use random::RandomSource;
 pub use role::Role;
+
+// The crates whose types appear in this API, for callers that do not depend on them.
+pub use bytes;
+pub use http;
+
+/// The examples of README.md, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

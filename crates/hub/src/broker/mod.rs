@@ -54,6 +54,7 @@ pub struct PresenceEntry {
 
 /// Something a broker hands to a node for one of the channels it is interested in.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Delivery {
     /// A new publication.
     Publication {

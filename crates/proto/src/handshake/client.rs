@@ -49,6 +49,7 @@ pub struct ClientHandshake {
 
 /// The server's `101` response, checked.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Response {
     /// The HTTP status (always 101 here).
     pub status: u16,

@@ -284,6 +284,7 @@ pub fn duplicate(headers: &http::HeaderMap) -> Option<&'static str> {
 
 /// How to accept a request: the `101` response's optional parts.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Accept {
     /// The subprotocol to confirm; must be one the client offered.
     pub subprotocol: Option<String>,
@@ -482,6 +483,7 @@ impl Accepted {
 
 /// A refusal: an HTTP status and a one-line reason sent as a text body.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reject {
     /// The HTTP status code.
     pub status: u16,
