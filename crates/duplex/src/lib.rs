@@ -119,3 +119,9 @@ pub use http;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The `duplex` examples of docs/migrating.md, compiled as doctests so that the guide stays
+/// true to the API (they use the `axum` feature).
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../../../docs/migrating.md")]
+pub struct MigratingDoctests;
