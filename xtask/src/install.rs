@@ -20,6 +20,8 @@ use crate::{cmd, workspace::Workspace};
 pub(crate) enum Need {
     /// `cargo nextest`, the test runner.
     Nextest,
+    /// `cargo hack`, for the feature powerset.
+    CargoHack,
     /// Autobahn's `wstest`, through `scripts/autobahn/install.sh`.
     Wstest,
     /// `redis-server`, which the multi-node tests spawn on free ports.
@@ -40,6 +42,7 @@ impl fmt::Display for Need {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Nextest => "cargo-nextest",
+            Self::CargoHack => "cargo-hack",
             Self::Wstest => "Autobahn wstest",
             Self::RedisServer => "redis-server",
             Self::Nginx => "nginx",
@@ -56,6 +59,8 @@ impl Need {
     fn limit(self) -> Duration {
         let minutes = match self {
             Self::Nextest | Self::RedisServer | Self::Nginx | Self::Chromium => 35,
+            // About a minute to build from source on two cores.
+            Self::CargoHack => 15,
             Self::Wstest => 25,
             Self::PythonPeers => 20,
             Self::NodePeers | Self::E2eModules => 15,
@@ -115,7 +120,8 @@ impl<'a> Installer<'a> {
 
     fn install(&mut self, need: Need) -> Result<()> {
         match need {
-            Need::Nextest => self.nextest(),
+            Need::Nextest => self.cargo_tool("nextest", "cargo-nextest", 30),
+            Need::CargoHack => self.cargo_tool("hack", "cargo-hack", 10),
             Need::Wstest => self.autobahn(),
             Need::RedisServer => self.apt(Some("redis-server"), &["redis-server"]),
             Need::Nginx => self.apt(Some("nginx"), &["nginx"]),
@@ -137,21 +143,21 @@ impl<'a> Installer<'a> {
         }
     }
 
-    fn nextest(&mut self) -> Result<()> {
+    /// `cargo SUBCOMMAND`, installed from crates.io as `package` (its locked dependencies)
+    /// when `cargo SUBCOMMAND --version` fails; the build may take up to `minutes`.
+    fn cargo_tool(&mut self, subcommand: &str, package: &str, minutes: u64) -> Result<()> {
         // Bounded: cargo may wait on a lock another build holds.
         let (installed, _) = cmd::probe(
-            self.ws.cargo().args(["nextest", "--version"]),
+            self.ws.cargo().args([subcommand, "--version"]),
             Duration::from_secs(5 * 60),
         )?;
         if installed {
             return Ok(());
         }
-        println!("installing cargo-nextest (not found)");
+        println!("installing {package} (not found)");
         cmd::run(
-            self.ws
-                .cargo()
-                .args(["install", "cargo-nextest", "--locked"]),
-            Duration::from_secs(30 * 60),
+            self.ws.cargo().args(["install", package, "--locked"]),
+            Duration::from_secs(minutes * 60),
         )
     }
 

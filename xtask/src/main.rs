@@ -12,6 +12,7 @@
 //! - `autobahn`: wstest in both roles, the committed expectations and the comparison.
 //! - `bench`: `cargo xtask bench-peers`, duplex against other libraries, into docs/benchmarks.md.
 //! - `fuzz`: building the fuzz targets on the stable toolchain and replaying their seeds.
+//! - `publish`: `cargo package` and the feature powerset of the crates published as libraries.
 //! - `cmd`: running child processes with a time limit, finding programs, free ports.
 //! - `workspace`: paths of the repository and the cargo target directory, the release build.
 
@@ -20,6 +21,7 @@ mod bench;
 mod cmd;
 mod fuzz;
 mod install;
+mod publish;
 mod step;
 mod workspace;
 

@@ -12,6 +12,7 @@ use clap::ValueEnum;
 use crate::{
     autobahn, cmd, fuzz,
     install::{self, Installer, Need},
+    publish,
     workspace::{Workspace, DUPLEX_BIN},
 };
 
@@ -24,8 +25,14 @@ pub(crate) enum Step {
     Clippy,
     /// `cargo doc`, rustdoc warnings denied.
     Doc,
+    /// `cargo hack --feature-powerset check` of the library crates that have features.
+    /// After `clippy`, whose checked dependencies it partly reuses.
+    FeaturePowerset,
     /// Every test of the workspace under nextest, then the doctests.
     Unit,
+    /// `cargo package` of the library crates, each package built on its own. After `unit`,
+    /// whose built dependencies it partly reuses.
+    Package,
     /// Build the fuzz targets (stable toolchain) and replay their seeds.
     FuzzBuild,
     /// Autobahn fuzzingclient against `duplex echo`.
@@ -41,11 +48,13 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 12] = [
         Self::Fmt,
         Self::Clippy,
         Self::Doc,
+        Self::FeaturePowerset,
         Self::Unit,
+        Self::Package,
         Self::FuzzBuild,
         Self::AutobahnServer,
         Self::AutobahnClient,
@@ -62,7 +71,8 @@ impl Step {
 
     fn needs(self, ws: &Workspace) -> &'static [Need] {
         match self {
-            Self::Fmt | Self::Clippy | Self::Doc | Self::FuzzBuild => &[],
+            Self::Fmt | Self::Clippy | Self::Doc | Self::Package | Self::FuzzBuild => &[],
+            Self::FeaturePowerset => &[Need::CargoHack],
             // The multi-node tests spawn their own redis-server and nginx on free ports.
             Self::Unit => &[Need::Nextest, Need::RedisServer, Need::Nginx],
             Self::AutobahnServer | Self::AutobahnClient => &[Need::Wstest],
@@ -89,6 +99,9 @@ impl Step {
         let minutes = match self {
             Self::Fmt => 5,
             Self::Doc | Self::AutobahnServer | Self::AutobahnClient => 20,
+            // Warm, a minute or two each; from an empty target directory, several minutes
+            // (they build the libraries' dependencies with feature sets of their own).
+            Self::Package | Self::FeaturePowerset => 20,
             Self::Peers | Self::E2e => 20,
             Self::Cluster => 15,
             Self::Clippy => 30,
@@ -310,6 +323,8 @@ fn run(
             tests?;
             doctests?;
         }
+        Step::Package => return publish::package(ws, limit),
+        Step::FeaturePowerset => return publish::feature_powerset(ws, limit),
         Step::FuzzBuild => return fuzz::run(ws),
         Step::AutobahnServer => {
             return autobahn::check(ws, installer, duplex()?, autobahn::Role::Server)
