@@ -143,7 +143,7 @@ impl<'a> Installer<'a> {
         }
     }
 
-    /// `cargo SUBCOMMAND`, installed from crates.io as `package` (its locked dependencies)
+    /// `cargo SUBCOMMAND`, installed with `cargo install` as `package` (its locked dependencies)
     /// when `cargo SUBCOMMAND --version` fails; the build may take up to `minutes`.
     fn cargo_tool(&mut self, subcommand: &str, package: &str, minutes: u64) -> Result<()> {
         // Bounded: cargo may wait on a lock another build holds.

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{cmd, step::Outcome, workspace::Workspace};
 
-/// The crates published to crates.io as libraries, in dependency order.
+/// The crates published as libraries, in dependency order.
 pub(crate) const LIBRARIES: [&str; 3] = ["duplex-proto", "duplex", "duplex-hub"];
 
 /// The directories whose files go into those packages, for the dirty-tree check.
@@ -17,7 +17,7 @@ const LIBRARY_DIRS: [&str; 3] = ["crates/proto", "crates/duplex", "crates/hub"];
 /// `cargo package` of [`LIBRARIES`], verified: each `.crate` is unpacked and built on its
 /// own, with its path dependencies on the others resolved through a temporary local
 /// registry (cargo 1.90 and later). This catches a file the build needs that the package
-/// leaves out, metadata crates.io would refuse, and a dependency without a version.
+/// leaves out, metadata the registry would refuse, and a dependency without a version.
 ///
 /// The packages are built in the shared target directory (`target/package/`), so the
 /// dependencies compiled for one run are reused by the next.
