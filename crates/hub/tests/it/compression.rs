@@ -1,7 +1,7 @@
 //! `websocket.compression`: permessage-deflate (RFC 7692) negotiated at `/ws`, publications
 //! compressed once and the same bytes sent to every compressing subscriber.
 
-use bytes::BytesMut;
+use duplex::bytes::BytesMut;
 use duplex::{
     deflate::{client_accept, DeflateConfig},
     ClientBuilder,
