@@ -318,14 +318,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
             if self.conn.state() == State::Closed {
                 ready!(self.poll_shutdown(cx));
-                let closed = self.closed.get_or_insert_with(|| {
-                    Box::new(Closed {
-                        code: CloseCode::ABNORMAL,
-                        reason: Default::default(),
-                        initiated_by: duplex_proto::Side::Local,
-                        error: Some(CloseError::UnexpectedEof),
-                    })
-                });
+                let closed = self
+                    .closed
+                    .get_or_insert_with(|| Box::new(Closed::abnormal(CloseError::UnexpectedEof)));
                 // A transport that failed (a reset, say) rather than reached its end is
                 // reported as itself, once, before the Closed event that follows it.
                 if closed.error == Some(CloseError::UnexpectedEof) {

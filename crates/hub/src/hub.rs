@@ -107,12 +107,10 @@ impl Hub {
                 MemoryBroker::with_limits(sink, memory_limits(&config), metrics.clone())
             }
             BrokerKind::Redis => {
-                let options = RedisOptions {
-                    url: config.redis_url.as_deref().unwrap_or_default().to_owned(),
-                    prefix: config.redis.prefix.clone(),
-                    presence_ttl: config.redis.presence_ttl,
-                    timeout: config.redis.timeout,
-                };
+                let options = RedisOptions::new(config.redis_url.as_deref().unwrap_or_default())
+                    .prefix(config.redis.prefix.clone())
+                    .presence_ttl(config.redis.presence_ttl)
+                    .timeout(config.redis.timeout);
                 RedisBroker::new(&options, sink).map_err(|e| ConfigError::Invalid(e.to_string()))?
             }
         };

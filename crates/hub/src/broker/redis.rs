@@ -76,7 +76,16 @@ impl Scripts {
 }
 
 /// Settings of a [`RedisBroker`]. Its `Debug` form shows the URL without its password.
+///
+/// ```
+/// use std::time::Duration;
+/// use duplex_hub::broker::RedisOptions;
+///
+/// let options = RedisOptions::new("redis://127.0.0.1:6379/0").prefix("chat");
+/// assert_eq!(options.timeout, Duration::from_secs(2));
+/// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port/db`.
     pub url: String,
@@ -86,6 +95,41 @@ pub struct RedisOptions {
     pub presence_ttl: Duration,
     /// Timeout of each command and connection attempt.
     pub timeout: Duration,
+}
+
+impl RedisOptions {
+    /// Options for the Redis at `url`, with the defaults of `[redis]`: prefix `duplex`,
+    /// presence expiry 30 s, timeout 2 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        let defaults = crate::config::RedisConfig::default();
+        Self {
+            url: url.into(),
+            prefix: defaults.prefix,
+            presence_ttl: defaults.presence_ttl,
+            timeout: defaults.timeout,
+        }
+    }
+
+    /// Set [`prefix`](Self::prefix).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Set [`presence_ttl`](Self::presence_ttl).
+    #[must_use]
+    pub const fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl;
+        self
+    }
+
+    /// Set [`timeout`](Self::timeout).
+    #[must_use]
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
 }
 
 impl std::fmt::Debug for RedisOptions {

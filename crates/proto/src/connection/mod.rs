@@ -40,6 +40,7 @@ pub enum Event {
 
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Closed {
     /// The close code. After a clean closing handshake it is the code of the peer's Close
     /// frame, whoever started (when we started, that is normally our own code echoed back,
@@ -56,6 +57,19 @@ pub struct Closed {
 }
 
 impl Closed {
+    /// A connection that ended without a closing handshake, seen from this side: code
+    /// [`CloseCode::ABNORMAL`] (1006, RFC 6455 §7.1.5: never sent in a Close frame), no
+    /// reason, and `error` as the cause.
+    #[must_use]
+    pub fn abnormal(error: CloseError) -> Self {
+        Self {
+            code: CloseCode::ABNORMAL,
+            reason: Utf8Bytes::default(),
+            initiated_by: Side::Local,
+            error: Some(error),
+        }
+    }
+
     /// Whether both Close frames were exchanged.
     #[must_use]
     pub const fn is_clean(&self) -> bool {
