@@ -22,6 +22,7 @@ const LIBRARY_DIRS: [&str; 3] = ["crates/proto", "crates/duplex", "crates/hub"];
 /// The packages are built in the shared target directory (`target/package/`), so the
 /// dependencies compiled for one run are reused by the next.
 pub(crate) fn package(ws: &Workspace, limit: Duration) -> Result<Outcome> {
+    forget_packaged_builds(ws);
     let mut command = ws.cargo();
     command.arg("package").arg("--locked");
     for library in LIBRARIES {
@@ -38,6 +39,95 @@ pub(crate) fn package(ws: &Workspace, limit: Duration) -> Result<Outcome> {
     };
     cmd::run(&mut command, limit)?;
     Ok(Outcome::Passed(note.into()))
+}
+
+/// Removes what an earlier run of this step left behind of the packages of [`LIBRARIES`].
+///
+/// Cargo takes a registry package to be immutable. The temporary registry's packages are
+/// unpacked under `$CARGO_HOME/registry/src/-HASH/` (a `file://` registry has no host, hence
+/// the leading `-`) and never unpacked again while that directory exists, and their builds
+/// are reused by version: a second run would verify `duplex` against the `duplex-proto` of
+/// the first. So both go: the unpacked sources and archives of those crates in local
+/// registries, and the builds whose dep-info does not name the workspace's own sources
+/// (`crates/...`). Dependencies stay cached.
+fn forget_packaged_builds(ws: &Workspace) {
+    let is_library_dir = |name: &str| {
+        LIBRARIES.iter().any(|library| {
+            name.strip_prefix(library)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+        })
+    };
+    if let Some(home) = cargo_home() {
+        for kind in ["src", "cache"] {
+            let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+                continue;
+            };
+            for registry in registries.flatten() {
+                if !registry.file_name().to_string_lossy().starts_with('-') {
+                    continue;
+                }
+                let Ok(packages) = std::fs::read_dir(registry.path()) else {
+                    continue;
+                };
+                for package in packages.flatten() {
+                    let name = package.file_name().to_string_lossy().into_owned();
+                    if is_library_dir(name.trim_end_matches(".crate")) {
+                        let path = package.path();
+                        let _ = std::fs::remove_dir_all(&path);
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+    }
+    let debug = ws.target.join("debug");
+    let Ok(entries) = std::fs::read_dir(debug.join("deps")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".d"))
+        else {
+            continue;
+        };
+        let Some((crate_name, hash)) = stem.rsplit_once('-') else {
+            continue;
+        };
+        let package = crate_name.replace('_', "-");
+        if !LIBRARIES.contains(&package.as_str()) {
+            continue;
+        }
+        let packaged = std::fs::read_to_string(&path).is_ok_and(|info| {
+            info.lines()
+                .next()
+                .and_then(|line| line.split_once(": "))
+                .is_some_and(|(_, sources)| !sources.starts_with("crates/"))
+        });
+        if !packaged {
+            continue;
+        }
+        let fingerprint = debug.join(".fingerprint").join(format!("{package}-{hash}"));
+        let _ = std::fs::remove_dir_all(fingerprint);
+        let deps = debug.join("deps");
+        for file in [
+            format!("{stem}.d"),
+            format!("lib{stem}.rlib"),
+            format!("lib{stem}.rmeta"),
+        ] {
+            let _ = std::fs::remove_file(deps.join(file));
+        }
+    }
+}
+
+/// `$CARGO_HOME`, or its default `~/.cargo`.
+fn cargo_home() -> Option<std::path::PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(Into::into)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cargo")))
 }
 
 /// Whether git reports changes in the packaged directories or the workspace manifest and
