@@ -146,7 +146,7 @@ fn dirty(ws: &Workspace) -> bool {
 }
 
 /// `cargo hack --feature-powerset check` of the `lib` target of each library that has
-/// features (today duplex's `tls` and `axum`: four `cargo check`s): every combination
+/// features (today duplex's `tls`, `hyper` and `axum`: eight `cargo check`s): every combination
 /// type-checks on its own, so a `#[cfg(feature)]` that forgets an import, or a feature that
 /// silently needs another, is found here rather than by a user. A library without features
 /// has one combination, which the `package` step already builds on its own.
