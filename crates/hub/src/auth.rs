@@ -12,6 +12,10 @@ use crate::config::{read_secret, AuthConfig, ConfigError, MissingChannels};
 /// Largest serialized presence `info` (JWT claim or `subscribe` field), in bytes.
 pub const MAX_INFO_SIZE: usize = 1024;
 
+/// Longest `sub` accepted, in bytes. The user id goes into every publication, presence entry
+/// and event of the connection, so a token-sized one would multiply in every fan-out.
+pub const MAX_USER_SIZE: usize = 256;
+
 /// The authenticated (or anonymous) identity of a connection.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -268,6 +272,10 @@ impl Authenticator {
     /// checked already).
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
         let user = match claims.get("sub") {
+            Some(Value::String(s)) if s.len() > MAX_USER_SIZE => {
+                // MAX_USER_SIZE, spelled out for a `&'static str`.
+                return Err(AuthError::BadClaim("sub", "is above 256 bytes"));
+            }
             Some(Value::String(s)) if !s.is_empty() => Arc::<str>::from(s.as_str()),
             None => return Err(AuthError::MissingClaim("sub")),
             Some(_) => return Err(AuthError::BadClaim("sub", "must be a non-empty string")),
@@ -409,6 +417,23 @@ mod tests {
             "another-secret-0000",
         );
         assert!(a.authenticate(Some(&wrong)).is_err());
+        let longest = "u".repeat(MAX_USER_SIZE);
+        let at_limit = token(
+            serde_json::json!({"sub":longest,"exp":future()}),
+            "0123456789abcdef0123",
+        );
+        assert_eq!(
+            a.authenticate(Some(&at_limit)).unwrap().user.as_deref(),
+            Some(longest.as_str())
+        );
+        let too_long = token(
+            serde_json::json!({"sub":format!("{longest}u"),"exp":future()}),
+            "0123456789abcdef0123",
+        );
+        assert_eq!(
+            a.authenticate(Some(&too_long)).unwrap_err(),
+            AuthError::BadClaim("sub", "is above 256 bytes")
+        );
         let no_sub = token(serde_json::json!({"exp":future()}), "0123456789abcdef0123");
         assert!(a.authenticate(Some(&no_sub)).is_err());
         assert!(a.authenticate(Some("garbage")).is_err());

@@ -346,17 +346,7 @@ impl Session {
     }
 
     async fn leave(&self, channel: &str, sub: &Subscription) {
-        let hub = &self.hub;
-        hub.node.remove(&*hub.broker, channel, &self.peer).await;
-        if sub.presence {
-            if let Err(e) = hub
-                .broker
-                .presence_remove(channel, &self.peer.id, sub.join_leave)
-                .await
-            {
-                tracing::warn!(channel, error = %e, "presence remove failed");
-            }
-        }
+        leave(&self.hub, &self.peer, channel, sub).await;
     }
 
     async fn publish(
@@ -474,6 +464,69 @@ impl Session {
     }
 }
 
+/// Takes `peer` out of `channel` on this node and out of its presence.
+async fn leave(hub: &Shared, peer: &Arc<Peer>, channel: &str, sub: &Subscription) {
+    hub.node.remove(&*hub.broker, channel, peer).await;
+    if sub.presence {
+        if let Err(e) = hub
+            .broker
+            .presence_remove(channel, &peer.id, sub.join_leave)
+            .await
+        {
+            tracing::warn!(channel, error = %e, "presence remove failed");
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A session that ends without [`finish`](Session::finish) (its connection task
+    /// panicked, or was cancelled) still leaves its channels, on a task of its own, so
+    /// neither the node's subscriber lists nor presence keep a connection that is gone.
+    fn drop(&mut self) {
+        if self.subscriptions.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tracing::warn!(client = %self.peer.id, "connection ended without leaving its channels");
+        let subscriptions: Vec<_> = self.subscriptions.drain().collect();
+        let (hub, peer) = (Arc::clone(&self.hub), Arc::clone(&self.peer));
+        runtime.spawn(async move {
+            for (channel, sub) in subscriptions {
+                leave(&hub, &peer, &channel, &sub).await;
+            }
+        });
+    }
+}
+
 fn unavailable(e: crate::broker::BrokerError) -> CommandError {
     CommandError::new(ErrorCode::Unavailable, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Config, Hub};
+
+    #[tokio::test]
+    async fn a_session_dropped_without_finish_still_leaves_its_channels() {
+        let mut config = Config::default();
+        config.demo.ticker = false;
+        let hub = Hub::new(config).unwrap();
+        let mut session = Session::new(hub.shared.clone(), Identity::default());
+        session
+            .on_text(r#"{"type":"subscribe","id":1,"channel":"lobby"}"#)
+            .await;
+        assert_eq!(hub.channels().len(), 1);
+        // As when the connection task panics between commands.
+        drop(session);
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !hub.channels().is_empty() {
+            assert!(tokio::time::Instant::now() < until, "still subscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
