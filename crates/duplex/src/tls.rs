@@ -44,7 +44,7 @@
 use std::{fmt, path::PathBuf, time::Duration};
 
 #[cfg(feature = "tls")]
-pub use imp::{acceptor_from_pem, server_config_from_pem};
+pub use imp::{acceptor_from_pem, certified_key_from_pem, server_config_from_pem};
 #[cfg(feature = "tls")]
 pub(crate) use imp::{handshake_error, server_name, ClientTls};
 /// The rustls version this crate uses, to build a custom
@@ -196,6 +196,28 @@ mod imp {
             })?;
         config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// A certificate chain (leaf first) and its private key from PEM files, checked to
+    /// match, for a server that swaps certificates while running: a
+    /// [`ResolvesServerCert`](rustls::server::ResolvesServerCert) that returns the newest pair.
+    ///
+    /// # Errors
+    /// [`TlsError::File`] when a file cannot be read, holds no certificate or key, or the key
+    /// does not match the certificate (or its algorithm is not supported).
+    pub fn certified_key_from_pem(
+        cert_chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let (cert_path, key_path) = (cert_chain.as_ref(), key.as_ref());
+        let certs = read_certs(cert_path)?;
+        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_error(key_path, &e))?;
+        rustls::sign::CertifiedKey::from_der(certs, key, &provider())
+            .map(Arc::new)
+            .map_err(|e| TlsError::File {
+                path: key_path.to_owned(),
+                reason: format!("cannot be used with {}: {e}", cert_path.display()),
+            })
     }
 
     /// A [`TlsAcceptor`] from PEM files; see [`server_config_from_pem`].
