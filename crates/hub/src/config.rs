@@ -74,6 +74,51 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceOverrides>,
     /// The node's memory budget: channels held and retained history.
     pub memory: MemoryBudget,
+    /// TLS on the listener (`https://`, `wss://`); off unless `cert` and `key` are set.
+    pub tls: TlsConfig,
+}
+
+/// TLS on the listener: a PEM certificate chain and its key, reloaded when they change.
+///
+/// ```
+/// let config = duplex_hub::Config::from_toml(r#"
+///     [tls]
+///     cert = "/etc/duplex/fullchain.pem"
+///     key = "/etc/duplex/privkey.pem"
+/// "#).unwrap();
+/// assert!(config.tls.enabled());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// The PEM certificate chain, leaf first (e.g. a `fullchain.pem`). Needs `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1). Needs `cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// How often the files' modification times and sizes are checked; a change loads the
+    /// pair again (so does SIGHUP). `0s` checks only on SIGHUP. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the listener serves TLS (both files are set).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
 }
 
 /// Broker implementations.
@@ -294,7 +339,8 @@ pub struct Limits {
     /// counted from the connection's accept or the previous response, so it also bounds an
     /// idle keep-alive connection. A connection that has not sent a whole head by then is
     /// closed. Default 10 s, as `duplex echo`: long enough for a slow mobile link, short
-    /// enough that a slowloris holds a slot for seconds, not forever.
+    /// enough that a slowloris holds a slot for seconds, not forever. With `[tls]`, the TLS
+    /// handshake must also finish within it, and the head's timer starts after it.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Largest request head (request line and headers) in bytes; a larger one is answered
@@ -495,6 +541,7 @@ impl Default for Config {
             channels: NamespaceConfig::default(),
             namespaces,
             memory: MemoryBudget::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -754,6 +801,9 @@ impl Config {
             return invalid("websocket.compression.level must be 1-9".into());
         }
         self.validate_secrets()?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert and tls.key must be set together".into());
+        }
         if let Some(node) = &self.node {
             if node.is_empty() || node.len() > 64 || !node.bytes().all(is_id_byte) {
                 return invalid("node must be 1-64 characters of [A-Za-z0-9_-]".into());

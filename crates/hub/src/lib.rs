@@ -79,6 +79,7 @@ mod presence_batch;
 mod queue;
 mod server;
 mod session;
+mod tls;
 mod ws;
 
 pub use config::Config;

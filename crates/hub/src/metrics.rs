@@ -65,6 +65,8 @@ pub(crate) struct Metrics {
     limit_hits: Family<Label, Counter>,
     protocol_closes: Family<Label, Counter>,
     command_duration: Family<Label, Histogram>,
+    tls_handshake_failures: Family<Label, Counter>,
+    tls_reloads: Family<Label, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -94,6 +96,8 @@ impl Metrics {
             limit_hits: Family::default(),
             protocol_closes: Family::default(),
             command_duration: Family::new_with_constructor(duration_histogram),
+            tls_handshake_failures: Family::default(),
+            tls_reloads: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -183,6 +187,18 @@ impl Metrics {
             "Time to execute a command, by type",
             m.command_duration.clone(),
         );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (error) or did not finish within limits.header_timeout \
+             (timeout)",
+            m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Loads of the TLS certificate and key after a change or SIGHUP, by result (an error \
+             keeps the previous pair)",
+            m.tls_reloads.clone(),
+        );
         // Pre-create the common series so they show as 0 before the first event.
         for code in ErrorCode::ALL {
             let _ = m.command_errors.get_or_create(&[("code", code.as_str())]);
@@ -211,6 +227,18 @@ impl Metrics {
         self.handshake_failures
             .get_or_create(&[("reason", why.as_str())])
             .inc();
+    }
+
+    /// A TLS handshake that failed (`"error"`) or ran out of time (`"timeout"`).
+    pub(crate) fn tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// A reload of the TLS pair: `"ok"` or `"error"`.
+    pub(crate) fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads.get_or_create(&[("result", result)]).inc();
     }
 
     pub(crate) fn command_error(&self, code: ErrorCode) {

@@ -8,6 +8,11 @@
 //! keep-alive connections), a head size limit (`limits.max_header_bytes`, 431) and a
 //! request timeout (`limits.request_timeout`, 408). A request that upgrades hands the slot
 //! to its WebSocket.
+//!
+//! With `[tls]`, the TLS handshake comes first, inside the connection's slot: it must finish
+//! within `limits.header_timeout` (the head then gets its own header timer), and the
+//! protocol ALPN settled on picks the HTTP version that serves the stream (see
+//! `crate::tls`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,12 +31,14 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigError};
 use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
+use crate::tls::{HttpVersion, ListenerTls};
 use crate::Hub;
 
 /// First and longest pause after an accept error such as EMFILE, so that a process out of
@@ -45,6 +52,9 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] duplex::TlsError),
     /// Binding or accepting failed.
     #[error("{context}: {source}")]
     Io {
@@ -69,6 +79,7 @@ pub struct Server {
     hub: Hub,
     listener: TcpListener,
     local_addr: SocketAddr,
+    tls: Option<Arc<ListenerTls>>,
 }
 
 impl Server {
@@ -76,6 +87,7 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let listen = config.listen;
         let hub = Hub::new(config)?;
+        let tls = ListenerTls::new(&hub.config().tls)?.map(Arc::new);
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ServerError::Io {
@@ -90,7 +102,13 @@ impl Server {
             hub,
             listener,
             local_addr,
+            tls,
         })
+    }
+
+    /// Whether the listener serves TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address actually bound.
@@ -126,7 +144,18 @@ impl Server {
             }
         });
         let (phase, phase_rx) = watch::channel(Phase::Serving);
-        let edge = Arc::new(Edge::new(&hub, phase_rx));
+        if let Some(tls) = &self.tls {
+            let mut stopped = phase_rx.clone();
+            let stop = async move {
+                let _ = stopped.wait_for(|p| *p == Phase::Stopped).await;
+            };
+            tokio::spawn(crate::tls::watch(
+                tls.clone(),
+                hub.shared.metrics.clone(),
+                stop,
+            ));
+        }
+        let edge = Arc::new(Edge::new(&hub, phase_rx, self.tls));
         let accepting = tokio::spawn(accept_loop(self.listener, edge));
 
         let mut down = hub.shared.shutdown_signal();
@@ -185,10 +214,12 @@ struct Edge {
     http: http1::Builder,
     phase: watch::Receiver<Phase>,
     request_timeout: Duration,
+    header_timeout: Duration,
+    tls: Option<Arc<ListenerTls>>,
 }
 
 impl Edge {
-    fn new(hub: &Hub, phase: watch::Receiver<Phase>) -> Self {
+    fn new(hub: &Hub, phase: watch::Receiver<Phase>, tls: Option<Arc<ListenerTls>>) -> Self {
         let limits = &hub.config().limits;
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -204,6 +235,8 @@ impl Edge {
             http,
             phase,
             request_timeout: limits.request_timeout,
+            header_timeout: limits.header_timeout,
+            tls,
         }
     }
 
@@ -322,7 +355,13 @@ fn admit(edge: &Arc<Edge>, tasks: &mut JoinSet<()>, tcp: TcpStream, peer: Socket
         Err(e) => {
             edge.hub.shared.metrics.limit_hit(e.metric());
             tracing::debug!(%peer, limit = e.metric(), "connection refused at accept");
-            refuse_unread(&tcp, e);
+            if edge.tls.is_some() {
+                // An HTTP answer would be garbage to a TLS client, and a TLS handshake
+                // just to refuse is the work the limit is there to avoid: close unread.
+                discard_unread(&tcp);
+            } else {
+                refuse_unread(&tcp, e);
+            }
         }
     }
 }
@@ -343,9 +382,13 @@ fn refuse_unread(tcp: &TcpStream, e: LimitError) {
         body.len()
     );
     let _ = tcp.try_write(response.as_bytes());
-    // Discard what the client already sent, without waiting for more: closing a socket
-    // with unread data makes the kernel send a reset, which can destroy the response
-    // before the client reads it.
+    discard_unread(tcp);
+}
+
+/// Discards what the client already sent, without waiting for more: closing a socket with
+/// unread data makes the kernel send a reset, which can destroy a response before the
+/// client reads it.
+fn discard_unread(tcp: &TcpStream) {
     let mut scratch = [0u8; 4096];
     for _ in 0..4 {
         match tcp.try_read(&mut scratch) {
@@ -399,12 +442,67 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// Serves one accepted connection: the TLS handshake when the listener has TLS, then HTTP
+/// in the version ALPN chose. The permit is held throughout.
 async fn serve_connection(
     edge: Arc<Edge>,
     tcp: TcpStream,
     peer: SocketAddr,
     permit: ConnectionPermit,
 ) {
+    let Some(tls) = edge.tls.clone() else {
+        return serve_stream(edge, tcp, HttpVersion::Http1, peer, permit).await;
+    };
+    let mut phase = edge.phase.clone();
+    let draining = async {
+        let _ = phase.wait_for(|p| *p != Phase::Serving).await;
+    };
+    let metrics = &edge.hub.shared.metrics;
+    // A client that connects and stalls (or trickles its ClientHello) holds its slot until
+    // the header timeout, like an unfinished request head.
+    let handshake = tokio::time::timeout(edge.header_timeout, tls.acceptor().accept(tcp));
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                metrics.tls_handshake_failure("error");
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics.tls_handshake_failure("timeout");
+                metrics.limit_hit("header_timeout");
+                tracing::debug!(%peer, "TLS handshake not finished in time; closed");
+                return;
+            }
+        },
+        // Shutdown: an unfinished handshake is an unfinished request, closed at once.
+        () = draining => return,
+    };
+    let version = HttpVersion::from_alpn(stream.get_ref().1.alpn_protocol());
+    serve_stream(edge, stream, version, peer, permit).await;
+}
+
+/// Serves HTTP on one accepted stream (plain TCP, or TLS after its handshake) in the version
+/// that was negotiated.
+async fn serve_stream<S>(
+    edge: Arc<Edge>,
+    io: S,
+    version: HttpVersion,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match version {
+        HttpVersion::Http1 => serve_http1(edge, io, peer, permit).await,
+    }
+}
+
+async fn serve_http1<S>(edge: Arc<Edge>, io: S, peer: SocketAddr, permit: ConnectionPermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let slot = PermitSlot::new(permit);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let service = {
@@ -425,7 +523,7 @@ async fn serve_connection(
     };
     let conn = edge
         .http
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let mut phase = edge.phase.clone();

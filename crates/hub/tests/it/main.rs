@@ -25,5 +25,7 @@ mod recovery;
 mod shutdown;
 // Slow consumers: 1013 and bounded memory; drop-oldest.
 mod slow;
+// TLS on the listener: wss, stalled and garbage handshakes, certificate reload.
+mod tls;
 // The axum upgrade extractor: RFC 6455 §4.2.1 checks.
 mod upgrade;
