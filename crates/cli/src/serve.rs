@@ -133,8 +133,8 @@ pub(crate) struct Args {
         value_name = "IPS"
     )]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
-    /// Time a client has to send a request's head, also the idle keep-alive limit
-    /// [default: 10s].
+    /// Time a client has to send a request's head, also the idle keep-alive limit and, with
+    /// TLS, the time its handshake may take [default: 10s].
     #[arg(long, env = "DUPLEX_HEADER_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     header_timeout: Option<Duration>,
     /// Largest request head (request line and headers) in bytes; larger gets 431
@@ -147,6 +147,13 @@ pub(crate) struct Args {
     /// Prefix length by which per-IP limits count IPv6 clients [default: 64].
     #[arg(long, env = "DUPLEX_IPV6_PREFIX", value_name = "BITS")]
     ipv6_prefix: Option<u8>,
+    /// Serve https:// and wss://: the PEM certificate chain, leaf first (`tls.cert`; needs
+    /// --tls-key). Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "DUPLEX_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert, PKCS#8, PKCS#1 or SEC1 (`tls.key`).
+    #[arg(long, env = "DUPLEX_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Run the demo ticker feed on `ticker:prices` [default: true].
     #[arg(long, env = "DUPLEX_DEMO_TICKER", action = ArgAction::Set, value_name = "BOOL")]
     demo_ticker: Option<bool>,
@@ -198,6 +205,15 @@ impl Args {
         set(&mut c.limits.max_header_bytes, &self.max_header_bytes);
         set(&mut c.limits.request_timeout, &self.request_timeout);
         set(&mut c.limits.ipv6_prefix, &self.ipv6_prefix);
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!(
+                "--tls-cert and --tls-key (or DUPLEX_TLS_CERT and DUPLEX_TLS_KEY) go together"
+            );
+        }
+        if self.tls_cert.is_some() {
+            c.tls.cert.clone_from(&self.tls_cert);
+            c.tls.key.clone_from(&self.tls_key);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -362,7 +378,8 @@ async fn serve(args: Args, global_log: &str) -> anyhow::Result<()> {
     }
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
-    tracing::info!(%addr, node = server.hub().node_id(), "duplex serve listening: http://{addr}/");
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    tracing::info!(%addr, node = server.hub().node_id(), tls = server.is_tls(), "duplex serve listening: {scheme}://{addr}/");
     server.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -546,6 +563,24 @@ mod tests {
         let c = config(&["--ping-interval", "5s", "--jwt-secret", "0123456789abcdef!"]).unwrap();
         assert_eq!(c.websocket.ping_interval, Duration::from_secs(5));
         assert!(!c.to_toml_redacted().contains("0123456789abcdef!"));
+    }
+
+    #[test]
+    fn tls_files_go_together() {
+        let c = config(&["--tls-cert", "cert.pem", "--tls-key", "key.pem"]).unwrap();
+        assert_eq!(
+            c.tls.cert.as_deref(),
+            Some(std::path::Path::new("cert.pem"))
+        );
+        assert_eq!(c.tls.key.as_deref(), Some(std::path::Path::new("key.pem")));
+        assert!(c.tls.enabled());
+        assert!(!config(&[]).unwrap().tls.enabled());
+        if std::env::var_os("DUPLEX_TLS_KEY").is_none() {
+            assert!(config(&["--tls-cert", "cert.pem"]).is_err());
+        }
+        if std::env::var_os("DUPLEX_TLS_CERT").is_none() {
+            assert!(config(&["--tls-key", "key.pem"]).is_err());
+        }
     }
 
     #[test]
