@@ -151,13 +151,14 @@ fn stamp(cert: &Path, key: &Path) -> Stamp {
     [one(cert), one(key)]
 }
 
-/// Reloads `tls` on SIGHUP and when its files change, until `stop` resolves.
-pub(crate) async fn watch(
+/// Reloads `tls` on SIGHUP and when its files change, until `stop` resolves. The SIGHUP
+/// handler is installed before this returns, so a signal sent once the server is up never
+/// meets the default action (which ends the process).
+pub(crate) fn watch(
     tls: Arc<ListenerTls>,
     metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -168,17 +169,20 @@ pub(crate) async fn watch(
     };
     #[cfg(not(unix))]
     let mut hup = None::<()>;
-    let poll = !tls.reload_interval.is_zero();
-    let mut ticks = tokio::time::interval(tls.reload_interval.max(Duration::from_millis(10)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            () = hangup(&mut hup) => {
-                tracing::info!("SIGHUP received: reloading the TLS certificate");
-                tls.reload(true, &metrics);
+    async move {
+        tokio::pin!(stop);
+        let poll = !tls.reload_interval.is_zero();
+        let mut ticks = tokio::time::interval(tls.reload_interval.max(Duration::from_millis(10)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = hangup(&mut hup) => {
+                    tracing::info!("SIGHUP received: reloading the TLS certificate");
+                    tls.reload(true, &metrics);
+                }
+                _ = ticks.tick(), if poll => tls.reload(false, &metrics),
             }
-            _ = ticks.tick(), if poll => tls.reload(false, &metrics),
         }
     }
 }
