@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the browser end-to-end tests from a clean clone: installs Debian's
-# Chromium and the npm packages when they are missing, builds the server unless
-# DUPLEX_BIN already names one, then runs `npm test` (unit + browser tests).
+# Chromium and the npm packages when they are missing (openssl, for the TLS
+# test's certificate, must be there), builds the server unless DUPLEX_BIN
+# already names one, then runs `npm test` (unit + browser tests).
 # Screenshots land in target/e2e/.
 set -euo pipefail
 
@@ -18,6 +19,12 @@ if [ ! -x "$chromium" ]; then
     echo "e2e: $chromium is missing; install it (apt-get install -y chromium) or set CHROMIUM_BIN" >&2
     exit 1
   fi
+fi
+
+# The TLS test makes its self-signed certificate with openssl.
+if ! command -v "${OPENSSL_BIN:-openssl}" >/dev/null; then
+  echo "e2e: openssl is missing; install it (apt-get install -y openssl) or set OPENSSL_BIN" >&2
+  exit 1
 fi
 
 if [ ! -f "$here/node_modules/playwright-core/package.json" ]; then

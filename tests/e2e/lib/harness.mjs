@@ -1,9 +1,10 @@
 // Shared building blocks of the browser tests: the real `duplex serve` binary on a free
 // loopback port, headless Chromium through playwright-core, a TCP proxy that can
 // cut or stall connections, and small polling utilities.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
+import https from "node:https";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -67,11 +68,53 @@ export function freePort() {
 }
 
 /**
+ * Writes a self-signed certificate for 127.0.0.1 and localhost, and its key,
+ * into `dir` with `openssl` (valid for a day); returns the two paths.
+ * @param {string} dir
+ */
+export function selfSignedCert(dir) {
+  const cert = path.join(dir, "cert.pem");
+  const key = path.join(dir, "key.pem");
+  try {
+    execFileSync(
+      process.env.OPENSSL_BIN || "openssl",
+      [
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-days", "1", "-subj", "/CN=duplex e2e",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-keyout", key, "-out", cert,
+      ],
+      { stdio: ["ignore", "ignore", "pipe"], timeout: 20000 },
+    );
+  } catch (err) {
+    throw new Error(`cannot make a test certificate with openssl (install it or set OPENSSL_BIN): ${err.message}`);
+  }
+  return { cert, key };
+}
+
+/**
+ * GETs `url` and resolves with the status; over https the server's
+ * certificate must be `ca`.
+ */
+function probe(url, ca) {
+  if (!url.startsWith("https:")) return fetch(url).then((res) => res.status);
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { ca, timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on("timeout", () => req.destroy(new Error("timed out")));
+    req.on("error", reject);
+  });
+}
+
+/**
  * Runs `$DUPLEX_BIN serve --listen 127.0.0.1:PORT [--config FILE]` and waits
  * until `/healthz` answers. The returned handle can stop and start the same
- * server again on the same port.
+ * server again on the same port. With `tls`, it serves https and wss with a
+ * self-signed certificate (`server.cert`, PEM) made for the run.
  *
- * @param {{port?: number, config?: string}} [opts] `config` is TOML text
+ * @param {{port?: number, config?: string, tls?: boolean}} [opts] `config` is TOML text
  */
 export async function startServer(opts = {}) {
   const bin = duplexBin();
@@ -83,9 +126,22 @@ export async function startServer(opts = {}) {
     fs.writeFileSync(file, opts.config);
     args.push("--config", file);
   }
+  let cert = null;
+  if (opts.tls) {
+    let files;
+    try {
+      files = selfSignedCert(dir);
+    } catch (err) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
+    args.push("--tls-cert", files.cert, "--tls-key", files.key);
+    cert = fs.readFileSync(files.cert, "utf8");
+  }
   const server = {
     port,
-    origin: `http://127.0.0.1:${port}`,
+    origin: `${opts.tls ? "https" : "http"}://127.0.0.1:${port}`,
+    cert,
     child: null,
     lines: [],
     async start() {
@@ -113,8 +169,7 @@ export async function startServer(opts = {}) {
           );
         }
         try {
-          const res = await fetch(`${this.origin}/healthz`);
-          if (res.ok) return;
+          if ((await probe(`${this.origin}/healthz`, cert)) === 200) return;
         } catch {
           // Not listening yet.
         }
@@ -156,16 +211,18 @@ export async function startServer(opts = {}) {
 /**
  * Launches Debian's Chromium headless (`$CHROMIUM_BIN`, default
  * /usr/bin/chromium). Playwright gives it a fresh temporary profile
- * (`--user-data-dir`) and removes it on close.
+ * (`--user-data-dir`) and removes it on close. `extraArgs` are added to
+ * `CHROMIUM_ARGS`.
+ * @param {string[]} [extraArgs]
  */
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   const exe = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
   if (!fs.existsSync(exe)) {
     throw new Error(
       `Chromium not found at ${exe}: install it (apt-get install -y chromium) or set CHROMIUM_BIN`,
     );
   }
-  return chromium.launch({ executablePath: exe, headless: true, args: CHROMIUM_ARGS, timeout: 60000 });
+  return chromium.launch({ executablePath: exe, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs], timeout: 60000 });
 }
 
 /**
