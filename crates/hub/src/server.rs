@@ -453,9 +453,16 @@ async fn serve_connection(
     let Some(tls) = edge.tls.clone() else {
         return serve_stream(edge, tcp, HttpVersion::Http1, peer, permit).await;
     };
+    // A handshake under way when shutdown starts is an unfinished request, closed at once;
+    // one that starts while draining goes on, so that its request is answered 503 like a
+    // plain connection's, and is closed when the drain ends.
     let mut phase = edge.phase.clone();
-    let draining = async {
-        let _ = phase.wait_for(|p| *p != Phase::Serving).await;
+    let started = *phase.borrow_and_update();
+    if started == Phase::Stopped {
+        return;
+    }
+    let moved_on = async {
+        let _ = phase.wait_for(|p| *p != started).await;
     };
     let metrics = &edge.hub.shared.metrics;
     // A client that connects and stalls (or trickles its ClientHello) holds its slot until
@@ -476,8 +483,7 @@ async fn serve_connection(
                 return;
             }
         },
-        // Shutdown: an unfinished handshake is an unfinished request, closed at once.
-        () = draining => return,
+        () = moved_on => return,
     };
     let version = HttpVersion::from_alpn(stream.get_ref().1.alpn_protocol());
     serve_stream(edge, stream, version, peer, permit).await;

@@ -322,3 +322,55 @@ async fn certificates_reload_without_dropping_connections() {
         "the connection made with A"
     );
 }
+
+/// Shutdown closes a handshake under way at once; one that starts while draining is
+/// completed and its request answered 503, as on a plain listener.
+#[tokio::test]
+async fn shutdown_closes_unfinished_handshakes_and_answers_later_ones_503() {
+    let pki = Pki::new();
+    let files = Files::new(&pki.leaf("server A"));
+    let mut c = tls_config(&files);
+    c.shutdown_timeout = Duration::from_secs(20);
+    c.limits.header_timeout = Duration::from_secs(30);
+    c.limits.max_connections_per_ip = 2;
+    let s = start_with(c).await;
+    // A WebSocket that never reads keeps the drain going.
+    let hold = wss(&s, &pki).await;
+    eventually(|| s.hub.connections() == 1).await;
+    let mut pending = [
+        tcp_from("127.0.0.4", s.addr).await,
+        tcp_from("127.0.0.4", s.addr).await,
+    ];
+    // Connections are accepted in order: once a third from the address is refused, the
+    // two before it hold their slots, their handshakes under way.
+    let mut probe = tcp_from("127.0.0.4", s.addr).await;
+    let (_, refused) = read_until_closed(&mut probe, WAIT).await;
+    assert!(refused, "a third connection from 127.0.0.4 was not refused");
+
+    s.hub.shutdown();
+    for tcp in &mut pending {
+        let (got, closed) = read_until_closed(tcp, SLACK).await;
+        assert!(
+            closed && got.is_empty(),
+            "a handshake under way outlived the start of shutdown: {got:?}"
+        );
+    }
+    let url = format!("wss://127.0.0.1:{}/ws", s.addr.port());
+    let late = ClientBuilder::new(url)
+        .tls_config(pki.client_config())
+        .connect();
+    match tokio::time::timeout(WAIT, late).await {
+        Ok(Err(duplex::Error::Refused { status: 503, body })) => {
+            assert!(body.contains("shutting down"), "{body}");
+        }
+        Ok(Err(e)) => panic!("a handshake during the drain: {e}"),
+        Ok(Ok(_)) => panic!("a WebSocket accepted during the drain"),
+        Err(_) => panic!("a handshake during the drain timed out"),
+    }
+    drop(hold);
+    tokio::time::timeout(Duration::from_secs(15), s.task)
+        .await
+        .expect("the drain did not end")
+        .unwrap()
+        .unwrap();
+}
