@@ -128,7 +128,9 @@ impl<'a> Installer<'a> {
             Need::Chromium => {
                 self.apt(Some("chromium"), &["chromium"])?;
                 // Without a font installed, screenshots of pages show empty boxes for text.
-                self.apt(None, &["fonts-liberation"])
+                self.apt(None, &["fonts-liberation"])?;
+                // The browser's TLS test makes its self-signed certificate with openssl.
+                self.apt(Some("openssl"), &["openssl"])
             }
             Need::PythonPeers => self.python_peers(),
             Need::NodePeers => npm_ci(&self.ws.path("tests/peers/node")),
