@@ -52,6 +52,11 @@ pub enum HandshakeError {
     /// `Sec-WebSocket-Version` is not 13 (§4.2.2: answer 426 with the versions we speak).
     #[error("unsupported Sec-WebSocket-Version (only 13 is supported)")]
     UnsupportedVersion,
+    /// `Sec-WebSocket-Version` is not 13 on an HTTP/2 extended CONNECT (RFC 8441): answered
+    /// `400` with `Sec-WebSocket-Version: 13`, since `426` needs an `Upgrade` header field
+    /// (RFC 9110 §15.5.22), which HTTP/2 does not carry (RFC 9113 §8.2.2).
+    #[error("unsupported Sec-WebSocket-Version (only 13 is supported)")]
+    UnsupportedVersionH2,
     /// The server did not answer `101 Switching Protocols`.
     #[error("server answered HTTP {status} instead of 101")]
     Status {

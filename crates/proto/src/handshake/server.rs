@@ -55,7 +55,9 @@ pub const RESERVED_REJECT_HEADERS: &[&str] = &[
 pub struct Request {
     target: String,
     headers: http::HeaderMap,
-    key: String,
+    /// `None` over HTTP/2 (RFC 8441 §5: the key is not used).
+    key: Option<String>,
+    version: http::Version,
 }
 
 impl Request {
@@ -95,10 +97,20 @@ impl Request {
         self.header("origin")
     }
 
-    /// The `Sec-WebSocket-Key` sent by the client.
+    /// The `Sec-WebSocket-Key` sent by the client; `None` for an HTTP/2 extended CONNECT
+    /// (RFC 8441 §5: "the Sec-WebSocket-Key and Sec-WebSocket-Accept header fields are not
+    /// used").
     #[must_use]
-    pub fn key(&self) -> &str {
-        &self.key
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The HTTP version of the request: HTTP/1.1 for an `Upgrade` ([`validate`]), HTTP/2 for
+    /// an extended CONNECT ([`validate_connect`]). It decides the answer: `101` or `200`
+    /// ([`Accepted::status`]).
+    #[must_use]
+    pub const fn version(&self) -> http::Version {
+        self.version
     }
 
     /// The subprotocols offered, in the client's order of preference.
@@ -194,19 +206,17 @@ pub fn validate(
     target: &str,
     headers: http::HeaderMap,
 ) -> Result<Request, HandshakeError> {
+    if version > http::Version::HTTP_11 {
+        // The Upgrade mechanism is HTTP/1.1's (RFC 9110 §7.8); over HTTP/2 a WebSocket is an
+        // extended CONNECT (RFC 8441), checked by `validate_connect`.
+        return Err(HandshakeError::Invalid(NOT_EXTENDED_CONNECT));
+    }
     // §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
     if method != http::Method::GET {
         return Err(HandshakeError::Invalid("method must be GET"));
     }
     if version < http::Version::HTTP_11 {
         return Err(HandshakeError::Invalid("HTTP/1.1 or higher is required"));
-    }
-    if version > http::Version::HTTP_11 {
-        // The Upgrade mechanism is HTTP/1.1's (RFC 9110 §7.8); over HTTP/2 a WebSocket is an
-        // extended CONNECT (RFC 8441), which is not supported here.
-        return Err(HandshakeError::Invalid(
-            "WebSocket upgrades need HTTP/1.1 (RFC 6455 §4.1)",
-        ));
     }
     // §4.2.1 item 2: a Host header field.
     if headers.get(http::header::HOST).is_none() {
@@ -254,7 +264,101 @@ pub fn validate(
     Ok(Request {
         target: target.to_owned(),
         headers,
-        key,
+        key: Some(key),
+        version: http::Version::HTTP_11,
+    })
+}
+
+/// The reason given to an HTTP/2 (or later) request that is not an extended CONNECT.
+const NOT_EXTENDED_CONNECT: &str =
+    "over HTTP/2 a WebSocket is an extended CONNECT with :protocol websocket (RFC 8441 §4)";
+
+/// Check that an HTTP/2 request is a valid WebSocket extended CONNECT (RFC 8441 §4, §5):
+/// the sibling of [`validate`] for HTTP/2, called by the same integrations with the parts of
+/// the request an HTTP/2 server parsed.
+///
+/// - `method` must be `CONNECT` and `protocol` (the `:protocol` pseudo-header) `websocket`.
+/// - `target` is the `:path` (path and query), which RFC 8441 §4 requires with `:protocol`.
+/// - `authority` is the `:authority`; it becomes the request's `Host` header
+///   ([`Request::header`]`("host")` reads the same on both versions). A `Host` header that
+///   names another authority is refused (RFC 9113 §8.3.1).
+/// - `Sec-WebSocket-Version` must be 13, as on HTTP/1.1; no `Sec-WebSocket-Key` is needed
+///   (RFC 8441 §5), and one sent is ignored. Subprotocol and extension offers are read as on
+///   HTTP/1.1.
+///
+/// ```
+/// use duplex_proto::handshake::server::validate_connect;
+/// use http::{HeaderMap, HeaderValue, Method, Version};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("sec-websocket-version", HeaderValue::from_static("13"));
+/// let request =
+///     validate_connect(&Method::CONNECT, Some("websocket"), Some("example.com"), "/chat", headers)
+///         .unwrap();
+/// assert_eq!(request.version(), Version::HTTP_2);
+/// assert_eq!(request.header("host"), Some("example.com"));
+/// assert_eq!(request.key(), None);
+/// ```
+///
+/// # Errors
+/// [`HandshakeError::Invalid`] with the reason (answered `400`), or
+/// [`HandshakeError::UnsupportedVersionH2`] (answered `400` with `Sec-WebSocket-Version:
+/// 13`).
+pub fn validate_connect(
+    method: &http::Method,
+    protocol: Option<&str>,
+    authority: Option<&str>,
+    target: &str,
+    mut headers: http::HeaderMap,
+) -> Result<Request, HandshakeError> {
+    // RFC 8441 §4: "Using the extended CONNECT method", with a `:protocol` naming the
+    // protocol of the tunnel; §5: "websocket" for RFC 6455.
+    if method != http::Method::CONNECT {
+        return Err(HandshakeError::Invalid(NOT_EXTENDED_CONNECT));
+    }
+    match protocol {
+        None => {
+            return Err(HandshakeError::Invalid(
+                "missing :protocol pseudo-header (RFC 8441 §4)",
+            ))
+        }
+        // Upgrade tokens compare case-insensitively (RFC 9110 §7.8), as `Upgrade: websocket`.
+        Some(p) if p.eq_ignore_ascii_case("websocket") => {}
+        Some(_) => return Err(HandshakeError::Invalid(":protocol must be websocket")),
+    }
+    // RFC 8441 §4: "the :scheme and :path pseudo-header fields of the target URI ... MUST
+    // also be included".
+    if !target.starts_with('/') {
+        return Err(HandshakeError::Invalid("missing :path pseudo-header"));
+    }
+    if let Some(reason) = duplicate(&headers) {
+        return Err(HandshakeError::Invalid(reason));
+    }
+    // RFC 9113 §8.3.1: ":authority ... conveys the authority portion of the target URI"; a
+    // server SHOULD treat a request whose Host differs from it as malformed.
+    match (authority, headers.get(http::header::HOST)) {
+        (Some(a), Some(host)) if host.as_bytes() != a.as_bytes() => {
+            return Err(HandshakeError::Invalid(
+                "Host header differs from :authority",
+            ));
+        }
+        (Some(a), None) => {
+            let host = http::HeaderValue::from_str(a)
+                .map_err(|_| HandshakeError::Invalid("invalid :authority"))?;
+            headers.insert(http::header::HOST, host);
+        }
+        (Some(_), Some(_)) => {}
+        (None, _) => return Err(HandshakeError::Invalid("missing :authority pseudo-header")),
+    }
+    match headers.get(http::header::SEC_WEBSOCKET_VERSION) {
+        Some(v) if v.as_bytes().trim_ascii() == b"13" => {}
+        _ => return Err(HandshakeError::UnsupportedVersionH2),
+    }
+    Ok(Request {
+        target: target.to_owned(),
+        headers,
+        key: None,
+        version: http::Version::HTTP_2,
     })
 }
 
@@ -391,6 +495,8 @@ impl Accept {
 /// and what the connection then speaks.
 #[derive(Debug, Clone)]
 pub struct Accepted {
+    /// `101` for HTTP/1.1, `200` for an HTTP/2 extended CONNECT (RFC 8441 §5).
+    status: http::StatusCode,
     subprotocol: Option<String>,
     deflate: Option<DeflateParams>,
     /// The header fields of the `101`, in order, every one checked.
@@ -408,12 +514,20 @@ impl Accepted {
         // §4.2.2 item 5: Upgrade, Connection, Sec-WebSocket-Accept, then the optional
         // Sec-WebSocket-Protocol and Sec-WebSocket-Extensions.
         let mut fields = Vec::with_capacity(5 + headers.len());
-        fields.push(("Upgrade".to_owned(), "websocket".to_owned()));
-        fields.push(("Connection".to_owned(), "Upgrade".to_owned()));
-        fields.push((
-            "Sec-WebSocket-Accept".to_owned(),
-            accept_key(request.key.as_bytes()),
-        ));
+        let status = if let Some(key) = &request.key {
+            fields.push(("Upgrade".to_owned(), "websocket".to_owned()));
+            fields.push(("Connection".to_owned(), "Upgrade".to_owned()));
+            fields.push((
+                "Sec-WebSocket-Accept".to_owned(),
+                accept_key(key.as_bytes()),
+            ));
+            http::StatusCode::SWITCHING_PROTOCOLS
+        } else {
+            // RFC 8441 §5: a 2xx answers an extended CONNECT; "the Sec-WebSocket-Key and
+            // Sec-WebSocket-Accept header fields are not used", and Upgrade and Connection
+            // are connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2).
+            http::StatusCode::OK
+        };
         if let Some(p) = &subprotocol {
             fields.push(("Sec-WebSocket-Protocol".to_owned(), p.clone()));
         }
@@ -422,10 +536,19 @@ impl Accepted {
         }
         fields.extend(headers);
         Self {
+            status,
             subprotocol,
             deflate,
             fields,
         }
+    }
+
+    /// The status of the answer: `101 Switching Protocols` for an HTTP/1.1 upgrade, `200 OK`
+    /// for an HTTP/2 extended CONNECT (RFC 8441 §5), after which the stream carries the
+    /// WebSocket frames.
+    #[must_use]
+    pub const fn status(&self) -> http::StatusCode {
+        self.status
     }
 
     /// The confirmed subprotocol.
@@ -462,11 +585,20 @@ impl Accepted {
         map
     }
 
-    /// The complete `101 Switching Protocols` response.
+    /// The complete `101 Switching Protocols` response, as HTTP/1.1 bytes.
+    ///
+    /// For an HTTP/2 request there are no such bytes: the HTTP/2 server sends
+    /// [`status`](Self::status) and [`header_map`](Self::header_map) in a HEADERS frame; this
+    /// then gives their HTTP/1.1 rendering (`200 OK`), for logs and tests only.
     #[must_use]
     pub fn response(&self) -> Vec<u8> {
         let mut out = String::with_capacity(160);
-        out.push_str("HTTP/1.1 101 Switching Protocols\r\n");
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("")
+        );
         for (name, value) in &self.fields {
             let _ = write!(out, "{name}: {value}\r\n");
         }
@@ -587,7 +719,10 @@ impl Reject {
 impl From<&HandshakeError> for Reject {
     fn from(e: &HandshakeError) -> Self {
         let reject = Self::new(e.status(), e.to_string());
-        if e.status() == 426 {
+        if matches!(
+            e,
+            HandshakeError::UnsupportedVersion | HandshakeError::UnsupportedVersionH2
+        ) {
             // §4.2.2: tell the client which versions we speak.
             reject.header("Sec-WebSocket-Version", "13")
         } else {
@@ -735,6 +870,7 @@ mod tests {
         .unwrap();
         assert_eq!(ok.target(), parsed.target());
         assert_eq!(ok.key(), parsed.key());
+        assert_eq!(ok.version(), http::Version::HTTP_11);
         let cases = [
             (
                 http::Method::POST,
@@ -749,7 +885,7 @@ mod tests {
             (
                 http::Method::GET,
                 http::Version::HTTP_2,
-                "WebSocket upgrades need HTTP/1.1 (RFC 6455 §4.1)",
+                NOT_EXTENDED_CONNECT,
             ),
         ];
         for (method, version, reason) in cases {
@@ -775,6 +911,216 @@ mod tests {
                 "{key:?}"
             );
         }
+    }
+
+    /// The headers of an RFC 8441 extended CONNECT, as an HTTP/2 server hands them over
+    /// (pseudo-headers apart): version, subprotocol and deflate offers.
+    fn h2_headers() -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-protocol", "chat, superchat"),
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
+            ("origin", "http://example.com"),
+        ] {
+            headers.insert(name, http::HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn connect(
+        method: &http::Method,
+        protocol: Option<&str>,
+        authority: Option<&str>,
+        headers: http::HeaderMap,
+    ) -> Result<Request, HandshakeError> {
+        validate_connect(method, protocol, authority, "/chat?room=1", headers)
+    }
+
+    #[test]
+    fn an_extended_connect_validates_into_the_same_request() {
+        let req = connect(
+            &http::Method::CONNECT,
+            Some("websocket"),
+            Some("server.example.com"),
+            h2_headers(),
+        )
+        .unwrap();
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        assert_eq!(req.target(), "/chat?room=1");
+        assert_eq!(req.path(), "/chat");
+        assert_eq!(req.query(), Some("room=1"));
+        assert_eq!(req.header("host"), Some("server.example.com"));
+        assert_eq!(req.origin(), Some("http://example.com"));
+        assert_eq!(req.key(), None);
+        assert_eq!(req.select_subprotocol(["superchat"]), Some("superchat"));
+        // A Host equal to :authority is fine; a key sent anyway is not used (RFC 8441 §5).
+        let mut more = h2_headers();
+        more.insert("host", http::HeaderValue::from_static("server.example.com"));
+        more.insert(
+            "sec-websocket-key",
+            http::HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        let req = connect(
+            &http::Method::CONNECT,
+            Some("WebSocket"),
+            Some("server.example.com"),
+            more,
+        )
+        .unwrap();
+        assert_eq!(req.key(), None);
+    }
+
+    #[test]
+    fn other_http2_requests_are_refused_with_their_reason() {
+        let authority = Some("h");
+        let cases = [
+            (
+                http::Method::GET,
+                Some("websocket"),
+                authority,
+                NOT_EXTENDED_CONNECT,
+            ),
+            (
+                http::Method::CONNECT,
+                None,
+                authority,
+                "missing :protocol pseudo-header (RFC 8441 §4)",
+            ),
+            (
+                http::Method::CONNECT,
+                Some("webtransport"),
+                authority,
+                ":protocol must be websocket",
+            ),
+            (
+                http::Method::CONNECT,
+                Some("websocket"),
+                None,
+                "missing :authority pseudo-header",
+            ),
+        ];
+        for (method, protocol, authority, reason) in cases {
+            let err = connect(&method, protocol, authority, h2_headers()).unwrap_err();
+            assert_eq!(err, HandshakeError::Invalid(reason));
+            assert_eq!(err.status(), 400);
+        }
+        let mut other_host = h2_headers();
+        other_host.insert("host", http::HeaderValue::from_static("other"));
+        let err = connect(
+            &http::Method::CONNECT,
+            Some("websocket"),
+            authority,
+            other_host,
+        );
+        assert_eq!(
+            err.unwrap_err(),
+            HandshakeError::Invalid("Host header differs from :authority")
+        );
+        let err = validate_connect(
+            &http::Method::CONNECT,
+            Some("websocket"),
+            authority,
+            "",
+            h2_headers(),
+        );
+        assert_eq!(
+            err.unwrap_err(),
+            HandshakeError::Invalid("missing :path pseudo-header")
+        );
+        // Another version: 400 (not 426, which needs an Upgrade header HTTP/2 lacks), still
+        // naming version 13.
+        for version in [Some("8"), None] {
+            let mut headers = h2_headers();
+            match version {
+                Some(v) => headers.insert("sec-websocket-version", v.parse().unwrap()),
+                None => headers.remove("sec-websocket-version"),
+            };
+            let err = connect(
+                &http::Method::CONNECT,
+                Some("websocket"),
+                authority,
+                headers,
+            )
+            .unwrap_err();
+            assert_eq!(err, HandshakeError::UnsupportedVersionH2);
+            assert_eq!(err.status(), 400);
+            let reject = Reject::from(&err);
+            assert_eq!(reject.status, 400);
+            assert_eq!(
+                reject.headers,
+                [("Sec-WebSocket-Version".to_owned(), "13".to_owned())]
+            );
+        }
+        // And the HTTP/1.1 validator refuses HTTP/2 requests, pointing at RFC 8441.
+        let err = validate(
+            &http::Method::CONNECT,
+            http::Version::HTTP_2,
+            "/",
+            h2_headers(),
+        )
+        .unwrap_err();
+        assert_eq!(err, HandshakeError::Invalid(NOT_EXTENDED_CONNECT));
+    }
+
+    #[test]
+    fn an_extended_connect_is_answered_200_negotiated_as_on_http1() {
+        let req = connect(
+            &http::Method::CONNECT,
+            Some("websocket"),
+            Some("h"),
+            h2_headers(),
+        )
+        .unwrap();
+        let with_deflate = Config::default().deflate(Some(deflate::DeflateConfig::default()));
+        let accepted = Accept::default()
+            .subprotocol("chat")
+            .header("Set-Cookie", "a=1")
+            .negotiate(&req, &with_deflate)
+            .unwrap();
+        assert_eq!(accepted.status(), http::StatusCode::OK);
+        assert_eq!(accepted.subprotocol(), Some("chat"));
+        assert!(accepted.deflate().is_some());
+        let names: Vec<_> = accepted.headers().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "Sec-WebSocket-Protocol",
+                "Sec-WebSocket-Extensions",
+                "Set-Cookie"
+            ]
+        );
+        assert!(String::from_utf8(accepted.response())
+            .unwrap()
+            .starts_with("HTTP/1.1 200 OK\r\n"));
+        // The same offer over HTTP/1.1 negotiates the same extension response.
+        let (h1, _) = parse(&GOOD.replacen(
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+             Sec-WebSocket-Version",
+            1,
+        ))
+        .unwrap()
+        .unwrap();
+        let h1 = Accept::default()
+            .subprotocol("chat")
+            .negotiate(&h1, &with_deflate)
+            .unwrap();
+        assert_eq!(h1.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            h1.header_map()["sec-websocket-extensions"],
+            accepted.header_map()["sec-websocket-extensions"]
+        );
+        assert_eq!(h1.deflate(), accepted.deflate());
+        // An unoffered subprotocol is refused on HTTP/2 too.
+        let err = Accept::default()
+            .subprotocol("graphql")
+            .negotiate(&req, &Config::default())
+            .unwrap_err();
+        assert_eq!(err.name, "Sec-WebSocket-Protocol");
     }
 
     #[test]
