@@ -27,6 +27,14 @@
 //! assert_eq!(ws.recv().await.transpose()?, Some(Message::text("hello")));
 //! # Ok(()) }
 //! ```
+//!
+//! # HTTP/2 (RFC 8441)
+//!
+//! The extractor accepts WebSockets over HTTP/2 too (see [`duplex::hyper`](crate::hyper#http2-rfc-8441)):
+//! an extended CONNECT with `:protocol websocket`, answered `200`. Two things to set up:
+//! serve HTTP/2 with extended CONNECT enabled (`axum::serve` does, with axum's `http2`
+//! feature), and route the path for `CONNECT` as well as `GET`: `any(handler)`, or
+//! `get(handler).connect(handler)`, since `get` alone answers an HTTP/2 WebSocket `405`.
 
 use std::fmt;
 use std::future::Future;
@@ -42,9 +50,9 @@ use duplex_proto::Config;
 pub use crate::hyper::{UpgradeRejection, UpgradedIo};
 use crate::{hyper::Upgrade, WebSocket};
 
-/// An extractor for a valid RFC 6455 §4.2.1 upgrade request. Answer the request with
-/// [`WebSocketUpgrade::on_upgrade`]; the callback runs on its own task once the `101`
-/// response has been sent.
+/// An extractor for a valid RFC 6455 §4.2.1 upgrade request, or an RFC 8441 extended
+/// CONNECT over HTTP/2. Answer the request with [`WebSocketUpgrade::on_upgrade`]; the
+/// callback runs on its own task once the `101` (HTTP/2: `200`) response has been sent.
 ///
 /// The request is checked, and the `101` built, by the same code as the raw handshake and
 /// [`duplex::hyper`](crate::hyper), on which this is built. When the request is not a valid
@@ -155,8 +163,9 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// Answers the request with `101 Switching Protocols` and runs `callback` with the
-    /// WebSocket on a new task once hyper hands over the connection.
+    /// Answers the request with `101 Switching Protocols` (HTTP/2: `200 OK`, RFC 8441 §5) and
+    /// runs `callback` with the WebSocket on a new task once hyper hands over the connection
+    /// (or the HTTP/2 stream).
     ///
     /// The answer is `500 Internal Server Error` instead, and `callback` never runs, when a
     /// part of the [`accept`](Self::accept) answer cannot be sent.

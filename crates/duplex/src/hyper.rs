@@ -12,6 +12,22 @@
 //! [`upgrade`] (or [`Upgrade::accept`]), and await the [`Upgrading`] future on a task of its
 //! own: it resolves once hyper has sent the `101` and handed over the connection.
 //!
+//! # HTTP/2 (RFC 8441)
+//!
+//! The same handler accepts WebSockets over HTTP/2: an extended CONNECT with
+//! `:protocol websocket` is validated by [`validate_connect`] (the `:protocol` is read from
+//! the request's [`hyper::ext::Protocol`] extension, the `Host` from `:authority`), answered
+//! `200` instead of `101` (no `Sec-WebSocket-Accept`, RFC 8441 §5), with the subprotocol and
+//! permessage-deflate negotiated exactly as on HTTP/1.1; [`Upgrading`] then resolves to a
+//! [`WebSocket`] over the HTTP/2 stream. Serve the connection with
+//! `hyper::server::conn::http2::Builder::enable_connect_protocol()` (or hyper-util's
+//! `auto::Builder` and `.http2().enable_connect_protocol()`): that sends
+//! `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` (§3), without which clients do not send the request.
+//! A `GET` upgrade over HTTP/2, or a CONNECT without `:protocol websocket`, is refused with
+//! `400` and the reason. When the stream ends (END_STREAM) the socket sees the connection
+//! close; a RST_STREAM from the client is a connection reset (RFC 8441 §5), an abnormal
+//! closure.
+//!
 //! ```
 //! use std::convert::Infallible;
 //!
@@ -67,7 +83,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use duplex_proto::{
     deflate::DeflateParams,
-    handshake::server::{validate, Accept, Reject, Request},
+    handshake::server::{validate, validate_connect, Accept, Reject, Request},
     Config, HandshakeError, InvalidHeader, Role,
 };
 use http::{header, HeaderValue, StatusCode};
@@ -151,8 +167,13 @@ impl Upgrade {
     /// # Errors
     /// As for [`upgrade`]. The upgrade handle is taken only from a valid request.
     pub fn new<B>(req: &mut hyper::Request<B>) -> Result<Self, UpgradeRejection> {
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let request = validate(req.method(), req.version(), target, req.headers().clone())?;
+        let request = check(
+            req.method(),
+            req.version(),
+            req.uri(),
+            req.headers(),
+            req.extensions(),
+        )?;
         let on_upgrade = take_upgrade(req.extensions_mut())?;
         Ok(Self::with(request, on_upgrade))
     }
@@ -162,8 +183,13 @@ impl Upgrade {
     /// # Errors
     /// As for [`upgrade`].
     pub fn from_parts(parts: &mut http::request::Parts) -> Result<Self, UpgradeRejection> {
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let request = validate(&parts.method, parts.version, target, parts.headers.clone())?;
+        let request = check(
+            &parts.method,
+            parts.version,
+            &parts.uri,
+            &parts.headers,
+            &parts.extensions,
+        )?;
         let on_upgrade = take_upgrade(&mut parts.extensions)?;
         Ok(Self::with(request, on_upgrade))
     }
@@ -214,9 +240,10 @@ impl Upgrade {
         self.selected.as_deref()
     }
 
-    /// Answer `101 Switching Protocols` with `accept` (extra headers, a subprotocol; the
-    /// extensions come from the config): the response to send, and the future of the
-    /// connection, which resolves once hyper has sent the response.
+    /// Answer `101 Switching Protocols` (HTTP/1.1) or `200 OK` (an HTTP/2 extended CONNECT,
+    /// RFC 8441 §5) with `accept` (extra headers, a subprotocol; the extensions come from the
+    /// config): the response to send, and the future of the connection, which resolves once
+    /// hyper has sent the response.
     ///
     /// # Errors
     /// A `500` rejection when a part of `accept` cannot be sent (a header with CR or LF, a
@@ -238,8 +265,10 @@ impl Upgrade {
             tracing::warn!(error = %e, "accept not sent: answered 500");
             UpgradeRejection::invalid(e)
         })?;
+        // `101` on HTTP/1.1; `200` on HTTP/2 (RFC 8441 §5), with an empty body that hyper
+        // does not end: the stream stays open and carries the WebSocket frames.
         let mut response = hyper::Response::new(Body::default());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.status_mut() = accepted.status();
         *response.headers_mut() = accepted.header_map();
         let (subprotocol, deflate) = accepted.into_parts();
         let upgrading = Upgrading {
@@ -259,6 +288,29 @@ impl Upgrade {
     #[must_use]
     pub fn reject(self, reject: &Reject) -> hyper::Response<Body> {
         refusal(reject)
+    }
+}
+
+/// Validate the parts of a request with the validator of its HTTP version: an HTTP/1.1
+/// `Upgrade` ([`validate`]) or an HTTP/2 extended CONNECT ([`validate_connect`], with the
+/// `:protocol` hyper keeps in the extensions and the `:authority` in the URI).
+fn check(
+    method: &http::Method,
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Request, HandshakeError> {
+    if version == http::Version::HTTP_2 {
+        let protocol = extensions
+            .get::<hyper::ext::Protocol>()
+            .map(hyper::ext::Protocol::as_str);
+        let target = uri.path_and_query().map_or("", |p| p.as_str());
+        let authority = uri.authority().map(http::uri::Authority::as_str);
+        validate_connect(method, protocol, authority, target, headers.clone())
+    } else {
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        validate(method, version, target, headers.clone())
     }
 }
 

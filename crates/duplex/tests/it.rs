@@ -8,6 +8,15 @@ mod peers;
 #[path = "it/examples.rs"]
 mod examples;
 
+// WebSockets over HTTP/2 (RFC 8441) through the hyper and axum integrations, with an `h2`
+// test client.
+#[cfg(feature = "axum")]
+#[path = "it/h2_client.rs"]
+mod h2_client;
+#[cfg(feature = "axum")]
+#[path = "it/h2.rs"]
+mod http2;
+
 // Test servers and a throwaway PKI, shared with the client tests; the peer tests use the PKI,
 // the example tests the CONNECT proxy.
 #[cfg(feature = "tls")]
