@@ -348,6 +348,11 @@ pub struct Limits {
     /// bytes plus cookies, a JWT in `Authorization` or the query is 1-2 KiB; it also caps
     /// what an unfinished head costs in memory. At least 1024.
     pub max_header_bytes: usize,
+    /// Most streams (requests, WebSockets) one HTTP/2 connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2); a client over it gets its new
+    /// streams refused (RST_STREAM REFUSED_STREAM). Every WebSocket still counts against
+    /// `max_connections` and `max_connections_per_ip` on its own. Default 100, at least 1.
+    pub http2_max_concurrent_streams: u32,
     /// How long an HTTP request (other than an upgrade) may take from its head to its
     /// response, body included; past it the client gets 408 and the connection is closed.
     /// Bounds slow bodies, which the header timeout does not cover. Default 30 s.
@@ -619,6 +624,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(30),
+            http2_max_concurrent_streams: 100,
             ipv6_prefix: 64,
         }
     }
@@ -886,6 +892,9 @@ impl Config {
         }
         if l.header_timeout.is_zero() || l.request_timeout.is_zero() {
             return invalid("limits.header_timeout and request_timeout must be positive".into());
+        }
+        if l.http2_max_concurrent_streams == 0 {
+            return invalid("limits.http2_max_concurrent_streams must be at least 1".into());
         }
         if l.max_header_bytes < 1024 {
             return invalid("limits.max_header_bytes must be at least 1024".into());

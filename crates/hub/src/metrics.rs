@@ -61,6 +61,7 @@ pub(crate) struct Metrics {
     pub(crate) broker_channels: Gauge,
     slow_consumer: Family<Label, Counter>,
     handshake_failures: Family<Label, Counter>,
+    websocket_upgrades: Family<Label, Counter>,
     command_errors: Family<Label, Counter>,
     limit_hits: Family<Label, Counter>,
     protocol_closes: Family<Label, Counter>,
@@ -92,6 +93,7 @@ impl Metrics {
             broker_channels: Gauge::default(),
             slow_consumer: Family::default(),
             handshake_failures: Family::default(),
+            websocket_upgrades: Family::default(),
             command_errors: Family::default(),
             limit_hits: Family::default(),
             protocol_closes: Family::default(),
@@ -167,6 +169,11 @@ impl Metrics {
             m.handshake_failures.clone(),
         );
         r.register(
+            "websocket_upgrades",
+            "Accepted WebSockets by HTTP version: 1.1 (Upgrade) or 2 (extended CONNECT, RFC 8441)",
+            m.websocket_upgrades.clone(),
+        );
+        r.register(
             "command_errors",
             "Error replies by code",
             m.command_errors.clone(),
@@ -206,6 +213,9 @@ impl Metrics {
         for code in PROTOCOL_CLOSE_CODES {
             let _ = m.protocol_closes.get_or_create(&[("code", code)]);
         }
+        for version in ["1.1", "2"] {
+            let _ = m.websocket_upgrades.get_or_create(&[("version", version)]);
+        }
         let _ = m.slow_consumer.get_or_create(&[("action", "disconnect")]);
         let _ = m.slow_consumer.get_or_create(&[("action", "drop_oldest")]);
         Self { registry, ..m }
@@ -239,6 +249,18 @@ impl Metrics {
     /// A reload of the TLS pair: `"ok"` or `"error"`.
     pub(crate) fn tls_reload(&self, result: &'static str) {
         self.tls_reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// Counts one accepted WebSocket, by the HTTP version of its request.
+    pub(crate) fn websocket_upgrade(&self, version: axum::http::Version) {
+        let label = if version == axum::http::Version::HTTP_2 {
+            "2"
+        } else {
+            "1.1"
+        };
+        self.websocket_upgrades
+            .get_or_create(&[("version", label)])
+            .inc();
     }
 
     pub(crate) fn command_error(&self, code: ErrorCode) {

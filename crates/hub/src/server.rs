@@ -13,6 +13,15 @@
 //! within `limits.header_timeout` (the head then gets its own header timer), and the
 //! protocol ALPN settled on picks the HTTP version that serves the stream (see
 //! `crate::tls`).
+//!
+//! HTTP/2 is served on the same port: with TLS when ALPN settles on `h2`, and in cleartext
+//! with prior knowledge (h2c) when a connection's first bytes are the HTTP/2 preface
+//! (RFC 9113 §3.4). hyper's HTTP/2 connection has extended CONNECT enabled so that `/ws`
+//! works over it (RFC 8441), at most `limits.http2_max_concurrent_streams` streams at a time
+//! and `limits.max_header_bytes` of header list. The header timer bounds the wait for those
+//! first bytes. The first WebSocket of an HTTP/2 connection takes its slot, as on HTTP/1.1;
+//! each further one takes a slot of its own, so WebSockets count against the connection
+//! limits one by one.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,9 +38,9 @@ use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use axum::Router;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -212,6 +221,7 @@ struct Edge {
     hub: Hub,
     router: Router,
     http: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     phase: watch::Receiver<Phase>,
     request_timeout: Duration,
     header_timeout: Duration,
@@ -233,6 +243,7 @@ impl Edge {
             hub: hub.clone(),
             router: hub.router(),
             http,
+            http2: http2_builder(limits),
             phase,
             request_timeout: limits.request_timeout,
             header_timeout: limits.header_timeout,
@@ -249,6 +260,22 @@ impl Edge {
     }
 
     async fn respond(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        slot: PermitSlot,
+    ) -> Response<Body> {
+        let http2 = req.version() == axum::http::Version::HTTP_2;
+        let mut response = self.answer(req, peer, slot).await;
+        if http2 {
+            // RFC 9113 §8.2.2: HTTP/2 has no connection-specific header fields; the
+            // connection ends with GOAWAY instead of `Connection: close`.
+            response.headers_mut().remove(header::CONNECTION);
+        }
+        response
+    }
+
+    async fn answer(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
@@ -451,7 +478,7 @@ async fn serve_connection(
     permit: ConnectionPermit,
 ) {
     let Some(tls) = edge.tls.clone() else {
-        return serve_stream(edge, tcp, HttpVersion::Http1, peer, permit).await;
+        return serve_cleartext(edge, tcp, peer, permit).await;
     };
     // A handshake under way when shutdown starts is an unfinished request, closed at once;
     // one that starts while draining goes on, so that its request is answered 503 like a
@@ -486,27 +513,56 @@ async fn serve_connection(
         () = moved_on => return,
     };
     let version = HttpVersion::from_alpn(stream.get_ref().1.alpn_protocol());
-    serve_stream(edge, stream, version, peer, permit).await;
+    let header_timeout = edge.header_timeout;
+    serve_stream(edge, stream, version, peer, permit, header_timeout).await;
+}
+
+/// Serves a cleartext connection: HTTP/2 with prior knowledge when its first bytes are the
+/// preface, HTTP/1.1 otherwise.
+async fn serve_cleartext(
+    edge: Arc<Edge>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) {
+    // Until its first bytes the connection is idle: the drain (or its end, for one accepted
+    // while draining) closes it at once, as it closes an idle HTTP connection.
+    let accepted_at = tokio::time::Instant::now();
+    let mut phase = edge.phase.clone();
+    let accepted_in = *phase.borrow_and_update();
+    let sniffed = tokio::select! {
+        sniffed = sniff(tcp, edge.header_timeout) => sniffed,
+        _ = phase.wait_for(|p| *p != accepted_in) => {
+            tracing::debug!(%peer, "closing an idle connection for shutdown");
+            return;
+        }
+    };
+    let (version, io) = match sniffed {
+        Ok(sniffed) => sniffed,
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                edge.hub.shared.metrics.limit_hit("header_timeout");
+                tracing::debug!(%peer, "no request bytes in time; closed");
+            }
+            return;
+        }
+    };
+    // The header timer runs from the accept: the time the first bytes took is not given
+    // again.
+    let left = edge.header_timeout.saturating_sub(accepted_at.elapsed());
+    serve_stream(edge, io, version, peer, permit, left).await;
 }
 
 /// Serves HTTP on one accepted stream (plain TCP, or TLS after its handshake) in the version
-/// that was negotiated.
+/// that was negotiated; an HTTP/1.1 head must arrive within `header_timeout`.
 async fn serve_stream<S>(
     edge: Arc<Edge>,
     io: S,
     version: HttpVersion,
     peer: SocketAddr,
     permit: ConnectionPermit,
+    header_timeout: Duration,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    match version {
-        HttpVersion::Http1 => serve_http1(edge, io, peer, permit).await,
-    }
-}
-
-async fn serve_http1<S>(edge: Arc<Edge>, io: S, peer: SocketAddr, permit: ConnectionPermit)
-where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let slot = PermitSlot::new(permit);
@@ -527,37 +583,23 @@ where
             }
         })
     };
-    let conn = edge
-        .http
+    if version == HttpVersion::Http2 {
+        let conn = edge.http2.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = drive(&edge, peer, &in_flight, conn, |c| c.graceful_shutdown()).await;
+        if let Some(Err(e)) = result {
+            tracing::debug!(%peer, error = %e, "HTTP/2 connection error");
+        }
+        return;
+    }
+    let mut http = edge.http.clone();
+    http.header_read_timeout(header_timeout.max(Duration::from_millis(1)));
+    let conn = http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut phase = edge.phase.clone();
-    // A connection accepted while draining is answered (503 with `Connection: close`, which
-    // ends it after the response): hyper's graceful shutdown would close it unanswered,
-    // since no request has started yet. It is closed like the others when the drain ends,
-    // and one accepted after that is closed at once.
-    if *phase.borrow_and_update() == Phase::Stopped {
-        return;
-    }
-    let mut watching = true;
-    let result = loop {
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            changed = phase.changed(), if watching => {
-                watching = changed.is_ok()
-                    && *phase.borrow_and_update() == Phase::Draining;
-                // Shutdown: no more keep-alive; an idle connection or an unfinished
-                // request has nothing worth waiting for and is closed at once.
-                conn.as_mut().graceful_shutdown();
-                if in_flight.load(Ordering::SeqCst) == 0 {
-                    tracing::debug!(%peer, "closing an idle connection for shutdown");
-                    return;
-                }
-            }
-        }
-    };
-    if let Err(e) = result {
+    let result = drive(&edge, peer, &in_flight, conn, |c| c.graceful_shutdown()).await;
+    if let Some(Err(e)) = result {
         let metrics = &edge.hub.shared.metrics;
         if e.is_timeout() {
             metrics.limit_hit("header_timeout");
@@ -568,5 +610,156 @@ where
         } else {
             tracing::debug!(%peer, error = %e, "HTTP connection error");
         }
+    }
+}
+
+/// Serves `conn` until it ends, or until the drain ends it: `None` when it was closed for
+/// shutdown. `graceful` is the connection's own graceful shutdown (HTTP/1.1 or HTTP/2).
+async fn drive<C>(
+    edge: &Edge,
+    peer: SocketAddr,
+    in_flight: &AtomicUsize,
+    mut conn: Pin<&mut C>,
+    graceful: impl Fn(Pin<&mut C>),
+) -> Option<Result<(), hyper::Error>>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut phase = edge.phase.clone();
+    // A connection accepted while draining is answered (503 with `Connection: close`, which
+    // ends it after the response): hyper's graceful shutdown would close it unanswered,
+    // since no request has started yet. It is closed like the others when the drain ends,
+    // and one accepted after that is closed at once.
+    if *phase.borrow_and_update() == Phase::Stopped {
+        return None;
+    }
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return Some(result),
+            changed = phase.changed(), if watching => {
+                watching = changed.is_ok()
+                    && *phase.borrow_and_update() == Phase::Draining;
+                // Shutdown: no more keep-alive; an idle connection or an unfinished
+                // request has nothing worth waiting for and is closed at once.
+                graceful(conn.as_mut());
+                if in_flight.load(Ordering::SeqCst) == 0 {
+                    tracing::debug!(%peer, "closing an idle connection for shutdown");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP/2 connection settings: extended CONNECT for WebSockets, and the limits.
+fn http2_builder(limits: &crate::config::Limits) -> http2::Builder<TokioExecutor> {
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, without which a client does not
+        // send an extended CONNECT.
+        .enable_connect_protocol()
+        // RFC 9113 §6.5.2: streams beyond it are refused by the HTTP/2 layer.
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        // The HTTP/2 counterpart of the head size limit (SETTINGS_MAX_HEADER_LIST_SIZE).
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    http2
+}
+
+/// RFC 9113 §3.4: "the connection preface starts with the string
+/// PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of `tcp` until they are the HTTP/2 preface or cannot be (most
+/// requests differ at the first byte), within `timeout`; the bytes read are replayed to
+/// the HTTP connection.
+///
+/// # Errors
+/// `TimedOut` when the bytes did not come in time, or the read error; an empty connection
+/// (closed before a byte) is `UnexpectedEof`.
+async fn sniff<S>(mut io: S, timeout: Duration) -> std::io::Result<(HttpVersion, Replay<S>)>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut prefix = Vec::with_capacity(H2_PREFACE.len());
+    let read = async {
+        loop {
+            let mut buf = [0u8; 24];
+            let want = H2_PREFACE.len() - prefix.len();
+            let n = io.read(&mut buf[..want]).await?;
+            if n == 0 {
+                if prefix.is_empty() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+                // A short request: HTTP/1.1 answers (or refuses) it.
+                return Ok(HttpVersion::Http1);
+            }
+            prefix.extend_from_slice(&buf[..n]);
+            if !H2_PREFACE.starts_with(&prefix) {
+                return Ok(HttpVersion::Http1);
+            }
+            if prefix.len() == H2_PREFACE.len() {
+                return Ok::<_, std::io::Error>(HttpVersion::Http2);
+            }
+        }
+    };
+    let version = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok((version, Replay { prefix, at: 0, io }))
+}
+
+/// A stream whose first bytes, already read by [`sniff`], are read again.
+struct Replay<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

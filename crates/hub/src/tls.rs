@@ -22,27 +22,31 @@ use crate::config::TlsConfig;
 use crate::metrics::Metrics;
 
 /// The ALPN protocols offered, most preferred first (RFC 7301 §3.2: the server picks the
-/// first of its own list that the client offered). A WebSocket handshake is an HTTP/1.1 GET
-/// (RFC 6455 §4.1); `h2` joins this list, ahead of `http/1.1`, once the listener serves
-/// HTTP/2 (RFC 8441 bootstraps WebSockets over it). A client that offers no ALPN gets
-/// HTTP/1.1; one that offers only protocols outside this list is refused with the
-/// `no_application_protocol` alert (RFC 7301 §3.2).
-pub(crate) const ALPN_PROTOCOLS: &[&[u8]] = &[b"http/1.1"];
+/// first of its own list that the client offered). `h2` comes first: over it, WebSockets
+/// are bootstrapped with extended CONNECT (RFC 8441) and share the page's connection. A
+/// client that offers no ALPN gets HTTP/1.1; one that offers only protocols outside this
+/// list is refused with the `no_application_protocol` alert (RFC 7301 §3.2).
+pub(crate) const ALPN_PROTOCOLS: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-/// The HTTP version a connection speaks, from the protocol ALPN settled on.
+/// The HTTP version a connection speaks: from the protocol ALPN settled on, or for a
+/// cleartext connection from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HttpVersion {
     Http1,
+    Http2,
 }
 
 impl HttpVersion {
-    /// The version for a negotiated ALPN protocol; `None` (plain TCP, or a TLS client that
-    /// offered no ALPN) is HTTP/1.1.
+    /// The version for a negotiated ALPN protocol; `None` (a TLS client that offered no
+    /// ALPN) is HTTP/1.1.
     pub(crate) fn from_alpn(alpn: Option<&[u8]>) -> Self {
-        // Only protocols of `ALPN_PROTOCOLS` can be negotiated, and today that is
-        // `http/1.1` alone; `Some(b"h2")` gets its own arm with HTTP/2.
+        // Only protocols of `ALPN_PROTOCOLS` can be negotiated.
         debug_assert!(alpn.is_none_or(|p| ALPN_PROTOCOLS.contains(&p)));
-        Self::Http1
+        if alpn == Some(b"h2") {
+            Self::Http2
+        } else {
+            Self::Http1
+        }
     }
 }
 

@@ -29,7 +29,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Adds the `/ws` route.
 pub(crate) fn route(router: Router<Hub>) -> Router<Hub> {
-    router.route("/ws", get(upgrade))
+    // GET for HTTP/1.1's Upgrade, CONNECT for HTTP/2's extended CONNECT (RFC 8441 §4).
+    router.route("/ws", get(upgrade).connect(upgrade))
 }
 
 fn refuse(hub: &Hub, why: HandshakeFailure, status: StatusCode, reason: &str) -> Response {
@@ -205,10 +206,14 @@ async fn upgrade(
         .ping_interval(Some(c.websocket.ping_interval))
         .pong_timeout(c.websocket.pong_timeout)
         .deflate(c.websocket.compression.deflate());
+    let version = upgrade.request().version();
     upgrade
         .protocols([crate::SUBPROTOCOL])
         .config(config)
-        .on_upgrade(move |ws| run(hub, ws, identity, addr, permit))
+        .on_upgrade(move |ws| {
+            hub.shared.metrics.websocket_upgrade(version);
+            run(hub, ws, identity, addr, permit)
+        })
 }
 
 /// Deadlines further away than this are no deadline: the connection will not outlive it,

@@ -4,6 +4,9 @@
 //! `duplex`'s own [`WebSocket::from_raw`] in the client role (the HTTP/2 part is independent
 //! of the server under test). Shared by the `duplex` and the hub tests.
 
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
 use std::{
     io,
     net::SocketAddr,
@@ -15,7 +18,7 @@ use std::{
 use duplex::{
     bytes::{Bytes, BytesMut},
     deflate::{self, DeflateConfig},
-    Config, Role, WebSocket,
+    http, Config, Role, WebSocket,
 };
 use h2::{client::SendRequest, RecvStream, SendStream};
 use tokio::{

@@ -27,5 +27,10 @@ mod shutdown;
 mod slow;
 // TLS on the listener: wss, stalled and garbage handshakes, certificate reload.
 mod tls;
+// WebSockets over HTTP/2 (h2c, RFC 8441) beside HTTP/1.1 on the same port.
+mod http2;
+// The RFC 8441 test client of the duplex crate's tests.
+#[path = "../../../duplex/tests/it/h2_client.rs"]
+mod h2_client;
 // The axum upgrade extractor: RFC 6455 §4.2.1 checks.
 mod upgrade;

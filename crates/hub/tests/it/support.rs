@@ -6,7 +6,7 @@ use std::time::Duration;
 use duplex::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocket};
 use duplex_hub::{Config, Hub, Server};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long any single wait in a test may take.
@@ -66,9 +66,10 @@ impl TestServer {
     }
 }
 
-/// A JSON-speaking WebSocket client.
-pub(crate) struct Client {
-    pub(crate) ws: WebSocket<MaybeTlsStream>,
+/// A JSON-speaking WebSocket client (over TCP or TLS; over an HTTP/2 stream in the HTTP/2
+/// tests).
+pub(crate) struct Client<S = MaybeTlsStream> {
+    pub(crate) ws: WebSocket<S>,
     pub(crate) welcome: Value,
     next_id: u64,
 }
@@ -93,8 +94,11 @@ impl Client {
             .expect("connect");
         Self::welcomed(ws).await
     }
+}
 
-    async fn welcomed(ws: WebSocket<MaybeTlsStream>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// The client of `ws`, once the server's welcome has arrived.
+    pub(crate) async fn welcomed(ws: WebSocket<S>) -> Self {
         let mut c = Self {
             ws,
             welcome: Value::Null,
