@@ -142,7 +142,8 @@ async fn upgrade(
     if !hub
         .shared
         .auth
-        .origin_allowed(text(header::ORIGIN), text(header::HOST))
+        // The validated request's Host: over HTTP/2 it is the `:authority` (RFC 8441 §4).
+        .origin_allowed(text(header::ORIGIN), upgrade.request().header("host"))
     {
         return refuse(
             &hub,

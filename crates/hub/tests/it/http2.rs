@@ -131,3 +131,19 @@ async fn a_stalled_http2_preface_is_closed_at_the_header_timeout() {
     assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
     eventually(|| s.hub.metrics_text().contains("limit=\"header_timeout\"} 1")).await;
 }
+
+#[tokio::test]
+async fn the_origin_is_checked_against_the_authority_over_http2() {
+    let s = start().await;
+    let connection = h2_client::connection(s.addr).await;
+    let same = format!("http://{}", s.addr);
+    for (origin, status) in [(same.as_str(), 200), ("https://evil.example", 403)] {
+        let req = h2_client::request(
+            s.addr,
+            "/ws",
+            &[("sec-websocket-protocol", "duplex.v1"), ("origin", origin)],
+        );
+        let (parts, _) = h2_client::open(&connection, req).await;
+        assert_eq!(parts.status, status, "{origin}");
+    }
+}
