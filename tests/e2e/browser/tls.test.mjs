@@ -62,5 +62,19 @@ describe("TLS", () => {
     await waitFor("Ada's message at Bob", async () => (await texts(bob)).includes("Hello over TLS."));
     await send(bob, "Encrypted both ways.");
     await waitFor("Bob's message at Ada", async () => (await texts(ada)).includes("Encrypted both ways."));
+    // ALPN settles on h2 for the page, and Chromium opens its WebSockets on that connection
+    // with extended CONNECT (RFC 8441): the server counts them under HTTP/2.
+    const seen = await ada.evaluate(async () => ({
+      protocol: performance.getEntriesByType("navigation")[0].nextHopProtocol,
+      metrics: await (await fetch("/metrics")).text(),
+    }));
+    assert.equal(seen.protocol, "h2");
+    const count = (version) => {
+      const line = seen.metrics
+        .split("\n")
+        .find((l) => l.startsWith(`duplex_websocket_upgrades_total{version="${version}"}`));
+      return line ? Number(line.split(" ").pop()) : 0;
+    };
+    assert.ok(count("2") >= 2, `WebSockets over HTTP/2: ${count("2")}, over HTTP/1.1: ${count("1.1")}`);
   });
 });
