@@ -243,7 +243,9 @@ pub fn handshake_server(data: &[u8]) {
                 .response(&request)
                 .expect("the default answer has nothing to refuse");
             assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
-            let accept = accept_key(request.key().as_bytes());
+            // `parse_request` reads HTTP/1.1, where the key is required (RFC 6455 §4.2.1).
+            let key = request.key().expect("an HTTP/1.1 upgrade has a key");
+            let accept = accept_key(key.as_bytes());
             assert!(response
                 .windows(accept.len())
                 .any(|w| w == accept.as_bytes()));
