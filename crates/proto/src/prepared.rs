@@ -33,13 +33,18 @@ pub(crate) const PREPARED_WINDOW_BITS: u8 = 15;
 /// assert_eq!(&prepared.frame()[..], b"\x81\x04tick");
 /// ```
 #[derive(Debug, Clone)]
-pub struct Prepared {
+pub struct Prepared(Arc<Inner>);
+
+/// What every clone of a [`Prepared`] shares: one reference count per clone, however many
+/// parts it has.
+#[derive(Debug)]
+struct Inner {
     opcode: OpCode,
     frame: Bytes,
     payload: Bytes,
     /// The compressed frame, made by the first connection that wants it; `None` inside when
     /// compression does not shrink the payload.
-    compressed: Arc<OnceLock<Option<Bytes>>>,
+    compressed: OnceLock<Option<Bytes>>,
 }
 
 impl Prepared {
@@ -56,12 +61,12 @@ impl Prepared {
         buf.extend_from_slice(payload);
         let frame = buf.freeze();
         let payload = frame.slice(header.encoded_len()..);
-        Self {
+        Self(Arc::new(Inner {
             opcode,
             frame,
             payload,
-            compressed: Arc::default(),
-        }
+            compressed: OnceLock::new(),
+        }))
     }
 
     /// A prepared text message.
@@ -76,31 +81,33 @@ impl Prepared {
 
     /// The whole frame: header and payload.
     #[must_use]
-    pub const fn frame(&self) -> &Bytes {
-        &self.frame
+    pub fn frame(&self) -> &Bytes {
+        &self.0.frame
     }
 
     /// The payload alone.
     #[must_use]
-    pub const fn payload(&self) -> &Bytes {
-        &self.payload
+    pub fn payload(&self) -> &Bytes {
+        &self.0.payload
     }
 
     /// The frame's opcode.
     #[must_use]
-    pub const fn opcode(&self) -> OpCode {
-        self.opcode
+    pub fn opcode(&self) -> OpCode {
+        self.0.opcode
     }
 
     /// The frame compressed at `level` with a window of [`PREPARED_WINDOW_BITS`] (RSV1 set,
     /// RFC 7692 §6), made on the first call — later calls return it whatever their level —
     /// or `None` when compression does not make it smaller.
     pub(crate) fn compressed_frame(&self, level: u32) -> Option<&Bytes> {
-        self.compressed
+        let inner = &*self.0;
+        inner
+            .compressed
             .get_or_init(|| {
-                let deflated = compress_alone(&self.payload, level, PREPARED_WINDOW_BITS);
-                (deflated.len() < self.payload.len()).then(|| {
-                    let mut header = FrameHeader::new(self.opcode, deflated.len() as u64);
+                let deflated = compress_alone(&inner.payload, level, PREPARED_WINDOW_BITS);
+                (deflated.len() < inner.payload.len()).then(|| {
+                    let mut header = FrameHeader::new(inner.opcode, deflated.len() as u64);
                     header.rsv1 = true;
                     let mut buf = BytesMut::with_capacity(header.encoded_len() + deflated.len());
                     header.encode(&mut buf);
@@ -114,9 +121,10 @@ impl Prepared {
     /// The message this frame carries.
     #[must_use]
     pub fn message(&self) -> Message {
-        match self.opcode {
-            OpCode::Text => Message::Text(Utf8Bytes::from_bytes_unchecked(self.payload.clone())),
-            _ => Message::Binary(self.payload.clone()),
+        let payload = self.0.payload.clone();
+        match self.0.opcode {
+            OpCode::Text => Message::Text(Utf8Bytes::from_bytes_unchecked(payload)),
+            _ => Message::Binary(payload),
         }
     }
 }
