@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use duplex_hub::protocol::{self, parse_command, Command, ErrorCode, MAX_ID};
 use duplex_proto::{
+    deflate::{DeflateConfig, DeflateParams},
     frame::FrameHeader,
     handshake::{
         accept_key,
         client::ClientHandshake,
         server::{parse_request, Accept, Reject},
     },
-    deflate::{DeflateConfig, DeflateParams},
     mask::apply_mask,
     CloseCode, CloseError, Config, Connection, Event, Message, Role,
 };
@@ -113,7 +113,8 @@ pub fn inflate(data: &[u8]) {
             message.len() <= MAX_MESSAGE,
             "{role:?}: a message over the limit"
         );
-        peer.send(message.clone()).expect("a fresh connection sends");
+        peer.send(message.clone())
+            .expect("a fresh connection sends");
         out.clear();
         peer.poll_output(&mut out);
         receiver.receive_bytes(&out);

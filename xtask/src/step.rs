@@ -296,7 +296,18 @@ fn run(
     };
     let limit = step.limit();
     match step {
-        Step::Fmt => cmd::run(ws.cargo().args(["fmt", "--all", "--", "--check"]), limit)?,
+        Step::Fmt => {
+            cmd::run(ws.cargo().args(["fmt", "--all", "--", "--check"]), limit)?;
+            // The fuzz crate is outside the workspace, so `cargo fmt --all` skips it.
+            let mut fuzz = Command::new("rustfmt");
+            fuzz.current_dir(&ws.root)
+                .args(["--edition", "2021", "--check", "fuzz/src/lib.rs"]);
+            let targets = "fuzz/fuzz_targets";
+            for entry in std::fs::read_dir(ws.path(targets))? {
+                fuzz.arg(std::path::Path::new(targets).join(entry?.file_name()));
+            }
+            cmd::run(&mut fuzz, limit)?;
+        }
         Step::Clippy => cmd::run(
             ws.cargo().args([
                 "clippy",
