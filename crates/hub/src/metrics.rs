@@ -68,6 +68,10 @@ pub(crate) struct Metrics {
     command_duration: Family<Label, Histogram>,
     tls_handshake_failures: Family<Label, Counter>,
     tls_reloads: Family<Label, Counter>,
+    jwks_fetches: Family<Label, Counter>,
+    /// Keys of the last good JWKS fetch.
+    pub(crate) jwks_keys: Gauge,
+    subscription_tokens_refused: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -100,6 +104,9 @@ impl Metrics {
             command_duration: Family::new_with_constructor(duration_histogram),
             tls_handshake_failures: Family::default(),
             tls_reloads: Family::default(),
+            jwks_fetches: Family::default(),
+            jwks_keys: Gauge::default(),
+            subscription_tokens_refused: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -206,6 +213,24 @@ impl Metrics {
              keeps the previous pair)",
             m.tls_reloads.clone(),
         );
+        r.register(
+            "jwks_fetches",
+            "Fetches of auth.jwks_url, by result: ok, unreachable (connect, TLS, timeout), \
+             status (not 200), too_large, invalid (not a JWKS with a usable key); a failure \
+             keeps the keys of the last good fetch",
+            m.jwks_fetches.clone(),
+        );
+        r.register(
+            "jwks_keys",
+            "Verification keys held from the last good fetch of auth.jwks_url",
+            m.jwks_keys.clone(),
+        );
+        r.register(
+            "subscription_tokens_refused",
+            "subscribe commands refused because their subscription token was missing or did \
+             not verify",
+            m.subscription_tokens_refused.clone(),
+        );
         // Pre-create the common series so they show as 0 before the first event.
         for code in ErrorCode::ALL {
             let _ = m.command_errors.get_or_create(&[("code", code.as_str())]);
@@ -244,6 +269,16 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// A fetch of `auth.jwks_url`, by result.
+    pub(crate) fn jwks_fetch(&self, result: &'static str) {
+        self.jwks_fetches.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A `subscribe` refused for its subscription token.
+    pub(crate) fn subscription_token_refused(&self) {
+        self.subscription_tokens_refused.inc();
     }
 
     /// A reload of the TLS pair: `"ok"` or `"error"`.

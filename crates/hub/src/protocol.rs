@@ -146,6 +146,8 @@ pub enum Command<'a> {
         since: Option<Since>,
         /// Client-supplied presence info (a JSON object).
         info: Option<&'a RawValue>,
+        /// A subscription token (namespaces with `subscription_token`).
+        token: Option<String>,
     },
     /// `unsubscribe`.
     Unsubscribe {
@@ -207,6 +209,8 @@ struct Envelope<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     info: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as `Some`: `"data": null` is a valid publication while a
@@ -333,6 +337,24 @@ fn since(env: &Envelope<'_>) -> Result<Option<Since>, CommandError> {
     }
 }
 
+/// Longest subscription token accepted, in bytes (as sent, JSON-escaped). A JWT with an
+/// RS512 signature and a presence `info` of the largest size fits with room to spare.
+pub const MAX_TOKEN_SIZE: usize = 8 * 1024;
+
+fn token(env: &Envelope<'_>) -> Result<Option<String>, CommandError> {
+    match env.token {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) if raw.get().len() > MAX_TOKEN_SIZE => Err(CommandError::new(
+            ErrorCode::TooLarge,
+            format!("\"token\" is above {MAX_TOKEN_SIZE} bytes"),
+        )),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| CommandError::bad_request("\"token\" must be a string")),
+    }
+}
+
 fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>, CommandError> {
     let Some(ty) = env.ty else {
         return Err(CommandError::bad_request("missing field \"type\""));
@@ -362,6 +384,7 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
                 channel: channel()?,
                 since,
                 info,
+                token: token(env)?,
             }
         }
         "unsubscribe" => Command::Unsubscribe {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
-use crate::auth::{Identity, MAX_INFO_SIZE};
+use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::frame::Frame;
@@ -206,7 +206,8 @@ impl Session {
                 channel,
                 since,
                 info,
-            } => self.subscribe(id, &channel, since, info).await,
+                token,
+            } => self.subscribe(id, &channel, since, info, token).await,
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
             Command::Publish { channel, data } => self.publish(id, &channel, data).await,
             Command::Presence { channel } => self.presence(id, &channel).await,
@@ -220,7 +221,7 @@ impl Session {
 
     fn readable(&self, channel: &str) -> Result<NamespaceConfig, CommandError> {
         let ns = self.hub.resolve(channel)?;
-        if !self.identity.may_subscribe(channel) {
+        if !self.granted(&ns, channel) && !self.identity.may_subscribe(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
                 format!("the token does not allow channel {channel:?}"),
@@ -229,14 +230,63 @@ impl Session {
         Ok(ns)
     }
 
+    /// Whether a subscription token granted this connection `channel`: it is subscribed to
+    /// it in a `subscription_token` namespace. Such a channel may then be read (presence,
+    /// history) and, where clients may publish, published to, whatever the connection
+    /// token's `channels` and `publish` claims say.
+    fn granted(&self, ns: &NamespaceConfig, channel: &str) -> bool {
+        ns.subscription_token && self.subscriptions.contains_key(channel)
+    }
+
+    /// The subscribe checks of a `subscription_token` namespace: the token is present,
+    /// verifies, names `channel` and this connection's user. Returns the token's `info`.
+    async fn check_subscription_token(
+        &self,
+        channel: &str,
+        token: Option<&str>,
+    ) -> Result<Option<Arc<RawValue>>, CommandError> {
+        let Some(token) = token else {
+            self.hub.metrics.subscription_token_refused();
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("channel {channel:?} needs a subscription token (\"token\")"),
+            ));
+        };
+        let user = self.identity.user.as_deref();
+        self.hub
+            .auth
+            .verify_subscription(token, user, channel)
+            .await
+            .map_err(|e| {
+                self.hub.metrics.subscription_token_refused();
+                let code = if e == AuthError::KeysUnavailable {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::Forbidden
+                };
+                CommandError::new(code, format!("subscription token refused: {e}"))
+            })
+    }
+
     async fn subscribe(
         &mut self,
         id: Option<u64>,
         channel: &str,
         since: Option<Since>,
         info: Option<&RawValue>,
+        token: Option<String>,
     ) -> Result<(), CommandError> {
-        let ns = self.readable(channel)?;
+        let ns = self.hub.resolve(channel)?;
+        // RFC 7519 §7.2 checks happen in `verify_subscription`; the token is checked before
+        // anything else is looked at, so a refused one costs no broker round trip.
+        let granted_info = if ns.subscription_token {
+            self.check_subscription_token(channel, token.as_deref())
+                .await?
+        } else {
+            // A token where none is needed is ignored (it grants nothing more).
+            self.readable(channel)?;
+            None
+        };
         if self.subscriptions.contains_key(channel) {
             return Err(CommandError::new(
                 ErrorCode::AlreadySubscribed,
@@ -318,10 +368,14 @@ impl Session {
             let entry = PresenceEntry {
                 client: self.peer.id.clone(),
                 user: self.identity.user.clone(),
-                info: self.identity.info.clone().or_else(|| {
-                    info.and_then(|i| RawValue::from_string(i.get().to_owned()).ok())
-                        .map(Arc::from)
-                }),
+                // The backend's word first (subscription token, then connection token),
+                // the client's own last.
+                info: granted_info
+                    .or_else(|| self.identity.info.clone())
+                    .or_else(|| {
+                        info.and_then(|i| RawValue::from_string(i.get().to_owned()).ok())
+                            .map(Arc::from)
+                    }),
             };
             let announce = ns.join_leave;
             if let Err(e) = hub.broker.presence_add(channel, entry, announce).await {
@@ -362,7 +416,7 @@ impl Session {
                 format!("clients may not publish to {channel:?}"),
             ));
         }
-        if !self.identity.may_publish(channel) {
+        if !self.granted(&ns, channel) && !self.identity.may_publish(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
                 format!("the token does not allow publishing to {channel:?}"),

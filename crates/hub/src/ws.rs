@@ -153,8 +153,18 @@ async fn upgrade(
         );
     }
     let token = bearer(&headers).or_else(|| uri.query().and_then(token_from_query));
-    let identity = match hub.shared.auth.authenticate(token.as_deref()) {
+    let identity = match hub.shared.auth.authenticate(token.as_deref()).await {
         Ok(identity) => identity,
+        Err(AuthError::KeysUnavailable) => {
+            // The provider's keys could not be fetched: not the client's fault, so not a 401
+            // (which would tell it to get another token).
+            return refuse(
+                &hub,
+                HandshakeFailure::Unauthorized,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &AuthError::KeysUnavailable.to_string(),
+            );
+        }
         Err(e) => {
             // The body is the protocol's words (`AuthError`'s Display), never the JWT
             // library's text. RFC 6750 §3: a 401 names the scheme, and an `error` code only
