@@ -348,6 +348,11 @@ export class Client {
    * @param {string} [options.token] a static token, sent as `?token=`
    * @param {() => (string|null|Promise<string|null>)} [options.getToken] called
    *   before every connection attempt, so an expiring token is refreshed on reconnect
+   * @param {(channel: string) => (string|null|Promise<string|null>)} [options.getSubscriptionToken]
+   *   called before every subscribe and resubscribe (after a reconnect), for
+   *   namespaces whose channels need a subscription token; return `null` for a
+   *   channel that needs none. A rejection is reported to the subscription's
+   *   `error` handler and the subscribe is retried with backoff.
    * @param {(event: StateEvent) => void} [options.onstate] state change callback
    * @param {number} [options.minReconnectDelay]
    * @param {number} [options.maxReconnectDelay]
@@ -905,7 +910,40 @@ export class Client {
     clearTimeout(sub._retry);
     sub.state = "subscribing";
     sub._pending = [];
+    const getToken = this.options.getSubscriptionToken;
+    if (!getToken) {
+      this._requestSubscribe(sub, resubscribed, null);
+      return;
+    }
+    // A newer attempt (after a reconnect, or a retry) makes this one stale.
+    const attempt = {};
+    sub._attempt = attempt;
+    const current = () =>
+      sub._attempt === attempt &&
+      this._subs.get(sub.channel) === sub &&
+      sub.state === "subscribing";
+    Promise.resolve()
+      .then(() => getToken(sub.channel))
+      .then(
+        (token) => {
+          if (current()) this._requestSubscribe(sub, resubscribed, token);
+        },
+        (err) => {
+          if (!current()) return;
+          sub._call(
+            "error",
+            new DuplexError("token", `getSubscriptionToken failed: ${err?.message || err}`),
+          );
+          sub._retry = setTimeout(() => {
+            if (this.state === State.CONNECTED && current()) this._sendSubscribe(sub, resubscribed);
+          }, backoffDelay(1, this.options));
+        },
+      );
+  }
+
+  _requestSubscribe(sub, resubscribed, token) {
     const cmd = { type: "subscribe", channel: sub.channel };
+    if (token) cmd.token = token;
     const since = sub._recover ? sub.position.since() : null;
     if (since) cmd.since = since;
     if (sub._info !== undefined) cmd.info = sub._info;
