@@ -177,6 +177,11 @@ pub enum Command<'a> {
     },
     /// `ping`.
     Ping,
+    /// `refresh`: a new connection token for the same user, before the current one expires.
+    Refresh {
+        /// The new connection token.
+        token: String,
+    },
 }
 
 impl Command<'_> {
@@ -189,6 +194,7 @@ impl Command<'_> {
             Self::Presence { .. } => "presence",
             Self::History { .. } => "history",
             Self::Ping => "ping",
+            Self::Refresh { .. } => "refresh",
         }
     }
 }
@@ -418,6 +424,10 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
             }
         }
         "ping" => Command::Ping,
+        "refresh" => Command::Refresh {
+            token: token(env)?
+                .ok_or_else(|| CommandError::bad_request("missing field \"token\""))?,
+        },
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
@@ -450,7 +460,16 @@ fn encode<T: Serialize>(ty: &str, id: Option<u64>, body: T) -> String {
 }
 
 /// `{"type":"welcome",...}`.
-pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u64) -> String {
+///
+/// `expires_in`: seconds until the connection token's `exp` (absent without one), relative
+/// so that a client with a wrong clock still refreshes in time.
+pub fn welcome(
+    client: &str,
+    user: Option<&str>,
+    node: &str,
+    ping_interval_ms: u64,
+    expires_in: Option<u64>,
+) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         client: &'a str,
@@ -458,6 +477,8 @@ pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u
         node: &'a str,
         version: &'a str,
         ping_interval_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_in: Option<u64>,
     }
     encode(
         "welcome",
@@ -468,8 +489,18 @@ pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u
             node,
             version: crate::SUBPROTOCOL,
             ping_interval_ms,
+            expires_in,
         },
     )
+}
+
+/// The reply to `refresh`: seconds until the new token's `exp`.
+pub fn refreshed(id: Option<u64>, expires_in: u64) -> String {
+    #[derive(Serialize)]
+    struct Body {
+        expires_in: u64,
+    }
+    encode("reply", id, Body { expires_in })
 }
 
 /// `{"type":"error",...}`.

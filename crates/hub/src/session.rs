@@ -56,6 +56,17 @@ pub(crate) struct Session {
     subscriptions: HashMap<Arc<str>, Subscription>,
     commands: DefaultDirectRateLimiter,
     errors: DefaultDirectRateLimiter,
+    /// The connection token's `exp`; the connection task closes the connection when it
+    /// passes and re-arms its timer when a `refresh` changes it.
+    expiry: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+/// Seconds from now until `exp` (0 once it has passed).
+fn seconds_until(exp: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    exp.saturating_sub(now)
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
@@ -82,8 +93,15 @@ impl Session {
         );
         let ping_ms =
             u64::try_from(hub.config.websocket.ping_interval.as_millis()).unwrap_or(u64::MAX);
-        let welcome = protocol::welcome(&peer.id, identity.user.as_deref(), &hub.node_id, ping_ms);
+        let welcome = protocol::welcome(
+            &peer.id,
+            identity.user.as_deref(),
+            &hub.node_id,
+            ping_ms,
+            identity.expires_at.map(seconds_until),
+        );
         peer.queue.push(Frame::text(welcome), false);
+        let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
         Self {
             hub,
             peer,
@@ -91,7 +109,45 @@ impl Session {
             subscriptions: HashMap::new(),
             commands,
             errors,
+            expiry,
         }
+    }
+
+    /// The connection token's `exp`, as it changes.
+    pub(crate) fn expiry(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.expiry.subscribe()
+    }
+
+    /// `refresh`: a new connection token for the same user replaces the current one, its
+    /// claims (`channels`, `publish`, `info`) govern the commands that follow (existing
+    /// subscriptions stay), and its `exp` becomes the connection's deadline.
+    async fn refresh(&mut self, id: Option<u64>, token: &str) -> Result<(), CommandError> {
+        let Some(user) = self.identity.user.clone() else {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "an anonymous connection has no token to refresh",
+            ));
+        };
+        let identity = self.hub.auth.authenticate(Some(token)).await.map_err(|e| {
+            let code = if e == AuthError::KeysUnavailable {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::Forbidden
+            };
+            CommandError::new(code, format!("token refused: {e}"))
+        })?;
+        if identity.user.as_deref() != Some(&*user) {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "the token is for another user (refresh keeps the connection's user)",
+            ));
+        }
+        let expires_at = identity.expires_at;
+        self.identity = identity;
+        self.expiry.send_replace(expires_at);
+        let expires_in = expires_at.map_or(0, seconds_until);
+        self.send(protocol::refreshed(id, expires_in)).await;
+        Ok(())
     }
 
     /// The outbound side, for the writer.
@@ -209,6 +265,7 @@ impl Session {
                 token,
             } => self.subscribe(id, &channel, since, info, token).await,
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
+            Command::Refresh { token } => self.refresh(id, &token).await,
             Command::Publish { channel, data } => self.publish(id, &channel, data).await,
             Command::Presence { channel } => self.presence(id, &channel).await,
             Command::History {

@@ -234,14 +234,28 @@ const MAX_EXPIRY_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `exp` (seconds since the Unix epoch, from a verified token, so any `u64`) as a deadline,
 /// or `None` when there is none or it is too far away to matter.
-fn expiry_deadline(identity: &Identity) -> Option<tokio::time::Instant> {
-    let exp = identity.expires_at?;
+fn expiry_deadline(exp: Option<u64>) -> Option<tokio::time::Instant> {
+    let exp = exp?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
     let delay = Duration::from_secs(exp.saturating_sub(now));
     if delay > MAX_EXPIRY_DELAY {
         return None;
     }
     tokio::time::Instant::now().checked_add(delay)
+}
+
+/// Moves the expiry timer to the token `exp` just seen on `changes`; whether it is armed.
+fn rearm(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    changes: &mut tokio::sync::watch::Receiver<Option<u64>>,
+) -> bool {
+    match expiry_deadline(*changes.borrow_and_update()) {
+        Some(at) => {
+            timer.reset(at);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Counts one open connection in `duplex_connections` for as long as it lives: dropped on
@@ -271,8 +285,9 @@ async fn run(
 ) {
     let metrics = hub.shared.metrics.clone();
     let open = OpenConnection::new(metrics.clone());
-    let expires = expiry_deadline(&identity);
     let mut session = Session::new(hub.shared.clone(), identity);
+    let mut expiry_changes = session.expiry();
+    let first = expiry_deadline(*expiry_changes.borrow_and_update());
     let peer = session.peer().clone();
     tracing::debug!(client = %peer.id, %addr, user = ?session.identity().user, "connected");
     let (mut sink, mut stream) = ws.split();
@@ -302,12 +317,9 @@ async fn run(
 
     let mut shutdown = hub.shared.shutdown_signal();
     let mut shutting_down = false;
-    let expiry = async {
-        match expires {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
+    // Armed while the token has an `exp`; a `refresh` moves (or removes) the deadline.
+    let mut armed = first.is_some();
+    let expiry = tokio::time::sleep_until(first.unwrap_or_else(tokio::time::Instant::now));
     tokio::pin!(expiry);
     let mut expired = false;
     // Once our Close is queued, the peer has CLOSE_TIMEOUT to answer it.
@@ -333,9 +345,13 @@ async fn run(
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
                     continue;
                 }
-                () = &mut expiry, if !expired => {
+                () = &mut expiry, if armed && !expired => {
                     expired = true;
                     peer.queue.close(POLICY, "token expired", false);
+                    continue;
+                }
+                Ok(()) = expiry_changes.changed(), if !expired => {
+                    armed = rearm(expiry.as_mut(), &mut expiry_changes);
                     continue;
                 }
                 () = &mut closing, if closing_armed => break,
@@ -388,9 +404,12 @@ async fn run(
                     shutting_down = true;
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
                 }
-                () = &mut expiry, if !expired => {
+                () = &mut expiry, if armed && !expired => {
                     expired = true;
                     peer.queue.close(POLICY, "token expired", false);
+                }
+                Ok(()) = expiry_changes.changed(), if !expired => {
+                    armed = rearm(expiry.as_mut(), &mut expiry_changes);
                 }
             }
         }

@@ -488,6 +488,38 @@ describe("duplex.js against duplex serve", () => {
     }
   });
 
+  test("an open connection refreshes its token before it expires and stays open", async () => {
+    const page = await libPage();
+    const nowS = Math.floor(Date.now() / 1000);
+    const tokens = [
+      signJwt({ sub: "alice", exp: nowS + 3 }, JWT_SECRET),
+      signJwt({ sub: "alice", exp: nowS + 3600 }, JWT_SECRET),
+    ];
+    try {
+      await page.evaluate(async (tokens) => {
+        window.tokenCalls = 0;
+        const c = window.probe("r", window.duplex.wsUrl(), {
+          getToken: async () => tokens[Math.min(window.tokenCalls++, tokens.length - 1)],
+        });
+        c.connect();
+        await c.ready(10000);
+      }, tokens);
+      let r = await rec(page, "r");
+      assert.ok(r.welcomes[0].expires_in <= 3, JSON.stringify(r.welcomes[0]));
+      // Past the first token's exp: refreshed in place, no close, no second welcome.
+      await sleep(4500);
+      r = await rec(page, "r");
+      assert.equal(await page.evaluate(() => window.tokenCalls), 2);
+      assert.equal(r.welcomes.length, 1, JSON.stringify(r.states));
+      assert.deepEqual(r.errors, []);
+      assert.equal(await page.evaluate(() => window.clients.r.state), "connected");
+      const pong = await page.evaluate(() => window.clients.r.request({ type: "ping" }));
+      assert.equal(pong.type, "pong");
+    } finally {
+      await page.close();
+    }
+  });
+
   test("getSubscriptionToken is asked before every subscribe and resubscribe", async () => {
     const proxy = new TcpProxy(server.port);
     await proxy.listen();

@@ -357,3 +357,98 @@ async fn a_subscription_token_does_not_open_a_connection_and_an_oversized_one_is
     .await;
     assert_eq!(reply["type"], "reply", "{reply}");
 }
+
+async fn secured() -> TestServer {
+    let mut c = config();
+    c.auth.anonymous = true;
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.auth.missing_channels = MissingChannels::All;
+    start_with(c).await
+}
+
+#[tokio::test]
+async fn refresh_extends_a_connection_past_its_first_token() {
+    let s = secured().await;
+    let first = hs256(json!({"sub":"ada","exp":now()+2}));
+    let mut c = Client::connect(ClientBuilder::new(format!("{}?token={first}", s.url()))).await;
+    let left = c.welcome["expires_in"].as_u64().unwrap();
+    assert!((1..=2).contains(&left), "{}", c.welcome);
+    c.subscribe("lobby").await;
+    let second = hs256(json!({"sub":"ada","exp":now()+600,"info":{"v":2}}));
+    let reply = c
+        .call(json!({"type":"refresh","id":3,"token":second}))
+        .await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    assert!(reply["expires_in"].as_u64().unwrap() > 590, "{reply}");
+    // Past the first token's exp the connection is still open and subscribed.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(c.call(json!({"type":"ping","id":4})).await["type"], "pong");
+    s.hub
+        .publish("lobby", serde_json::value::to_raw_value(&json!(1)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(c.recv_message().await["data"], 1);
+
+    // A refresh to a token that expires soon moves the deadline closer: 1008 then.
+    let soon = hs256(json!({"sub":"ada","exp":now()+1}));
+    assert_eq!(
+        c.call(json!({"type":"refresh","id":5,"token":soon})).await["type"],
+        "reply"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.closed()).await;
+    assert_eq!(closed.unwrap(), Some(duplex::CloseCode::POLICY));
+}
+
+#[tokio::test]
+async fn refresh_refuses_another_user_a_bad_token_and_anonymous_connections() {
+    let s = secured().await;
+    let token = hs256(json!({"sub":"ada","exp":now()+600}));
+    let mut c = Client::connect(ClientBuilder::new(format!("{}?token={token}", s.url()))).await;
+    let mut other = s.client().await;
+    let refused = [
+        (
+            json!(hs256(json!({"sub":"bob","exp":now()+600}))),
+            "forbidden",
+            "another user",
+        ),
+        (
+            json!(hs256(json!({"sub":"ada","exp":now()-5}))),
+            "forbidden",
+            "expired",
+        ),
+        (json!("garbage"), "forbidden", "malformed"),
+        (
+            json!(sub_token("ada", "lobby", now() + 60)),
+            "forbidden",
+            "subscription token",
+        ),
+        (json!(null), "bad_request", "missing field"),
+        (
+            json!("x".repeat(duplex_hub::protocol::MAX_TOKEN_SIZE + 1)),
+            "too_large",
+            "token",
+        ),
+    ];
+    for (t, code, why) in refused {
+        let reply = c.call(json!({"type":"refresh","id":1,"token":t})).await;
+        assert_eq!(reply["code"], code, "{why}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains(why),
+            "{why}: {reply}"
+        );
+        assert_eq!(
+            other.call(json!({"type":"ping","id":2})).await["type"],
+            "pong"
+        );
+    }
+    // The connection keeps its user.
+    assert_eq!(c.call(json!({"type":"ping","id":3})).await["type"], "pong");
+    let reply = other
+        .call(json!({"type":"refresh","id":4,"token":token}))
+        .await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("anonymous"),
+        "{reply}"
+    );
+}
