@@ -15,6 +15,19 @@ use crate::metrics::Metrics;
 
 pub use jwks::{MAX_JWKS_BYTES, MAX_JWKS_KEYS};
 
+/// Reads a JWKS document (RFC 7517) as the hub reads `auth.jwks_url`'s answer: the key ids
+/// (`kid`, `None` for a key without one) of the keys it would verify tokens with, in order,
+/// or why the document is refused. For diagnostics and the fuzz targets; the hub itself
+/// keeps the parsed keys.
+pub fn jwks_key_ids(document: &[u8]) -> Result<Vec<Option<String>>, String> {
+    if document.len() > MAX_JWKS_BYTES {
+        return Err(format!("the document is above {MAX_JWKS_BYTES} bytes"));
+    }
+    jwks::parse(document)
+        .map(|keys| keys.into_iter().map(|k| k.kid).collect())
+        .map_err(|e| e.to_string())
+}
+
 /// Largest serialized presence `info` (JWT claim or `subscribe` field), in bytes.
 pub const MAX_INFO_SIZE: usize = 1024;
 
