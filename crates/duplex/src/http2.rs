@@ -36,10 +36,12 @@
 //!
 //! # Closing
 //! RFC 8441 §5: the WebSocket close handshake runs in DATA frames as over TCP, and where
-//! RFC 6455 closes the TCP connection the stream is half-closed instead, with END_STREAM:
-//! the server ends its half after its Close frame, the client ends its own when it has read
-//! that (or at the close timeout). The HTTP/2 connection stays open for the other streams,
-//! and ends once no handle or stream is left. A stream reset with RST_STREAM is an abrupt
+//! RFC 6455 closes the TCP connection each side half-closes the stream with END_STREAM. The
+//! client ends its half as soon as the close handshake is done: over TCP it waits for the
+//! server to close first (RFC 6455 §7.1.1, so that the server holds TIME_WAIT), which has no
+//! purpose on a stream, and some servers never end their half. Dropping the WebSocket then
+//! resets a stream the server left open. The HTTP/2 connection stays open for the other
+//! streams, and ends once no handle or stream is left. A stream reset with RST_STREAM is an abrupt
 //! TCP close: the WebSocket reports an [`Error::Io`] of kind `ConnectionReset`, then ends
 //! with [`CloseCode::ABNORMAL`](crate::CloseCode::ABNORMAL) (1006), as when a TCP connection
 //! is reset. Dropping an [`H2Stream`] before the end resets its stream (`CANCEL`).
@@ -220,7 +222,8 @@ impl Http2Connection {
         });
         let ws = WebSocket::from_raw(io, Role::Client, config.clone(), BytesMut::new())
             .with_deflate(params)
-            .with_subprotocol(response.subprotocol.clone());
+            .with_subprotocol(response.subprotocol.clone())
+            .without_eof_wait();
         Ok(Outcome::Open(Box::new(ws), response))
     }
 }
