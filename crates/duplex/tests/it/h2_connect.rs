@@ -647,3 +647,26 @@ async fn refusals_and_hostile_answers_fail_the_handshake() {
     let result = within(ClientBuilder::new(gone).http2(true).connect()).await;
     assert!(matches!(result, Err(Error::Connect { .. })), "{result:?}");
 }
+
+#[tokio::test]
+async fn a_silent_server_is_a_timeout_not_a_hang() {
+    // Accepts TCP, then says nothing: no SETTINGS, no PONG.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let started = std::time::Instant::now();
+    let result = within(
+        ClientBuilder::new(format!("ws://{addr}/"))
+            .http2(true)
+            .handshake_timeout(Duration::from_millis(300))
+            .connect(),
+    )
+    .await;
+    assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
