@@ -487,3 +487,95 @@ impl AsyncWrite for H2Stream {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A client stream on an in-memory HTTP/2 connection whose server grants `window` bytes
+    /// per stream, and the server's side of that stream.
+    async fn pair(window: u32) -> (H2Stream, RecvStream) {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut connection = h2::server::Builder::new()
+                .initial_window_size(window)
+                .enable_connect_protocol()
+                .handshake::<_, Bytes>(server_io)
+                .await
+                .unwrap();
+            let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            tokio::spawn(async move {
+                let _send = send;
+                while let Some(Ok(_)) = connection.accept().await {}
+            });
+            request.into_body()
+        });
+        let origin = Target::parse("ws://test/").unwrap();
+        let connection = establish(client_io, origin).await.unwrap().unwrap();
+        let builder = ClientBuilder::new("ws://test/");
+        let target = Target::parse("ws://test/").unwrap();
+        let opened = connection
+            .open(&builder, &target, &[], std::convert::identity)
+            .await
+            .unwrap();
+        let Outcome::Open(ws, _) = opened else {
+            panic!("a redirect");
+        };
+        (ws.into_inner(), server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_is_one_data_frame() {
+        let (mut stream, mut server) = pair(65_535).await;
+        let parts: [&[u8]; 3] = [b"head", b"payload", b"tail"];
+        let slices = parts.map(io::IoSlice::new);
+        let n = poll_fn(|cx| Pin::new(&mut stream).poll_write_vectored(cx, &slices))
+            .await
+            .unwrap();
+        assert_eq!(n, 15);
+        let data = server.data().await.unwrap().unwrap();
+        assert_eq!(&data[..], b"headpayloadtail");
+    }
+
+    #[tokio::test]
+    async fn a_write_takes_no_more_than_the_window_grants() {
+        let (mut stream, mut server) = pair(100).await;
+        let n = poll_fn(|cx| Pin::new(&mut stream).poll_write(cx, &[7; 1000]))
+            .await
+            .unwrap();
+        assert_eq!(n, 100, "the stream's send window is 100 bytes");
+        // The rest goes once the server reads and gives the capacity back.
+        let writer = tokio::spawn(async move {
+            stream.write_all(&[7; 900]).await.unwrap();
+            stream.shutdown().await.unwrap();
+            stream
+        });
+        let mut total = 0;
+        while let Some(data) = server.data().await {
+            let data = data.unwrap();
+            total += data.len();
+            server.flow_control().release_capacity(data.len()).unwrap();
+        }
+        assert_eq!(total, 1000);
+        let _stream = writer.await.unwrap();
+    }
+
+    #[test]
+    fn redirects_are_read_from_the_location_field() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_static(" /next "),
+        );
+        assert_eq!(redirect_location(308, &headers).as_deref(), Some("/next"));
+        assert_eq!(redirect_location(200, &headers), None);
+        assert_eq!(redirect_location(301, &http::HeaderMap::new()), None);
+    }
+}

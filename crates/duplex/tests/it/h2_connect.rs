@@ -67,7 +67,7 @@ impl Server {
     }
 }
 
-/// The paths: `/forbidden` is refused with 403 and a body, `/big-header` answers with a
+/// The paths: `/moved` redirects to `/echo?moved` (308), `/forbidden` is refused with 403 and a body, `/big-header` answers with a
 /// 16 KiB header, `/drop` reads one message and drops the socket without closing it (a
 /// reset), `/flood` sends one 16 MiB message then reports `sent`; any other path selects
 /// `chat` when offered, accepts permessage-deflate and echoes, then reports its close code.
@@ -76,6 +76,15 @@ async fn handle(
     reports: mpsc::UnboundedSender<String>,
 ) -> Result<hyper::Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
+    if path == "/moved" {
+        let mut response = hyper::Response::new(Body::from(""));
+        *response.status_mut() = hyper::StatusCode::PERMANENT_REDIRECT;
+        let location = hyper::header::HeaderValue::from_static("/echo?moved");
+        response
+            .headers_mut()
+            .insert(hyper::header::LOCATION, location);
+        return Ok(response);
+    }
     if path == "/forbidden" {
         let mut response = hyper::Response::new(Body::from("not for you"));
         *response.status_mut() = hyper::StatusCode::FORBIDDEN;
@@ -626,6 +635,23 @@ async fn refusals_and_hostile_answers_fail_the_handshake() {
         }
         other => panic!("{other:?}"),
     }
+    // A redirect in answer to the extended CONNECT: followed when asked, on a new connection.
+    match within(ClientBuilder::new(url("/moved")).http2(true).connect()).await {
+        Err(Error::Redirected { status, location }) => {
+            assert_eq!((status, location.as_str()), (308, "/echo?moved"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (ws, _) = within(
+        ClientBuilder::new(url("/moved"))
+            .http2(true)
+            .follow_redirects(1)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert!(ws.get_ref().http2().is_some());
+    drop(ws);
     // A response header list over 8 KiB (SETTINGS_MAX_HEADER_LIST_SIZE) is not taken.
     let result = within(ClientBuilder::new(url("/big-header")).http2(true).connect()).await;
     assert!(result.is_err(), "{result:?}");
