@@ -119,7 +119,8 @@ impl ClientBuilder {
     /// `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441 §3; on a new connection), and over
     /// `ws://` when it does not answer in HTTP/2 (on a new connection). Which one was used:
     /// [`MaybeTlsStream::http2`]. With [`tls_config`](Self::tls_config), its own ALPN list
-    /// is used as it is.
+    /// is used as it is. [`connect_on`](Self::connect_on) always speaks HTTP/1.1 on the
+    /// transport it is given.
     #[cfg(feature = "http2")]
     #[must_use]
     pub const fn http2(mut self, enabled: bool) -> Self {
@@ -278,7 +279,8 @@ impl ClientBuilder {
     /// Each says what failed: [`Error::Url`] for a bad URL, [`Error::Dns`], [`Error::Connect`]
     /// (with the address), [`Error::Proxy`] (with its status), [`Error::Tls`] (unknown CA,
     /// name mismatch, expiry, ...), [`Error::Timeout`], [`Error::Refused`] when the server
-    /// answers with another status than 101 (with the start of the body),
+    /// answers with another status than 101 (over HTTP/2: than 2xx; with the start of the
+    /// body),
     /// [`Error::Redirected`] or [`Error::TooManyRedirects`], [`Error::Handshake`] for an
     /// invalid 101 response (a wrong `Sec-WebSocket-Accept`, an unoffered subprotocol), and
     /// [`Error::InvalidHeader`] for a header of [`header`](Self::header) that cannot be sent
