@@ -49,6 +49,8 @@ struct Server {
     reports: mpsc::UnboundedReceiver<String>,
     h2_connections: Arc<AtomicUsize>,
     http1_connections: Arc<AtomicUsize>,
+    /// Connections whose serving ended (the client closed them).
+    ended: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -57,6 +59,16 @@ impl Server {
             .await
             .expect("a report in time")
             .expect("the server is running")
+    }
+
+    /// Wait until `n` connections have ended.
+    async fn ended(&self, n: usize) {
+        within(async {
+            while self.ended.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
     }
 
     fn counts(&self) -> (usize, usize) {
@@ -169,11 +181,15 @@ async fn server(mode: Mode, tls: Option<duplex::tls::TlsAcceptor>) -> Server {
     let (tx, reports) = mpsc::unbounded_channel();
     let h2_connections = Arc::new(AtomicUsize::new(0));
     let http1_connections = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
     let (h2c, h1c) = (Arc::clone(&h2_connections), Arc::clone(&http1_connections));
+    let ends = Arc::clone(&ended);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let end_count = EndCount(Arc::clone(&ends));
             let (tx, h2c, h1c, tls) = (tx.clone(), Arc::clone(&h2c), Arc::clone(&h1c), tls.clone());
             tokio::spawn(async move {
+                let _ended = end_count;
                 let count = |h2: bool| {
                     if h2 { &h2c } else { &h1c }.fetch_add(1, Ordering::SeqCst);
                 };
@@ -197,6 +213,16 @@ async fn server(mode: Mode, tls: Option<duplex::tls::TlsAcceptor>) -> Server {
         reports,
         h2_connections,
         http1_connections,
+        ended,
+    }
+}
+
+/// Counts a connection as ended when its task finishes, whichever way.
+struct EndCount(Arc<AtomicUsize>);
+
+impl Drop for EndCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -317,6 +343,10 @@ async fn several_websockets_share_one_connection() {
         matches!(&e, Error::Url(m) if m.contains("not on this HTTP/2 connection")),
         "{e}"
     );
+    // With every WebSocket and handle gone, the connection ends.
+    assert_eq!(server.ended.load(Ordering::SeqCst), 0);
+    drop((first, others, connection));
+    server.ended(1).await;
 }
 
 #[tokio::test]
@@ -676,14 +706,18 @@ async fn refusals_and_hostile_answers_fail_the_handshake() {
 
 #[tokio::test]
 async fn a_silent_server_is_a_timeout_not_a_hang() {
-    // Accepts TCP, then says nothing: no SETTINGS, no PONG.
+    use tokio::io::AsyncReadExt;
+    // Accepts TCP and reads what comes, but says nothing: no SETTINGS, no PONG.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (ended, mut ended_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            held.push(tcp);
-        }
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink).await;
+        let _ = ended.send(sink.starts_with(b"PRI * HTTP/2.0"));
     });
     let started = std::time::Instant::now();
     let result = within(
@@ -695,4 +729,7 @@ async fn a_silent_server_is_a_timeout_not_a_hang() {
     .await;
     assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The abandoned connection is closed, not left open by its task.
+    let preface_then_eof = timeout(Duration::from_secs(5), ended_rx.recv()).await;
+    assert_eq!(preface_then_eof, Ok(Some(true)));
 }
