@@ -30,7 +30,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
-        eprintln!("{which} echo server listening on {}", listener.local_addr()?);
+        eprintln!(
+            "{which} echo server listening on {}",
+            listener.local_addr()?
+        );
         match which.as_str() {
             "tokio-tungstenite" => tungstenite::serve(listener).await,
             "fastwebsockets" => fastws::serve(listener).await,
