@@ -196,8 +196,9 @@ pub(super) fn render(rows: &[Row], run: &RunInfo<'_>) -> Result<String> {
              the duplex.v1 subset the generator uses (`bench/peers/js`). *Fan-out*: one \
              publisher, N subscribers of one channel; *CPU/delivery* is the server's CPU time \
              over the deliveries received; latency is from when each publication was due; \
-             *lost* is deliveries expected (publications × subscribers) minus those received; \
-             RSS is the server's at the end of the window.\n"
+             *lost* is deliveries expected (publications × subscribers) minus those received \
+             by 0.5 s after the window (a delivery later than that counts as lost); RSS is \
+             the server's at the end of the window.\n"
         )?;
     }
     let mut fanout = hub(Kind::Fanout).peekable();
@@ -405,4 +406,99 @@ pub(super) fn chart(rows: &[Row]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{matrix, Point};
+    use super::*;
+
+    fn row(point: &Point, server: Server, sample: Sample) -> Row {
+        Row {
+            point: point.clone(),
+            server,
+            samples: vec![sample; 3],
+        }
+    }
+
+    #[test]
+    fn hub_rows_have_tables_of_their_own_and_echo_tables_need_echo_rows() {
+        let points = matrix(0.1);
+        let fanout = points.iter().find(|p| p.kind == Kind::Fanout).unwrap();
+        let idle = points
+            .iter()
+            .find(|p| p.kind == Kind::Idle && p.hub)
+            .unwrap();
+        let delivered = Sample {
+            rate: 20_000.0,
+            cpu_us: Some(4.5),
+            p50: Some(2000.0),
+            p99: Some(11_500.0),
+            max: Some(17_900.0),
+            lost: Some(0.0),
+            rss_end_kib: Some(29_491.0),
+            ..Sample::default()
+        };
+        let held = Sample {
+            rate: 1000.0,
+            rss_per_conn: Some(14_909.0),
+            ..Sample::default()
+        };
+        let rows = [
+            row(fanout, Server::DuplexHub, delivered),
+            row(fanout, Server::BunHub, delivered),
+            row(idle, Server::NodeHub, held),
+        ];
+        let quiet = Quiet {
+            load1: 0.1,
+            idle: 99.0,
+        };
+        let versions = Versions {
+            bun: "1.4.4".into(),
+            node: "20.20.2".into(),
+        };
+        let args = Args {
+            quick: true,
+            seconds: Some(1.0),
+            repeat: 3,
+            only: Some("hub".into()),
+            hub_scale: 0.1,
+            no_write: true,
+            server_cpu: 0,
+            client_cpu: 1,
+        };
+        let run = RunInfo {
+            before: &quiet,
+            after: &quiet,
+            seconds: 1.0,
+            warmup: 0.5,
+            args: &args,
+            elapsed: Duration::from_secs(9),
+            versions: &versions,
+        };
+        let md = render(&rows, &run).unwrap();
+        assert!(md.contains("Bun 1.4.4, Node 20.20.2."), "{md}");
+        assert!(
+            md.contains(
+                "| hub fan-out 100 × 200/s | Bun hub (uWebSockets) | 20.0k (20.0k–20.0k) | \
+                 4.50 (4.50–4.50) | 2.0 | 11.5 | 17.9 | 0 | 28.8 | 0 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| hub idle 1,000 connections | Node ws hub | 1000 | 14909 (14909–14909) | 0 |"
+            ),
+            "{md}"
+        );
+        for absent in [
+            "msg/s",
+            "peers-cpu.svg",
+            "permessage-deflate",
+            "handshakes/s",
+        ] {
+            assert!(!md.contains(absent), "{absent}: {md}");
+        }
+        assert!(md.contains("--hub-scale 0.1`"), "{md}");
+    }
 }
