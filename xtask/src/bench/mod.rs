@@ -262,6 +262,7 @@ fn matrix(hub_scale: f64) -> Vec<Point> {
             idle.to_string(),
             "--subprotocol".into(),
             js::SUBPROTOCOL.into(),
+            "--verify-pong".into(),
         ],
         deflate: false,
         hub: true,
