@@ -269,7 +269,7 @@ impl<'a> Installer<'a> {
 
 /// `npm ci` in `dir` unless its `node_modules` matches `package-lock.json` already (npm writes
 /// `node_modules/.package-lock.json` after an install; a newer lock file means it is stale).
-fn npm_ci(dir: &Path) -> Result<()> {
+pub(crate) fn npm_ci(dir: &Path) -> Result<()> {
     let lock = dir.join("package-lock.json");
     let installed = dir.join("node_modules").join(".package-lock.json");
     let stale = match (modified(&lock), modified(&installed)) {
