@@ -17,6 +17,7 @@ use crate::broker::{
 };
 use crate::channel;
 use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
+use crate::hooks::Hooks;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSink};
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) auth: Authenticator,
     pub(crate) limits: Arc<ConnectionLimits>,
+    /// The application's backend hooks.
+    pub(crate) hooks: Hooks,
     pub(crate) node_id: String,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -124,6 +127,7 @@ impl Hub {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
         let auth = Authenticator::new(&config.auth)?;
+        let hooks = Hooks::new(&config, metrics.clone())?;
         let node_id = config
             .node
             .clone()
@@ -142,6 +146,7 @@ impl Hub {
                 metrics,
                 auth,
                 limits,
+                hooks,
                 node_id,
                 next_client: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,

@@ -12,6 +12,12 @@ use crate::protocol::ErrorCode;
 /// A label set with one label.
 pub(crate) type Label = [(&'static str, &'static str); 1];
 
+/// A label set with two labels.
+pub(crate) type Labels2 = [(&'static str, &'static str); 2];
+
+/// The `result` labels of `duplex_hook_calls_total`.
+const HOOK_RESULTS: [&str; 5] = ["allowed", "denied", "unavailable", "timeout", "busy"];
+
 /// The `code` labels of `duplex_protocol_closes_total`, shown as 0 from the start.
 const PROTOCOL_CLOSE_CODES: [&str; 4] = ["1002", "1007", "1009", "other"];
 
@@ -68,6 +74,14 @@ pub(crate) struct Metrics {
     command_duration: Family<Label, Histogram>,
     tls_handshake_failures: Family<Label, Counter>,
     tls_reloads: Family<Label, Counter>,
+    hook_calls: Family<Labels2, Counter>,
+    hook_duration: Family<Label, Histogram>,
+}
+
+fn hook_histogram() -> Histogram {
+    // 100 µs .. ~26 s: a backend on the same host answers in well under a millisecond, one
+    // across a network in milliseconds; the top buckets catch calls near `hooks.timeout`.
+    Histogram::new(exponential_buckets(0.000_1, 4.0, 10))
 }
 
 fn duration_histogram() -> Histogram {
@@ -100,6 +114,8 @@ impl Metrics {
             command_duration: Family::new_with_constructor(duration_histogram),
             tls_handshake_failures: Family::default(),
             tls_reloads: Family::default(),
+            hook_calls: Family::default(),
+            hook_duration: Family::new_with_constructor(hook_histogram),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -206,6 +222,23 @@ impl Metrics {
              keeps the previous pair)",
             m.tls_reloads.clone(),
         );
+        r.register(
+            "hook_calls",
+            "Backend hook calls by hook and result (allowed, denied, unavailable, timeout, busy)",
+            m.hook_calls.clone(),
+        );
+        r.register(
+            "hook_duration_seconds",
+            "Time of a backend hook call, by hook, from the call to its verdict or failure",
+            m.hook_duration.clone(),
+        );
+        for hook in crate::hooks::Hook::ALL {
+            for result in HOOK_RESULTS {
+                let _ = m
+                    .hook_calls
+                    .get_or_create(&[("hook", hook.as_str()), ("result", result)]);
+            }
+        }
         // Pre-create the common series so they show as 0 before the first event.
         for code in ErrorCode::ALL {
             let _ = m.command_errors.get_or_create(&[("code", code.as_str())]);
@@ -289,6 +322,16 @@ impl Metrics {
     pub(crate) fn command_duration(&self, kind: &'static str, seconds: f64) {
         self.command_duration
             .get_or_create(&[("type", kind)])
+            .observe(seconds);
+    }
+
+    /// Counts one backend hook call: its hook, its result label and how long it took.
+    pub(crate) fn hook_call(&self, hook: &'static str, result: &'static str, seconds: f64) {
+        self.hook_calls
+            .get_or_create(&[("hook", hook), ("result", result)])
+            .inc();
+        self.hook_duration
+            .get_or_create(&[("hook", hook)])
             .observe(seconds);
     }
 
