@@ -373,6 +373,14 @@ async fn rpc_is_answered_by_the_backend() {
         .call(json!({"type":"rpc","method":"echo","data":"x".repeat(40_000)}))
         .await;
     assert_eq!(big["code"], "too_large", "{big}");
+    let deep = format!(
+        r#"{{"type":"rpc","id":99,"method":"echo","data":{}1{}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    client.send_text(&deep).await;
+    let e = client.recv().await;
+    assert_eq!(e["code"], "too_deep", "{e}");
     // Each good call reached the backend once, with the connection's cookie.
     let calls = backend.records().await;
     let rpc: Vec<_> = calls
@@ -602,6 +610,9 @@ async fn measure_hook_latency() {
     let backend = Backend::start().await;
     for hooked in [false, true] {
         let mut c = support::config();
+        // The subscribe loop is one client's commands as fast as they are answered.
+        c.limits.commands_per_second = 1_000_000;
+        c.limits.commands_burst = 1_000_000;
         let mut bench = NamespaceOverrides::default();
         bench.presence = Some(false);
         bench.join_leave = Some(false);
