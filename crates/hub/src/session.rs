@@ -347,6 +347,7 @@ impl Session {
                 format!("info is above {MAX_INFO_SIZE} bytes"),
             ));
         }
+        self.hub.check_create(channel, &ns, &self.identity, true)?;
         let mut since = since;
         let mut hook_info: Option<Arc<RawValue>> = None;
         if let Asker::Client(_) = asker {
@@ -373,7 +374,6 @@ impl Session {
                 Err(None) => return Ok(()),
             }
         }
-        self.hub.check_create(channel, &ns, &self.identity, true)?;
         let hub = self.hub.clone();
         let droppable = ns.slow_consumer == SlowConsumerPolicy::DropOldest;
         hub.node
@@ -501,6 +501,7 @@ impl Session {
             RawValue::from_string(data.get().to_owned())
                 .map_err(|e| CommandError::new(ErrorCode::Internal, e.to_string()))?,
         );
+        self.hub.check_create(channel, &ns, &self.identity, false)?;
         let body = PublishRequest {
             client: &self.peer.id,
             user: self.identity.user.as_deref(),
@@ -527,7 +528,6 @@ impl Session {
             .user
             .clone()
             .unwrap_or_else(|| self.peer.id.clone());
-        self.hub.check_create(channel, &ns, &self.identity, false)?;
         let pos = self.hub.publish(channel, &ns, data, Some(from)).await?;
         self.send(protocol::published(id, channel, &pos)).await;
         Ok(())
