@@ -127,11 +127,14 @@ impl Hub {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
         let auth = Authenticator::new(&config.auth)?;
-        let hooks = Hooks::new(&config, metrics.clone())?;
         let node_id = config
             .node
             .clone()
             .unwrap_or_else(|| format!("{:06x}", rand::random::<u32>() & 0xff_ffff));
+        let hooks = Hooks::new(&config, &node_id, metrics.clone())?;
+        if let Some(events) = hooks.events() {
+            node.set_events(events.clone());
+        }
         let namespaces = config.namespace_configs().into_iter().collect();
         let limits = Arc::new(ConnectionLimits::new(
             config.limits.max_connections,

@@ -224,7 +224,8 @@ impl Metrics {
         );
         r.register(
             "hook_calls",
-            "Backend hook calls by hook and result (allowed, denied, unavailable, timeout, busy)",
+            "Backend hook calls by hook and result (allowed, denied, unavailable, timeout, busy); \
+             hook=\"events\" counts event batches (allowed: taken)",
             m.hook_calls.clone(),
         );
         r.register(
@@ -232,11 +233,12 @@ impl Metrics {
             "Time of a backend hook call, by hook, from the call to its verdict or failure",
             m.hook_duration.clone(),
         );
-        for hook in crate::hooks::Hook::ALL {
+        let hooks = crate::hooks::Hook::ALL.map(crate::hooks::Hook::as_str);
+        for hook in hooks.into_iter().chain(["events"]) {
             for result in HOOK_RESULTS {
                 let _ = m
                     .hook_calls
-                    .get_or_create(&[("hook", hook.as_str()), ("result", result)]);
+                    .get_or_create(&[("hook", hook), ("result", result)]);
             }
         }
         // Pre-create the common series so they show as 0 before the first event.

@@ -16,6 +16,7 @@ use crate::auth::{Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::frame::Frame;
+use crate::hooks::events::Kind;
 use crate::hooks::wire::{
     PublishRequest, PublishResult, RpcRequest, SubscribeRequest, SubscribeResult,
 };
@@ -427,6 +428,9 @@ impl Session {
         }
         // Recorded even when the connection is closing, so `finish` removes it from the node.
         let key: Arc<str> = channel.into();
+        let user = self.identity.user.as_ref();
+        hub.hooks
+            .emit(Kind::Subscribe, &self.peer.id, user, Some(channel));
         self.subscriptions.insert(
             key,
             Subscription {
@@ -469,6 +473,10 @@ impl Session {
 
     async fn leave(&self, channel: &str, sub: &Subscription) {
         leave(&self.hub, &self.peer, channel, sub).await;
+        let user = self.identity.user.as_ref();
+        self.hub
+            .hooks
+            .emit(Kind::Unsubscribe, &self.peer.id, user, Some(channel));
     }
 
     async fn publish(

@@ -17,6 +17,7 @@ use duplex::axum::{UpgradeRejection, UpgradedIo, WebSocketUpgrade};
 use duplex::{CloseCode, Message, WebSocket};
 
 use crate::auth::{token_from_query, AuthError, Identity};
+use crate::hooks::events::Kind;
 use crate::hooks::Context;
 use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
 use crate::metrics::HandshakeFailure;
@@ -314,6 +315,10 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
     let mut session = Session::accepted(hub.shared.clone(), identity, id, context);
     let peer = session.peer().clone();
     tracing::debug!(client = %peer.id, %addr, user = ?session.identity().user, "connected");
+    let user = session.identity().user.clone();
+    hub.shared
+        .hooks
+        .emit(Kind::Connect, &peer.id, user.as_ref(), None);
     let (mut sink, mut stream) = ws.split();
 
     let writer_peer = peer.clone();
@@ -436,6 +441,9 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
         }
     }
     session.finish().await;
+    hub.shared
+        .hooks
+        .emit(Kind::Disconnect, &peer.id, user.as_ref(), None);
     peer.queue.close(CloseCode::NORMAL.0, "", true);
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)

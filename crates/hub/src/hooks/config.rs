@@ -53,6 +53,23 @@ pub struct HooksConfig {
     /// Largest reply body, in bytes; a larger one is a failed call (`backend_unavailable`).
     /// Default 64 KiB; with the frame around it, it must fit in `limits.max_queue_bytes`.
     pub max_reply_bytes: usize,
+    /// Where backend events (connect, disconnect, subscribe, unsubscribe, occupied,
+    /// vacated) are POSTed in batches, retried until taken. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<String>,
+    /// Most events in one batch. Default 100, at most 10 000.
+    pub events_batch: usize,
+    /// How long the first event of a batch waits for others before the batch is sent.
+    /// Default 100 ms, at most 10 s.
+    #[serde(with = "humantime_serde")]
+    pub events_interval: Duration,
+    /// Events waiting to be sent (the batch being retried included); one more is dropped
+    /// and counted in `duplex_limit_hits_total{limit="hook_events_queue"}`. Default 10 000.
+    pub events_queue: usize,
+    /// The longest pause between two attempts to send a batch; pauses double from 100 ms up
+    /// to it. Default 10 s, between 100 ms and 5 min.
+    #[serde(with = "humantime_serde")]
+    pub events_max_backoff: Duration,
 }
 
 impl Default for HooksConfig {
@@ -66,6 +83,11 @@ impl Default for HooksConfig {
             timeout: Duration::from_secs(5),
             max_in_flight: 1000,
             max_reply_bytes: 64 * 1024,
+            events: None,
+            events_batch: 100,
+            events_interval: Duration::from_millis(100),
+            events_queue: 10_000,
+            events_max_backoff: Duration::from_secs(10),
         }
     }
 }
@@ -113,9 +135,15 @@ const REFUSED_HEADERS: [&str; 11] = [
 impl HooksConfig {
     /// Whether any of the `[hooks]` URLs is set.
     pub(crate) fn any(&self) -> bool {
-        [&self.connect, &self.subscribe, &self.publish, &self.rpc]
-            .into_iter()
-            .any(|u| u.as_deref().is_some_and(|u| !u.is_empty()))
+        [
+            &self.connect,
+            &self.subscribe,
+            &self.publish,
+            &self.rpc,
+            &self.events,
+        ]
+        .into_iter()
+        .any(|u| u.as_deref().is_some_and(|u| !u.is_empty()))
     }
 
     /// Checks URLs, header names and ranges; `max_queue_bytes` is `limits.max_queue_bytes`,
@@ -127,6 +155,7 @@ impl HooksConfig {
             ("subscribe", &self.subscribe),
             ("publish", &self.publish),
             ("rpc", &self.rpc),
+            ("events", &self.events),
         ] {
             if let Some(url) = url.as_deref().filter(|u| !u.is_empty()) {
                 check_url(url).map_err(|e| format!("hooks.{name}: {e}"))?;
@@ -145,6 +174,20 @@ impl HooksConfig {
         }
         if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
             return Err("hooks.timeout must be between 1ms and 60s".to_owned());
+        }
+        if self.events_batch == 0 || self.events_batch > 10_000 {
+            return Err("hooks.events_batch must be between 1 and 10000".to_owned());
+        }
+        if self.events_queue < self.events_batch {
+            return Err("hooks.events_queue must be at least hooks.events_batch".to_owned());
+        }
+        if self.events_interval > Duration::from_secs(10) {
+            return Err("hooks.events_interval must be at most 10s".to_owned());
+        }
+        if self.events_max_backoff < Duration::from_millis(100)
+            || self.events_max_backoff > Duration::from_secs(300)
+        {
+            return Err("hooks.events_max_backoff must be between 100ms and 5m".to_owned());
         }
         if self.max_in_flight == 0 {
             return Err("hooks.max_in_flight must be at least 1".to_owned());

@@ -31,6 +31,7 @@ use crate::protocol::{CommandError, ErrorCode};
 
 pub(crate) mod config;
 pub(crate) mod connect;
+pub(crate) mod events;
 pub(crate) mod wire;
 
 /// Idle pooled connections kept per backend host. More than the calls a backend serves at
@@ -194,6 +195,8 @@ pub(crate) struct Hooks {
     global: NamespaceUris,
     headers: Vec<HeaderName>,
     bounds: Bounds,
+    /// The backend events queue, when `hooks.events` is set.
+    events: Option<Arc<events::Events>>,
     metrics: Arc<Metrics>,
 }
 
@@ -207,8 +210,12 @@ fn uri(url: Option<&str>) -> Result<Option<Uri>, ConfigError> {
 }
 
 impl Hooks {
-    /// The hooks of a validated configuration.
-    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+    /// The hooks of a validated configuration, on node `node`.
+    pub(crate) fn new(
+        config: &Config,
+        node: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
         let h = &config.hooks;
         let global = NamespaceUris {
             subscribe: uri(h.subscribe.as_deref())?,
@@ -247,8 +254,18 @@ impl Hooks {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .build(connector);
+        let events = uri(h.events.as_deref())?.map(|uri| {
+            Arc::new(events::Events::new(
+                h,
+                uri,
+                client.clone(),
+                node.to_owned(),
+                metrics.clone(),
+            ))
+        });
         Ok(Self {
             client,
+            events,
             in_flight: Arc::new(Semaphore::new(h.max_in_flight)),
             timeout: h.timeout,
             max_reply_bytes: h.max_reply_bytes,
@@ -263,6 +280,24 @@ impl Hooks {
             },
             metrics,
         })
+    }
+
+    /// The backend events queue, when `hooks.events` is set.
+    pub(crate) fn events(&self) -> Option<&Arc<events::Events>> {
+        self.events.as_ref()
+    }
+
+    /// Queues a backend event, when `hooks.events` is set.
+    pub(crate) fn emit(
+        &self,
+        kind: events::Kind,
+        client: &Arc<str>,
+        user: Option<&Arc<str>>,
+        channel: Option<&str>,
+    ) {
+        if let Some(events) = &self.events {
+            events.emit(kind, Some(client), user, channel);
+        }
     }
 
     /// The `connect` hook, when one is configured.
@@ -382,7 +417,7 @@ impl Hooks {
     }
 }
 
-const USER_AGENT: &str = concat!("duplex/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("duplex/", env!("CARGO_PKG_VERSION"));
 
 /// `{"result": ...}`, `{"error": {...}}` or `{"disconnect": {...}}`. Unknown fields are
 /// ignored so applications may add their own.

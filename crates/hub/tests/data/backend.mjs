@@ -13,6 +13,8 @@
 //                    channel `readonly` is refused.
 //   POST /rpc        add {a,b} -> a+b; whoami -> {user, client}; echo -> data.
 //   POST /ns-rpc     any method -> "from the namespace hook".
+//   POST /events     backend events: 200. /events-flaky answers 503 to its first two
+//                    calls, then 200.
 //
 // And the broken ones, for any hook: /hang never answers, /garbage answers 200 with HTML,
 // /huge answers 200 with 1 MiB of JSON, /status500 answers 500, /slow answers after 50 ms.
@@ -20,6 +22,7 @@
 import http from 'node:http';
 
 const records = [];
+let flaky = 0;
 
 function reply(res, status, body) {
   const text = typeof body === 'string' ? body : JSON.stringify(body);
@@ -107,6 +110,11 @@ const server = http.createServer((req, res) => {
         return reply(res, 500, { error: { message: 'internal' } });
       case '/slow':
         return setTimeout(() => reply(res, 200, { result: {} }), 50);
+      case '/events':
+        return reply(res, 200, {});
+      case '/events-flaky':
+        flaky += 1;
+        return reply(res, flaky <= 2 ? 503 : 200, {});
     }
     const hook = hooks[req.url];
     if (!hook || req.method !== 'POST') return reply(res, 404, { error: { message: 'no such hook' } });

@@ -677,3 +677,152 @@ async fn measure_hook_latency() {
         );
     }
 }
+
+/// Every event the backend was sent at `path`, in arrival order, with repeats.
+async fn events_at(backend: &Backend, path: &str) -> Vec<Value> {
+    backend
+        .records_of(path)
+        .await
+        .iter()
+        .flat_map(|r| r["body"]["events"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Waits until the backend has been sent an event of type `kind` at `path`.
+async fn await_event(backend: &Backend, path: &str, kind: &str) -> Vec<Value> {
+    let until = Instant::now() + WAIT;
+    loop {
+        let events = events_at(backend, path).await;
+        if events.iter().any(|e| e["type"] == kind) {
+            return events;
+        }
+        assert!(Instant::now() < until, "no {kind} event: {events:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn backend_events_arrive_batched_and_in_order() {
+    let backend = Backend::start().await;
+    let mut c = support::config();
+    c.hooks.events = Some(backend.url("/events"));
+    c.hooks.events_interval = Duration::from_millis(200);
+    let server = support::start_with(c).await;
+    let mut client = server.client().await;
+    let id = client.id().to_owned();
+    client.subscribe("lobby").await;
+    client.subscribe("news").await;
+    let r = client
+        .call(json!({"type":"unsubscribe","channel":"lobby"}))
+        .await;
+    assert_eq!(r["type"], "reply");
+    client
+        .ws
+        .close(duplex::CloseCode::NORMAL, "")
+        .await
+        .unwrap();
+
+    let events = await_event(&backend, "/events", "disconnect").await;
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let kind = e["type"].as_str().unwrap().to_owned();
+            (kind, e["channel"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("connect", ""),
+        ("occupied", "lobby"),
+        ("subscribe", "lobby"),
+        ("occupied", "news"),
+        ("subscribe", "news"),
+        ("vacated", "lobby"),
+        ("unsubscribe", "lobby"),
+        ("vacated", "news"),
+        ("unsubscribe", "news"),
+        ("disconnect", ""),
+    ]
+    .iter()
+    .map(|(k, c)| ((*k).to_owned(), (*c).to_owned()))
+    .collect();
+    assert_eq!(seen, expected);
+    for e in events
+        .iter()
+        .filter(|e| e["type"] != "occupied" && e["type"] != "vacated")
+    {
+        assert_eq!(e["client"], id.as_str(), "{e}");
+    }
+    let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids.len(), events.len(), "every event has its own id");
+    assert!(events.iter().all(|e| e["ts"].as_u64().unwrap() > 0));
+    let posts = backend.records_of("/events").await.len();
+    assert!(
+        posts < events.len(),
+        "batched: {posts} posts for {} events",
+        events.len()
+    );
+}
+
+#[tokio::test]
+async fn backend_events_are_retried_until_the_backend_takes_them() {
+    let backend = Backend::start().await;
+    let mut c = support::config();
+    c.hooks.events = Some(backend.url("/events-flaky"));
+    c.hooks.events_interval = Duration::from_millis(10);
+    c.hooks.events_max_backoff = Duration::from_millis(200);
+    let server = support::start_with(c).await;
+    let client = server.client().await;
+    let id = client.id().to_owned();
+    let until = Instant::now() + WAIT;
+    while backend.records_of("/events-flaky").await.len() < 3 {
+        assert!(Instant::now() < until, "the batch was not retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same batch, sent three times: refused twice, then taken.
+    let posts = backend.records_of("/events-flaky").await;
+    assert_eq!(posts[0]["body"], posts[1]["body"]);
+    assert_eq!(posts[1]["body"], posts[2]["body"]);
+    assert_eq!(posts[0]["body"]["events"][0]["type"], "connect");
+    assert_eq!(posts[0]["body"]["events"][0]["client"], id.as_str());
+    assert_eq!(
+        metric(
+            &server,
+            r#"duplex_hook_calls_total{hook="events",result="unavailable"}"#
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &server,
+            r#"duplex_hook_calls_total{hook="events",result="allowed"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn backend_events_over_the_queue_are_dropped_and_counted() {
+    let down = format!("http://127.0.0.1:{}/events", closed_port().await);
+    let mut c = support::config();
+    c.hooks.events = Some(down);
+    c.hooks.events_batch = 1;
+    c.hooks.events_queue = 4;
+    let server = support::start_with(c).await;
+    // Each client makes connect, occupied and subscribe events: far more than 4 + 1 in flight.
+    let mut clients = Vec::new();
+    for n in 0..5 {
+        let mut client = server.client().await;
+        client.subscribe(&format!("room{n}")).await;
+        clients.push(client);
+    }
+    let dropped = metric(
+        &server,
+        r#"duplex_limit_hits_total{limit="hook_events_queue"}"#,
+    )
+    .await;
+    assert!(dropped >= 10.0, "dropped {dropped}");
+    // The node serves as before.
+    support::assert_served(&server, "127.0.0.2").await;
+}
