@@ -234,6 +234,16 @@ impl NamespaceHooks {
 /// speaks plain HTTP/1.1 to backends on the same host or private network (put a local TLS
 /// proxy in between to reach one further away).
 pub(crate) fn check_url(url: &str) -> Result<axum::http::Uri, String> {
+    // `user:password@` would never be sent (the client sets no Authorization from it) and
+    // would print with the configuration: refused, before any error could echo the URL.
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if authority
+        .split(['/', '?', '#'])
+        .next()
+        .is_some_and(|a| a.contains('@'))
+    {
+        return Err("a hook URL may not hold credentials (user@host)".to_owned());
+    }
     let uri: axum::http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -250,6 +260,7 @@ pub(crate) fn check_url(url: &str) -> Result<axum::http::Uri, String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{url:?} has no host"));
     }
+
     Ok(uri)
 }
 
@@ -266,6 +277,12 @@ mod tests {
         assert!(check_url("ftp://x/").is_err());
         assert!(check_url("/connect").is_err());
         assert!(check_url("not a url").is_err());
+        assert!(check_url("http://127.0.0.1/hook/@me").is_ok());
+        let e = check_url("ftp://user:pw@127.0.0.1/hook").unwrap_err();
+        assert!(
+            !e.contains("pw"),
+            "the error does not echo the password: {e}"
+        );
     }
 
     #[test]
