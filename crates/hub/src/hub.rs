@@ -126,7 +126,7 @@ impl Hub {
         node: Arc<Node>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let auth = Authenticator::new(&config.auth)?;
+        let auth = Authenticator::with_metrics(&config.auth, metrics.clone())?;
         let node_id = config
             .node
             .clone()

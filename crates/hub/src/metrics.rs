@@ -74,6 +74,10 @@ pub(crate) struct Metrics {
     command_duration: Family<Label, Histogram>,
     tls_handshake_failures: Family<Label, Counter>,
     tls_reloads: Family<Label, Counter>,
+    jwks_fetches: Family<Label, Counter>,
+    /// Keys of the last good JWKS fetch.
+    pub(crate) jwks_keys: Gauge,
+    subscription_tokens_refused: Counter,
     hook_calls: Family<Labels2, Counter>,
     hook_duration: Family<Label, Histogram>,
 }
@@ -114,6 +118,9 @@ impl Metrics {
             command_duration: Family::new_with_constructor(duration_histogram),
             tls_handshake_failures: Family::default(),
             tls_reloads: Family::default(),
+            jwks_fetches: Family::default(),
+            jwks_keys: Gauge::default(),
+            subscription_tokens_refused: Counter::default(),
             hook_calls: Family::default(),
             hook_duration: Family::new_with_constructor(hook_histogram),
             registry: Registry::default(),
@@ -223,6 +230,24 @@ impl Metrics {
             m.tls_reloads.clone(),
         );
         r.register(
+            "jwks_fetches",
+            "Fetches of auth.jwks_url, by result: ok, unreachable (connect, TLS, timeout), \
+             status (not 200), too_large, invalid (not a JWKS with a usable key); a failure \
+             keeps the keys of the last good fetch",
+            m.jwks_fetches.clone(),
+        );
+        r.register(
+            "jwks_keys",
+            "Verification keys held from the last good fetch of auth.jwks_url",
+            m.jwks_keys.clone(),
+        );
+        r.register(
+            "subscription_tokens_refused",
+            "subscribe commands refused because their subscription token was missing or did \
+             not verify",
+            m.subscription_tokens_refused.clone(),
+        );
+        r.register(
             "hook_calls",
             "Backend hook calls by hook and result (allowed, denied, unavailable, timeout, busy); \
              hook=\"events\" counts event batches (allowed: taken)",
@@ -279,6 +304,16 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// A fetch of `auth.jwks_url`, by result.
+    pub(crate) fn jwks_fetch(&self, result: &'static str) {
+        self.jwks_fetches.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A `subscribe` refused for its subscription token.
+    pub(crate) fn subscription_token_refused(&self) {
+        self.subscription_tokens_refused.inc();
     }
 
     /// A reload of the TLS pair: `"ok"` or `"error"`.

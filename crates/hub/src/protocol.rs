@@ -163,6 +163,8 @@ pub enum Command<'a> {
         since: Option<Since>,
         /// Client-supplied presence info (a JSON object).
         info: Option<&'a RawValue>,
+        /// A subscription token (namespaces with `subscription_token`).
+        token: Option<String>,
     },
     /// `unsubscribe`.
     Unsubscribe {
@@ -192,6 +194,11 @@ pub enum Command<'a> {
     },
     /// `ping`.
     Ping,
+    /// `refresh`: a new connection token for the same user, before the current one expires.
+    Refresh {
+        /// The new connection token.
+        token: String,
+    },
     /// `rpc`: a call answered by the application's `rpc` hook.
     Rpc {
         /// The method name ([`MAX_METHOD_LEN`] bytes at most, checked).
@@ -224,6 +231,7 @@ impl Command<'_> {
             Self::Presence { .. } => "presence",
             Self::History { .. } => "history",
             Self::Ping => "ping",
+            Self::Refresh { .. } => "refresh",
             Self::Rpc { .. } => "rpc",
         }
     }
@@ -246,6 +254,7 @@ struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     info: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
     method: Option<&'a RawValue>,
 }
 
@@ -373,6 +382,24 @@ fn since(env: &Envelope<'_>) -> Result<Option<Since>, CommandError> {
     }
 }
 
+/// Longest subscription token accepted, in bytes (as sent, JSON-escaped). A JWT with an
+/// RS512 signature and a presence `info` of the largest size fits with room to spare.
+pub const MAX_TOKEN_SIZE: usize = 8 * 1024;
+
+fn token(env: &Envelope<'_>) -> Result<Option<String>, CommandError> {
+    match env.token {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) if raw.get().len() > MAX_TOKEN_SIZE => Err(CommandError::new(
+            ErrorCode::TooLarge,
+            format!("\"token\" is above {MAX_TOKEN_SIZE} bytes"),
+        )),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| CommandError::bad_request("\"token\" must be a string")),
+    }
+}
+
 fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>, CommandError> {
     let Some(ty) = env.ty else {
         return Err(CommandError::bad_request("missing field \"type\""));
@@ -402,6 +429,7 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
                 channel: channel()?,
                 since,
                 info,
+                token: token(env)?,
             }
         }
         "unsubscribe" => Command::Unsubscribe {
@@ -435,6 +463,10 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
             }
         }
         "ping" => Command::Ping,
+        "refresh" => Command::Refresh {
+            token: token(env)?
+                .ok_or_else(|| CommandError::bad_request("missing field \"token\""))?,
+        },
         "rpc" => {
             let raw = env
                 .method
@@ -487,7 +519,16 @@ fn encode<T: Serialize>(ty: &str, id: Option<u64>, body: T) -> String {
 }
 
 /// `{"type":"welcome",...}`.
-pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u64) -> String {
+///
+/// `expires_in`: seconds until the connection token's `exp` (absent without one), relative
+/// so that a client with a wrong clock still refreshes in time.
+pub fn welcome(
+    client: &str,
+    user: Option<&str>,
+    node: &str,
+    ping_interval_ms: u64,
+    expires_in: Option<u64>,
+) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         client: &'a str,
@@ -495,6 +536,8 @@ pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u
         node: &'a str,
         version: &'a str,
         ping_interval_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_in: Option<u64>,
     }
     encode(
         "welcome",
@@ -505,8 +548,18 @@ pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u
             node,
             version: crate::SUBPROTOCOL,
             ping_interval_ms,
+            expires_in,
         },
     )
+}
+
+/// The reply to `refresh`: seconds until the new token's `exp`.
+pub fn refreshed(id: Option<u64>, expires_in: u64) -> String {
+    #[derive(Serialize)]
+    struct Body {
+        expires_in: u64,
+    }
+    encode("reply", id, Body { expires_in })
 }
 
 /// `{"type":"error",...}`.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
-use crate::auth::{Identity, MAX_INFO_SIZE};
+use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::frame::Frame;
@@ -72,6 +72,17 @@ pub(crate) struct Session {
     context: Context,
     commands: DefaultDirectRateLimiter,
     errors: DefaultDirectRateLimiter,
+    /// The connection token's `exp`; the connection task closes the connection when it
+    /// passes and re-arms its timer when a `refresh` changes it.
+    expiry: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+/// Seconds from now until `exp` (0 once it has passed).
+fn seconds_until(exp: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    exp.saturating_sub(now)
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
@@ -115,8 +126,15 @@ impl Session {
         );
         let ping_ms =
             u64::try_from(hub.config.websocket.ping_interval.as_millis()).unwrap_or(u64::MAX);
-        let welcome = protocol::welcome(&peer.id, identity.user.as_deref(), &hub.node_id, ping_ms);
+        let welcome = protocol::welcome(
+            &peer.id,
+            identity.user.as_deref(),
+            &hub.node_id,
+            ping_ms,
+            identity.expires_at.map(seconds_until),
+        );
         peer.queue.push(Frame::text(welcome), false);
+        let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
         Self {
             hub,
             peer,
@@ -125,7 +143,45 @@ impl Session {
             context,
             commands,
             errors,
+            expiry,
         }
+    }
+
+    /// The connection token's `exp`, as it changes.
+    pub(crate) fn expiry(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.expiry.subscribe()
+    }
+
+    /// `refresh`: a new connection token for the same user replaces the current one, its
+    /// claims (`channels`, `publish`, `info`) govern the commands that follow (existing
+    /// subscriptions stay), and its `exp` becomes the connection's deadline.
+    async fn refresh(&mut self, id: Option<u64>, token: &str) -> Result<(), CommandError> {
+        let Some(user) = self.identity.user.clone() else {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "an anonymous connection has no token to refresh",
+            ));
+        };
+        let identity = self.hub.auth.authenticate(Some(token)).await.map_err(|e| {
+            let code = if e == AuthError::KeysUnavailable {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::Forbidden
+            };
+            CommandError::new(code, format!("token refused: {e}"))
+        })?;
+        if identity.user.as_deref() != Some(&*user) {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "the token is for another user (refresh keeps the connection's user)",
+            ));
+        }
+        let expires_at = identity.expires_at;
+        self.identity = identity;
+        self.expiry.send_replace(expires_at);
+        let expires_in = expires_at.map_or(0, seconds_until);
+        self.send(protocol::refreshed(id, expires_in)).await;
+        Ok(())
     }
 
     /// The outbound side, for the writer.
@@ -240,11 +296,13 @@ impl Session {
                 channel,
                 since,
                 info,
+                token,
             } => {
-                self.subscribe(Asker::Client(id), &channel, since, info)
+                self.subscribe(Asker::Client(id), &channel, since, info, token)
                     .await
             }
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
+            Command::Refresh { token } => self.refresh(id, &token).await,
             Command::Publish { channel, data } => self.publish(id, &channel, data).await,
             Command::Presence { channel } => self.presence(id, &channel).await,
             Command::History {
@@ -258,7 +316,7 @@ impl Session {
 
     fn readable(&self, channel: &str) -> Result<NamespaceConfig, CommandError> {
         let ns = self.hub.resolve(channel)?;
-        if !self.identity.may_subscribe(channel) {
+        if !self.granted(&ns, channel) && !self.identity.may_subscribe(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
                 format!("the token does not allow channel {channel:?}"),
@@ -275,7 +333,10 @@ impl Session {
             if self.peer.queue.is_closed() {
                 return;
             }
-            if let Err(e) = self.subscribe(Asker::Backend, channel, None, None).await {
+            if let Err(e) = self
+                .subscribe(Asker::Backend, channel, None, None, None)
+                .await
+            {
                 tracing::info!(client = %self.peer.id, channel, error = %e,
                     "server-side subscription of the connect hook skipped");
             }
@@ -318,16 +379,67 @@ impl Session {
         }
     }
 
+    /// Whether a subscription token granted this connection `channel`: it is subscribed to
+    /// it in a `subscription_token` namespace. Such a channel may then be read (presence,
+    /// history) and, where clients may publish, published to, whatever the connection
+    /// token's `channels` and `publish` claims say.
+    fn granted(&self, ns: &NamespaceConfig, channel: &str) -> bool {
+        ns.subscription_token && self.subscriptions.contains_key(channel)
+    }
+
+    /// The subscribe checks of a `subscription_token` namespace: the token is present,
+    /// verifies, names `channel` and this connection's user. Returns the token's `info`.
+    async fn check_subscription_token(
+        &self,
+        channel: &str,
+        token: Option<&str>,
+    ) -> Result<Option<Arc<RawValue>>, CommandError> {
+        let Some(token) = token else {
+            self.hub.metrics.subscription_token_refused();
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("channel {channel:?} needs a subscription token (\"token\")"),
+            ));
+        };
+        let user = self.identity.user.as_deref();
+        self.hub
+            .auth
+            .verify_subscription(token, user, channel)
+            .await
+            .map_err(|e| {
+                self.hub.metrics.subscription_token_refused();
+                let code = if e == AuthError::KeysUnavailable {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::Forbidden
+                };
+                CommandError::new(code, format!("subscription token refused: {e}"))
+            })
+    }
+
     async fn subscribe(
         &mut self,
         asker: Asker,
         channel: &str,
         since: Option<Since>,
         info: Option<&RawValue>,
+        token: Option<String>,
     ) -> Result<(), CommandError> {
-        let ns = match asker {
-            Asker::Client(_) => self.readable(channel)?,
-            Asker::Backend => self.hub.resolve(channel)?,
+        let ns = self.hub.resolve(channel)?;
+        // RFC 7519 §7.2 checks happen in `verify_subscription`; the token is checked before
+        // anything else is looked at, so a refused one costs no broker round trip. The
+        // application's own server-side subscriptions need neither token nor claims.
+        let granted_info = match asker {
+            Asker::Backend => None,
+            Asker::Client(_) if ns.subscription_token => {
+                self.check_subscription_token(channel, token.as_deref())
+                    .await?
+            }
+            Asker::Client(_) => {
+                // A token where none is needed is ignored (it grants nothing more).
+                self.readable(channel)?;
+                None
+            }
         };
         if self.subscriptions.contains_key(channel) {
             return Err(CommandError::new(
@@ -442,7 +554,10 @@ impl Session {
             let entry = PresenceEntry {
                 client: self.peer.id.clone(),
                 user: self.identity.user.clone(),
+                // The backend's word first (subscribe hook, subscription token, then
+                // connection token), the client's own last.
                 info: hook_info
+                    .or(granted_info)
                     .or_else(|| self.identity.info.clone())
                     .or_else(|| {
                         info.and_then(|i| RawValue::from_string(i.get().to_owned()).ok())
@@ -492,7 +607,7 @@ impl Session {
                 format!("clients may not publish to {channel:?}"),
             ));
         }
-        if !self.identity.may_publish(channel) {
+        if !self.granted(&ns, channel) && !self.identity.may_publish(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
                 format!("the token does not allow publishing to {channel:?}"),

@@ -155,8 +155,18 @@ async fn upgrade(
         );
     }
     let token = bearer(&headers).or_else(|| uri.query().and_then(token_from_query));
-    let identity = match hub.shared.auth.authenticate(token.as_deref()) {
+    let identity = match hub.shared.auth.authenticate(token.as_deref()).await {
         Ok(identity) => identity,
+        Err(AuthError::KeysUnavailable) => {
+            // The provider's keys could not be fetched: not the client's fault, so not a 401
+            // (which would tell it to get another token).
+            return refuse(
+                &hub,
+                HandshakeFailure::Unauthorized,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &AuthError::KeysUnavailable.to_string(),
+            );
+        }
         Err(e) => {
             // The body is the protocol's words (`AuthError`'s Display), never the JWT
             // library's text. RFC 6750 §3: a 401 names the scheme, and an `error` code only
@@ -247,14 +257,28 @@ const MAX_EXPIRY_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `exp` (seconds since the Unix epoch, from a verified token, so any `u64`) as a deadline,
 /// or `None` when there is none or it is too far away to matter.
-fn expiry_deadline(identity: &Identity) -> Option<tokio::time::Instant> {
-    let exp = identity.expires_at?;
+fn expiry_deadline(exp: Option<u64>) -> Option<tokio::time::Instant> {
+    let exp = exp?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
     let delay = Duration::from_secs(exp.saturating_sub(now));
     if delay > MAX_EXPIRY_DELAY {
         return None;
     }
     tokio::time::Instant::now().checked_add(delay)
+}
+
+/// Moves the expiry timer to the token `exp` just seen on `changes`; whether it is armed.
+fn rearm(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    changes: &mut tokio::sync::watch::Receiver<Option<u64>>,
+) -> bool {
+    match expiry_deadline(*changes.borrow_and_update()) {
+        Some(at) => {
+            timer.reset(at);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Counts one open connection in `duplex_connections` for as long as it lives: dropped on
@@ -311,8 +335,9 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
             }
         }
     }
-    let expires = expiry_deadline(&identity);
     let mut session = Session::accepted(hub.shared.clone(), identity, id, context);
+    let mut expiry_changes = session.expiry();
+    let first = expiry_deadline(*expiry_changes.borrow_and_update());
     let peer = session.peer().clone();
     tracing::debug!(client = %peer.id, %addr, user = ?session.identity().user, "connected");
     let user = session.identity().user.clone();
@@ -347,12 +372,9 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
     // The writer runs, so the `subscribed` frames leave as they are queued.
     session.subscribe_server_side(&channels).await;
     let mut shutting_down = false;
-    let expiry = async {
-        match expires {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
+    // Armed while the token has an `exp`; a `refresh` moves (or removes) the deadline.
+    let mut armed = first.is_some();
+    let expiry = tokio::time::sleep_until(first.unwrap_or_else(tokio::time::Instant::now));
     tokio::pin!(expiry);
     let mut expired = false;
     // Once our Close is queued, the peer has CLOSE_TIMEOUT to answer it.
@@ -378,9 +400,13 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
                     continue;
                 }
-                () = &mut expiry, if !expired => {
+                () = &mut expiry, if armed && !expired => {
                     expired = true;
                     peer.queue.close(POLICY, "token expired", false);
+                    continue;
+                }
+                Ok(()) = expiry_changes.changed(), if !expired => {
+                    armed = rearm(expiry.as_mut(), &mut expiry_changes);
                     continue;
                 }
                 () = &mut closing, if closing_armed => break,
@@ -433,9 +459,12 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
                     shutting_down = true;
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
                 }
-                () = &mut expiry, if !expired => {
+                () = &mut expiry, if armed && !expired => {
                     expired = true;
                     peer.queue.close(POLICY, "token expired", false);
+                }
+                Ok(()) = expiry_changes.changed(), if !expired => {
+                    armed = rearm(expiry.as_mut(), &mut expiry_changes);
                 }
             }
         }

@@ -27,6 +27,8 @@ mod recovery;
 mod shutdown;
 // Slow consumers: 1013 and bounded memory; drop-oldest.
 mod slow;
+// Keys from a JWKS URL (rotation, outage, hostile documents) and subscription tokens.
+mod tokens;
 // TLS on the listener: wss, stalled and garbage handshakes, certificate reload.
 mod tls;
 // WebSockets over HTTP/2 (h2c, RFC 8441) beside HTTP/1.1 on the same port.
