@@ -16,6 +16,8 @@ mod secret;
 pub(crate) use secret::read_secret;
 pub use secret::{redact_password_in, redact_url, Secret, REDACTED};
 
+pub use crate::hooks::config::{HooksConfig, NamespaceHooks};
+
 /// The whole server configuration.
 ///
 /// ```
@@ -76,6 +78,8 @@ pub struct Config {
     pub memory: MemoryBudget,
     /// TLS on the listener (`https://`, `wss://`); off unless `cert` and `key` are set.
     pub tls: TlsConfig,
+    /// Backend hooks: the application's endpoints for connect, subscribe, publish and rpc.
+    pub hooks: HooksConfig,
 }
 
 /// TLS on the listener: a PEM certificate chain and its key, reloaded when they change.
@@ -529,6 +533,9 @@ pub struct NamespaceOverrides {
     pub client_publish: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_consumer: Option<SlowConsumerPolicy>,
+    /// This namespace's own `subscribe`, `publish` and `rpc` hooks (see [`NamespaceHooks`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<NamespaceHooks>,
 }
 
 /// A configuration that cannot be used.
@@ -576,6 +583,7 @@ impl Default for Config {
             namespaces,
             memory: MemoryBudget::default(),
             tls: TlsConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -703,6 +711,7 @@ impl NamespaceOverrides {
             join_leave_max_entries: None,
             client_publish: Some(false),
             slow_consumer: Some(SlowConsumerPolicy::DropOldest),
+            hooks: None,
         }
     }
 
@@ -851,13 +860,27 @@ impl Config {
                 return invalid("node must be 1-64 characters of [A-Za-z0-9_-]".into());
             }
         }
-        for name in self.namespaces.keys() {
+        for (name, ns) in &self.namespaces {
             if name.is_empty() || name.len() > 64 || !name.bytes().all(is_id_byte) {
                 return invalid(format!(
                     "namespace {name:?}: names are 1-64 characters of [A-Za-z0-9_-]"
                 ));
             }
+            if let Some(hooks) = &ns.hooks {
+                hooks
+                    .validate()
+                    .map_err(|e| ConfigError::Invalid(format!("namespace {name:?}: {e}")))?;
+            }
         }
+        let hooks_used = self.hooks.any()
+            || self
+                .namespaces
+                .values()
+                .filter_map(|ns| ns.hooks.as_ref())
+                .any(NamespaceHooks::any);
+        self.hooks
+            .validate(self.limits.max_queue_bytes, hooks_used)
+            .map_err(ConfigError::Invalid)?;
         for (name, ns) in self.namespace_configs() {
             if ns.history_size > 100_000 {
                 return invalid(format!("namespace {name:?}: history_size above 100000"));

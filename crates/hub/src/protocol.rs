@@ -55,11 +55,20 @@ pub enum ErrorCode {
     OverCapacity,
     /// JSON nested deeper than `limits.max_json_depth`.
     TooDeep,
+    /// The application's hook could not be asked: refused, failed (a status other than
+    /// 2xx) or answered something that is not a hook reply.
+    BackendUnavailable,
+    /// The application's hook did not answer within `hooks.timeout`.
+    BackendTimeout,
+    /// `hooks.max_in_flight` hook calls were running on the node; this one was not made.
+    BackendBusy,
+    /// The command needs a hook that is not configured (`rpc` without an `rpc` hook).
+    NotAvailable,
 }
 
 impl ErrorCode {
     /// Every code, for metrics registration and docs.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 20] = [
         Self::BadJson,
         Self::BadRequest,
         Self::UnknownType,
@@ -76,6 +85,10 @@ impl ErrorCode {
         Self::Internal,
         Self::OverCapacity,
         Self::TooDeep,
+        Self::BackendUnavailable,
+        Self::BackendTimeout,
+        Self::BackendBusy,
+        Self::NotAvailable,
     ];
 
     /// The snake_case name sent on the wire.
@@ -97,6 +110,10 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::OverCapacity => "over_capacity",
             Self::TooDeep => "too_deep",
+            Self::BackendUnavailable => "backend_unavailable",
+            Self::BackendTimeout => "backend_timeout",
+            Self::BackendBusy => "backend_busy",
+            Self::NotAvailable => "not_available",
         }
     }
 }
@@ -182,6 +199,26 @@ pub enum Command<'a> {
         /// The new connection token.
         token: String,
     },
+    /// `rpc`: a call answered by the application's `rpc` hook.
+    Rpc {
+        /// The method name ([`MAX_METHOD_LEN`] bytes at most, checked).
+        method: String,
+        /// The call's argument, verbatim (`None`: not given, sent as `null`).
+        data: Option<&'a RawValue>,
+    },
+}
+
+/// Longest `rpc` method name, in bytes.
+pub const MAX_METHOD_LEN: usize = 128;
+
+/// Checks an `rpc` method name: 1 to [`MAX_METHOD_LEN`] bytes of ASCII letters, digits and
+/// `_ - . : /`. Like a channel, the part before the first `:` is its namespace.
+pub fn valid_method(method: &str) -> bool {
+    !method.is_empty()
+        && method.len() <= MAX_METHOD_LEN
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
 }
 
 impl Command<'_> {
@@ -195,6 +232,7 @@ impl Command<'_> {
             Self::History { .. } => "history",
             Self::Ping => "ping",
             Self::Refresh { .. } => "refresh",
+            Self::Rpc { .. } => "rpc",
         }
     }
 }
@@ -217,6 +255,7 @@ struct Envelope<'a> {
     info: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    method: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as `Some`: `"data": null` is a valid publication while a
@@ -428,6 +467,26 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
             token: token(env)?
                 .ok_or_else(|| CommandError::bad_request("missing field \"token\""))?,
         },
+        "rpc" => {
+            let raw = env
+                .method
+                .ok_or_else(|| CommandError::bad_request("missing field \"method\""))?;
+            let method: String = serde_json::from_str(raw.get())
+                .map_err(|_| CommandError::bad_request("\"method\" must be a string"))?;
+            if !valid_method(&method) {
+                return Err(CommandError::bad_request(format!(
+                    "\"method\" must be 1-{MAX_METHOD_LEN} bytes of ASCII letters, digits \
+                     and _ - . : /"
+                )));
+            }
+            if env.data.is_some_and(|d| json_too_deep(d.get(), max_depth)) {
+                return Err(too_deep("\"data\"", max_depth));
+            }
+            Command::Rpc {
+                method,
+                data: env.data,
+            }
+        }
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
@@ -546,6 +605,37 @@ pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovere
             recovered,
         },
     )
+}
+
+/// The server-side subscription event: `{"type":"subscribed","channel",...}`, pushed when
+/// the hub subscribes the connection itself (the `connect` hook's `channels`).
+pub fn server_subscribed(channel: &str, pos: &StreamPosition) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        recovered: bool,
+    }
+    encode(
+        "subscribed",
+        None,
+        Body {
+            channel,
+            epoch: &pos.epoch,
+            offset: pos.offset,
+            recovered: false,
+        },
+    )
+}
+
+/// The reply to `rpc`: `{"type":"reply","id",...,"result":...}` with the backend's result.
+pub fn rpc_result(id: Option<u64>, result: &RawValue) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        result: &'a RawValue,
+    }
+    encode("reply", id, Body { result })
 }
 
 /// The reply to `unsubscribe`.

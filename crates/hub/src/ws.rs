@@ -17,6 +17,8 @@ use duplex::axum::{UpgradeRejection, UpgradedIo, WebSocketUpgrade};
 use duplex::{CloseCode, Message, WebSocket};
 
 use crate::auth::{token_from_query, AuthError, Identity};
+use crate::hooks::events::Kind;
+use crate::hooks::Context;
 use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
 use crate::metrics::HandshakeFailure;
 use crate::queue::Next;
@@ -218,13 +220,34 @@ async fn upgrade(
         .pong_timeout(c.websocket.pong_timeout)
         .deflate(c.websocket.compression.deflate());
     let version = upgrade.request().version();
-    upgrade
-        .protocols([crate::SUBPROTOCOL])
-        .config(config)
-        .on_upgrade(move |ws| {
-            hub.shared.metrics.websocket_upgrade(version);
-            run(hub, ws, identity, addr, permit)
-        })
+    // Only the allowlisted headers are kept for the hooks, nothing when there are none.
+    let context = Context {
+        headers: hub.shared.hooks.select_headers(&headers),
+        ip: client_ip,
+    };
+    let upgrade = upgrade.protocols([crate::SUBPROTOCOL]).config(config);
+    let protocol = upgrade.selected_protocol().map(str::to_owned);
+    upgrade.on_upgrade(move |ws| {
+        hub.shared.metrics.websocket_upgrade(version);
+        let accepted = Accepted {
+            identity,
+            addr,
+            permit,
+            context,
+            protocol,
+        };
+        run(hub, ws, accepted)
+    })
+}
+
+/// What the upgrade learnt about a connection.
+struct Accepted {
+    identity: Identity,
+    addr: SocketAddr,
+    permit: ConnectionPermit,
+    context: Context,
+    /// The selected subprotocol, `None` when the client offered none we speak.
+    protocol: Option<String>,
 }
 
 /// Deadlines further away than this are no deadline: the connection will not outlive it,
@@ -276,20 +299,51 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn run(
-    hub: Hub,
-    ws: WebSocket<UpgradedIo>,
-    identity: Identity,
-    addr: SocketAddr,
-    permit: ConnectionPermit,
-) {
+async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
+    let Accepted {
+        mut identity,
+        addr,
+        permit,
+        context,
+        protocol,
+    } = accepted;
     let metrics = hub.shared.metrics.clone();
     let open = OpenConnection::new(metrics.clone());
-    let mut session = Session::new(hub.shared.clone(), identity);
+    let mut shutdown = hub.shared.shutdown_signal();
+    let id = hub.shared.new_client_id();
+    let mut channels = Vec::new();
+    if let Some(uri) = hub.shared.hooks.connect() {
+        // Nothing is read from the client meanwhile; the hook's timeout bounds the wait,
+        // and a shutdown ends it at once.
+        let admission = tokio::select! {
+            admission = crate::hooks::connect::admit(
+                &hub.shared, uri, &id, &context, protocol.as_deref(), &mut identity,
+            ) => admission,
+            () = async { let _ = shutdown.wait_for(|d| *d).await; } => {
+                Err((CloseCode::AWAY.0, "server shutting down".into()))
+            }
+        };
+        match admission {
+            Ok(named) => channels = named,
+            Err((code, reason)) => {
+                tracing::debug!(client = %id, %addr, code, %reason, "refused by the connect hook");
+                let close = ws.close(CloseCode(code), &reason);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                drop(open);
+                drop(permit);
+                return;
+            }
+        }
+    }
+    let mut session = Session::accepted(hub.shared.clone(), identity, id, context);
     let mut expiry_changes = session.expiry();
     let first = expiry_deadline(*expiry_changes.borrow_and_update());
     let peer = session.peer().clone();
     tracing::debug!(client = %peer.id, %addr, user = ?session.identity().user, "connected");
+    let user = session.identity().user.clone();
+    hub.shared
+        .hooks
+        .emit(Kind::Connect, &peer.id, user.as_ref(), None);
     let (mut sink, mut stream) = ws.split();
 
     let writer_peer = peer.clone();
@@ -305,7 +359,7 @@ async fn run(
                     writer_metrics.bytes_sent.inc_by(frame.payload_len() as u64);
                 }
                 Next::Close(code, reason) => {
-                    let close = sink.close(CloseCode(code), reason);
+                    let close = sink.close(CloseCode(code), &reason);
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
                     break;
                 }
@@ -315,7 +369,8 @@ async fn run(
         writer_peer.queue.close(CloseCode::ABNORMAL.0, "", true);
     });
 
-    let mut shutdown = hub.shared.shutdown_signal();
+    // The writer runs, so the `subscribed` frames leave as they are queued.
+    session.subscribe_server_side(&channels).await;
     let mut shutting_down = false;
     // Armed while the token has an `exp`; a `refresh` moves (or removes) the deadline.
     let mut armed = first.is_some();
@@ -415,6 +470,9 @@ async fn run(
         }
     }
     session.finish().await;
+    hub.shared
+        .hooks
+        .emit(Kind::Disconnect, &peer.id, user.as_ref(), None);
     peer.queue.close(CloseCode::NORMAL.0, "", true);
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)

@@ -578,6 +578,22 @@ export class Client {
   }
 
   /**
+   * Calls `method` on the application behind the server (its `rpc` hook, see
+   * docs/hooks.md) and resolves with the application's `result`. Rejects with a
+   * `DuplexError` whose `code` is the server's: `forbidden` (the application
+   * refused), `not_available` (no rpc hook), `backend_unavailable`,
+   * `backend_timeout` or `backend_busy` (retry later), `timeout`, `closed`.
+   * @param {string} method 1-128 bytes of letters, digits and `_ - . : /`
+   * @param {*} [data] any JSON value (sent as `null` when left out)
+   * @param {RequestOptions} [opts]
+   * @returns {Promise<*>}
+   */
+  async rpc(method, data = null, opts) {
+    const reply = await this.request({ type: "rpc", method, data }, opts);
+    return reply.result;
+  }
+
+  /**
    * Sends an app-level ping and resolves with the round-trip time in ms.
    * @param {RequestOptions} [opts]
    * @returns {Promise<number>}

@@ -13,6 +13,8 @@ mod commands;
 mod fanout;
 // Server pings; dead peers are dropped.
 mod heartbeat;
+// Backend hooks with a Node.js application: connect, subscribe, publish, rpc; broken backends.
+mod hooks;
 // The HTTP API, health, metrics and embedded pages.
 mod http;
 // Hostile inputs: each gets its answer while a well-behaved client is served.
