@@ -14,10 +14,10 @@ use serde_json::value::RawValue;
 
 use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
-use crate::config::{NamespaceConfig, SlowConsumerPolicy};
+use crate::config::NamespaceConfig;
 use crate::frame::Frame;
 use crate::hub::{retention, Shared};
-use crate::node::{GoLive, Peer};
+use crate::node::{GoLive, Peer, Policy};
 use crate::protocol::{self, Command, CommandError, ErrorCode, Since};
 use crate::queue::{Outbound, Pushed};
 
@@ -79,7 +79,7 @@ impl Session {
         let limits = &hub.config.limits;
         let peer = Arc::new(Peer {
             id: hub.new_client_id(),
-            queue: Outbound::new(limits.max_queue_bytes),
+            queue: Outbound::with_gauge(limits.max_queue_bytes, hub.metrics.queued_bytes.clone()),
         });
         let commands = RateLimiter::direct(
             Quota::per_second(nonzero(limits.commands_per_second))
@@ -266,7 +266,9 @@ impl Session {
             } => self.subscribe(id, &channel, since, info, token).await,
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
             Command::Refresh { token } => self.refresh(id, &token).await,
-            Command::Publish { channel, data } => self.publish(id, &channel, data).await,
+            Command::Publish { channel, data, key } => {
+                self.publish(id, &channel, data, key.as_deref()).await
+            }
             Command::Presence { channel } => self.presence(id, &channel).await,
             Command::History {
                 channel,
@@ -365,15 +367,22 @@ impl Session {
         }
         self.hub.check_create(channel, &ns, &self.identity, true)?;
         let hub = self.hub.clone();
-        let droppable = ns.slow_consumer == SlowConsumerPolicy::DropOldest;
+        let policy = Policy::of(&ns, hub.config.limits.max_queue_bytes);
         hub.node
-            .add(&*hub.broker, channel, &self.peer, droppable)
+            .add(&*hub.broker, channel, &self.peer, policy)
             .await
             .map_err(|e| self.hub.broker_error(e))?;
         // From here on, publications to the channel are held for this peer until `go_live`.
+        // Without `since`, a `latest_on_subscribe` namespace reads its retained history in
+        // the same atomic step as the position, for the latest values.
+        let latest = since.is_none() && ns.latest_on_subscribe;
         let query = HistoryQuery {
             since: since.as_ref().map(|s| s.offset),
-            limit: Some(if since.is_some() { ns.history_size } else { 0 }),
+            limit: Some(if since.is_some() || latest {
+                ns.history_size
+            } else {
+                0
+            }),
         };
         let history = match hub.broker.history(channel, query, retention(&ns)).await {
             Ok(h) => h,
@@ -390,8 +399,25 @@ impl Session {
         // ones, also as room frees up. Nothing here overflows the queue by itself.
         let reply = protocol::subscribed(id, channel, &history.position, recovered);
         let mut sent = self.send_frame(Frame::text(reply)).await;
-        if recovered {
-            for p in &history.publications {
+        let replay = if recovered {
+            history.publications.as_slice()
+        } else {
+            &[]
+        };
+        // A latest value older than the position (its successors expired or were trimmed
+        // first) would take the client back in the stream: none is sent then.
+        let current = history
+            .publications
+            .last()
+            .is_some_and(|p| p.offset == history.position.offset);
+        let latest_values = if latest && current {
+            latest_per_key(&history.publications)
+        } else {
+            Vec::new()
+        };
+        if recovered || latest {
+            let publications = replay.iter().chain(latest_values.iter().copied());
+            for p in publications {
                 if sent.is_err() {
                     break;
                 }
@@ -465,6 +491,7 @@ impl Session {
         id: Option<u64>,
         channel: &str,
         data: &RawValue,
+        key: Option<&str>,
     ) -> Result<(), CommandError> {
         let ns = self.hub.resolve(channel)?;
         if !ns.client_publish {
@@ -496,7 +523,10 @@ impl Session {
             .clone()
             .unwrap_or_else(|| self.peer.id.clone());
         self.hub.check_create(channel, &ns, &self.identity, false)?;
-        let pos = self.hub.publish(channel, &ns, data, Some(from)).await?;
+        let pos = self
+            .hub
+            .publish(channel, &ns, data, Some(from), key)
+            .await?;
         self.send(protocol::published(id, channel, &pos)).await;
         Ok(())
     }
@@ -609,6 +639,21 @@ impl Drop for Session {
             }
         });
     }
+}
+
+/// The latest values in `publications` (oldest first): the newest publication of each key,
+/// publications without a key counting as one key, in offset order. The last one is always
+/// the channel's latest publication, so the client's position continues from it. Offsets
+/// skip where older values were left out, as under `conflate`.
+fn latest_per_key(publications: &[crate::broker::Publication]) -> Vec<&crate::broker::Publication> {
+    let mut seen = std::collections::HashSet::new();
+    let mut latest: Vec<_> = publications
+        .iter()
+        .rev()
+        .filter(|p| seen.insert(p.key.as_deref()))
+        .collect();
+    latest.reverse();
+    latest
 }
 
 fn unavailable(e: crate::broker::BrokerError) -> CommandError {
