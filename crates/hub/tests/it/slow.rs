@@ -112,3 +112,97 @@ async fn drop_oldest_namespace_keeps_the_reader_connected() {
     assert_eq!(last, 8192, "the newest publications survive");
     assert_eq!(slow.call(json!({"type":"ping"})).await["type"], "pong");
 }
+
+/// `conflate` under a fast publisher of 100 keys: a reader that stops reading its socket
+/// stays connected, the node's queued bytes stay under the queue limit, another subscriber
+/// gets every publication, and when the stalled reader resumes it gets, in offset order,
+/// the newest value of every key.
+#[tokio::test]
+async fn conflate_keeps_the_newest_value_per_key_for_a_stalled_reader() {
+    const KEYS: u64 = 100;
+    const PUBLICATIONS: u64 = 20_000;
+    let mut config = config();
+    config.limits.max_queue_bytes = 256 * 1024;
+    config.namespaces.insert(
+        "quotes".into(),
+        toml::from_str("slow_consumer = \"conflate\"\npresence = false").unwrap(),
+    );
+    let s = start_with(config).await;
+    let mut stalled = s.client().await;
+    stalled
+        .call(json!({"type":"subscribe","channel":"quotes:fx"}))
+        .await;
+    let mut healthy = s.client().await;
+    healthy
+        .call(json!({"type":"subscribe","channel":"quotes:fx"}))
+        .await;
+
+    let payload = format!("\"{}\"", "q".repeat(2048));
+    let before = rss_bytes();
+    let (mut peak_rss, mut peak_queued) = (before, 0i64);
+    let mut newest = std::collections::HashMap::new();
+    let mut received = 0u64;
+    for i in 1..=PUBLICATIONS {
+        let key = format!("k{}", i % KEYS);
+        let data = RawValue::from_string(format!("[{i},{payload}]")).unwrap();
+        let pos = s
+            .hub
+            .publish_with_key("quotes:fx", data, Some(&key))
+            .await
+            .unwrap();
+        newest.insert(key, pos.offset);
+        // The healthy subscriber keeps up with everything.
+        while received < i {
+            let m = healthy.recv().await;
+            assert_eq!(
+                m["offset"].as_u64(),
+                Some(received + 1),
+                "no gap for a reader"
+            );
+            received += 1;
+        }
+        if i % 500 == 0 {
+            peak_rss = peak_rss.max(rss_bytes());
+            peak_queued = peak_queued.max(s.hub.stats().queued_bytes);
+        }
+    }
+    let stats = s.hub.stats();
+    println!(
+        "conflate: {} superseded, peak queued {peak_queued} B, RSS growth {} B",
+        stats.conflated,
+        peak_rss.saturating_sub(before)
+    );
+    assert_eq!(stats.slow_consumer_disconnects, 0, "nobody was cut off");
+    assert!(stats.conflated > 0, "the stalled queue conflated");
+    assert!(
+        peak_queued <= 2 * 256 * 1024,
+        "queued bytes {peak_queued} stay within the two queues' limits"
+    );
+    assert!(
+        peak_rss.saturating_sub(before) < 64 << 20,
+        "memory stays bounded"
+    );
+    assert!(
+        metric(&s, "duplex_conflated_total").await >= 1.0,
+        "the metric counts it"
+    );
+
+    // The stalled reader resumes: offsets only grow, and every key ends on its newest value.
+    let mut last_offset = 0;
+    let mut got = std::collections::HashMap::new();
+    while last_offset < PUBLICATIONS {
+        let m = stalled.recv().await;
+        let offset = m["offset"].as_u64().unwrap();
+        assert!(
+            offset > last_offset,
+            "in offset order: {offset} after {last_offset}"
+        );
+        last_offset = offset;
+        got.insert(m["key"].as_str().unwrap().to_owned(), offset);
+    }
+    assert_eq!(
+        got, newest,
+        "the newest value of every key, and only keys published"
+    );
+    assert_eq!(stalled.call(json!({"type":"ping"})).await["type"], "pong");
+}
