@@ -206,3 +206,81 @@ async fn conflate_keeps_the_newest_value_per_key_for_a_stalled_reader() {
     );
     assert_eq!(stalled.call(json!({"type":"ping"})).await["type"], "pong");
 }
+
+/// One run of the slow-consumer measurement: peak queued bytes, peak RSS growth, what the
+/// healthy subscriber received, and the counters.
+async fn measure(policy: &str) -> String {
+    const KEYS: u64 = 100;
+    const RATE: u64 = 5_000;
+    const SECONDS: u64 = 10;
+    let mut config = config();
+    config.namespaces.insert(
+        "m".into(),
+        toml::from_str(&format!(
+            "slow_consumer = \"{policy}\"\npresence = false\nhistory_size = 0"
+        ))
+        .unwrap(),
+    );
+    let s = start_with(config).await;
+    let mut stalled = s.client().await;
+    stalled
+        .call(json!({"type":"subscribe","channel":"m:q"}))
+        .await;
+    let mut healthy = s.client().await;
+    healthy
+        .call(json!({"type":"subscribe","channel":"m:q"}))
+        .await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while n < RATE * SECONDS {
+            match tokio::time::timeout(WAIT, healthy.ws.recv()).await {
+                Ok(Some(Ok(_))) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    let payload = format!("\"{}\"", "p".repeat(2048));
+    let before = rss_bytes();
+    let (mut peak_rss, mut peak_queued) = (before, 0i64);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let started = std::time::Instant::now();
+    let mut i = 0u64;
+    for _ in 0..SECONDS * 100 {
+        tick.tick().await;
+        for _ in 0..RATE / 100 {
+            i += 1;
+            let data = RawValue::from_string(format!("[{i},{payload}]")).unwrap();
+            let key = format!("k{}", i % KEYS);
+            s.hub
+                .publish_with_key("m:q", data, Some(&key))
+                .await
+                .unwrap();
+        }
+        peak_queued = peak_queued.max(s.hub.stats().queued_bytes);
+        peak_rss = peak_rss.max(rss_bytes());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let received = reader.await.unwrap();
+    let stats = s.hub.stats();
+    format!(
+        "| `{policy}` | {i} in {elapsed:.1} s | {received} | {:.0} KiB | {:.1} MiB | {} | {} | {} |",
+        peak_queued as f64 / 1024.0,
+        peak_rss.saturating_sub(before) as f64 / (1 << 20) as f64,
+        stats.slow_consumer_disconnects,
+        stats.slow_consumer_drops,
+        stats.conflated,
+    )
+}
+
+/// The three policies under the same publisher with one stalled subscriber (numbers for
+/// docs/benchmarks.md; run with `--run-ignored only --no-capture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 30-second measurement"]
+async fn measure_slow_consumer_policies() {
+    println!("| policy | published | healthy received | peak queued | peak RSS growth | 1013 | dropped | conflated |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for policy in ["conflate", "drop_oldest", "disconnect"] {
+        println!("{}", measure(policy).await);
+    }
+}
