@@ -375,7 +375,7 @@ impl Session {
         // From here on, publications to the channel are held for this peer until `go_live`.
         // Without `since`, a `latest_on_subscribe` namespace reads its retained history in
         // the same atomic step as the position, for the latest values.
-        let latest = since.is_none() && ns.latest_on_subscribe;
+        let mut latest = since.is_none() && ns.latest_on_subscribe;
         let query = HistoryQuery {
             since: since.as_ref().map(|s| s.offset),
             limit: Some(if since.is_some() || latest {
@@ -384,7 +384,7 @@ impl Session {
                 0
             }),
         };
-        let history = match hub.broker.history(channel, query, retention(&ns)).await {
+        let mut history = match hub.broker.history(channel, query, retention(&ns)).await {
             Ok(h) => h,
             Err(e) => {
                 hub.node.remove(&*hub.broker, channel, &self.peer).await;
@@ -394,6 +394,24 @@ impl Session {
         let recovered = since
             .as_ref()
             .is_some_and(|s| *s.epoch == *history.position.epoch && history.complete);
+        if since.is_some() && !recovered && ns.latest_on_subscribe {
+            // Nothing to recover from (another epoch, or the window passed): the client
+            // starts afresh, so it gets the latest values as without `since`, read again
+            // with their position (deliveries after either read are held, so the newer
+            // position is as gap-free).
+            let fresh = HistoryQuery {
+                since: None,
+                limit: Some(ns.history_size),
+            };
+            history = match hub.broker.history(channel, fresh, retention(&ns)).await {
+                Ok(h) => h,
+                Err(e) => {
+                    hub.node.remove(&*hub.broker, channel, &self.peer).await;
+                    return Err(unavailable(e));
+                }
+            };
+            latest = true;
+        }
         // The reply, then the replay one publication at a time as the queue drains, while
         // live deliveries are still held (bounded by `max_held`, like a queue); then the held
         // ones, also as room frees up. Nothing here overflows the queue by itself.

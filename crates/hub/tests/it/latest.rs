@@ -130,6 +130,22 @@ async fn latest_values(s: &TestServer) {
     assert_eq!(r.recv().await["offset"], 5);
     r.assert_silent(Duration::from_millis(100)).await;
 
+    // A `since` that cannot be recovered (another epoch) starts afresh with latest values.
+    let mut f = s.client().await;
+    let reply = f
+        .call(json!({"type":"subscribe","channel":"px:q","since":{"epoch":"gone","offset":2}}))
+        .await;
+    assert_eq!(
+        (reply["recovered"].clone(), reply["offset"].clone()),
+        (json!(false), json!(5))
+    );
+    let offsets: Vec<Value> = [f.recv().await, f.recv().await, f.recv().await]
+        .iter()
+        .map(|m| m["offset"].clone())
+        .collect();
+    assert_eq!(offsets, [json!(3), json!(4), json!(5)], "A, no key, B");
+    f.assert_silent(Duration::from_millis(100)).await;
+
     // History items carry the key too.
     let h = c.call(json!({"type":"history","channel":"px:q"})).await;
     assert_eq!(h["publications"][0]["key"], "A", "{h}");
