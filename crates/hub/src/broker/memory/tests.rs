@@ -228,3 +228,36 @@ async fn presence_and_announcements() {
         .collect();
     assert_eq!(kinds, [true, false], "one join, one leave");
 }
+
+#[tokio::test]
+async fn keys_are_stored_delivered_and_counted() {
+    let sink = Arc::new(Collect::default());
+    let b = MemoryBroker::with_limits(
+        sink.clone(),
+        MemoryLimits::new(10, 1 << 20),
+        Arc::new(Metrics::new()),
+    );
+    b.subscribe("c").await.unwrap();
+    b.publish("c", raw("1"), None, Some("EURUSD".into()), KEEP)
+        .await
+        .unwrap();
+    b.publish("c", raw("2"), None, None, KEEP).await.unwrap();
+    let h = b.history("c", HistoryQuery::default(), KEEP).await.unwrap();
+    let keys: Vec<_> = h.publications.iter().map(|p| p.key.as_deref()).collect();
+    assert_eq!(keys, [Some("EURUSD"), None]);
+    let delivered: Vec<_> = sink
+        .0
+        .lock()
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Publication { publication, .. } => Some(publication.key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [Some("EURUSD".into()), None]);
+    assert_eq!(
+        b.history_bytes(),
+        entry_cost(&raw("1"), None, Some("EURUSD")) + entry_cost(&raw("2"), None, None),
+        "a key counts against the history budget"
+    );
+}
