@@ -330,6 +330,12 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Largest serialized `data` of one publication in bytes. Default 32 KiB.
     pub max_publication_size: usize,
+    /// Longest publication `key` in bytes (UTF-8, as decoded), on every publish path; a
+    /// longer one is refused with `too_large` (HTTP 413) and counted in
+    /// `duplex_limit_hits_total{limit="publication_key"}`. Keys name what a publication is
+    /// the latest value of (a symbol, a sensor id), so 256 is ample; every queued and
+    /// retained publication carries its key. Default 256, at most 4096.
+    pub max_key_size: usize,
     /// How deeply arrays and objects may nest in a publication's `data` (every publish path)
     /// and a subscription's `info`; deeper ones are refused with `too_deep` (HTTP 400).
     /// Default 32: real payloads rarely pass ten levels, and the frames that wrap `data` (up
@@ -447,6 +453,12 @@ pub enum SlowConsumerPolicy {
     Disconnect,
     /// Drop the oldest queued publications of namespaces with this policy to make room.
     DropOldest,
+    /// Once the subscriber's queued bytes pass `conflate_watermark` of
+    /// `limits.max_queue_bytes`, keep only the newest queued publication per channel and
+    /// `key` (publications without a key count as one key per channel): a slow reader gets
+    /// the latest value of everything, later, instead of every value. Replies and events
+    /// are never conflated; a queue that still cannot fit closes with 1013.
+    Conflate,
 }
 
 /// Options of one channel namespace.
@@ -497,6 +509,18 @@ pub struct NamespaceConfig {
     pub client_publish: bool,
     /// Slow-consumer policy. Default `disconnect`.
     pub slow_consumer: SlowConsumerPolicy,
+    /// With `slow_consumer = "conflate"`: the fraction of `limits.max_queue_bytes` past
+    /// which a subscriber's queue starts keeping only the newest publication per key.
+    /// Below it every publication is delivered; above it the room left is for replies and
+    /// bursts. Default 0.5; between 0.01 and 1.
+    pub conflate_watermark: f64,
+    /// Right after the `subscribe` reply, send the channel's latest publication (a
+    /// `message` frame with its offset, as in the stream) when the client gives no
+    /// `since`, so a page shows the current value at once instead of waiting for the next
+    /// publication. The value is the newest history entry, read in the same atomic step as
+    /// the position the reply carries, so it needs `history_size` ≥ 1 (`history_size = 1`
+    /// keeps only the latest value) and is gone after `history_ttl`. Default `false`.
+    pub latest_on_subscribe: bool,
 }
 
 /// A named namespace: options left out inherit from `[channels]`.
@@ -536,6 +560,10 @@ pub struct NamespaceOverrides {
     /// This namespace's own `subscribe`, `publish` and `rpc` hooks (see [`NamespaceHooks`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hooks: Option<NamespaceHooks>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflate_watermark: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_on_subscribe: Option<bool>,
 }
 
 /// A configuration that cannot be used.
@@ -654,6 +682,7 @@ impl Default for Limits {
             max_connections_per_ip: 1_000,
             max_message_size: 64 * 1024,
             max_publication_size: 32 * 1024,
+            max_key_size: 256,
             max_json_depth: crate::protocol::DEFAULT_MAX_JSON_DEPTH,
             commands_per_second: 100,
             commands_burst: 200,
@@ -691,13 +720,16 @@ impl Default for NamespaceConfig {
             join_leave_max_entries: 100,
             client_publish: true,
             slow_consumer: SlowConsumerPolicy::Disconnect,
+            conflate_watermark: 0.5,
+            latest_on_subscribe: false,
         }
     }
 }
 
 impl NamespaceOverrides {
     /// The `ticker` namespace of the default configuration: server-side publications only,
-    /// short history, no presence, drop-oldest for slow readers.
+    /// short history, no presence, each symbol's latest price on subscribe, and slow readers
+    /// get the newest price per symbol (`conflate`).
     pub fn ticker() -> Self {
         Self {
             history_size: Some(20),
@@ -710,7 +742,9 @@ impl NamespaceOverrides {
             join_leave_interval: None,
             join_leave_max_entries: None,
             client_publish: Some(false),
-            slow_consumer: Some(SlowConsumerPolicy::DropOldest),
+            slow_consumer: Some(SlowConsumerPolicy::Conflate),
+            conflate_watermark: None,
+            latest_on_subscribe: Some(true),
             hooks: None,
         }
     }
@@ -730,6 +764,8 @@ impl NamespaceOverrides {
                 .unwrap_or(base.join_leave_max_entries),
             client_publish: self.client_publish.unwrap_or(base.client_publish),
             slow_consumer: self.slow_consumer.unwrap_or(base.slow_consumer),
+            conflate_watermark: self.conflate_watermark.unwrap_or(base.conflate_watermark),
+            latest_on_subscribe: self.latest_on_subscribe.unwrap_or(base.latest_on_subscribe),
         }
     }
 }
@@ -832,13 +868,18 @@ impl Config {
         // Every frame the server sends must fit the queue on its own: replies are paged to
         // a quarter of it, but one publication (a `message` frame, a history item) is the
         // smallest unit, and a frame larger than the queue could only overflow it.
+        if l.max_key_size == 0 || l.max_key_size > 4096 {
+            return invalid("limits.max_key_size must be between 1 and 4096".into());
+        }
+        // A key escapes to at most six bytes per byte (`\u00XX`) in a frame.
         let frame = l
             .max_publication_size
-            .saturating_add(crate::protocol::FRAME_OVERHEAD);
+            .saturating_add(crate::protocol::FRAME_OVERHEAD)
+            .saturating_add(l.max_key_size.saturating_mul(6));
         if l.max_queue_bytes < frame {
             return invalid(format!(
                 "limits.max_queue_bytes must hold one publication frame: at least \
-                 limits.max_publication_size + {} ({frame})",
+                 limits.max_publication_size + {} + 6 × limits.max_key_size ({frame})",
                 crate::protocol::FRAME_OVERHEAD
             ));
         }
@@ -887,6 +928,17 @@ impl Config {
             }
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
                 return invalid(format!("namespace {name:?}: history_ttl must be positive"));
+            }
+            if !(0.01..=1.0).contains(&ns.conflate_watermark) {
+                return invalid(format!(
+                    "namespace {name:?}: conflate_watermark must be between 0.01 and 1"
+                ));
+            }
+            if ns.latest_on_subscribe && ns.history_size == 0 {
+                return invalid(format!(
+                    "namespace {name:?}: latest_on_subscribe needs history_size >= 1 \
+                     (the latest value is the newest history entry)"
+                ));
             }
             if ns.join_leave_interval > Duration::from_secs(10) {
                 return invalid(format!("namespace {name:?}: join_leave_interval above 10s"));

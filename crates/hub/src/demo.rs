@@ -30,7 +30,8 @@ struct Tick<'a> {
 }
 
 /// Publishes one tick per symbol every [`TICK_INTERVAL`] through the normal publish path
-/// until the hub shuts down.
+/// until the hub shuts down. Each tick is keyed by its symbol, so a new subscriber gets
+/// every symbol's latest price at once and a slow one the newest price of each.
 pub(crate) async fn run_ticker(hub: Hub) {
     let mut prices: Vec<f64> = SYMBOLS.iter().map(|(_, p)| *p).collect();
     let mut shutdown = hub.shared.shutdown_signal();
@@ -57,7 +58,10 @@ pub(crate) async fn run_ticker(hub: Hub) {
                 continue;
             };
             let Ok(data) = data else { continue };
-            if let Err(e) = hub.publish(TICKER_CHANNEL, data).await {
+            if let Err(e) = hub
+                .publish_with_key(TICKER_CHANNEL, data, Some(symbol))
+                .await
+            {
                 tracing::warn!(error = %e.message, "demo ticker publish failed");
             }
         }

@@ -137,6 +137,9 @@ struct PublishBody<'a> {
     channel: Option<String>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    /// The publication's key (see `Hub::publish_with_key`).
+    #[serde(default)]
+    key: Option<String>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -165,7 +168,9 @@ async fn api_publish(
         .ok_or_else(|| bad("bad_request", "missing field \"data\"".into()))?;
     let data =
         RawValue::from_string(data.get().to_owned()).map_err(|e| bad("bad_json", e.to_string()))?;
-    let pos = hub.publish(&channel, data).await?;
+    let pos = hub
+        .publish_with_key(&channel, data, parsed.key.as_deref())
+        .await?;
     Ok(Json(PositionBody::new(&channel, &pos)).into_response())
 }
 

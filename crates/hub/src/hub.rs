@@ -89,6 +89,10 @@ pub struct Stats {
     pub slow_consumer_disconnects: u64,
     /// Frames dropped under `drop_oldest`.
     pub slow_consumer_drops: u64,
+    /// Publications superseded under `conflate`.
+    pub conflated: u64,
+    /// Bytes waiting in the outbound queues of all connections.
+    pub queued_bytes: i64,
     /// Refused upgrades.
     pub handshake_failures: u64,
 }
@@ -176,9 +180,22 @@ impl Hub {
         channel: &str,
         data: Box<RawValue>,
     ) -> Result<StreamPosition, CommandError> {
+        self.publish_with_key(channel, data, None).await
+    }
+
+    /// As [`Hub::publish`], with the publication's `key` (stored with it, sent in `message`
+    /// frames and history, and what `conflate` namespaces keep the newest of). A key longer
+    /// than `limits.max_key_size` is refused with `too_large`, an empty one with
+    /// `bad_request`.
+    pub async fn publish_with_key(
+        &self,
+        channel: &str,
+        data: Box<RawValue>,
+        key: Option<&str>,
+    ) -> Result<StreamPosition, CommandError> {
         let ns = self.shared.resolve(channel)?;
         self.shared
-            .publish(channel, &ns, Arc::from(data), None)
+            .publish(channel, &ns, Arc::from(data), None, key)
             .await
     }
 
@@ -212,6 +229,8 @@ impl Hub {
             publications: m.publications.get(),
             slow_consumer_disconnects: m.slow_consumer_disconnects(),
             slow_consumer_drops: m.slow_consumer_drops(),
+            conflated: m.conflated_total(),
+            queued_bytes: m.queued_bytes.get(),
             handshake_failures: m.handshake_failures_total(),
         }
     }
@@ -286,7 +305,9 @@ impl Shared {
         ns: &NamespaceConfig,
         data: Arc<RawValue>,
         from: Option<Arc<str>>,
+        key: Option<&str>,
     ) -> Result<StreamPosition, CommandError> {
+        let key = self.check_key(key)?;
         let max_depth = self.config.limits.max_json_depth;
         if crate::protocol::json_too_deep(data.get(), max_depth) {
             self.metrics.limit_hit("json_depth");
@@ -312,7 +333,7 @@ impl Shared {
         }
         let pos = self
             .broker
-            .publish(channel, data, from, retention(ns))
+            .publish(channel, data, from, key, retention(ns))
             .await
             .map_err(|e| self.broker_error(e))?;
         self.metrics.publications.inc();
@@ -321,6 +342,27 @@ impl Shared {
 }
 
 impl Shared {
+    /// Checks a publication key against `limits.max_key_size` (a key is carried by every
+    /// queued and retained copy of its publication).
+    fn check_key(&self, key: Option<&str>) -> Result<Option<Arc<str>>, CommandError> {
+        let Some(key) = key else { return Ok(None) };
+        let max = self.config.limits.max_key_size;
+        if key.is_empty() {
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                "\"key\" must not be empty (leave it out for no key)",
+            ));
+        }
+        if key.len() > max {
+            self.metrics.limit_hit("publication_key");
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!("\"key\" is {} bytes; the limit is {max}", key.len()),
+            ));
+        }
+        Ok(Some(key.into()))
+    }
+
     /// Checks the channel-creation rules before a client's `subscribe` (`subscribing`) or
     /// `publish` on `channel`. Creating means using a name this node does not hold: the
     /// memory broker's channels, or with a networked broker the channels with local

@@ -66,6 +66,10 @@ pub(crate) struct Metrics {
     /// Channels the memory broker holds (with history, presence or subscribers).
     pub(crate) broker_channels: Gauge,
     slow_consumer: Family<Label, Counter>,
+    /// Publications superseded in slow subscribers' queues (`conflate`).
+    conflated: Counter,
+    /// Bytes queued for all connections together.
+    pub(crate) queued_bytes: Gauge,
     handshake_failures: Family<Label, Counter>,
     websocket_upgrades: Family<Label, Counter>,
     command_errors: Family<Label, Counter>,
@@ -110,6 +114,8 @@ impl Metrics {
             history_bytes: Gauge::default(),
             broker_channels: Gauge::default(),
             slow_consumer: Family::default(),
+            conflated: Counter::default(),
+            queued_bytes: Gauge::default(),
             handshake_failures: Family::default(),
             websocket_upgrades: Family::default(),
             command_errors: Family::default(),
@@ -185,6 +191,18 @@ impl Metrics {
             "slow_consumer",
             "Slow-consumer actions (disconnect, or frames dropped under drop_oldest)",
             m.slow_consumer.clone(),
+        );
+        r.register(
+            "conflated",
+            "Publications superseded in a slow subscriber's queue by a newer one of the same \
+             channel and key (slow_consumer = conflate)",
+            m.conflated.clone(),
+        );
+        r.register(
+            "queued_bytes",
+            "Bytes waiting in the outbound queues of all connections (each bounded by \
+             limits.max_queue_bytes)",
+            m.queued_bytes.clone(),
         );
         r.register(
             "handshake_failures",
@@ -370,6 +388,14 @@ impl Metrics {
         self.hook_duration
             .get_or_create(&[("hook", hook)])
             .observe(seconds);
+    }
+
+    pub(crate) fn conflated(&self, publications: u64) {
+        self.conflated.inc_by(publications);
+    }
+
+    pub(crate) fn conflated_total(&self) -> u64 {
+        self.conflated.get()
     }
 
     pub(crate) fn slow_consumer_disconnects(&self) -> u64 {

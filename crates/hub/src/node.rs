@@ -14,12 +14,13 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, RwLock};
 
 use crate::broker::{Broker, BrokerError, Delivery, DeliverySink};
+use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::frame::Frame;
 use crate::hooks::events::{Events, Kind};
 use crate::metrics::Metrics;
 use crate::presence_batch::PresenceBatcher;
 use crate::protocol;
-use crate::queue::{Outbound, Pushed};
+use crate::queue::{ConflateKey, Outbound, Pushed};
 
 /// Close code sent when a channel's stream was reset (see [`Node::reset`]).
 pub(crate) const STREAM_RESET: u16 = 1012;
@@ -33,11 +34,49 @@ pub(crate) struct Peer {
     pub(crate) queue: Outbound,
 }
 
-/// Deliveries held back from a recovering subscriber: each with its offset (`None` for
-/// join/leave events), and their byte total.
+/// How a channel's publications enter a full queue: its namespace's slow-consumer policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// Never dropped; an overflow closes the connection with 1013.
+    Disconnect,
+    /// Evicted oldest first.
+    DropOldest,
+    /// Conflated per key once the queue holds more than `watermark` bytes.
+    Conflate {
+        /// In bytes.
+        watermark: usize,
+    },
+}
+
+impl Policy {
+    /// The policy of namespace `ns` for queues of `max_queue_bytes`.
+    pub(crate) fn of(ns: &NamespaceConfig, max_queue_bytes: usize) -> Self {
+        match ns.slow_consumer {
+            SlowConsumerPolicy::DropOldest => Self::DropOldest,
+            SlowConsumerPolicy::Conflate => {
+                // The fraction is validated to lie in [0.01, 1]; the cast saturates.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let watermark = (max_queue_bytes as f64 * ns.conflate_watermark) as usize;
+                Self::Conflate { watermark }
+            }
+            SlowConsumerPolicy::Disconnect => Self::Disconnect,
+        }
+    }
+}
+
+/// A delivery on its way to queues: the frame, its offset (`None` for join/leave events)
+/// and, for publications, what it conflates by.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    offset: Option<u64>,
+    frame: Frame,
+    key: Option<ConflateKey>,
+}
+
+/// Deliveries held back from a recovering subscriber, and their byte total.
 #[derive(Debug, Default)]
 struct Held {
-    frames: Vec<(Option<u64>, Frame)>,
+    frames: Vec<Outgoing>,
     bytes: usize,
 }
 
@@ -65,8 +104,8 @@ struct LocalChannel {
     interest: tokio::sync::Mutex<bool>,
     /// Set when this entry left the map; holders must look the channel up again.
     removed: AtomicBool,
-    /// Publications of this channel may be evicted from full queues (`drop_oldest`).
-    droppable: bool,
+    /// What full queues do with this channel's publications.
+    policy: Policy,
 }
 
 /// The node-local channel → subscribers map.
@@ -98,7 +137,7 @@ impl Node {
         }
     }
 
-    fn get_or_create(&self, channel: &str, droppable: bool) -> Arc<LocalChannel> {
+    fn get_or_create(&self, channel: &str, policy: Policy) -> Arc<LocalChannel> {
         if let Some(ch) = self.channels.read().get(channel) {
             return ch.clone();
         }
@@ -110,7 +149,7 @@ impl Node {
                     subscribers: Mutex::new(Vec::new()),
                     interest: tokio::sync::Mutex::new(false),
                     removed: AtomicBool::new(false),
-                    droppable,
+                    policy,
                 })
             })
             .clone()
@@ -124,10 +163,10 @@ impl Node {
         broker: &dyn Broker,
         channel: &str,
         peer: &Arc<Peer>,
-        droppable: bool,
+        policy: Policy,
     ) -> Result<(), BrokerError> {
         loop {
-            let ch = self.get_or_create(channel, droppable);
+            let ch = self.get_or_create(channel, policy);
             let mut interest = ch.interest.lock().await;
             if ch.removed.load(Ordering::Acquire) {
                 continue;
@@ -173,13 +212,13 @@ impl Node {
         };
         let mut flushed = 0;
         let mut need = None;
-        for (offset, frame) in &held.frames {
-            if offset.is_some_and(|o| o <= after) {
+        for out in &held.frames {
+            if out.offset.is_some_and(|o| o <= after) {
                 // Already in the replay.
-            } else if ch.droppable && offset.is_some() {
-                self.push(peer, frame.clone(), true);
+            } else if ch.policy != Policy::Disconnect && out.offset.is_some() {
+                self.push(peer, out.clone(), ch.policy);
             } else {
-                match peer.queue.try_push(frame.clone()) {
+                match peer.queue.try_push(out.frame.clone()) {
                     Ok(pushed) => self.count(peer, pushed),
                     Err(frame) => {
                         need = Some(frame.wire_len());
@@ -189,8 +228,8 @@ impl Node {
             }
             flushed += 1;
         }
-        for (_, frame) in held.frames.drain(..flushed) {
-            held.bytes = held.bytes.saturating_sub(frame.wire_len());
+        for out in held.frames.drain(..flushed) {
+            held.bytes = held.bytes.saturating_sub(out.frame.wire_len());
         }
         match need {
             Some(bytes) => GoLive::NeedRoom(bytes),
@@ -289,15 +328,31 @@ impl Node {
         }
     }
 
-    fn push(&self, peer: &Peer, frame: Frame, droppable: bool) {
-        self.count(peer, peer.queue.push(frame, droppable));
+    /// Queues a delivery by the channel's policy (join/leave events are never dropped or
+    /// conflated).
+    fn push(&self, peer: &Peer, out: Outgoing, policy: Policy) {
+        let pushed = match (policy, out.key, out.offset) {
+            (Policy::DropOldest, _, Some(_)) => peer.queue.push(out.frame, true),
+            (Policy::Conflate { watermark }, Some(key), Some(_)) => {
+                peer.queue.push_conflated(out.frame, key, watermark)
+            }
+            _ => peer.queue.push(out.frame, false),
+        };
+        self.count(peer, pushed);
     }
 
-    /// Counts what a push did in the slow-consumer metric.
+    /// Counts what a push did in the slow-consumer metrics.
     pub(crate) fn count(&self, peer: &Peer, pushed: Pushed) {
         match pushed {
-            Pushed::Queued { dropped: 0 } | Pushed::Closed => {}
-            Pushed::Queued { dropped } => self.metrics.slow_consumer_dropped(dropped as u64),
+            Pushed::Queued { dropped, conflated } => {
+                if dropped > 0 {
+                    self.metrics.slow_consumer_dropped(dropped as u64);
+                }
+                if conflated > 0 {
+                    self.metrics.conflated(conflated as u64);
+                }
+            }
+            Pushed::Closed => {}
             Pushed::Discarded => self.metrics.slow_consumer_dropped(1),
             Pushed::Overflow => {
                 self.metrics.slow_consumer_disconnect();
@@ -306,18 +361,19 @@ impl Node {
         }
     }
 
-    fn fan_out(&self, channel: &str, offset: Option<u64>, frame: Frame, max_held: usize) {
+    /// Pushes `out` to every local subscriber of `channel`: a clone of one shared frame
+    /// each (and of the key's two `Arc`s), never a copy of the payload.
+    fn fan_out(&self, channel: &str, out: Outgoing, max_held: usize) {
         let Some(ch) = self.channels.read().get(channel).cloned() else {
             return;
         };
-        let droppable = ch.droppable && offset.is_some();
         let mut subs = ch.subscribers.lock();
         for sub in subs.iter_mut() {
             match &mut sub.held {
-                None => self.push(&sub.peer, frame.clone(), droppable),
+                None => self.push(&sub.peer, out.clone(), ch.policy),
                 Some(_) if sub.peer.queue.is_closed() => {}
                 Some(held) => {
-                    held.bytes += frame.wire_len();
+                    held.bytes += out.frame.wire_len();
                     if held.bytes > max_held {
                         // Recovery is taking long enough for its buffer to pass the queue
                         // limit: the same slow-consumer rule applies.
@@ -327,7 +383,7 @@ impl Node {
                             .close(crate::queue::TRY_AGAIN, "slow consumer", true);
                         self.metrics.slow_consumer_disconnect();
                     } else {
-                        held.frames.push((offset, frame.clone()));
+                        held.frames.push(out.clone());
                     }
                 }
             }
@@ -339,7 +395,12 @@ impl Node {
     /// Fans a `presence_diff` frame (no offset, never dropped) out to `channel`'s local
     /// subscribers; recovering ones hold it until they go live.
     pub(crate) fn fan_out_presence(&self, channel: &str, frame: Frame, max_held: usize) {
-        self.fan_out(channel, None, frame, max_held);
+        let out = Outgoing {
+            offset: None,
+            frame,
+            key: None,
+        };
+        self.fan_out(channel, out, max_held);
     }
 }
 
@@ -360,9 +421,15 @@ impl DeliverySink for NodeSink {
                 channel,
                 publication,
             } => {
-                let frame = Frame::text(protocol::message(&channel, &publication));
-                self.node
-                    .fan_out(&channel, Some(publication.offset), frame, self.max_held);
+                let out = Outgoing {
+                    offset: Some(publication.offset),
+                    frame: Frame::text(protocol::message(&channel, &publication)),
+                    key: Some(ConflateKey {
+                        channel: channel.clone(),
+                        key: publication.key.clone(),
+                    }),
+                };
+                self.node.fan_out(&channel, out, self.max_held);
             }
             Delivery::Join { channel, entry } => {
                 self.presence
@@ -422,13 +489,15 @@ mod tests {
             let broker = broker.clone();
             async move {
                 let data = Arc::from(RawValue::from_string(n.to_string()).unwrap());
-                broker.publish("c", data, None, keep).await.unwrap()
+                broker.publish("c", data, None, None, keep).await.unwrap()
             }
         };
         for n in 1..=3 {
             publish(n).await;
         }
-        node.add(&*broker, "c", &peer, false).await.unwrap();
+        node.add(&*broker, "c", &peer, Policy::Disconnect)
+            .await
+            .unwrap();
         // Live publications 4 and 5 arrive during recovery and are held.
         publish(4).await;
         publish(5).await;
@@ -474,10 +543,12 @@ mod tests {
             let broker = broker.clone();
             async move {
                 let data = Arc::from(RawValue::from_string(format!("\"{n:0>1000}\"")).unwrap());
-                broker.publish("c", data, None, keep).await.unwrap()
+                broker.publish("c", data, None, None, keep).await.unwrap()
             }
         };
-        node.add(&*broker, "c", &peer, false).await.unwrap();
+        node.add(&*broker, "c", &peer, Policy::Disconnect)
+            .await
+            .unwrap();
         for n in 1..=6 {
             publish(n).await;
         }

@@ -273,7 +273,7 @@ mod tests {
                 queue: Outbound::new(1 << 20),
             });
             self.node
-                .add(&*self.broker, "c", &peer, false)
+                .add(&*self.broker, "c", &peer, crate::node::Policy::Disconnect)
                 .await
                 .unwrap();
             assert_eq!(self.node.go_live("c", &peer, 0), GoLive::Live);
@@ -364,7 +364,10 @@ mod tests {
         let y = r.join("y").await;
         next_frames(&keeper).await;
         r.leave(&y).await;
-        r.node.add(&*r.broker, "c", &y, false).await.unwrap();
+        r.node
+            .add(&*r.broker, "c", &y, crate::node::Policy::Disconnect)
+            .await
+            .unwrap();
         assert_eq!(r.node.go_live("c", &y, 0), GoLive::Live);
         r.broker
             .presence_add("c", entry("y", Some(r#"{"name":"Y"}"#)), true)

@@ -177,6 +177,9 @@ pub enum Command<'a> {
         channel: String,
         /// The JSON to publish, verbatim.
         data: &'a RawValue,
+        /// The publication's key (its length is checked against `limits.max_key_size` by
+        /// the publish path, which every publisher shares).
+        key: Option<String>,
     },
     /// `presence`.
     Presence {
@@ -255,7 +258,10 @@ struct Envelope<'a> {
     info: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
     method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as `Some`: `"data": null` is a valid publication while a
@@ -443,7 +449,15 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
             if json_too_deep(data.get(), max_depth) {
                 return Err(too_deep("\"data\"", max_depth));
             }
-            Command::Publish { channel, data }
+            let key = match env.key {
+                None => None,
+                Some(raw) if raw.get() == "null" => None,
+                Some(raw) => Some(
+                    serde_json::from_str::<String>(raw.get())
+                        .map_err(|_| CommandError::bad_request("\"key\" must be a string"))?,
+                ),
+            };
+            Command::Publish { channel, data, key }
         }
         "presence" => Command::Presence {
             channel: channel()?,
@@ -787,6 +801,8 @@ pub fn history_pages<'a>(
         offset: u64,
         data: &'a RawValue,
         from: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
     }
     #[derive(Serialize)]
     struct Body<'a> {
@@ -804,6 +820,7 @@ pub fn history_pages<'a>(
             offset: p.offset,
             data: &p.data,
             from: p.from.as_deref(),
+            key: p.key.as_deref(),
         })
         .unwrap_or_default()
     });
@@ -831,6 +848,8 @@ pub fn message(channel: &str, p: &Publication) -> String {
         offset: u64,
         data: &'a RawValue,
         from: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
     }
     encode(
         "message",
@@ -840,6 +859,7 @@ pub fn message(channel: &str, p: &Publication) -> String {
             offset: p.offset,
             data: &p.data,
             from: p.from.as_deref(),
+            key: p.key.as_deref(),
         },
     )
 }
@@ -894,7 +914,7 @@ mod tests {
             parse_command(r#"{"type":"publish","id":3,"channel":"a","data":null}"#).unwrap();
         assert_eq!(id, Some(3));
         assert!(
-            matches!(c, Command::Publish { ref channel, data } if channel == "a" && data.get() == "null")
+            matches!(c, Command::Publish { ref channel, data, key: None } if channel == "a" && data.get() == "null")
         );
         let (_, c) = parse_command(
             r#"{"type":"subscribe","channel":"a","since":{"epoch":"e","offset":4},"info":{"n":1}}"#,
@@ -932,6 +952,43 @@ mod tests {
             panic!()
         };
         assert_eq!(data.get(), r#"{"big":123456789012345678901234567890}"#);
+    }
+
+    #[test]
+    fn a_publication_key_is_parsed_stored_and_sent_only_when_present() {
+        let (_, c) =
+            parse_command(r#"{"type":"publish","channel":"a","data":1,"key":"EUR\/USD"}"#).unwrap();
+        let Command::Publish { key, .. } = c else {
+            panic!()
+        };
+        assert_eq!(key.as_deref(), Some("EUR/USD"));
+        let (_, c) =
+            parse_command(r#"{"type":"publish","channel":"a","data":1,"key":null}"#).unwrap();
+        assert!(matches!(c, Command::Publish { key: None, .. }));
+        let (_, code, msg) = err_of(r#"{"type":"publish","channel":"a","data":1,"key":7}"#);
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(msg.contains("\"key\""), "{msg}");
+
+        let mut p = Publication {
+            offset: 3,
+            data: std::sync::Arc::from(RawValue::from_string("1".into()).unwrap()),
+            from: None,
+            key: Some("k".into()),
+        };
+        let v: serde_json::Value = serde_json::from_str(&message("c", &p)).unwrap();
+        assert_eq!(v["key"], "k");
+        let pos = StreamPosition {
+            epoch: "e".into(),
+            offset: 3,
+        };
+        let page = history_pages(None, "c", &pos, std::slice::from_ref(&p), None, 1000)
+            .next()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&page).unwrap();
+        assert_eq!(v["publications"][0]["key"], "k");
+        p.key = None;
+        let v: serde_json::Value = serde_json::from_str(&message("c", &p)).unwrap();
+        assert!(v.get("key").is_none(), "no key, no field: {v}");
     }
 
     #[test]
@@ -1003,6 +1060,7 @@ mod tests {
                     RawValue::from_string(format!("\"{}\"", "x".repeat(100))).unwrap(),
                 ),
                 from: Some("ada".into()),
+                key: None,
             })
             .collect();
         let pages: Vec<serde_json::Value> =

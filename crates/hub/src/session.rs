@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
-use crate::config::{NamespaceConfig, SlowConsumerPolicy};
+use crate::config::NamespaceConfig;
 use crate::frame::Frame;
 use crate::hooks::events::Kind;
 use crate::hooks::wire::{
@@ -22,7 +22,7 @@ use crate::hooks::wire::{
 };
 use crate::hooks::{self, Context, Hook, Verdict};
 use crate::hub::{retention, Shared};
-use crate::node::{GoLive, Peer};
+use crate::node::{GoLive, Peer, Policy};
 use crate::protocol::{self, Command, CommandError, ErrorCode, Since};
 use crate::queue::{Outbound, Pushed};
 
@@ -112,7 +112,7 @@ impl Session {
         let limits = &hub.config.limits;
         let peer = Arc::new(Peer {
             id,
-            queue: Outbound::new(limits.max_queue_bytes),
+            queue: Outbound::with_gauge(limits.max_queue_bytes, hub.metrics.queued_bytes.clone()),
         });
         let commands = RateLimiter::direct(
             Quota::per_second(nonzero(limits.commands_per_second))
@@ -303,7 +303,9 @@ impl Session {
             }
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
             Command::Refresh { token } => self.refresh(id, &token).await,
-            Command::Publish { channel, data } => self.publish(id, &channel, data).await,
+            Command::Publish { channel, data, key } => {
+                self.publish(id, &channel, data, key.as_deref()).await
+            }
             Command::Presence { channel } => self.presence(id, &channel).await,
             Command::History {
                 channel,
@@ -488,17 +490,24 @@ impl Session {
             }
         }
         let hub = self.hub.clone();
-        let droppable = ns.slow_consumer == SlowConsumerPolicy::DropOldest;
+        let policy = Policy::of(&ns, hub.config.limits.max_queue_bytes);
         hub.node
-            .add(&*hub.broker, channel, &self.peer, droppable)
+            .add(&*hub.broker, channel, &self.peer, policy)
             .await
             .map_err(|e| self.hub.broker_error(e))?;
         // From here on, publications to the channel are held for this peer until `go_live`.
+        // Without `since`, a `latest_on_subscribe` namespace reads its retained history in
+        // the same atomic step as the position, for the latest values.
+        let mut latest = since.is_none() && ns.latest_on_subscribe;
         let query = HistoryQuery {
             since: since.as_ref().map(|s| s.offset),
-            limit: Some(if since.is_some() { ns.history_size } else { 0 }),
+            limit: Some(if since.is_some() || latest {
+                ns.history_size
+            } else {
+                0
+            }),
         };
-        let history = match hub.broker.history(channel, query, retention(&ns)).await {
+        let mut history = match hub.broker.history(channel, query, retention(&ns)).await {
             Ok(h) => h,
             Err(e) => {
                 hub.node.remove(&*hub.broker, channel, &self.peer).await;
@@ -508,6 +517,24 @@ impl Session {
         let recovered = since
             .as_ref()
             .is_some_and(|s| *s.epoch == *history.position.epoch && history.complete);
+        if since.is_some() && !recovered && ns.latest_on_subscribe {
+            // Nothing to recover from (another epoch, or the window passed): the client
+            // starts afresh, so it gets the latest values as without `since`, read again
+            // with their position (deliveries after either read are held, so the newer
+            // position is as gap-free).
+            let fresh = HistoryQuery {
+                since: None,
+                limit: Some(ns.history_size),
+            };
+            history = match hub.broker.history(channel, fresh, retention(&ns)).await {
+                Ok(h) => h,
+                Err(e) => {
+                    hub.node.remove(&*hub.broker, channel, &self.peer).await;
+                    return Err(unavailable(e));
+                }
+            };
+            latest = true;
+        }
         // The reply, then the replay one publication at a time as the queue drains, while
         // live deliveries are still held (bounded by `max_held`, like a queue); then the held
         // ones, also as room frees up. Nothing here overflows the queue by itself.
@@ -516,8 +543,25 @@ impl Session {
             Asker::Backend => protocol::server_subscribed(channel, &history.position),
         };
         let mut sent = self.send_frame(Frame::text(reply)).await;
-        if recovered {
-            for p in &history.publications {
+        let replay = if recovered {
+            history.publications.as_slice()
+        } else {
+            &[]
+        };
+        // A latest value older than the position (its successors expired or were trimmed
+        // first) would take the client back in the stream: none is sent then.
+        let current = history
+            .publications
+            .last()
+            .is_some_and(|p| p.offset == history.position.offset);
+        let latest_values = if latest && current {
+            latest_per_key(&history.publications)
+        } else {
+            Vec::new()
+        };
+        if recovered || latest {
+            let publications = replay.iter().chain(latest_values.iter().copied());
+            for p in publications {
                 if sent.is_err() {
                     break;
                 }
@@ -599,6 +643,7 @@ impl Session {
         id: Option<u64>,
         channel: &str,
         data: &RawValue,
+        key: Option<&str>,
     ) -> Result<(), CommandError> {
         let ns = self.hub.resolve(channel)?;
         if !ns.client_publish {
@@ -651,7 +696,10 @@ impl Session {
             .user
             .clone()
             .unwrap_or_else(|| self.peer.id.clone());
-        let pos = self.hub.publish(channel, &ns, data, Some(from)).await?;
+        let pos = self
+            .hub
+            .publish(channel, &ns, data, Some(from), key)
+            .await?;
         self.send(protocol::published(id, channel, &pos)).await;
         Ok(())
     }
@@ -806,6 +854,21 @@ impl Drop for Session {
             }
         });
     }
+}
+
+/// The latest values in `publications` (oldest first): the newest publication of each key,
+/// publications without a key counting as one key, in offset order. The last one is always
+/// the channel's latest publication, so the client's position continues from it. Offsets
+/// skip where older values were left out, as under `conflate`.
+fn latest_per_key(publications: &[crate::broker::Publication]) -> Vec<&crate::broker::Publication> {
+    let mut seen = std::collections::HashSet::new();
+    let mut latest: Vec<_> = publications
+        .iter()
+        .rev()
+        .filter(|p| seen.insert(p.key.as_deref()))
+        .collect();
+    latest.reverse();
+    latest
 }
 
 fn unavailable(e: crate::broker::BrokerError) -> CommandError {

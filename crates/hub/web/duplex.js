@@ -236,6 +236,7 @@ export class Subscription {
     this._info = options.info;
     this._pending = null; // messages that arrived before the subscribe reply
     this._retry = null;
+    this._latestUpTo = null; // the reply offset up to which latest values may come
     if (options.since) {
       this.position.epoch = String(options.since.epoch);
       this.position.offset = Number(options.since.offset);
@@ -295,8 +296,12 @@ export class Subscription {
 
 /**
  * @typedef {object} SubscriptionHandlers
- * @property {(msg: {channel: string, offset: number, data: *, from: string}) => void} [message]
- *   a publication, delivered once and in offset order
+ * @property {(msg: {channel: string, offset: number, data: *, from: string, key?: string, latest?: boolean}) => void} [message]
+ *   a publication, delivered once and in offset order. `key` is the publication's
+ *   key. In a namespace with `latest_on_subscribe`, the channel's latest values
+ *   (the newest publication of each key) come first after a fresh subscribe,
+ *   marked `latest: true`. Offsets may skip (latest values, `conflate`): the
+ *   skipped ones were older values of the same keys, not a loss
  * @property {(entry: {channel: string, client: string, user: ?string, info: ?object}) => void} [join]
  *   someone subscribed, or changed its info (presence-enabled channels); apply as
  *   "add or replace" by `client`. The server batches joins and leaves per
@@ -326,6 +331,8 @@ export class Subscription {
 /**
  * @typedef {object} RequestOptions
  * @property {number} [timeout] ms to wait for the reply (default: the client's `requestTimeout`)
+ * @property {string} [key] `publish` only: what the publication is the latest value of
+ *   (a symbol, a sensor id); sent back in its messages as `key`
  */
 
 /**
@@ -547,7 +554,9 @@ export class Client {
    * @returns {Promise<object>}
    */
   publish(channel, data, opts) {
-    return this.request({ type: "publish", channel, data }, opts);
+    const cmd = { type: "publish", channel, data };
+    if (opts?.key !== undefined && opts.key !== null) cmd.key = String(opts.key);
+    return this.request(cmd, opts);
   }
 
   /**
@@ -943,6 +952,12 @@ export class Client {
 
   _deliver(sub, msg) {
     if (!sub.position.accept(msg.offset)) return;
+    // The latest values sent after a fresh subscribe are at or below the reply's offset;
+    // live publications come after it.
+    if (sub._latestUpTo !== null && typeof msg.offset === "number") {
+      if (msg.offset <= sub._latestUpTo) msg.latest = true;
+      if (msg.offset >= sub._latestUpTo) sub._latestUpTo = null;
+    }
     sub._call("message", msg);
     this._emit("message", msg);
   }
@@ -1009,6 +1024,7 @@ export class Client {
       (reply) => {
         if (this._subs.get(sub.channel) !== sub || sub.state === "unsubscribed") return;
         const recovered = sub.position.subscribed(reply);
+        sub._latestUpTo = !recovered && typeof reply.offset === "number" ? reply.offset : null;
         sub.state = "subscribed";
         const pending = sub._pending || [];
         sub._pending = null;

@@ -1,6 +1,9 @@
 // The live ticker demo: subscribes to `ticker:prices`, where the server's demo
 // feed publishes `{symbol, price, change, ts}` per symbol, and shows each symbol
-// with its price, its change since the page opened and a sparkline.
+// with its price, its change since the page opened and a sparkline. The namespace
+// has `latest_on_subscribe`, so every symbol's latest price (ticks are keyed by
+// symbol) arrives right after the subscribe reply, marked `latest`: a new page
+// shows prices at once; history then fills the sparklines.
 import { Client, wsUrl } from "/duplex.js";
 
 const CHANNEL = "ticker:prices";
@@ -14,7 +17,9 @@ const arrivals = []; // arrival times of the last few seconds, for the rate
 const money = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 
 const client = new Client(wsUrl(), { onstate: renderStatus });
-globalThis.duplexTicker = { client, quotes };
+/** symbols whose latest price came with the subscription (before any live tick) */
+const latest = new Set();
+globalThis.duplexTicker = { client, quotes, latest };
 
 client.subscribe(CHANNEL, {
   subscribed: async (ctx, sub) => {
@@ -29,7 +34,11 @@ client.subscribe(CHANNEL, {
     }
   },
   message: (m) => {
-    arrivals.push(performance.now());
+    if (m.latest) {
+      if (typeof m.data?.symbol === "string") latest.add(m.data.symbol);
+    } else {
+      arrivals.push(performance.now());
+    }
     if (addTick(m, true)) el.updated.textContent = new Date().toLocaleTimeString();
   },
   error: (err) => {

@@ -61,6 +61,24 @@ describe("ticker and stats pages", () => {
     await page.screenshot({ path: outPath("ticker.png") });
   });
 
+  test("a newly opened ticker shows every symbol's latest price at once", async () => {
+    // The first test's page kept the feed running, so the channel has history.
+    const page = await open("/ticker");
+    const latest = await waitFor("latest prices with the subscription", async () => {
+      const symbols = await page.evaluate(() => [...globalThis.duplexTicker.latest]);
+      return symbols.length >= 5 && symbols;
+    });
+    // Every symbol came with the subscription, before any live tick, and is on screen.
+    const shown = await page.$$eval(".quote", (els) =>
+      els.map((e) => [e.dataset.symbol, e.querySelector(".price").textContent]),
+    );
+    for (const symbol of latest) {
+      const card = shown.find(([s]) => s === symbol);
+      assert.ok(card, `${symbol} has a card`);
+      assert.match(card[1], /^\d[\d,]*\.\d{2}$/, `${symbol} price ${card[1]}`);
+    }
+  });
+
   test("the stats page shows live server figures", async () => {
     const page = await open("/stats");
     await waitFor("live", async () => (await page.getAttribute("#status", "data-state")) === "connected");

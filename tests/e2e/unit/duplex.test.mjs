@@ -256,5 +256,36 @@ test("rpc resolves with the application's result and rejects with the server's c
       { type: "rpc", method: "slow", data: null },
     ],
   );
+});
+
+test("latest values after a fresh subscribe are marked latest; skipped offsets are no loss", async () => {
+  const sent = [];
+  const WebSocket = fakeSocket((cmd) => {
+    sent.push(cmd);
+    if (cmd.type === "subscribe") {
+      return [
+        { type: "reply", id: cmd.id, channel: "px", epoch: "e", offset: 9 },
+        { type: "message", channel: "px", offset: 7, data: 1, key: "A" },
+        { type: "message", channel: "px", offset: 9, data: 2, key: "B" },
+        // Live, after a conflated gap.
+        { type: "message", channel: "px", offset: 12, data: 3, key: "A" },
+      ];
+    }
+    return [{ type: "reply", id: cmd.id, channel: "px", epoch: "e", offset: 13 }];
+  });
+  const c = new Client("ws://127.0.0.1:9/ws", { WebSocket, pingInterval: 60000 }).connect();
+  await c.ready(1000);
+  const got = [];
+  const sub = c.subscribe("px", { message: (m) => got.push([m.offset, m.key, m.latest === true]) });
+  const until = Date.now() + 2000;
+  while (got.length < 3 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(got, [
+    [7, "A", true],
+    [9, "B", true],
+    [12, "A", false],
+  ]);
+  assert.deepEqual(sub.position.since(), { epoch: "e", offset: 12 });
+  await sub.publish(5, { key: "B", timeout: 1000 });
+  assert.deepEqual(sent.at(-1), { type: "publish", id: sent.at(-1).id, channel: "px", data: 5, key: "B" });
   c.close();
 });

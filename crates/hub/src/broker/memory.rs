@@ -47,10 +47,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) const ENTRY_OVERHEAD: usize = 96;
 
 /// What one retained publication counts against the history byte caps.
-fn entry_cost(data: &RawValue, from: Option<&str>) -> usize {
+fn entry_cost(data: &RawValue, from: Option<&str>, key: Option<&str>) -> usize {
     data.get()
         .len()
         .saturating_add(from.map_or(0, str::len))
+        .saturating_add(key.map_or(0, str::len))
         .saturating_add(ENTRY_OVERHEAD)
 }
 
@@ -152,7 +153,7 @@ struct ChannelState {
 }
 
 fn cost_of(p: &Publication) -> usize {
-    entry_cost(&p.data, p.from.as_deref())
+    entry_cost(&p.data, p.from.as_deref(), p.key.as_deref())
 }
 
 impl ChannelState {
@@ -560,10 +561,11 @@ impl Broker for MemoryBroker {
         channel: &str,
         data: Arc<RawValue>,
         from: Option<Arc<str>>,
+        key: Option<Arc<str>>,
         retention: Retention,
     ) -> Result<StreamPosition, BrokerError> {
         let retain = retention.size > 0;
-        let cost = entry_cost(&data, from.as_deref());
+        let cost = entry_cost(&data, from.as_deref(), key.as_deref());
         let reserved = if retain {
             Some(self.reserve(namespace_of(channel), cost)?)
         } else {
@@ -576,6 +578,7 @@ impl Broker for MemoryBroker {
                 offset: s.offset,
                 data,
                 from,
+                key,
             };
             let now = Instant::now();
             if retain {

@@ -39,6 +39,10 @@ pub struct Publication {
     pub data: Arc<RawValue>,
     /// The publisher's user or client id; `None` for server-side publications.
     pub from: Option<Arc<str>>,
+    /// The publication's key, if it has one: what it is the latest value of (a ticker
+    /// symbol, a sensor id). Under the `conflate` slow-consumer policy a subscriber's queue
+    /// keeps only the newest publication per key (see `docs/protocol.md`).
+    pub key: Option<Arc<str>>,
 }
 
 /// One subscribed connection as shown by `presence`, `join` and `leave`.
@@ -142,11 +146,13 @@ pub enum BrokerError {
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Appends a publication to `channel`: assigns the next offset, stores it in history
     /// (trimmed to `retention`) and delivers it to every interested node, this one included.
+    /// `key` is stored and delivered with it (see [`Publication::key`]).
     async fn publish(
         &self,
         channel: &str,
         data: Arc<RawValue>,
         from: Option<Arc<str>>,
+        key: Option<Arc<str>>,
         retention: Retention,
     ) -> Result<StreamPosition, BrokerError>;
 

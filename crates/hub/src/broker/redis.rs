@@ -202,6 +202,17 @@ enum Incoming {
     Leave(PresenceEntry),
 }
 
+/// Which history entries a read returns with the position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entries {
+    /// The position only.
+    None,
+    /// The newest entry only (a `subscribe` with `latest_on_subscribe`).
+    Last,
+    /// Every retained entry.
+    All,
+}
+
 /// What [`Inner::accept`] needs done next.
 enum Next {
     Done,
@@ -222,6 +233,9 @@ struct WireMessage<'a> {
     x: Option<u64>,
     #[serde(default)]
     f: Option<Arc<str>>,
+    /// The publication's key.
+    #[serde(default)]
+    y: Option<Arc<str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     d: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -294,6 +308,7 @@ fn parse_history(entries: &[String], now: u64) -> Vec<Publication> {
                 offset: w.o?,
                 data: Arc::from(w.d?.to_owned()),
                 from: w.f,
+                key: w.y,
             })
         })
         .collect()
@@ -391,12 +406,16 @@ impl Inner {
     async fn read(
         &self,
         channel: &str,
-        entries: bool,
+        entries: Entries,
     ) -> Result<(StreamPosition, Vec<Publication>), BrokerError> {
         let mut inv = self.scripts.history.prepare_invoke();
         inv.key(self.key(channel, "stream"))
             .key(self.key(channel, "history"))
-            .arg(if entries { "1" } else { "0" })
+            .arg(match entries {
+                Entries::None => "0",
+                Entries::All => "1",
+                Entries::Last => "l",
+            })
             .arg(new_epoch())
             .arg(millis(STREAM_TTL));
         let (epoch, offset, now, raw): (String, u64, u64, Vec<String>) = self.run(&inv).await?;
@@ -511,7 +530,7 @@ impl Inner {
         else {
             return;
         };
-        let (position, publications) = match self.read(channel, true).await {
+        let (position, publications) = match self.read(channel, Entries::All).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(%channel, error = %e, "cannot read history to fill a gap");
@@ -611,6 +630,7 @@ fn parse_incoming(payload: &[u8]) -> Option<Incoming> {
                 offset: w.o?,
                 data: Arc::from(w.d?.to_owned()),
                 from: w.f,
+                key: w.y,
             },
         }),
         "j" => parse_entry(w.p?.get()).map(Incoming::Join),
@@ -730,11 +750,19 @@ impl Broker for RedisBroker {
         channel: &str,
         data: Arc<RawValue>,
         from: Option<Arc<str>>,
+        key: Option<Arc<str>>,
         retention: Retention,
     ) -> Result<StreamPosition, BrokerError> {
         let inner = &self.inner;
         let from = serde_json::to_string(&from).map_err(unavailable)?;
-        let tail = format!(",\"f\":{from},\"d\":{}}}", data.get());
+        let key = match &key {
+            Some(key) => format!(
+                ",\"y\":{}",
+                serde_json::to_string(key).map_err(unavailable)?
+            ),
+            None => String::new(),
+        };
+        let tail = format!(",\"f\":{from}{key},\"d\":{}}}", data.get());
         let mut inv = inner.scripts.publish.prepare_invoke();
         inv.key(inner.key(channel, "stream"))
             .key(inner.key(channel, "history"))
@@ -766,7 +794,7 @@ impl Broker for RedisBroker {
                 .map_err(unavailable)?;
             // Read after the subscription is active: whatever is published from here on
             // arrives on the pub/sub connection.
-            inner.read(channel, false).await
+            inner.read(channel, Entries::None).await
         }
         .await;
         let position = match result {
@@ -808,8 +836,12 @@ impl Broker for RedisBroker {
         query: HistoryQuery,
         retention: Retention,
     ) -> Result<History, BrokerError> {
-        let wants_entries = query.limit != Some(0) || query.since.is_some();
-        let (position, mut all) = self.inner.read(channel, wants_entries).await?;
+        let entries = match (query.since, query.limit) {
+            (None, Some(0)) => Entries::None,
+            (None, Some(1)) => Entries::Last,
+            _ => Entries::All,
+        };
+        let (position, mut all) = self.inner.read(channel, entries).await?;
         if all.len() > retention.size {
             all.drain(..all.len() - retention.size);
         }
@@ -949,10 +981,20 @@ mod tests {
         }
         let entries = [
             r#"{"x":100,"o":1,"f":"ada","d":1}"#.to_owned(),
-            r#"{"x":300,"o":2,"f":"ada","d":[2]}"#.to_owned(),
+            r#"{"x":300,"o":2,"f":"ada","y":"EURUSD","d":[2]}"#.to_owned(),
         ];
         let pubs = parse_history(&entries, 200);
         assert_eq!(pubs.len(), 1, "the first one expired");
         assert_eq!(pubs[0].data.get(), "[2]");
+        assert_eq!(pubs[0].key.as_deref(), Some("EURUSD"));
+        let keyed = br#"{"k":"p","e":"00ff","o":8,"f":null,"y":"k\"1","d":{}}"#;
+        let Some(Incoming::Publication { publication, .. }) = parse_incoming(keyed) else {
+            panic!("a keyed publication parses");
+        };
+        assert_eq!(
+            publication.key.as_deref(),
+            Some("k\"1"),
+            "escapes are decoded"
+        );
     }
 }

@@ -21,6 +21,8 @@ mod http;
 mod hostile;
 // Python `websockets` as a client of /ws, with permessage-deflate.
 mod peers;
+// Publication keys and the latest value on subscribe (memory and Redis brokers).
+mod latest;
 // Recovery with `since`: exactly the missed publications, in order.
 mod recovery;
 // Graceful shutdown: every client gets 1001.

@@ -112,3 +112,175 @@ async fn drop_oldest_namespace_keeps_the_reader_connected() {
     assert_eq!(last, 8192, "the newest publications survive");
     assert_eq!(slow.call(json!({"type":"ping"})).await["type"], "pong");
 }
+
+/// `conflate` under a fast publisher of 100 keys: a reader that stops reading its socket
+/// stays connected, the node's queued bytes stay under the queue limit, another subscriber
+/// gets every publication, and when the stalled reader resumes it gets, in offset order,
+/// the newest value of every key.
+#[tokio::test]
+async fn conflate_keeps_the_newest_value_per_key_for_a_stalled_reader() {
+    const KEYS: u64 = 100;
+    const PUBLICATIONS: u64 = 20_000;
+    let mut config = config();
+    config.limits.max_queue_bytes = 256 * 1024;
+    config.namespaces.insert(
+        "quotes".into(),
+        toml::from_str("slow_consumer = \"conflate\"\npresence = false").unwrap(),
+    );
+    let s = start_with(config).await;
+    let mut stalled = s.client().await;
+    stalled
+        .call(json!({"type":"subscribe","channel":"quotes:fx"}))
+        .await;
+    let mut healthy = s.client().await;
+    healthy
+        .call(json!({"type":"subscribe","channel":"quotes:fx"}))
+        .await;
+
+    let payload = format!("\"{}\"", "q".repeat(2048));
+    let before = rss_bytes();
+    let (mut peak_rss, mut peak_queued) = (before, 0i64);
+    let mut newest = std::collections::HashMap::new();
+    let mut received = 0u64;
+    for i in 1..=PUBLICATIONS {
+        let key = format!("k{}", i % KEYS);
+        let data = RawValue::from_string(format!("[{i},{payload}]")).unwrap();
+        let pos = s
+            .hub
+            .publish_with_key("quotes:fx", data, Some(&key))
+            .await
+            .unwrap();
+        newest.insert(key, pos.offset);
+        // The healthy subscriber keeps up with everything.
+        while received < i {
+            let m = healthy.recv().await;
+            assert_eq!(
+                m["offset"].as_u64(),
+                Some(received + 1),
+                "no gap for a reader"
+            );
+            received += 1;
+        }
+        if i % 500 == 0 {
+            peak_rss = peak_rss.max(rss_bytes());
+            peak_queued = peak_queued.max(s.hub.stats().queued_bytes);
+        }
+    }
+    let stats = s.hub.stats();
+    println!(
+        "conflate: {} superseded, peak queued {peak_queued} B, RSS growth {} B",
+        stats.conflated,
+        peak_rss.saturating_sub(before)
+    );
+    assert_eq!(stats.slow_consumer_disconnects, 0, "nobody was cut off");
+    assert!(stats.conflated > 0, "the stalled queue conflated");
+    assert!(
+        peak_queued <= 2 * 256 * 1024,
+        "queued bytes {peak_queued} stay within the two queues' limits"
+    );
+    assert!(
+        peak_rss.saturating_sub(before) < 64 << 20,
+        "memory stays bounded"
+    );
+    assert!(
+        metric(&s, "duplex_conflated_total").await >= 1.0,
+        "the metric counts it"
+    );
+
+    // The stalled reader resumes: offsets only grow, and every key ends on its newest value.
+    let mut last_offset = 0;
+    let mut got = std::collections::HashMap::new();
+    while last_offset < PUBLICATIONS {
+        let m = stalled.recv().await;
+        let offset = m["offset"].as_u64().unwrap();
+        assert!(
+            offset > last_offset,
+            "in offset order: {offset} after {last_offset}"
+        );
+        last_offset = offset;
+        got.insert(m["key"].as_str().unwrap().to_owned(), offset);
+    }
+    assert_eq!(
+        got, newest,
+        "the newest value of every key, and only keys published"
+    );
+    assert_eq!(stalled.call(json!({"type":"ping"})).await["type"], "pong");
+}
+
+/// One run of the slow-consumer measurement: peak queued bytes, peak RSS growth, what the
+/// healthy subscriber received, and the counters.
+async fn measure(policy: &str) -> String {
+    const KEYS: u64 = 100;
+    const RATE: u64 = 5_000;
+    const SECONDS: u64 = 10;
+    let mut config = config();
+    config.namespaces.insert(
+        "m".into(),
+        toml::from_str(&format!(
+            "slow_consumer = \"{policy}\"\npresence = false\nhistory_size = 0"
+        ))
+        .unwrap(),
+    );
+    let s = start_with(config).await;
+    let mut stalled = s.client().await;
+    stalled
+        .call(json!({"type":"subscribe","channel":"m:q"}))
+        .await;
+    let mut healthy = s.client().await;
+    healthy
+        .call(json!({"type":"subscribe","channel":"m:q"}))
+        .await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        while n < RATE * SECONDS {
+            match tokio::time::timeout(WAIT, healthy.ws.recv()).await {
+                Ok(Some(Ok(_))) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    let payload = format!("\"{}\"", "p".repeat(2048));
+    let before = rss_bytes();
+    let (mut peak_rss, mut peak_queued) = (before, 0i64);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let started = std::time::Instant::now();
+    let mut i = 0u64;
+    for _ in 0..SECONDS * 100 {
+        tick.tick().await;
+        for _ in 0..RATE / 100 {
+            i += 1;
+            let data = RawValue::from_string(format!("[{i},{payload}]")).unwrap();
+            let key = format!("k{}", i % KEYS);
+            s.hub
+                .publish_with_key("m:q", data, Some(&key))
+                .await
+                .unwrap();
+        }
+        peak_queued = peak_queued.max(s.hub.stats().queued_bytes);
+        peak_rss = peak_rss.max(rss_bytes());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let received = reader.await.unwrap();
+    let stats = s.hub.stats();
+    format!(
+        "| `{policy}` | {i} in {elapsed:.1} s | {received} | {:.0} KiB | {:.1} MiB | {} | {} | {} |",
+        peak_queued as f64 / 1024.0,
+        peak_rss.saturating_sub(before) as f64 / (1 << 20) as f64,
+        stats.slow_consumer_disconnects,
+        stats.slow_consumer_drops,
+        stats.conflated,
+    )
+}
+
+/// The three policies under the same publisher with one stalled subscriber (numbers for
+/// docs/benchmarks.md; run with `--run-ignored only --no-capture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 30-second measurement"]
+async fn measure_slow_consumer_policies() {
+    println!("| policy | published | healthy received | peak queued | peak RSS growth | 1013 | dropped | conflated |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for policy in ["conflate", "drop_oldest", "disconnect"] {
+        println!("{}", measure(policy).await);
+    }
+}

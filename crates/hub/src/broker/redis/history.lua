@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  the channel's stream hash (see publish.lua)
 -- KEYS[2]  the channel's history list
--- ARGV[1]  1 to return the history entries, 0 for the position only
+-- ARGV[1]  1 to return the history entries, l for the newest entry only (the latest value
+--          sent on subscribe, read in the same step as the position), 0 for the position only
 -- ARGV[2]  a fresh epoch, used when the stream does not exist yet
 -- ARGV[3]  TTL of the stream hash in ms
 --
@@ -25,5 +26,7 @@ local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local entries = {}
 if ARGV[1] == '1' then
   entries = redis.call('LRANGE', KEYS[2], 0, -1)
+elseif ARGV[1] == 'l' then
+  entries = redis.call('LRANGE', KEYS[2], -1, -1)
 end
 return {epoch, offset, now, entries}

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  the channel's stream hash: e (epoch), o (last offset), t (time of the last publish, ms)
 -- KEYS[2]  the channel's history list, oldest first
--- ARGV[1]  the tail of the publication's JSON after its offset: ,"f":<from>,"d":<data>}
+-- ARGV[1]  the tail of the publication's JSON after its offset: ,"f":<from>[,"y":<key>],"d":<data>}
 -- ARGV[2]  history size (0: keep none)
 -- ARGV[3]  history TTL in ms
 -- ARGV[4]  a fresh epoch, used when the stream does not exist or lost its history
