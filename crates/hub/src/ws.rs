@@ -114,6 +114,7 @@ async fn upgrade(
     State(hub): State<Hub>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     slot: Option<Extension<PermitSlot>>,
+    streams: Option<Extension<crate::server::Http2Streams>>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, UpgradeRejection>,
@@ -208,12 +209,18 @@ async fn upgrade(
         .pong_timeout(c.websocket.pong_timeout)
         .deflate(c.websocket.compression.deflate());
     let version = upgrade.request().version();
+    // Over HTTP/2 the WebSocket is a stream of its connection, which is not idle while it
+    // is open.
+    let stream = streams.map(|Extension(streams)| streams.open());
     upgrade
         .protocols([crate::SUBPROTOCOL])
         .config(config)
         .on_upgrade(move |ws| {
             hub.shared.metrics.websocket_upgrade(version);
-            run(hub, ws, identity, addr, permit)
+            async move {
+                let _stream = stream;
+                run(hub, ws, identity, addr, permit).await;
+            }
         })
 }
 
