@@ -416,7 +416,7 @@ mod tests {
         // RFC 6455 §1.3.
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaK+xOYjzK+nHWNPGA="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
