@@ -269,3 +269,67 @@ async fn the_bridge_relays_an_http1_client_to_echo_over_http2() {
             .unwrap();
     }
 }
+
+/// With TLS, ALPN offers `h2` first (RFC 7301: the server's preference) and `http/1.1` to
+/// clients that offer only that; a wss:// HTTP/1.1 client is served as before.
+#[tokio::test]
+async fn echo_with_http2_and_tls_offers_h2_then_http1() {
+    use duplex::tls::rustls::{self, pki_types::CertificateDer, RootCertStore};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let echo = Process::start(&[
+        "echo",
+        "--http2",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(certified.cert.der().to_vec()))
+        .unwrap();
+    let client = |alpn: &[&[u8]]| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    };
+    for (offered, chosen) in [
+        (&[&b"http/1.1"[..], b"h2"][..], &b"h2"[..]),
+        (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+    ] {
+        let config = client(offered);
+        let addr = echo.addr;
+        let alpn = tokio::task::spawn_blocking(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            tls.alpn_protocol().map(<[u8]>::to_vec)
+        })
+        .await
+        .unwrap();
+        assert_eq!(alpn.as_deref(), Some(chosen), "offered {offered:?}");
+    }
+    let (mut ws, _) = ClientBuilder::new(format!("wss://127.0.0.1:{}/", echo.addr.port()))
+        .tls_config(client(&[b"http/1.1"]))
+        .connect()
+        .await
+        .unwrap();
+    ws.send(Message::text("over wss")).await.unwrap();
+    let echoed = tokio::time::timeout(DEADLINE, ws.recv()).await.unwrap();
+    assert_eq!(echoed.unwrap().unwrap(), Message::text("over wss"));
+}
