@@ -259,6 +259,25 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     duplex::accept_with(io, config, |_| Ok(Default::default())).await
 }
 
+/// Holds an HTTP/2 stream whose WebSocket has ended until the client ends its side too, for
+/// at most `timeout`.
+///
+/// RFC 8441 §5 makes END_STREAM the stream's TCP FIN, which the WebSocket has sent. But a
+/// stream dropped while the client's side is still open is reset (RST_STREAM CANCEL), and
+/// the HTTP/2 layer then discards the DATA it has not written yet: the last frames, the close
+/// frame among them, would be lost in a race with the connection's writer. The client ends
+/// its side once it has the close (RFC 6455 §7.1.1), so this wait is short.
+async fn linger(mut io: duplex::hyper::UpgradedIo, timeout: Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Already done when the WebSocket closed cleanly; after a failure it may not be.
+    let _ = io.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(timeout, async {
+        while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 /// RFC 9113 §3.4: "the connection preface starts with the string
 /// PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -348,11 +367,14 @@ impl Http2 {
         };
         match upgrade.accept(Accept::default()) {
             Ok((response, upgrading)) => {
+                let close_timeout = self.connection.close_timeout;
                 tokio::spawn(async move {
                     let result = match upgrading.await {
-                        Ok(mut ws) => std::future::poll_fn(|cx| poll_echo(&mut ws, cx))
-                            .await
-                            .map_err(anyhow::Error::from),
+                        Ok(mut ws) => {
+                            let echoed = std::future::poll_fn(|cx| poll_echo(&mut ws, cx)).await;
+                            linger(ws.into_inner(), close_timeout).await;
+                            echoed.map_err(anyhow::Error::from)
+                        }
                         Err(e) => Err(e.into()),
                     };
                     if let Err(e) = result {

@@ -333,3 +333,32 @@ async fn echo_with_http2_and_tls_offers_h2_then_http1() {
     let echoed = tokio::time::timeout(DEADLINE, ws.recv()).await.unwrap();
     assert_eq!(echoed.unwrap().unwrap(), Message::text("over wss"));
 }
+
+/// A protocol violation over HTTP/2: the echo of what came before it and the 1002 close
+/// reach the client, then END_STREAM; the server keeps the stream until the client ends its
+/// side, since a stream reset while DATA waits to be written loses that DATA.
+#[tokio::test]
+async fn a_protocol_violation_over_http2_gets_the_close_before_the_stream_ends() {
+    let echo = Process::start(&["echo", "--http2"]);
+    let send = h2c(echo.addr).await;
+    for _ in 0..20 {
+        let (parts, mut body, mut stream) = connect(&send, echo.addr, &[]).await;
+        assert_eq!(parts.status, 200);
+        // Autobahn 4.1.5: a text message, then a frame with the reserved opcode 7, in one
+        // DATA frame.
+        let mut data = client_frame(0x81, b"Hello, world!").to_vec();
+        data.extend_from_slice(&client_frame(0x87, b"reserved"));
+        stream.send_data(Bytes::from(data), false).unwrap();
+        let mut buf = BytesMut::new();
+        let (first, payload) = server_frame(&mut body, &mut buf).await;
+        assert_eq!((first, payload.as_slice()), (0x81, &b"Hello, world!"[..]));
+        let (first, payload) = server_frame(&mut body, &mut buf).await;
+        assert_eq!(first, 0x88, "a close frame");
+        assert_eq!(payload[..2], 1002u16.to_be_bytes());
+        // The client ends its side; the server's side has ended without a reset.
+        stream.send_data(Bytes::new(), true).unwrap();
+        while let Some(data) = tokio::time::timeout(DEADLINE, body.data()).await.unwrap() {
+            assert!(data.unwrap().is_empty(), "nothing after the close");
+        }
+    }
+}
