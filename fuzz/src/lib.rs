@@ -366,3 +366,21 @@ pub fn hub_command(data: &[u8]) {
         }
     }
 }
+
+/// A JWKS document, as `auth.jwks_url` answers, for `duplex_hub::auth::jwks_key_ids`.
+///
+/// Checks: no panic; at most `MAX_JWKS_KEYS` keys are kept, only from documents within
+/// `MAX_JWKS_BYTES`; reading is deterministic; a refusal says why in words.
+pub fn jwks(data: &[u8]) {
+    use duplex_hub::auth::{jwks_key_ids, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
+    let first = jwks_key_ids(data);
+    match &first {
+        Ok(kids) => {
+            assert!(!kids.is_empty(), "an accepted document has a key");
+            assert!(kids.len() <= MAX_JWKS_KEYS, "{} keys kept", kids.len());
+            assert!(data.len() <= MAX_JWKS_BYTES);
+        }
+        Err(why) => assert!(!why.is_empty()),
+    }
+    assert_eq!(jwks_key_ids(data), first, "reading is deterministic");
+}

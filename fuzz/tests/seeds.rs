@@ -42,3 +42,8 @@ fn inflate_seeds() {
 fn hub_command_seeds() {
     replay("hub_command", duplex_proto_fuzz::hub_command);
 }
+
+#[test]
+fn jwks_seeds() {
+    replay("jwks", duplex_proto_fuzz::jwks);
+}

@@ -30,7 +30,7 @@ pub(crate) enum Need {
     Nginx,
     /// Headless Chromium and a font, for the browser tests.
     Chromium,
-    /// A virtualenv with Python `websockets`, for the peer tests.
+    /// A virtualenv with Python `websockets` and `hypercorn`, for the peer tests.
     PythonPeers,
     /// `node_modules` of `tests/peers/node` (Node `ws`), for the peer tests.
     NodePeers,
@@ -47,7 +47,7 @@ impl fmt::Display for Need {
             Self::RedisServer => "redis-server",
             Self::Nginx => "nginx",
             Self::Chromium => "chromium",
-            Self::PythonPeers => "Python websockets (venv)",
+            Self::PythonPeers => "Python websockets and hypercorn (venv)",
             Self::NodePeers => "Node ws (tests/peers/node)",
             Self::E2eModules => "tests/e2e node_modules",
         })
@@ -269,7 +269,7 @@ impl<'a> Installer<'a> {
 
 /// `npm ci` in `dir` unless its `node_modules` matches `package-lock.json` already (npm writes
 /// `node_modules/.package-lock.json` after an install; a newer lock file means it is stale).
-fn npm_ci(dir: &Path) -> Result<()> {
+pub(crate) fn npm_ci(dir: &Path) -> Result<()> {
     let lock = dir.join("package-lock.json");
     let installed = dir.join("node_modules").join(".package-lock.json");
     let stale = match (modified(&lock), modified(&installed)) {

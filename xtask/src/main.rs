@@ -10,7 +10,8 @@
 //! - `step`: the steps of `cargo xtask test`, their selection and the summary.
 //! - `install`: what each step needs and how it is installed when missing.
 //! - `autobahn`: wstest in both roles, the committed expectations and the comparison.
-//! - `bench`: `cargo xtask bench-peers`, duplex against other libraries, into docs/benchmarks.md.
+//! - `bench`: `cargo xtask bench-peers`, duplex against other libraries and hubs, into
+//!   docs/benchmarks.md.
 //! - `fuzz`: building the fuzz targets on the stable toolchain and replaying their seeds.
 //! - `publish`: `cargo package` and the feature powerset of the crates published as libraries.
 //! - `cmd`: running child processes with a time limit, finding programs, free ports.
@@ -45,8 +46,9 @@ enum Command {
     Autobahn(autobahn::Args),
     /// Install what the selected steps need, and run nothing.
     Install(step::Selection),
-    /// Benchmark duplex against tokio-tungstenite and fastwebsockets (CPU-pinned, repeated)
-    /// and write the results to docs/benchmarks.md.
+    /// Benchmark duplex against tokio-tungstenite, fastwebsockets and Bun (echo), and
+    /// `duplex serve` against Bun and Node `ws` hubs (CPU-pinned, repeated); write the results
+    /// to docs/benchmarks.md.
     BenchPeers(bench::Args),
 }
 

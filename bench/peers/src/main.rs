@@ -8,8 +8,9 @@
 //!
 //! Both run on a current-thread tokio runtime (one core, like the pinned `duplex echo
 //! --threads 1`). Neither library implements permessage-deflate (RFC 7692): tungstenite ignores
-//! the offer and fastwebsockets has no extension support, so the compressed points of the
-//! benchmark are duplex's alone.
+//! the offer and fastwebsockets has no extension support, so at the compressed points of the
+//! benchmark duplex meets Bun alone. The JavaScript peers (the Bun echo server, the Bun and
+//! Node `ws` hubs) are in `js/`, apart from this crate.
 
 use std::net::SocketAddr;
 
@@ -29,7 +30,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
-        eprintln!("{which} echo server listening on {}", listener.local_addr()?);
+        eprintln!(
+            "{which} echo server listening on {}",
+            listener.local_addr()?
+        );
         match which.as_str() {
             "tokio-tungstenite" => tungstenite::serve(listener).await,
             "fastwebsockets" => fastws::serve(listener).await,

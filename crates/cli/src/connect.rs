@@ -51,6 +51,13 @@ pub(crate) struct Args {
     /// Offer permessage-deflate compression.
     #[arg(long)]
     compress: bool,
+    /// Open the WebSocket over HTTP/2 (RFC 8441 extended CONNECT): on wss:// TLS offers ALPN
+    /// h2 then http/1.1; on ws:// HTTP/2 is spoken with prior knowledge (h2c). When the
+    /// server picks http/1.1, does not enable extended CONNECT, or (ws://) does not speak
+    /// HTTP/2, the usual HTTP/1.1 upgrade is used instead (on a new connection unless ALPN
+    /// chose it), and a line on stderr says so.
+    #[arg(long)]
+    http2: bool,
     /// Do not verify the server's TLS certificate (self-signed test servers).
     #[arg(short = 'k', long)]
     insecure: bool,
@@ -129,6 +136,10 @@ async fn session(args: Args) -> i32 {
             return 1;
         }
     };
+    let over_http2 = ws.get_ref().http2().is_some();
+    if args.http2 && !over_http2 {
+        eprintln!("duplex: the server does not take WebSockets over HTTP/2; using HTTP/1.1");
+    }
     let subprotocol = ws.subprotocol().map(str::to_owned);
     let (inputs_tx, inputs) = mpsc::channel(64);
     let interactive = io::stdin().is_terminal() && !args.binary && !args.oneshot;
@@ -157,8 +168,9 @@ async fn session(args: Args) -> i32 {
     };
     if interactive {
         let chosen = subprotocol.map_or_else(String::new, |p| format!(", subprotocol {p}"));
+        let version = if over_http2 { " over HTTP/2" } else { "" };
         out.note(&format!(
-            "connected to {}{chosen} (/help for commands, Ctrl-D to close)",
+            "connected to {}{version}{chosen} (/help for commands, Ctrl-D to close)",
             args.url
         ));
     }
@@ -183,7 +195,8 @@ fn client(args: &Args) -> Result<ClientBuilder, String> {
         .connect_timeout(args.connect_timeout)
         .handshake_timeout(args.connect_timeout)
         .insecure(args.insecure)
-        .native_roots(args.native_roots);
+        .native_roots(args.native_roots)
+        .http2(args.http2);
     for (name, value) in &args.headers {
         builder = builder.header(name, value);
     }

@@ -52,6 +52,10 @@ pub(crate) struct Args {
     /// PEM public key (RSA for RS256, EC P-256 for ES256) for client JWTs.
     #[arg(long, env = "DUPLEX_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
     jwt_public_key_file: Option<PathBuf>,
+    /// URL of the identity provider's JWKS document: client JWTs are verified with the key
+    /// their `kid` names, fetched and refreshed from there (see `auth.jwks_*` in the config).
+    #[arg(long, env = "DUPLEX_JWKS_URL", value_name = "URL")]
+    jwks_url: Option<String>,
     /// Accepted JWT audiences (`aud`), comma-separated; tokens must name one of them
     /// [default: none, and a token with an `aud` claim is refused].
     #[arg(
@@ -227,11 +231,12 @@ impl Args {
             self.jwt_secret.is_some(),
             self.jwt_secret_file.is_some(),
             self.jwt_public_key_file.is_some(),
+            self.jwks_url.is_some(),
         ];
         if keys.iter().filter(|set| **set).count() > 1 {
             anyhow::bail!(
-                "--jwt-secret, --jwt-secret-file and --jwt-public-key-file (or their DUPLEX_* \
-                 variables) are mutually exclusive"
+                "--jwt-secret, --jwt-secret-file, --jwt-public-key-file and --jwks-url (or \
+                 their DUPLEX_* variables) are mutually exclusive"
             );
         }
         if keys.contains(&true) {
@@ -240,6 +245,7 @@ impl Args {
             c.auth
                 .jwt_public_key_file
                 .clone_from(&self.jwt_public_key_file);
+            c.auth.jwks_url.clone_from(&self.jwks_url);
         }
         if let Some(audiences) = &self.jwt_audiences {
             c.auth.audiences = audiences

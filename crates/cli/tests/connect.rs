@@ -200,6 +200,72 @@ fn pipe_mode_round_trips_lines() {
 }
 
 #[test]
+fn http2_falls_back_to_http1_and_says_so() {
+    // A server that speaks HTTP/1.1 only: the HTTP/2 preface fails, a new connection upgrades.
+    let addr = server(ServerConfig::default(), |mut ws| async move {
+        while let Some(Ok(message)) = ws.recv().await {
+            if ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let run = connect(&["--http2", &url(addr.port())], b"over 1.1\n");
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(run.stdout(), "over 1.1\n");
+    assert_eq!(
+        run.stderr,
+        "duplex: the server does not take WebSockets over HTTP/2; using HTTP/1.1\n\
+         closed: 1000 (normal closure)\n"
+    );
+}
+
+/// Run `command` to its end, killed after 30 s.
+fn bounded(command: &mut Command) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `duplex bench echo --http2` refuses a server without RFC 8441 rather than measure
+/// HTTP/1.1 in its place (it is tested over HTTP/2 in `peers`, against hypercorn).
+#[test]
+fn bench_echo_over_http2_refuses_an_http1_server() {
+    let addr = server(ServerConfig::default(), |mut ws| async move {
+        while let Some(Ok(message)) = ws.recv().await {
+            if ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let output = Command::new(DUPLEX)
+        .args([
+            "bench", "echo", "--http2", "-c", "1", "-d", "1s", "--warmup", "0s", "-q",
+        ])
+        .args(["-u", &url(addr.port())])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not accept WebSockets over HTTP/2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn binary_mode_sends_bytes_and_prints_raw_or_hex() {
     let echo = Echo::start(&[]);
     let run = connect(&["--binary", "--hex", &url(echo.port)], &[0, 1, 0xab, 0xff]);
@@ -636,6 +702,81 @@ mod peers {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+
+    /// hypercorn serving `tests/peers/python/h2_peer.py` (WebSockets over HTTP/2 with prior
+    /// knowledge, and over HTTP/1.1), stopped on drop.
+    struct Hypercorn {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Hypercorn {
+        fn start() -> Self {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let python = env::var_os("DUPLEX_PEERS_PYTHON").map_or_else(
+                || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../peers/venv/bin/python"),
+                PathBuf::from,
+            );
+            let mut child = Command::new(python)
+                .arg(root.join("tests/peers/python/h2_peer.py"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("the peer venv: run `cargo xtask test --only peers`");
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let first = lines.next().expect("the peer exited").unwrap();
+            let port = first
+                .strip_prefix("listening ")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+            // The rest of its report is not needed; keep the pipe drained.
+            std::thread::spawn(move || lines.for_each(drop));
+            Self { child, port }
+        }
+    }
+
+    impl Drop for Hypercorn {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    fn http2_round_trips_lines_through_hypercorn() {
+        let server = Hypercorn::start();
+        let url = format!("ws://127.0.0.1:{}/echo", server.port);
+        let input = format!("one\n{}\nlast\n", "x".repeat(200_000));
+        let run = connect(&["--http2", "-1", &url], input.as_bytes());
+        assert!(run.status.success(), "{run:?}");
+        assert!(run.stdout() == input, "the echoed lines differ");
+        // Over HTTP/2: no line about a fallback.
+        assert_eq!(run.stderr, "closed: 1000 (normal closure)\n");
+    }
+
+    /// `duplex bench echo --http2` lives next to `connect --http2`: both need hypercorn.
+    #[test]
+    #[ignore = "needs the peer runtimes: run `cargo xtask test --only peers`"]
+    fn bench_echo_over_http2_through_hypercorn() {
+        let server = Hypercorn::start();
+        let url = format!("ws://127.0.0.1:{}/echo", server.port);
+        let output = super::bounded(
+            Command::new(super::DUPLEX)
+                .args(["bench", "echo", "--http2", "--streams", "3", "-c", "5"])
+                .args(["-d", "1s", "--warmup", "0s", "--json", "-q", "-u", &url]),
+        );
+        assert!(output.status.success(), "{output:?}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["params"]["http2"], true);
+        assert_eq!(report["params"]["streams"], 3);
+        assert_eq!(
+            (report["errors"].as_u64(), report["mismatches"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert!(report["messages"].as_u64().unwrap_or(0) > 0, "{report}");
     }
 
     /// Lines of several sizes, one of 1 MiB that compresses well.

@@ -1,4 +1,5 @@
-//! An echo server on plain hyper 1 (no framework), upgrading with `duplex::hyper`.
+//! An echo server on plain hyper 1 (no framework), upgrading with `duplex::hyper`, over
+//! HTTP/1.1 and over HTTP/2 with prior knowledge (h2c, extended CONNECT enabled: RFC 8441).
 //!
 //! ```text
 //! cargo run -p duplex --features hyper --example hyper_server            # 127.0.0.1:9002
@@ -6,7 +7,8 @@
 //! ```
 //!
 //! Connect to `ws://127.0.0.1:9002/echo` with any client (for instance
-//! `duplex connect ws://127.0.0.1:9002/echo`): every message comes back. The server offers
+//! `duplex connect ws://127.0.0.1:9002/echo`, or `duplex connect --http2` and the
+//! `http2_client` example over HTTP/2): every message comes back. The server offers
 //! the `echo` subprotocol and permessage-deflate; it greets each connection with one text
 //! message saying what was negotiated. Other paths get `404`, requests that are not
 //! WebSocket upgrades get `400` or `426` with the reason.
@@ -18,8 +20,11 @@ use duplex::{
     hyper::{Body, Upgrade},
     Accept, Config, Message,
 };
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, service::service_fn, Request, Response};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use tokio::net::TcpListener;
 
 /// Answer one request: upgrade `/echo`, refuse the rest.
@@ -67,14 +72,17 @@ pub(crate) async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>,
     Ok(response)
 }
 
-/// Serve HTTP/1.1 with upgrades on every connection `listener` accepts.
+/// Serve every connection `listener` accepts: HTTP/1.1 with upgrades, or HTTP/2 when it
+/// starts with the HTTP/2 preface, announcing `SETTINGS_ENABLE_CONNECT_PROTOCOL`.
 pub(crate) async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
     loop {
         let (tcp, _) = listener.accept().await?;
-        let connection = http1::Builder::new()
-            .serve_connection(TokioIo::new(tcp), service_fn(handle))
-            .with_upgrades();
+        let builder = builder.clone();
         tokio::spawn(async move {
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(tcp), service_fn(handle));
             if let Err(e) = connection.await {
                 eprintln!("connection: {e}");
             }

@@ -66,17 +66,20 @@ pub async fn connect(url: &str) -> Result<(WebSocket<MaybeTlsStream>, Response)>
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    url: String,
-    headers: Vec<(String, String)>,
-    subprotocols: Vec<String>,
-    config: Config,
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) subprotocols: Vec<String>,
+    pub(crate) config: Config,
     /// Set by [`deflate`](Self::deflate): wins over `config.deflate` whatever the order of
     /// the calls.
     deflate: Option<Option<DeflateConfig>>,
     connect_timeout: Duration,
-    handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     proxy: ProxyChoice,
     max_redirects: u32,
+    /// Set by [`http2`](Self::http2).
+    #[cfg_attr(not(feature = "http2"), allow(dead_code))]
+    http2: bool,
     #[cfg(feature = "tls")]
     tls: crate::tls::ClientTls,
 }
@@ -101,9 +104,36 @@ impl ClientBuilder {
             handshake_timeout: Duration::from_secs(10),
             proxy: ProxyChoice::Direct,
             max_redirects: 0,
+            http2: false,
             #[cfg(feature = "tls")]
             tls: crate::tls::ClientTls::default(),
         }
+    }
+
+    /// Open the WebSocket over HTTP/2 (RFC 8441) when the server allows it, as a stream of an
+    /// HTTP/2 connection that can carry more (see [`http2`](crate::http2)). Default off.
+    ///
+    /// Over `wss://` the TLS handshake offers ALPN `h2`, then `http/1.1`; over `ws://` the
+    /// client speaks HTTP/2 with prior knowledge (h2c). It falls back to the HTTP/1.1 upgrade
+    /// when the server picks `http/1.1`, when it does not announce
+    /// `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441 §3; on a new connection), and over
+    /// `ws://` when it does not answer in HTTP/2 (on a new connection). Which one was used:
+    /// [`MaybeTlsStream::http2`]. With [`tls_config`](Self::tls_config), its own ALPN list
+    /// is used as it is. [`connect_on`](Self::connect_on) always speaks HTTP/1.1 on the
+    /// transport it is given.
+    #[cfg(feature = "http2")]
+    #[must_use]
+    pub const fn http2(mut self, enabled: bool) -> Self {
+        self.http2 = enabled;
+        self
+    }
+
+    /// These options with [`deflate`](Self::deflate) applied to the connection's config.
+    pub(crate) fn resolved(mut self) -> Self {
+        if let Some(deflate) = self.deflate.take() {
+            self.config.deflate = deflate;
+        }
+        self
     }
 
     /// Add a request header (e.g. `Authorization`, `Cookie`, `Origin`).
@@ -249,31 +279,27 @@ impl ClientBuilder {
     /// Each says what failed: [`Error::Url`] for a bad URL, [`Error::Dns`], [`Error::Connect`]
     /// (with the address), [`Error::Proxy`] (with its status), [`Error::Tls`] (unknown CA,
     /// name mismatch, expiry, ...), [`Error::Timeout`], [`Error::Refused`] when the server
-    /// answers with another status than 101 (with the start of the body),
+    /// answers with another status than 101 (over HTTP/2: than 2xx; with the start of the
+    /// body),
     /// [`Error::Redirected`] or [`Error::TooManyRedirects`], [`Error::Handshake`] for an
     /// invalid 101 response (a wrong `Sec-WebSocket-Accept`, an unoffered subprotocol), and
     /// [`Error::InvalidHeader`] for a header of [`header`](Self::header) that cannot be sent
     /// (checked before connecting). A runtime built without Tokio's time driver, which the
     /// timeouts need, is an [`Error::Io`] of kind `Other` saying so, also before connecting.
-    pub async fn connect(mut self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
+    pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
         crate::timer::check()?;
         self.check_headers()?;
-        if let Some(deflate) = self.deflate.take() {
-            self.config.deflate = deflate;
-        }
+        let this = self.resolved();
+        this.connect_resolved().await
+    }
+
+    async fn connect_resolved(self) -> Result<(WebSocket<MaybeTlsStream>, Response)> {
         let mut url = self.url.clone();
         let mut headers = self.headers.clone();
         let mut followed = 0;
         loop {
             let target = Target::parse(&url)?;
-            let tcp = self.open(&target).await?;
-            let deadline = Instant::now() + self.handshake_timeout;
-            let io = timeout_at(deadline, self.secure(tcp, &target))
-                .await
-                .map_err(|_| Error::Timeout("TLS handshake"))??;
-            let outcome = timeout_at(deadline, self.handshake(io, &target, &headers))
-                .await
-                .map_err(|_| Error::Timeout("opening handshake"))??;
+            let outcome = self.attempt(&target, &headers).await?;
             let (status, location) = match outcome {
                 Outcome::Open(ws, response) => return Ok((*ws, response)),
                 Outcome::Redirect { status, location } => (status, location),
@@ -301,6 +327,72 @@ impl ClientBuilder {
         }
     }
 
+    /// One connection to `target` and its opening handshake: over HTTP/2 when asked for and
+    /// the server allows it, over HTTP/1.1 otherwise.
+    async fn attempt(
+        &self,
+        target: &Target,
+        headers: &[(String, String)],
+    ) -> Result<Outcome<MaybeTlsStream>> {
+        let tcp = self.open(target).await?;
+        let deadline = Instant::now() + self.handshake_timeout;
+        #[cfg(feature = "http2")]
+        if self.http2 {
+            let io = timeout_at(deadline, self.secure(tcp, target, true))
+                .await
+                .map_err(|_| Error::Timeout("TLS handshake"))??;
+            if io.is_tls() && !io.alpn_h2() {
+                tracing::debug!("ALPN chose HTTP/1.1");
+                return self.handshake_by(io, target, headers, deadline).await;
+            }
+            let h2c = !io.is_tls();
+            let established = timeout_at(deadline, crate::http2::establish(io, target.clone()))
+                .await
+                .map_err(|_| Error::Timeout("HTTP/2 connection preface"))?;
+            match established {
+                Ok(Some(connection)) => {
+                    let opened = connection.open(self, target, headers, |s| {
+                        MaybeTlsStream::Http2(Box::new(s))
+                    });
+                    return timeout_at(deadline, opened)
+                        .await
+                        .map_err(|_| Error::Timeout("opening handshake"))?;
+                }
+                Ok(None) => tracing::debug!(
+                    "no SETTINGS_ENABLE_CONNECT_PROTOCOL from the server: HTTP/1.1 instead"
+                ),
+                Err(e) if h2c => {
+                    tracing::debug!(error = %e, "no HTTP/2 with prior knowledge: HTTP/1.1 instead");
+                }
+                Err(e) => return Err(e),
+            }
+            // A new connection for HTTP/1.1: this one speaks HTTP/2.
+            let tcp = self.open(target).await?;
+            let deadline = Instant::now() + self.handshake_timeout;
+            let io = timeout_at(deadline, self.secure(tcp, target, false))
+                .await
+                .map_err(|_| Error::Timeout("TLS handshake"))??;
+            return self.handshake_by(io, target, headers, deadline).await;
+        }
+        let io = timeout_at(deadline, self.secure(tcp, target, false))
+            .await
+            .map_err(|_| Error::Timeout("TLS handshake"))??;
+        self.handshake_by(io, target, headers, deadline).await
+    }
+
+    /// The HTTP/1.1 opening handshake on `io`, by `deadline`.
+    async fn handshake_by(
+        &self,
+        io: MaybeTlsStream,
+        target: &Target,
+        headers: &[(String, String)],
+        deadline: Instant,
+    ) -> Result<Outcome<MaybeTlsStream>> {
+        timeout_at(deadline, self.handshake(io, target, headers))
+            .await
+            .map_err(|_| Error::Timeout("opening handshake"))?
+    }
+
     /// Run the opening handshake on an established transport (no proxy, TLS or redirects:
     /// the transport is used as it is).
     ///
@@ -312,9 +404,10 @@ impl ClientBuilder {
     ) -> Result<(WebSocket<S>, Response)> {
         crate::timer::check()?;
         self.check_headers()?;
-        let target = Target::parse(&self.url)?;
-        let deadline = Instant::now() + self.handshake_timeout;
-        let outcome = timeout_at(deadline, self.handshake(io, &target, &self.headers))
+        let this = self.resolved();
+        let target = Target::parse(&this.url)?;
+        let deadline = Instant::now() + this.handshake_timeout;
+        let outcome = timeout_at(deadline, this.handshake(io, &target, &this.headers))
             .await
             .map_err(|_| Error::Timeout("opening handshake"))??;
         match outcome {
@@ -324,13 +417,17 @@ impl ClientBuilder {
     }
 
     /// Refuse, before connecting, a header or subprotocol that cannot be sent.
-    fn check_headers(&self) -> Result<()> {
+    pub(crate) fn check_headers(&self) -> Result<()> {
         let mut hs = ClientHandshake::new("host", "/");
         for p in &self.subprotocols {
             hs = hs.subprotocol(p.clone());
         }
         for (name, value) in &self.headers {
             hs = hs.header(name.clone(), value.clone());
+        }
+        if self.http2 {
+            // Also what HTTP/2 forbids (RFC 9113 §8.2.2), though HTTP/1.1 may be used.
+            return hs.h2_headers().map(drop).map_err(Error::InvalidHeader);
         }
         hs.check().map_err(Error::InvalidHeader)
     }
@@ -370,15 +467,15 @@ impl ClientBuilder {
         Ok(tcp)
     }
 
-    /// Run TLS over `tcp` for `wss://`.
-    #[cfg_attr(not(feature = "tls"), allow(clippy::unused_async))]
-    async fn secure(&self, tcp: TcpStream, target: &Target) -> Result<MaybeTlsStream> {
+    /// Run TLS over `tcp` for `wss://`, offering ALPN `h2` first when `h2` is set.
+    #[cfg_attr(not(feature = "tls"), allow(clippy::unused_async, unused_variables))]
+    async fn secure(&self, tcp: TcpStream, target: &Target, h2: bool) -> Result<MaybeTlsStream> {
         if !target.tls {
             return Ok(MaybeTlsStream::Plain(tcp));
         }
         #[cfg(feature = "tls")]
         {
-            let config = self.tls.client_config()?;
+            let config = self.tls.client_config(h2)?;
             let name = crate::tls::server_name(&target.host)?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
@@ -447,7 +544,7 @@ impl ClientBuilder {
 }
 
 /// How an opening handshake ended, short of an error.
-enum Outcome<S> {
+pub(crate) enum Outcome<S> {
     Open(Box<WebSocket<S>>, Response),
     Redirect { status: u16, location: String },
 }
@@ -567,16 +664,16 @@ async fn read_body_prefix<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) 
 
 /// The parts of a `ws://` or `wss://` URL the connection needs.
 #[derive(Debug, Clone)]
-struct Target {
-    tls: bool,
-    host: String,
-    port: u16,
+pub(crate) struct Target {
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     default_port: bool,
-    resource: String,
+    pub(crate) resource: String,
 }
 
 impl Target {
-    fn parse(raw: &str) -> Result<Self> {
+    pub(crate) fn parse(raw: &str) -> Result<Self> {
         let url = url::Url::parse(raw).map_err(|e| Error::Url(format!("{raw}: {e}")))?;
         let tls = match url.scheme() {
             "ws" => false,
@@ -616,7 +713,7 @@ impl Target {
         })
     }
 
-    fn host_header(&self) -> String {
+    pub(crate) fn host_header(&self) -> String {
         if self.default_port {
             authority(&self.host, 0).trim_end_matches(":0").to_owned()
         } else {
@@ -625,7 +722,7 @@ impl Target {
     }
 
     /// Same scheme, host and port: where credentials may follow a redirect.
-    fn same_origin(&self, other: &Self) -> bool {
+    pub(crate) fn same_origin(&self, other: &Self) -> bool {
         self.tls == other.tls
             && self.port == other.port
             && self.host.eq_ignore_ascii_case(&other.host)

@@ -54,6 +54,8 @@
 //!   [`Incoming`] to inspect a request and await anything before answering it.
 //! - [`connect`], [`ClientBuilder`]: the client side: `ws://` and `wss://`, headers,
 //!   subprotocols, timeouts, HTTP CONNECT proxies, redirects.
+//! - [`http2`]: WebSockets over HTTP/2 (RFC 8441) for clients, several on one connection,
+//!   with [`ClientBuilder::http2`].
 //! - [`tls`]: trusted roots and readable [`TlsError`]s for clients, an acceptor from PEM
 //!   files for servers.
 //! - [`Error`]: one error type, keeping IO, handshake and protocol causes apart.
@@ -61,6 +63,9 @@
 //! # Feature flags
 //! - `tls` (default): `wss://` through rustls with the *ring* provider, the bundled web PKI
 //!   roots, and OS roots on request.
+//! - `http2`: `duplex::http2`, the client side of WebSockets over HTTP/2 (RFC 8441) through
+//!   the `h2` crate: [`ClientBuilder::http2`] (h2c with prior knowledge on `ws://`, ALPN `h2`
+//!   on `wss://`), falling back to HTTP/1.1.
 //! - `hyper`: `duplex::hyper`, the upgrade of plain hyper 1 requests (no framework).
 //! - `axum`: `duplex::axum::WebSocketUpgrade`, an axum extractor built on `hyper`.
 //!
@@ -84,6 +89,8 @@
 pub mod axum;
 mod client;
 mod error;
+#[cfg(feature = "http2")]
+pub mod http2;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod pool;

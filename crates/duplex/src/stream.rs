@@ -11,7 +11,9 @@ use tokio::{
     net::TcpStream,
 };
 
-/// A client's transport: plain TCP for `ws://`, TLS over TCP for `wss://`.
+/// A client's transport: plain TCP for `ws://`, TLS over TCP for `wss://`, or a stream of an
+/// HTTP/2 connection (over either) when [`ClientBuilder::http2`](crate::ClientBuilder::http2)
+/// was asked for and the server accepts WebSockets over HTTP/2.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum MaybeTlsStream {
@@ -20,6 +22,9 @@ pub enum MaybeTlsStream {
     /// `wss://`: TLS over TCP (boxed: the TLS state is a few kilobytes).
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A stream of an HTTP/2 connection (RFC 8441), which the connection's own task drives.
+    #[cfg(feature = "http2")]
+    Http2(Box<crate::http2::H2Stream>),
 }
 
 /// Forward a call to whichever stream is inside.
@@ -29,34 +34,78 @@ macro_rules! each {
             MaybeTlsStream::Plain($s) => $call,
             #[cfg(feature = "tls")]
             MaybeTlsStream::Tls($s) => $call,
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::Http2($s) => $call,
         }
     };
 }
 
 impl MaybeTlsStream {
-    /// The underlying TCP stream (under TLS, if any).
+    /// The underlying TCP stream (under TLS, if any); `None` for an HTTP/2 stream, whose
+    /// connection belongs to its own task.
     #[must_use]
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Self::Plain(s) => s,
+            Self::Plain(s) => Some(s),
             #[cfg(feature = "tls")]
-            Self::Tls(s) => s.get_ref().0,
+            Self::Tls(s) => Some(s.get_ref().0),
+            #[cfg(feature = "http2")]
+            Self::Http2(_) => None,
         }
     }
 
     /// Whether the connection runs over TLS.
     #[must_use]
     pub const fn is_tls(&self) -> bool {
-        !matches!(self, Self::Plain(_))
+        match self {
+            Self::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Self::Tls(_) => true,
+            #[cfg(feature = "http2")]
+            Self::Http2(s) => s.is_tls(),
+        }
+    }
+
+    /// The HTTP/2 stream, when the WebSocket runs over HTTP/2 (RFC 8441): its
+    /// [`connection`](crate::http2::H2Stream::connection) opens more WebSockets.
+    #[cfg(feature = "http2")]
+    #[must_use]
+    pub fn http2(&self) -> Option<&crate::http2::H2Stream> {
+        match self {
+            Self::Http2(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The HTTP/2 stream, mutably (to [`reset`](crate::http2::H2Stream::reset) it).
+    #[cfg(feature = "http2")]
+    #[must_use]
+    pub fn http2_mut(&mut self) -> Option<&mut crate::http2::H2Stream> {
+        match self {
+            Self::Http2(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether TLS negotiated ALPN `h2`.
+    #[cfg(feature = "http2")]
+    pub(crate) fn alpn_h2(&self) -> bool {
+        match self {
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+            _ => false,
+        }
     }
 
     /// The TLS session, for its negotiated version, cipher suite and peer certificates.
     #[cfg(feature = "tls")]
     #[must_use]
+    /// `None` for plain TCP, and for an HTTP/2 stream (its connection's TLS session belongs
+    /// to the connection's task).
     pub fn tls_session(&self) -> Option<&tokio_rustls::rustls::ClientConnection> {
         match self {
-            Self::Plain(_) => None,
             Self::Tls(s) => Some(s.get_ref().1),
+            _ => None,
         }
     }
 }

@@ -167,6 +167,8 @@ mod imp {
 
     /// The ALPN protocol a WebSocket handshake runs over (RFC 6455 §4.1: an HTTP/1.1 GET).
     const ALPN_HTTP1: &[u8] = b"http/1.1";
+    /// HTTP/2 over TLS (RFC 9113 §3.2), offered first by clients asking for RFC 8441.
+    const ALPN_H2: &[u8] = b"h2";
 
     fn provider() -> Arc<CryptoProvider> {
         Arc::new(ring::default_provider())
@@ -274,6 +276,7 @@ mod imp {
         ca_files: Vec<PathBuf>,
         native_roots: bool,
         insecure: bool,
+        h2: bool,
     }
 
     /// What each CA file looked like (modification time, length) when it was read.
@@ -303,8 +306,12 @@ mod imp {
     impl ClientTls {
         /// The configuration to connect with: the one given with `tls_config`, or the one
         /// built for these options, reused from the process-wide cache while the CA files are
-        /// unchanged (same modification time and length).
-        pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        /// unchanged (same modification time and length). With `h2`, ALPN offers `h2` before
+        /// `http/1.1`.
+        pub(crate) fn client_config(
+            &self,
+            h2: bool,
+        ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
             if let Some(config) = &self.config {
                 return Ok(Arc::clone(config));
             }
@@ -312,6 +319,7 @@ mod imp {
                 ca_files: self.ca_files.clone(),
                 native_roots: self.native_roots,
                 insecure: self.insecure,
+                h2,
             };
             let stamps = stamps(&self.ca_files);
             let cache = || {
@@ -327,7 +335,7 @@ mod imp {
                 }
             }
             // Built without the lock held: it reads files.
-            let config = self.build()?;
+            let config = self.build(h2)?;
             if let Some(stamps) = stamps {
                 let mut cache = cache();
                 if cache.len() >= CACHE_ENTRIES && !cache.contains_key(&key) {
@@ -339,7 +347,7 @@ mod imp {
         }
 
         /// A new configuration from these options.
-        fn build(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        fn build(&self, h2: bool) -> Result<Arc<rustls::ClientConfig>, TlsError> {
             let provider = provider();
             let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
                 .with_safe_default_protocol_versions()
@@ -354,7 +362,11 @@ mod imp {
                     .with_root_certificates(self.roots()?)
                     .with_no_client_auth()
             };
-            config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+            config.alpn_protocols = if h2 {
+                vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
+            } else {
+                vec![ALPN_HTTP1.to_vec()]
+            };
             Ok(Arc::new(config))
         }
 

@@ -63,6 +63,8 @@ pub struct WebSocket<S> {
     read_eof: bool,
     /// Bytes read since the transport last had nothing to read (see [`FAIR_SHARE`]).
     read_streak: u32,
+    /// A client waits for the server to end the transport first (see [`Shutdown`]).
+    await_eof: bool,
     shutdown: Shutdown,
     io_error: Option<io::Error>,
     /// `io_error` was returned by [`poll_event`](Self::poll_event).
@@ -101,6 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             finished: false,
             read_eof: false,
             read_streak: 0,
+            await_eof: true,
             shutdown: Shutdown::NotStarted,
             io_error: None,
             io_reported: false,
@@ -123,6 +126,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     #[must_use]
     pub const fn deflate_params(&self) -> Option<&DeflateParams> {
         self.conn.deflate_params()
+    }
+
+    /// End the transport as soon as the closing handshake is done, without waiting for the
+    /// server to end it first. RFC 6455 §7.1.1 has the server close TCP first so that it,
+    /// not the client, holds the TIME_WAIT state; an HTTP/2 stream (RFC 8441 §5: END_STREAM
+    /// in place of the TCP FIN) has no such state, and a server that never ends its half
+    /// would otherwise cost every close the close timeout.
+    #[cfg(feature = "http2")]
+    pub(crate) const fn without_eof_wait(mut self) -> Self {
+        self.await_eof = false;
+        self
     }
 
     /// Record the subprotocol agreed in the handshake.
@@ -490,19 +504,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     if ready!(self.poll_write_all(cx)).is_err() {
                         self.read_eof = true;
                     }
-                    self.shutdown = if self.conn.role() == Role::Client && !self.read_eof {
-                        // The deadline is kept in the timer, not in this state.
-                        let deadline = Instant::now() + self.conn.config().close_timeout;
-                        if self.arm_sleep(deadline).is_some() {
-                            Shutdown::AwaitingEof
+                    self.shutdown =
+                        if self.conn.role() == Role::Client && self.await_eof && !self.read_eof {
+                            // The deadline is kept in the timer, not in this state.
+                            let deadline = Instant::now() + self.conn.config().close_timeout;
+                            if self.arm_sleep(deadline).is_some() {
+                                Shutdown::AwaitingEof
+                            } else {
+                                let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+                                Shutdown::Done
+                            }
                         } else {
                             let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
                             Shutdown::Done
-                        }
-                    } else {
-                        let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
-                        Shutdown::Done
-                    };
+                        };
                 }
                 Shutdown::AwaitingEof => {
                     let mut scratch = BytesMut::with_capacity(1024);

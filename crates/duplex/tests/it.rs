@@ -17,6 +17,12 @@ mod h2_client;
 #[path = "it/h2.rs"]
 mod http2;
 
+// `ClientBuilder::http2` (RFC 8441, the client side) against a hyper server upgrading
+// through `duplex::hyper`.
+#[cfg(all(feature = "http2", feature = "hyper"))]
+#[path = "it/h2_connect.rs"]
+mod h2_connect;
+
 // Test servers and a throwaway PKI, shared with the client tests; the peer tests use the PKI,
 // the example tests the CONNECT proxy.
 #[cfg(feature = "tls")]

@@ -16,6 +16,8 @@ mod secret;
 pub(crate) use secret::read_secret;
 pub use secret::{redact_password_in, redact_url, Secret, REDACTED};
 
+pub use crate::hooks::config::{HooksConfig, NamespaceHooks};
+
 /// The whole server configuration.
 ///
 /// ```
@@ -76,6 +78,8 @@ pub struct Config {
     pub memory: MemoryBudget,
     /// TLS on the listener (`https://`, `wss://`); off unless `cert` and `key` are set.
     pub tls: TlsConfig,
+    /// Backend hooks: the application's endpoints for connect, subscribe, publish and rpc.
+    pub hooks: HooksConfig,
 }
 
 /// TLS on the listener: a PEM certificate chain and its key, reloaded when they change.
@@ -238,6 +242,27 @@ pub struct AuthConfig {
     /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// URL of the identity provider's JWKS document (RFC 7517), e.g.
+    /// `https://idp.example.com/.well-known/jwks.json`: tokens are verified with the key
+    /// their `kid` names (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA; symmetric keys
+    /// in the set are ignored). Mutually exclusive with the three settings above. `https`
+    /// is verified against the bundled web PKI roots; `http` is accepted for a provider on
+    /// the same host or network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// How old the fetched key set may get before it is fetched again (in the background;
+    /// the cached keys keep serving). Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Fetches happen at most this often, whatever tokens arrive: a token naming an unknown
+    /// `kid` triggers a fetch (that is how a rotated-in key is found) only if the last one
+    /// is older than this. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refresh: Duration,
+    /// Time allowed for one fetch (connect, TLS, response). A client whose token needs a
+    /// fetch waits at most this long. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub jwks_timeout: Duration,
     /// Accepted `aud` values. When set, a token must carry an `aud` claim naming at least one
     /// of them. When empty (the default), a token that carries an `aud` claim at all is
     /// refused (RFC 7519 §4.1.3: a recipient that does not identify itself with a value of a
@@ -451,6 +476,12 @@ pub struct NamespaceConfig {
     /// `false` they get `forbidden` and may only use channels that exist. Default `true`, so
     /// the demo and quick starts work; the memory budget bounds what they can create.
     pub anonymous_create: bool,
+    /// Subscribing needs a subscription token: a JWT signed like connection tokens whose
+    /// `channel` claim names the channel and whose `sub` is the connection's user (`""` for
+    /// an anonymous connection), sent as the `subscribe` command's `token`. The token, not
+    /// the connection token's `channels` claim, grants the channel, so the application's
+    /// backend decides per channel and per user. Default `false`.
+    pub subscription_token: bool,
     /// Answer `presence` commands. Default `true`.
     pub presence: bool,
     /// Send `join`/`leave` events to subscribers (needs `presence`). Default `true`.
@@ -492,6 +523,8 @@ pub struct NamespaceOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anonymous_create: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_token: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join_leave: Option<bool>,
@@ -506,6 +539,9 @@ pub struct NamespaceOverrides {
     pub client_publish: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_consumer: Option<SlowConsumerPolicy>,
+    /// This namespace's own `subscribe`, `publish` and `rpc` hooks (see [`NamespaceHooks`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<NamespaceHooks>,
 }
 
 /// A configuration that cannot be used.
@@ -553,6 +589,7 @@ impl Default for Config {
             namespaces,
             memory: MemoryBudget::default(),
             tls: TlsConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -604,6 +641,10 @@ impl Default for AuthConfig {
             jwt_secret: None,
             jwt_secret_file: None,
             jwt_public_key_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refresh: Duration::from_secs(10),
+            jwks_timeout: Duration::from_secs(5),
             audiences: Vec::new(),
             issuer: None,
             missing_channels: MissingChannels::Auto,
@@ -650,6 +691,7 @@ impl Default for NamespaceConfig {
             history_ttl: Duration::from_secs(300),
             max_history_bytes: 0,
             anonymous_create: true,
+            subscription_token: false,
             presence: true,
             join_leave: true,
             join_leave_interval: Duration::from_millis(200),
@@ -669,12 +711,14 @@ impl NamespaceOverrides {
             history_ttl: Some(Duration::from_secs(60)),
             max_history_bytes: None,
             anonymous_create: None,
+            subscription_token: None,
             presence: Some(false),
             join_leave: Some(false),
             join_leave_interval: None,
             join_leave_max_entries: None,
             client_publish: Some(false),
             slow_consumer: Some(SlowConsumerPolicy::DropOldest),
+            hooks: None,
         }
     }
 
@@ -684,6 +728,7 @@ impl NamespaceOverrides {
             history_ttl: self.history_ttl.unwrap_or(base.history_ttl),
             max_history_bytes: self.max_history_bytes.unwrap_or(base.max_history_bytes),
             anonymous_create: self.anonymous_create.unwrap_or(base.anonymous_create),
+            subscription_token: self.subscription_token.unwrap_or(base.subscription_token),
             presence: self.presence.unwrap_or(base.presence),
             join_leave: self.join_leave.unwrap_or(base.join_leave),
             join_leave_interval: self.join_leave_interval.unwrap_or(base.join_leave_interval),
@@ -822,13 +867,27 @@ impl Config {
                 return invalid("node must be 1-64 characters of [A-Za-z0-9_-]".into());
             }
         }
-        for name in self.namespaces.keys() {
+        for (name, ns) in &self.namespaces {
             if name.is_empty() || name.len() > 64 || !name.bytes().all(is_id_byte) {
                 return invalid(format!(
                     "namespace {name:?}: names are 1-64 characters of [A-Za-z0-9_-]"
                 ));
             }
+            if let Some(hooks) = &ns.hooks {
+                hooks
+                    .validate()
+                    .map_err(|e| ConfigError::Invalid(format!("namespace {name:?}: {e}")))?;
+            }
         }
+        let hooks_used = self.hooks.any()
+            || self
+                .namespaces
+                .values()
+                .filter_map(|ns| ns.hooks.as_ref())
+                .any(NamespaceHooks::any);
+        self.hooks
+            .validate(self.limits.max_queue_bytes, hooks_used)
+            .map_err(ConfigError::Invalid)?;
         for (name, ns) in self.namespace_configs() {
             if ns.history_size > 100_000 {
                 return invalid(format!("namespace {name:?}: history_size above 100000"));
@@ -924,12 +983,21 @@ impl Config {
             a.jwt_secret.is_some(),
             a.jwt_secret_file.is_some(),
             a.jwt_public_key_file.is_some(),
+            a.jwks_url.is_some(),
         ];
         if keys.iter().filter(|set| **set).count() > 1 {
             return invalid(
-                "auth.jwt_secret, auth.jwt_secret_file and auth.jwt_public_key_file are \
-                 mutually exclusive",
+                "auth.jwt_secret, auth.jwt_secret_file, auth.jwt_public_key_file and \
+                 auth.jwks_url are mutually exclusive",
             );
+        }
+        if a.jwks_url.is_some()
+            && (a.jwks_timeout.is_zero() || a.jwks_timeout > Duration::from_secs(60))
+        {
+            return invalid("auth.jwks_timeout must be between 1 ms and 60 s");
+        }
+        if a.jwks_url.is_some() && a.jwks_refresh < a.jwks_min_refresh {
+            return invalid("auth.jwks_refresh must not be shorter than auth.jwks_min_refresh");
         }
         if matches!(&a.jwt_secret, Some(s) if s.len() < 16) {
             return invalid("auth.jwt_secret must be at least 16 bytes");

@@ -17,6 +17,7 @@ use crate::broker::{
 };
 use crate::channel;
 use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
+use crate::hooks::Hooks;
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSink};
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) auth: Authenticator,
     pub(crate) limits: Arc<ConnectionLimits>,
+    /// The application's backend hooks.
+    pub(crate) hooks: Hooks,
     pub(crate) node_id: String,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -123,11 +126,15 @@ impl Hub {
         node: Arc<Node>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let auth = Authenticator::new(&config.auth)?;
+        let auth = Authenticator::with_metrics(&config.auth, metrics.clone())?;
         let node_id = config
             .node
             .clone()
             .unwrap_or_else(|| format!("{:06x}", rand::random::<u32>() & 0xff_ffff));
+        let hooks = Hooks::new(&config, &node_id, metrics.clone())?;
+        if let Some(events) = hooks.events() {
+            node.set_events(events.clone());
+        }
         let namespaces = config.namespace_configs().into_iter().collect();
         let limits = Arc::new(ConnectionLimits::new(
             config.limits.max_connections,
@@ -142,6 +149,7 @@ impl Hub {
                 metrics,
                 auth,
                 limits,
+                hooks,
                 node_id,
                 next_client: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,

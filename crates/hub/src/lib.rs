@@ -56,6 +56,8 @@
 //!   with every subscriber's bounded outbound queue (`queue`).
 //! - `session` and `ws`: one connection: command handling, and the socket's reader and
 //!   writer.
+//! - `hooks`: the application's HTTP endpoints that decide who connects, subscribes and
+//!   publishes, and answer `rpc` (configured by [`config::HooksConfig`]).
 //! - [`auth`]: JWT and Origin checks; `limits`: connection limits; `metrics`: Prometheus.
 
 #![deny(missing_docs)]
@@ -70,6 +72,7 @@ pub mod protocol;
 
 mod assets;
 mod frame;
+mod hooks;
 mod http;
 mod hub;
 mod limits;

@@ -12,6 +12,12 @@ use crate::protocol::ErrorCode;
 /// A label set with one label.
 pub(crate) type Label = [(&'static str, &'static str); 1];
 
+/// A label set with two labels.
+pub(crate) type Labels2 = [(&'static str, &'static str); 2];
+
+/// The `result` labels of `duplex_hook_calls_total`.
+const HOOK_RESULTS: [&str; 5] = ["allowed", "denied", "unavailable", "timeout", "busy"];
+
 /// The `code` labels of `duplex_protocol_closes_total`, shown as 0 from the start.
 const PROTOCOL_CLOSE_CODES: [&str; 4] = ["1002", "1007", "1009", "other"];
 
@@ -68,6 +74,18 @@ pub(crate) struct Metrics {
     command_duration: Family<Label, Histogram>,
     tls_handshake_failures: Family<Label, Counter>,
     tls_reloads: Family<Label, Counter>,
+    jwks_fetches: Family<Label, Counter>,
+    /// Keys of the last good JWKS fetch.
+    pub(crate) jwks_keys: Gauge,
+    subscription_tokens_refused: Counter,
+    hook_calls: Family<Labels2, Counter>,
+    hook_duration: Family<Label, Histogram>,
+}
+
+fn hook_histogram() -> Histogram {
+    // 100 µs .. ~26 s: a backend on the same host answers in well under a millisecond, one
+    // across a network in milliseconds; the top buckets catch calls near `hooks.timeout`.
+    Histogram::new(exponential_buckets(0.000_1, 4.0, 10))
 }
 
 fn duration_histogram() -> Histogram {
@@ -100,6 +118,11 @@ impl Metrics {
             command_duration: Family::new_with_constructor(duration_histogram),
             tls_handshake_failures: Family::default(),
             tls_reloads: Family::default(),
+            jwks_fetches: Family::default(),
+            jwks_keys: Gauge::default(),
+            subscription_tokens_refused: Counter::default(),
+            hook_calls: Family::default(),
+            hook_duration: Family::new_with_constructor(hook_histogram),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -206,6 +229,43 @@ impl Metrics {
              keeps the previous pair)",
             m.tls_reloads.clone(),
         );
+        r.register(
+            "jwks_fetches",
+            "Fetches of auth.jwks_url, by result: ok, unreachable (connect, TLS, timeout), \
+             status (not 200), too_large, invalid (not a JWKS with a usable key); a failure \
+             keeps the keys of the last good fetch",
+            m.jwks_fetches.clone(),
+        );
+        r.register(
+            "jwks_keys",
+            "Verification keys held from the last good fetch of auth.jwks_url",
+            m.jwks_keys.clone(),
+        );
+        r.register(
+            "subscription_tokens_refused",
+            "subscribe commands refused because their subscription token was missing or did \
+             not verify",
+            m.subscription_tokens_refused.clone(),
+        );
+        r.register(
+            "hook_calls",
+            "Backend hook calls by hook and result (allowed, denied, unavailable, timeout, busy); \
+             hook=\"events\" counts event batches (allowed: taken)",
+            m.hook_calls.clone(),
+        );
+        r.register(
+            "hook_duration_seconds",
+            "Time of a backend hook call, by hook, from the call to its verdict or failure",
+            m.hook_duration.clone(),
+        );
+        let hooks = crate::hooks::Hook::ALL.map(crate::hooks::Hook::as_str);
+        for hook in hooks.into_iter().chain(["events"]) {
+            for result in HOOK_RESULTS {
+                let _ = m
+                    .hook_calls
+                    .get_or_create(&[("hook", hook), ("result", result)]);
+            }
+        }
         // Pre-create the common series so they show as 0 before the first event.
         for code in ErrorCode::ALL {
             let _ = m.command_errors.get_or_create(&[("code", code.as_str())]);
@@ -244,6 +304,16 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// A fetch of `auth.jwks_url`, by result.
+    pub(crate) fn jwks_fetch(&self, result: &'static str) {
+        self.jwks_fetches.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A `subscribe` refused for its subscription token.
+    pub(crate) fn subscription_token_refused(&self) {
+        self.subscription_tokens_refused.inc();
     }
 
     /// A reload of the TLS pair: `"ok"` or `"error"`.
@@ -289,6 +359,16 @@ impl Metrics {
     pub(crate) fn command_duration(&self, kind: &'static str, seconds: f64) {
         self.command_duration
             .get_or_create(&[("type", kind)])
+            .observe(seconds);
+    }
+
+    /// Counts one backend hook call: its hook, its result label and how long it took.
+    pub(crate) fn hook_call(&self, hook: &'static str, result: &'static str, seconds: f64) {
+        self.hook_calls
+            .get_or_create(&[("hook", hook), ("result", result)])
+            .inc();
+        self.hook_duration
+            .get_or_create(&[("hook", hook)])
             .observe(seconds);
     }
 

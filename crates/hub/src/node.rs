@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::broker::{Broker, BrokerError, Delivery, DeliverySink};
 use crate::frame::Frame;
+use crate::hooks::events::{Events, Kind};
 use crate::metrics::Metrics;
 use crate::presence_batch::PresenceBatcher;
 use crate::protocol;
@@ -73,6 +74,8 @@ struct LocalChannel {
 pub(crate) struct Node {
     channels: RwLock<HashMap<Arc<str>, Arc<LocalChannel>>>,
     metrics: Arc<Metrics>,
+    /// Told when a channel gets its first local subscriber and loses its last.
+    events: OnceLock<Arc<Events>>,
 }
 
 impl Node {
@@ -80,6 +83,18 @@ impl Node {
         Self {
             channels: RwLock::new(HashMap::new()),
             metrics,
+            events: OnceLock::new(),
+        }
+    }
+
+    /// Sends `occupied` and `vacated` backend events from now on.
+    pub(crate) fn set_events(&self, events: Arc<Events>) {
+        let _ = self.events.set(events);
+    }
+
+    fn occupancy(&self, kind: Kind, channel: &str) {
+        if let Some(events) = self.events.get() {
+            events.emit(kind, None, None, Some(channel));
         }
     }
 
@@ -124,6 +139,7 @@ impl Node {
                     return Err(e);
                 }
                 *interest = true;
+                self.occupancy(Kind::Occupied, channel);
             }
             ch.subscribers.lock().push(Subscriber {
                 peer: peer.clone(),
@@ -208,6 +224,7 @@ impl Node {
                 tracing::warn!(channel, error = %e, "broker unsubscribe failed");
             }
             *interest = false;
+            self.occupancy(Kind::Vacated, channel);
         }
         drop(interest);
         if empty {

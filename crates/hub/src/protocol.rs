@@ -55,11 +55,20 @@ pub enum ErrorCode {
     OverCapacity,
     /// JSON nested deeper than `limits.max_json_depth`.
     TooDeep,
+    /// The application's hook could not be asked: refused, failed (a status other than
+    /// 2xx) or answered something that is not a hook reply.
+    BackendUnavailable,
+    /// The application's hook did not answer within `hooks.timeout`.
+    BackendTimeout,
+    /// `hooks.max_in_flight` hook calls were running on the node; this one was not made.
+    BackendBusy,
+    /// The command needs a hook that is not configured (`rpc` without an `rpc` hook).
+    NotAvailable,
 }
 
 impl ErrorCode {
     /// Every code, for metrics registration and docs.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 20] = [
         Self::BadJson,
         Self::BadRequest,
         Self::UnknownType,
@@ -76,6 +85,10 @@ impl ErrorCode {
         Self::Internal,
         Self::OverCapacity,
         Self::TooDeep,
+        Self::BackendUnavailable,
+        Self::BackendTimeout,
+        Self::BackendBusy,
+        Self::NotAvailable,
     ];
 
     /// The snake_case name sent on the wire.
@@ -97,6 +110,10 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::OverCapacity => "over_capacity",
             Self::TooDeep => "too_deep",
+            Self::BackendUnavailable => "backend_unavailable",
+            Self::BackendTimeout => "backend_timeout",
+            Self::BackendBusy => "backend_busy",
+            Self::NotAvailable => "not_available",
         }
     }
 }
@@ -146,6 +163,8 @@ pub enum Command<'a> {
         since: Option<Since>,
         /// Client-supplied presence info (a JSON object).
         info: Option<&'a RawValue>,
+        /// A subscription token (namespaces with `subscription_token`).
+        token: Option<String>,
     },
     /// `unsubscribe`.
     Unsubscribe {
@@ -175,6 +194,31 @@ pub enum Command<'a> {
     },
     /// `ping`.
     Ping,
+    /// `refresh`: a new connection token for the same user, before the current one expires.
+    Refresh {
+        /// The new connection token.
+        token: String,
+    },
+    /// `rpc`: a call answered by the application's `rpc` hook.
+    Rpc {
+        /// The method name ([`MAX_METHOD_LEN`] bytes at most, checked).
+        method: String,
+        /// The call's argument, verbatim (`None`: not given, sent as `null`).
+        data: Option<&'a RawValue>,
+    },
+}
+
+/// Longest `rpc` method name, in bytes.
+pub const MAX_METHOD_LEN: usize = 128;
+
+/// Checks an `rpc` method name: 1 to [`MAX_METHOD_LEN`] bytes of ASCII letters, digits and
+/// `_ - . : /`. Like a channel, the part before the first `:` is its namespace.
+pub fn valid_method(method: &str) -> bool {
+    !method.is_empty()
+        && method.len() <= MAX_METHOD_LEN
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
 }
 
 impl Command<'_> {
@@ -187,6 +231,8 @@ impl Command<'_> {
             Self::Presence { .. } => "presence",
             Self::History { .. } => "history",
             Self::Ping => "ping",
+            Self::Refresh { .. } => "refresh",
+            Self::Rpc { .. } => "rpc",
         }
     }
 }
@@ -207,6 +253,9 @@ struct Envelope<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     info: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+    method: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as `Some`: `"data": null` is a valid publication while a
@@ -333,6 +382,24 @@ fn since(env: &Envelope<'_>) -> Result<Option<Since>, CommandError> {
     }
 }
 
+/// Longest subscription token accepted, in bytes (as sent, JSON-escaped). A JWT with an
+/// RS512 signature and a presence `info` of the largest size fits with room to spare.
+pub const MAX_TOKEN_SIZE: usize = 8 * 1024;
+
+fn token(env: &Envelope<'_>) -> Result<Option<String>, CommandError> {
+    match env.token {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) if raw.get().len() > MAX_TOKEN_SIZE => Err(CommandError::new(
+            ErrorCode::TooLarge,
+            format!("\"token\" is above {MAX_TOKEN_SIZE} bytes"),
+        )),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| CommandError::bad_request("\"token\" must be a string")),
+    }
+}
+
 fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>, CommandError> {
     let Some(ty) = env.ty else {
         return Err(CommandError::bad_request("missing field \"type\""));
@@ -362,6 +429,7 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
                 channel: channel()?,
                 since,
                 info,
+                token: token(env)?,
             }
         }
         "unsubscribe" => Command::Unsubscribe {
@@ -395,6 +463,30 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
             }
         }
         "ping" => Command::Ping,
+        "refresh" => Command::Refresh {
+            token: token(env)?
+                .ok_or_else(|| CommandError::bad_request("missing field \"token\""))?,
+        },
+        "rpc" => {
+            let raw = env
+                .method
+                .ok_or_else(|| CommandError::bad_request("missing field \"method\""))?;
+            let method: String = serde_json::from_str(raw.get())
+                .map_err(|_| CommandError::bad_request("\"method\" must be a string"))?;
+            if !valid_method(&method) {
+                return Err(CommandError::bad_request(format!(
+                    "\"method\" must be 1-{MAX_METHOD_LEN} bytes of ASCII letters, digits \
+                     and _ - . : /"
+                )));
+            }
+            if env.data.is_some_and(|d| json_too_deep(d.get(), max_depth)) {
+                return Err(too_deep("\"data\"", max_depth));
+            }
+            Command::Rpc {
+                method,
+                data: env.data,
+            }
+        }
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
@@ -427,7 +519,16 @@ fn encode<T: Serialize>(ty: &str, id: Option<u64>, body: T) -> String {
 }
 
 /// `{"type":"welcome",...}`.
-pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u64) -> String {
+///
+/// `expires_in`: seconds until the connection token's `exp` (absent without one), relative
+/// so that a client with a wrong clock still refreshes in time.
+pub fn welcome(
+    client: &str,
+    user: Option<&str>,
+    node: &str,
+    ping_interval_ms: u64,
+    expires_in: Option<u64>,
+) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         client: &'a str,
@@ -435,6 +536,8 @@ pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u
         node: &'a str,
         version: &'a str,
         ping_interval_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_in: Option<u64>,
     }
     encode(
         "welcome",
@@ -445,8 +548,18 @@ pub fn welcome(client: &str, user: Option<&str>, node: &str, ping_interval_ms: u
             node,
             version: crate::SUBPROTOCOL,
             ping_interval_ms,
+            expires_in,
         },
     )
+}
+
+/// The reply to `refresh`: seconds until the new token's `exp`.
+pub fn refreshed(id: Option<u64>, expires_in: u64) -> String {
+    #[derive(Serialize)]
+    struct Body {
+        expires_in: u64,
+    }
+    encode("reply", id, Body { expires_in })
 }
 
 /// `{"type":"error",...}`.
@@ -492,6 +605,37 @@ pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovere
             recovered,
         },
     )
+}
+
+/// The server-side subscription event: `{"type":"subscribed","channel",...}`, pushed when
+/// the hub subscribes the connection itself (the `connect` hook's `channels`).
+pub fn server_subscribed(channel: &str, pos: &StreamPosition) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        recovered: bool,
+    }
+    encode(
+        "subscribed",
+        None,
+        Body {
+            channel,
+            epoch: &pos.epoch,
+            offset: pos.offset,
+            recovered: false,
+        },
+    )
+}
+
+/// The reply to `rpc`: `{"type":"reply","id",...,"result":...}` with the backend's result.
+pub fn rpc_result(id: Option<u64>, result: &RawValue) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        result: &'a RawValue,
+    }
+    encode("reply", id, Body { result })
 }
 
 /// The reply to `unsubscribe`.

@@ -13,6 +13,7 @@
 //! therefore never overflows the queue by itself; only a client that reads nothing for the
 //! whole wait is closed with 1013.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -30,7 +31,7 @@ pub(crate) enum Next {
     /// Write this frame.
     Frame(Frame),
     /// Send a Close frame with this code and reason, then stop.
-    Close(u16, &'static str),
+    Close(u16, Cow<'static, str>),
 }
 
 /// The result of a push.
@@ -62,7 +63,7 @@ struct Inner {
     /// The part of `bytes` held by droppable frames.
     droppable_bytes: usize,
     /// Set once; no frame is accepted after it. Reported by `pop` after the remaining items.
-    close: Option<(u16, &'static str)>,
+    close: Option<(u16, Cow<'static, str>)>,
     close_reported: bool,
 }
 
@@ -228,7 +229,7 @@ impl Outbound {
         inner.items.clear();
         inner.bytes = 0;
         inner.droppable_bytes = 0;
-        inner.close = Some((TRY_AGAIN, "slow consumer"));
+        inner.close = Some((TRY_AGAIN, Cow::Borrowed("slow consumer")));
         drop(inner);
         self.notify.notify_one();
         self.closed.send_replace(true);
@@ -236,8 +237,9 @@ impl Outbound {
     }
 
     /// Closes the queue: no more frames are accepted; the writer sends what is queued (unless
-    /// `discard`), then the Close frame. The first close wins.
-    pub(crate) fn close(&self, code: u16, reason: &'static str, discard: bool) {
+    /// `discard`), then the Close frame. The first close wins. `reason` must fit in a Close
+    /// frame (at most 123 bytes, RFC 6455 §5.5).
+    pub(crate) fn close(&self, code: u16, reason: impl Into<Cow<'static, str>>, discard: bool) {
         let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return;
@@ -247,7 +249,7 @@ impl Outbound {
             inner.bytes = 0;
             inner.droppable_bytes = 0;
         }
-        inner.close = Some((code, reason));
+        inner.close = Some((code, reason.into()));
         drop(inner);
         self.notify.notify_one();
         self.closed.send_replace(true);
@@ -281,12 +283,13 @@ impl Outbound {
                     self.room.notify_waiters();
                     return Some(Next::Frame(item.frame));
                 }
-                if let Some((code, reason)) = inner.close {
+                if let Some((code, reason)) = &inner.close {
                     if inner.close_reported {
                         return None;
                     }
+                    let next = Next::Close(*code, reason.clone());
                     inner.close_reported = true;
-                    return Some(Next::Close(code, reason));
+                    return Some(next);
                 }
             }
             self.notify.notified().await;

@@ -150,6 +150,9 @@ impl Server {
         if hub.config().demo.ticker {
             tokio::spawn(crate::demo::run_ticker(hub.clone()));
         }
+        // With `auth.jwks_url`, fetch the keys now rather than on the first client's time.
+        let keys_hub = hub.clone();
+        tokio::spawn(async move { keys_hub.shared.auth.prefetch().await });
         let signal_hub = hub.clone();
         let mut down = hub.shared.shutdown_signal();
         tokio::spawn(async move {

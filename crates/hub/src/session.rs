@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
-use crate::auth::{Identity, MAX_INFO_SIZE};
+use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::frame::Frame;
+use crate::hooks::events::Kind;
+use crate::hooks::wire::{
+    PublishRequest, PublishResult, RpcRequest, SubscribeRequest, SubscribeResult,
+};
+use crate::hooks::{self, Context, Hook, Verdict};
 use crate::hub::{retention, Shared};
 use crate::node::{GoLive, Peer};
 use crate::protocol::{self, Command, CommandError, ErrorCode, Since};
@@ -41,6 +46,15 @@ pub(crate) fn page_bytes(max_queue_bytes: usize) -> usize {
 #[derive(Debug)]
 struct Gone;
 
+/// Who asked for a subscription: the client with a command (answered with a `reply`, its
+/// hook asked first), or the application through its `connect` hook (announced with a
+/// `subscribed` frame; the application has already decided, so no hook and no token check).
+#[derive(Debug, Clone, Copy)]
+enum Asker {
+    Client(Option<u64>),
+    Backend,
+}
+
 #[derive(Debug)]
 struct Subscription {
     presence: bool,
@@ -54,8 +68,21 @@ pub(crate) struct Session {
     peer: Arc<Peer>,
     identity: Identity,
     subscriptions: HashMap<Arc<str>, Subscription>,
+    /// What the hooks of this connection are told about it.
+    context: Context,
     commands: DefaultDirectRateLimiter,
     errors: DefaultDirectRateLimiter,
+    /// The connection token's `exp`; the connection task closes the connection when it
+    /// passes and re-arms its timer when a `refresh` changes it.
+    expiry: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+/// Seconds from now until `exp` (0 once it has passed).
+fn seconds_until(exp: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    exp.saturating_sub(now)
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
@@ -63,11 +90,28 @@ fn nonzero(n: u32) -> NonZeroU32 {
 }
 
 impl Session {
-    /// A session for an accepted connection; queues the `welcome` frame.
+    /// A session for a connection from loopback without hook headers; queues `welcome`.
+    #[cfg(test)]
     pub(crate) fn new(hub: Arc<Shared>, identity: Identity) -> Self {
+        let id = hub.new_client_id();
+        let context = Context {
+            headers: axum::http::HeaderMap::new(),
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        Self::accepted(hub, identity, id, context)
+    }
+
+    /// A session for an accepted connection with client id `id` (its `connect` hook, if
+    /// any, has allowed it); queues the `welcome` frame.
+    pub(crate) fn accepted(
+        hub: Arc<Shared>,
+        identity: Identity,
+        id: Arc<str>,
+        context: Context,
+    ) -> Self {
         let limits = &hub.config.limits;
         let peer = Arc::new(Peer {
-            id: hub.new_client_id(),
+            id,
             queue: Outbound::new(limits.max_queue_bytes),
         });
         let commands = RateLimiter::direct(
@@ -82,16 +126,62 @@ impl Session {
         );
         let ping_ms =
             u64::try_from(hub.config.websocket.ping_interval.as_millis()).unwrap_or(u64::MAX);
-        let welcome = protocol::welcome(&peer.id, identity.user.as_deref(), &hub.node_id, ping_ms);
+        let welcome = protocol::welcome(
+            &peer.id,
+            identity.user.as_deref(),
+            &hub.node_id,
+            ping_ms,
+            identity.expires_at.map(seconds_until),
+        );
         peer.queue.push(Frame::text(welcome), false);
+        let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
         Self {
             hub,
             peer,
             identity,
             subscriptions: HashMap::new(),
+            context,
             commands,
             errors,
+            expiry,
         }
+    }
+
+    /// The connection token's `exp`, as it changes.
+    pub(crate) fn expiry(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.expiry.subscribe()
+    }
+
+    /// `refresh`: a new connection token for the same user replaces the current one, its
+    /// claims (`channels`, `publish`, `info`) govern the commands that follow (existing
+    /// subscriptions stay), and its `exp` becomes the connection's deadline.
+    async fn refresh(&mut self, id: Option<u64>, token: &str) -> Result<(), CommandError> {
+        let Some(user) = self.identity.user.clone() else {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "an anonymous connection has no token to refresh",
+            ));
+        };
+        let identity = self.hub.auth.authenticate(Some(token)).await.map_err(|e| {
+            let code = if e == AuthError::KeysUnavailable {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::Forbidden
+            };
+            CommandError::new(code, format!("token refused: {e}"))
+        })?;
+        if identity.user.as_deref() != Some(&*user) {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "the token is for another user (refresh keeps the connection's user)",
+            ));
+        }
+        let expires_at = identity.expires_at;
+        self.identity = identity;
+        self.expiry.send_replace(expires_at);
+        let expires_in = expires_at.map_or(0, seconds_until);
+        self.send(protocol::refreshed(id, expires_in)).await;
+        Ok(())
     }
 
     /// The outbound side, for the writer.
@@ -206,8 +296,13 @@ impl Session {
                 channel,
                 since,
                 info,
-            } => self.subscribe(id, &channel, since, info).await,
+                token,
+            } => {
+                self.subscribe(Asker::Client(id), &channel, since, info, token)
+                    .await
+            }
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
+            Command::Refresh { token } => self.refresh(id, &token).await,
             Command::Publish { channel, data } => self.publish(id, &channel, data).await,
             Command::Presence { channel } => self.presence(id, &channel).await,
             Command::History {
@@ -215,12 +310,13 @@ impl Session {
                 limit,
                 since,
             } => self.history(id, &channel, limit, since).await,
+            Command::Rpc { method, data } => self.rpc(id, &method, data).await,
         }
     }
 
     fn readable(&self, channel: &str) -> Result<NamespaceConfig, CommandError> {
         let ns = self.hub.resolve(channel)?;
-        if !self.identity.may_subscribe(channel) {
+        if !self.granted(&ns, channel) && !self.identity.may_subscribe(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
                 format!("the token does not allow channel {channel:?}"),
@@ -229,14 +325,122 @@ impl Session {
         Ok(ns)
     }
 
+    /// Subscribes the connection to the channels its `connect` hook named, each announced
+    /// with a `subscribed` frame. A channel that cannot be subscribed (an unknown namespace,
+    /// the node's channel cap) is logged and skipped: the connection is already allowed.
+    pub(crate) async fn subscribe_server_side(&mut self, channels: &[String]) {
+        for channel in channels {
+            if self.peer.queue.is_closed() {
+                return;
+            }
+            if let Err(e) = self
+                .subscribe(Asker::Backend, channel, None, None, None)
+                .await
+            {
+                tracing::info!(client = %self.peer.id, channel, error = %e,
+                    "server-side subscription of the connect hook skipped");
+            }
+        }
+    }
+
+    /// Asks the hook `hook` of `namespace`, if it has one: `Ok(None)` when there is none,
+    /// `Ok(Some(result))` when it allows. A denial is `forbidden` with the application's
+    /// message; a `disconnect` closes the connection (and ends the command without a reply);
+    /// a failure is its error code.
+    async fn ask<B, T>(
+        &self,
+        hook: Hook,
+        namespace: &str,
+        body: &B,
+    ) -> Result<Option<T>, Option<CommandError>>
+    where
+        B: serde::Serialize + Sync,
+        T: serde::de::DeserializeOwned + hooks::Check + Send,
+    {
+        let Some(uri) = self.hub.hooks.endpoint(hook, namespace) else {
+            return Ok(None);
+        };
+        match self.hub.hooks.call(hook, uri, &self.context, body).await {
+            Ok(Verdict::Allow(result)) => Ok(Some(result)),
+            Ok(Verdict::Deny(message)) => {
+                let message = if message.is_empty() {
+                    format!("the application refused this {}", hook.as_str())
+                } else {
+                    message
+                };
+                Err(Some(CommandError::new(ErrorCode::Forbidden, message)))
+            }
+            Ok(Verdict::Disconnect(code, reason)) => {
+                tracing::debug!(client = %self.peer.id, code, "disconnected by the application");
+                self.peer.queue.close(code, reason, false);
+                Err(None)
+            }
+            Err(e) => Err(Some(e.command_error())),
+        }
+    }
+
+    /// Whether a subscription token granted this connection `channel`: it is subscribed to
+    /// it in a `subscription_token` namespace. Such a channel may then be read (presence,
+    /// history) and, where clients may publish, published to, whatever the connection
+    /// token's `channels` and `publish` claims say.
+    fn granted(&self, ns: &NamespaceConfig, channel: &str) -> bool {
+        ns.subscription_token && self.subscriptions.contains_key(channel)
+    }
+
+    /// The subscribe checks of a `subscription_token` namespace: the token is present,
+    /// verifies, names `channel` and this connection's user. Returns the token's `info`.
+    async fn check_subscription_token(
+        &self,
+        channel: &str,
+        token: Option<&str>,
+    ) -> Result<Option<Arc<RawValue>>, CommandError> {
+        let Some(token) = token else {
+            self.hub.metrics.subscription_token_refused();
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("channel {channel:?} needs a subscription token (\"token\")"),
+            ));
+        };
+        let user = self.identity.user.as_deref();
+        self.hub
+            .auth
+            .verify_subscription(token, user, channel)
+            .await
+            .map_err(|e| {
+                self.hub.metrics.subscription_token_refused();
+                let code = if e == AuthError::KeysUnavailable {
+                    ErrorCode::Unavailable
+                } else {
+                    ErrorCode::Forbidden
+                };
+                CommandError::new(code, format!("subscription token refused: {e}"))
+            })
+    }
+
     async fn subscribe(
         &mut self,
-        id: Option<u64>,
+        asker: Asker,
         channel: &str,
         since: Option<Since>,
         info: Option<&RawValue>,
+        token: Option<String>,
     ) -> Result<(), CommandError> {
-        let ns = self.readable(channel)?;
+        let ns = self.hub.resolve(channel)?;
+        // RFC 7519 §7.2 checks happen in `verify_subscription`; the token is checked before
+        // anything else is looked at, so a refused one costs no broker round trip. The
+        // application's own server-side subscriptions need neither token nor claims.
+        let granted_info = match asker {
+            Asker::Backend => None,
+            Asker::Client(_) if ns.subscription_token => {
+                self.check_subscription_token(channel, token.as_deref())
+                    .await?
+            }
+            Asker::Client(_) => {
+                // A token where none is needed is ignored (it grants nothing more).
+                self.readable(channel)?;
+                None
+            }
+        };
         if self.subscriptions.contains_key(channel) {
             return Err(CommandError::new(
                 ErrorCode::AlreadySubscribed,
@@ -257,6 +461,32 @@ impl Session {
             ));
         }
         self.hub.check_create(channel, &ns, &self.identity, true)?;
+        let mut since = since;
+        let mut hook_info: Option<Arc<RawValue>> = None;
+        if let Asker::Client(_) = asker {
+            let body = SubscribeRequest {
+                client: &self.peer.id,
+                user: self.identity.user.as_deref(),
+                channel,
+                info,
+                recover: since.is_some(),
+            };
+            let namespace = crate::channel::namespace_of(channel);
+            match self
+                .ask::<_, SubscribeResult>(Hook::Subscribe, namespace, &body)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(result)) => {
+                    if result.recover == Some(false) {
+                        since = None;
+                    }
+                    hook_info = result.info.map(Arc::from);
+                }
+                Err(Some(e)) => return Err(e),
+                Err(None) => return Ok(()),
+            }
+        }
         let hub = self.hub.clone();
         let droppable = ns.slow_consumer == SlowConsumerPolicy::DropOldest;
         hub.node
@@ -281,7 +511,10 @@ impl Session {
         // The reply, then the replay one publication at a time as the queue drains, while
         // live deliveries are still held (bounded by `max_held`, like a queue); then the held
         // ones, also as room frees up. Nothing here overflows the queue by itself.
-        let reply = protocol::subscribed(id, channel, &history.position, recovered);
+        let reply = match asker {
+            Asker::Client(id) => protocol::subscribed(id, channel, &history.position, recovered),
+            Asker::Backend => protocol::server_subscribed(channel, &history.position),
+        };
         let mut sent = self.send_frame(Frame::text(reply)).await;
         if recovered {
             for p in &history.publications {
@@ -307,6 +540,9 @@ impl Session {
         }
         // Recorded even when the connection is closing, so `finish` removes it from the node.
         let key: Arc<str> = channel.into();
+        let user = self.identity.user.as_ref();
+        hub.hooks
+            .emit(Kind::Subscribe, &self.peer.id, user, Some(channel));
         self.subscriptions.insert(
             key,
             Subscription {
@@ -318,10 +554,15 @@ impl Session {
             let entry = PresenceEntry {
                 client: self.peer.id.clone(),
                 user: self.identity.user.clone(),
-                info: self.identity.info.clone().or_else(|| {
-                    info.and_then(|i| RawValue::from_string(i.get().to_owned()).ok())
-                        .map(Arc::from)
-                }),
+                // The backend's word first (subscribe hook, subscription token, then
+                // connection token), the client's own last.
+                info: hook_info
+                    .or(granted_info)
+                    .or_else(|| self.identity.info.clone())
+                    .or_else(|| {
+                        info.and_then(|i| RawValue::from_string(i.get().to_owned()).ok())
+                            .map(Arc::from)
+                    }),
             };
             let announce = ns.join_leave;
             if let Err(e) = hub.broker.presence_add(channel, entry, announce).await {
@@ -347,6 +588,10 @@ impl Session {
 
     async fn leave(&self, channel: &str, sub: &Subscription) {
         leave(&self.hub, &self.peer, channel, sub).await;
+        let user = self.identity.user.as_ref();
+        self.hub
+            .hooks
+            .emit(Kind::Unsubscribe, &self.peer.id, user, Some(channel));
     }
 
     async fn publish(
@@ -362,7 +607,7 @@ impl Session {
                 format!("clients may not publish to {channel:?}"),
             ));
         }
-        if !self.identity.may_publish(channel) {
+        if !self.granted(&ns, channel) && !self.identity.may_publish(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
                 format!("the token does not allow publishing to {channel:?}"),
@@ -375,16 +620,37 @@ impl Session {
                 format!("data is {} bytes; the limit is {max}", data.get().len()),
             ));
         }
-        let data: Arc<RawValue> = Arc::from(
+        let mut data: Arc<RawValue> = Arc::from(
             RawValue::from_string(data.get().to_owned())
                 .map_err(|e| CommandError::new(ErrorCode::Internal, e.to_string()))?,
         );
+        self.hub.check_create(channel, &ns, &self.identity, false)?;
+        let body = PublishRequest {
+            client: &self.peer.id,
+            user: self.identity.user.as_deref(),
+            channel,
+            data: &data,
+        };
+        let namespace = crate::channel::namespace_of(channel);
+        match self
+            .ask::<_, PublishResult>(Hook::Publish, namespace, &body)
+            .await
+        {
+            Ok(None) => {}
+            // The replacement is held to the same size and depth limits by `Shared::publish`.
+            Ok(Some(result)) => {
+                if let Some(replaced) = result.data {
+                    data = Arc::from(replaced);
+                }
+            }
+            Err(Some(e)) => return Err(e),
+            Err(None) => return Ok(()),
+        }
         let from = self
             .identity
             .user
             .clone()
             .unwrap_or_else(|| self.peer.id.clone());
-        self.hub.check_create(channel, &ns, &self.identity, false)?;
         let pos = self.hub.publish(channel, &ns, data, Some(from)).await?;
         self.send(protocol::published(id, channel, &pos)).await;
         Ok(())
@@ -453,6 +719,48 @@ impl Session {
         );
         self.send_pages(pages).await;
         Ok(())
+    }
+
+    /// `rpc`: the application's `rpc` hook answers; its `result` is the reply's.
+    async fn rpc(
+        &mut self,
+        id: Option<u64>,
+        method: &str,
+        data: Option<&RawValue>,
+    ) -> Result<(), CommandError> {
+        let data = data.unwrap_or(RawValue::NULL);
+        let max = self.hub.config.limits.max_publication_size;
+        if data.get().len() > max {
+            return Err(CommandError::new(
+                ErrorCode::TooLarge,
+                format!("data is {} bytes; the limit is {max}", data.get().len()),
+            ));
+        }
+        // A method is namespaced like a channel: `chat:kick` asks `chat`'s hook, if it has one.
+        let namespace = crate::channel::namespace_of(method);
+        if self.hub.hooks.endpoint(Hook::Rpc, namespace).is_none() {
+            return Err(CommandError::new(
+                ErrorCode::NotAvailable,
+                format!("no rpc hook answers {method:?}"),
+            ));
+        }
+        let body = RpcRequest {
+            client: &self.peer.id,
+            user: self.identity.user.as_deref(),
+            method,
+            data,
+        };
+        match self
+            .ask::<_, Box<RawValue>>(Hook::Rpc, namespace, &body)
+            .await
+        {
+            Ok(Some(result)) => {
+                self.send(protocol::rpc_result(id, &result)).await;
+                Ok(())
+            }
+            Ok(None) | Err(None) => Ok(()),
+            Err(Some(e)) => Err(e),
+        }
     }
 
     /// Leaves every channel (with `leave` events). Call once when the connection ends.

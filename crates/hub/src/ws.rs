@@ -17,6 +17,8 @@ use duplex::axum::{UpgradeRejection, UpgradedIo, WebSocketUpgrade};
 use duplex::{CloseCode, Message, WebSocket};
 
 use crate::auth::{token_from_query, AuthError, Identity};
+use crate::hooks::events::Kind;
+use crate::hooks::Context;
 use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
 use crate::metrics::HandshakeFailure;
 use crate::queue::Next;
@@ -154,8 +156,18 @@ async fn upgrade(
         );
     }
     let token = bearer(&headers).or_else(|| uri.query().and_then(token_from_query));
-    let identity = match hub.shared.auth.authenticate(token.as_deref()) {
+    let identity = match hub.shared.auth.authenticate(token.as_deref()).await {
         Ok(identity) => identity,
+        Err(AuthError::KeysUnavailable) => {
+            // The provider's keys could not be fetched: not the client's fault, so not a 401
+            // (which would tell it to get another token).
+            return refuse(
+                &hub,
+                HandshakeFailure::Unauthorized,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &AuthError::KeysUnavailable.to_string(),
+            );
+        }
         Err(e) => {
             // The body is the protocol's words (`AuthError`'s Display), never the JWT
             // library's text. RFC 6750 §3: a 401 names the scheme, and an `error` code only
@@ -209,19 +221,40 @@ async fn upgrade(
         .pong_timeout(c.websocket.pong_timeout)
         .deflate(c.websocket.compression.deflate());
     let version = upgrade.request().version();
+    // Only the allowlisted headers are kept for the hooks, nothing when there are none.
+    let context = Context {
+        headers: hub.shared.hooks.select_headers(&headers),
+        ip: client_ip,
+    };
+    let upgrade = upgrade.protocols([crate::SUBPROTOCOL]).config(config);
+    let protocol = upgrade.selected_protocol().map(str::to_owned);
     // Over HTTP/2 the WebSocket is a stream of its connection, which is not idle while it
     // is open.
     let stream = streams.map(|Extension(streams)| streams.open());
-    upgrade
-        .protocols([crate::SUBPROTOCOL])
-        .config(config)
-        .on_upgrade(move |ws| {
-            hub.shared.metrics.websocket_upgrade(version);
-            async move {
-                let _stream = stream;
-                run(hub, ws, identity, addr, permit).await;
-            }
-        })
+    upgrade.on_upgrade(move |ws| {
+        hub.shared.metrics.websocket_upgrade(version);
+        let accepted = Accepted {
+            identity,
+            addr,
+            permit,
+            context,
+            protocol,
+        };
+        async move {
+            let _stream = stream;
+            run(hub, ws, accepted).await;
+        }
+    })
+}
+
+/// What the upgrade learnt about a connection.
+struct Accepted {
+    identity: Identity,
+    addr: SocketAddr,
+    permit: ConnectionPermit,
+    context: Context,
+    /// The selected subprotocol, `None` when the client offered none we speak.
+    protocol: Option<String>,
 }
 
 /// Deadlines further away than this are no deadline: the connection will not outlive it,
@@ -231,14 +264,28 @@ const MAX_EXPIRY_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `exp` (seconds since the Unix epoch, from a verified token, so any `u64`) as a deadline,
 /// or `None` when there is none or it is too far away to matter.
-fn expiry_deadline(identity: &Identity) -> Option<tokio::time::Instant> {
-    let exp = identity.expires_at?;
+fn expiry_deadline(exp: Option<u64>) -> Option<tokio::time::Instant> {
+    let exp = exp?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
     let delay = Duration::from_secs(exp.saturating_sub(now));
     if delay > MAX_EXPIRY_DELAY {
         return None;
     }
     tokio::time::Instant::now().checked_add(delay)
+}
+
+/// Moves the expiry timer to the token `exp` just seen on `changes`; whether it is armed.
+fn rearm(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    changes: &mut tokio::sync::watch::Receiver<Option<u64>>,
+) -> bool {
+    match expiry_deadline(*changes.borrow_and_update()) {
+        Some(at) => {
+            timer.reset(at);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Counts one open connection in `duplex_connections` for as long as it lives: dropped on
@@ -259,19 +306,51 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn run(
-    hub: Hub,
-    ws: WebSocket<UpgradedIo>,
-    identity: Identity,
-    addr: SocketAddr,
-    permit: ConnectionPermit,
-) {
+async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
+    let Accepted {
+        mut identity,
+        addr,
+        permit,
+        context,
+        protocol,
+    } = accepted;
     let metrics = hub.shared.metrics.clone();
     let open = OpenConnection::new(metrics.clone());
-    let expires = expiry_deadline(&identity);
-    let mut session = Session::new(hub.shared.clone(), identity);
+    let mut shutdown = hub.shared.shutdown_signal();
+    let id = hub.shared.new_client_id();
+    let mut channels = Vec::new();
+    if let Some(uri) = hub.shared.hooks.connect() {
+        // Nothing is read from the client meanwhile; the hook's timeout bounds the wait,
+        // and a shutdown ends it at once.
+        let admission = tokio::select! {
+            admission = crate::hooks::connect::admit(
+                &hub.shared, uri, &id, &context, protocol.as_deref(), &mut identity,
+            ) => admission,
+            () = async { let _ = shutdown.wait_for(|d| *d).await; } => {
+                Err((CloseCode::AWAY.0, "server shutting down".into()))
+            }
+        };
+        match admission {
+            Ok(named) => channels = named,
+            Err((code, reason)) => {
+                tracing::debug!(client = %id, %addr, code, %reason, "refused by the connect hook");
+                let close = ws.close(CloseCode(code), &reason);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                drop(open);
+                drop(permit);
+                return;
+            }
+        }
+    }
+    let mut session = Session::accepted(hub.shared.clone(), identity, id, context);
+    let mut expiry_changes = session.expiry();
+    let first = expiry_deadline(*expiry_changes.borrow_and_update());
     let peer = session.peer().clone();
     tracing::debug!(client = %peer.id, %addr, user = ?session.identity().user, "connected");
+    let user = session.identity().user.clone();
+    hub.shared
+        .hooks
+        .emit(Kind::Connect, &peer.id, user.as_ref(), None);
     let (mut sink, mut stream) = ws.split();
 
     let writer_peer = peer.clone();
@@ -287,7 +366,7 @@ async fn run(
                     writer_metrics.bytes_sent.inc_by(frame.payload_len() as u64);
                 }
                 Next::Close(code, reason) => {
-                    let close = sink.close(CloseCode(code), reason);
+                    let close = sink.close(CloseCode(code), &reason);
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
                     break;
                 }
@@ -297,14 +376,12 @@ async fn run(
         writer_peer.queue.close(CloseCode::ABNORMAL.0, "", true);
     });
 
-    let mut shutdown = hub.shared.shutdown_signal();
+    // The writer runs, so the `subscribed` frames leave as they are queued.
+    session.subscribe_server_side(&channels).await;
     let mut shutting_down = false;
-    let expiry = async {
-        match expires {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
+    // Armed while the token has an `exp`; a `refresh` moves (or removes) the deadline.
+    let mut armed = first.is_some();
+    let expiry = tokio::time::sleep_until(first.unwrap_or_else(tokio::time::Instant::now));
     tokio::pin!(expiry);
     let mut expired = false;
     // Once our Close is queued, the peer has CLOSE_TIMEOUT to answer it.
@@ -330,9 +407,13 @@ async fn run(
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
                     continue;
                 }
-                () = &mut expiry, if !expired => {
+                () = &mut expiry, if armed && !expired => {
                     expired = true;
                     peer.queue.close(POLICY, "token expired", false);
+                    continue;
+                }
+                Ok(()) = expiry_changes.changed(), if !expired => {
+                    armed = rearm(expiry.as_mut(), &mut expiry_changes);
                     continue;
                 }
                 () = &mut closing, if closing_armed => break,
@@ -385,14 +466,20 @@ async fn run(
                     shutting_down = true;
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
                 }
-                () = &mut expiry, if !expired => {
+                () = &mut expiry, if armed && !expired => {
                     expired = true;
                     peer.queue.close(POLICY, "token expired", false);
+                }
+                Ok(()) = expiry_changes.changed(), if !expired => {
+                    armed = rearm(expiry.as_mut(), &mut expiry_changes);
                 }
             }
         }
     }
     session.finish().await;
+    hub.shared
+        .hooks
+        .emit(Kind::Disconnect, &peer.id, user.as_ref(), None);
     peer.queue.close(CloseCode::NORMAL.0, "", true);
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)

@@ -347,7 +347,13 @@ export class Client {
    * @param {object} [options]
    * @param {string} [options.token] a static token, sent as `?token=`
    * @param {() => (string|null|Promise<string|null>)} [options.getToken] called
-   *   before every connection attempt, so an expiring token is refreshed on reconnect
+   *   before every connection attempt, and ahead of the token's expiry on an open
+   *   connection (the `refresh` command), which then stays open
+   * @param {(channel: string) => (string|null|Promise<string|null>)} [options.getSubscriptionToken]
+   *   called before every subscribe and resubscribe (after a reconnect), for
+   *   namespaces whose channels need a subscription token; return `null` for a
+   *   channel that needs none. A rejection is reported to the subscription's
+   *   `error` handler and the subscribe is retried with backoff.
    * @param {(event: StateEvent) => void} [options.onstate] state change callback
    * @param {number} [options.minReconnectDelay]
    * @param {number} [options.maxReconnectDelay]
@@ -386,6 +392,7 @@ export class Client {
     this._reconnectTimer = null;
     this._connectTimer = null;
     this._heartbeatTimer = null;
+    this._refreshTimer = null;
     this._lastRx = 0;
     this._pingSentAt = 0;
     this._pingInterval = 25000;
@@ -571,6 +578,22 @@ export class Client {
   }
 
   /**
+   * Calls `method` on the application behind the server (its `rpc` hook, see
+   * docs/hooks.md) and resolves with the application's `result`. Rejects with a
+   * `DuplexError` whose `code` is the server's: `forbidden` (the application
+   * refused), `not_available` (no rpc hook), `backend_unavailable`,
+   * `backend_timeout` or `backend_busy` (retry later), `timeout`, `closed`.
+   * @param {string} method 1-128 bytes of letters, digits and `_ - . : /`
+   * @param {*} [data] any JSON value (sent as `null` when left out)
+   * @param {RequestOptions} [opts]
+   * @returns {Promise<*>}
+   */
+  async rpc(method, data = null, opts) {
+    const reply = await this.request({ type: "rpc", method, data }, opts);
+    return reply.result;
+  }
+
+  /**
    * Sends an app-level ping and resolves with the round-trip time in ms.
    * @param {RequestOptions} [opts]
    * @returns {Promise<number>}
@@ -668,10 +691,49 @@ export class Client {
         ? msg.ping_interval_ms
         : 25000);
     this._armHeartbeat();
+    this._armRefresh(msg.expires_in);
     for (const sub of this._subs.values()) this._sendSubscribe(sub, true);
     const queued = this._queue;
     this._queue = [];
     for (const req of queued) this._sendRequest(req);
+  }
+
+  /**
+   * With `getToken`, refreshes the connection token ahead of its expiry: when a
+   * fifth of its lifetime is left (at most 30 s before), asks `getToken()` and
+   * sends `refresh`, so the server does not close the connection with 1008. A
+   * failed attempt is reported as an `error` event (code `refresh`) and retried
+   * with backoff until the token expires; the reconnect that follows an expiry
+   * asks `getToken()` again anyway.
+   * @param {number|undefined} expiresIn seconds left, from `welcome` or the reply
+   */
+  _armRefresh(expiresIn, attempt = 0) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this.options.getToken || !Number.isFinite(expiresIn) || expiresIn <= 0) return;
+    const lifetime = expiresIn * 1000;
+    const delay =
+      attempt === 0
+        ? Math.max(0, lifetime - Math.min(30000, lifetime / 5))
+        : backoffDelay(attempt, this.options);
+    const deadline = now() + lifetime;
+    const generation = this._generation;
+    this._refreshTimer = setTimeout(async () => {
+      this._refreshTimer = null;
+      if (generation !== this._generation || this.state !== State.CONNECTED) return;
+      try {
+        const token = await this.options.getToken();
+        if (generation !== this._generation) return;
+        if (!token) throw new Error("getToken returned no token");
+        const reply = await this.request({ type: "refresh", token });
+        if (generation === this._generation) this._armRefresh(reply.expires_in);
+      } catch (err) {
+        if (generation !== this._generation) return;
+        this._emit("error", new DuplexError("refresh", `token refresh failed: ${err?.message || err}`));
+        const left = (deadline - now()) / 1000;
+        if (left > 0) this._armRefresh(left, attempt + 1);
+      }
+    }, delay);
   }
 
   /** The socket is gone (closed, errored, or declared dead): clean up and retry. */
@@ -690,7 +752,8 @@ export class Client {
     this._generation++;
     clearTimeout(this._connectTimer);
     clearTimeout(this._heartbeatTimer);
-    this._connectTimer = this._heartbeatTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._connectTimer = this._heartbeatTimer = this._refreshTimer = null;
     const ws = this._ws;
     this._ws = null;
     if (!ws) return;
@@ -905,7 +968,40 @@ export class Client {
     clearTimeout(sub._retry);
     sub.state = "subscribing";
     sub._pending = [];
+    const getToken = this.options.getSubscriptionToken;
+    if (!getToken) {
+      this._requestSubscribe(sub, resubscribed, null);
+      return;
+    }
+    // A newer attempt (after a reconnect, or a retry) makes this one stale.
+    const attempt = {};
+    sub._attempt = attempt;
+    const current = () =>
+      sub._attempt === attempt &&
+      this._subs.get(sub.channel) === sub &&
+      sub.state === "subscribing";
+    Promise.resolve()
+      .then(() => getToken(sub.channel))
+      .then(
+        (token) => {
+          if (current()) this._requestSubscribe(sub, resubscribed, token);
+        },
+        (err) => {
+          if (!current()) return;
+          sub._call(
+            "error",
+            new DuplexError("token", `getSubscriptionToken failed: ${err?.message || err}`),
+          );
+          sub._retry = setTimeout(() => {
+            if (this.state === State.CONNECTED && current()) this._sendSubscribe(sub, resubscribed);
+          }, backoffDelay(1, this.options));
+        },
+      );
+  }
+
+  _requestSubscribe(sub, resubscribed, token) {
     const cmd = { type: "subscribe", channel: sub.channel };
+    if (token) cmd.token = token;
     const since = sub._recover ? sub.position.since() : null;
     if (since) cmd.since = since;
     if (sub._info !== undefined) cmd.info = sub._info;

@@ -27,6 +27,9 @@ jwt_secret = "${JWT_SECRET}"
 
 [websocket.compression]
 enabled = true
+
+[namespaces.private]
+subscription_token = true
 `;
 
 // Installed in every test page: `probe(name, url, options)` makes a Client that
@@ -479,6 +482,87 @@ describe("duplex.js against duplex serve", () => {
       });
       assert.equal(r.welcomes[1].user, "bob");
       assert.equal(await page.evaluate(() => window.clients.a.user), "bob");
+    } finally {
+      await page.close();
+      await proxy.close();
+    }
+  });
+
+  test("an open connection refreshes its token before it expires and stays open", async () => {
+    const page = await libPage();
+    const nowS = Math.floor(Date.now() / 1000);
+    const tokens = [
+      signJwt({ sub: "alice", exp: nowS + 3 }, JWT_SECRET),
+      signJwt({ sub: "alice", exp: nowS + 3600 }, JWT_SECRET),
+    ];
+    try {
+      await page.evaluate(async (tokens) => {
+        window.tokenCalls = 0;
+        const c = window.probe("r", window.duplex.wsUrl(), {
+          getToken: async () => tokens[Math.min(window.tokenCalls++, tokens.length - 1)],
+        });
+        c.connect();
+        await c.ready(10000);
+      }, tokens);
+      let r = await rec(page, "r");
+      assert.ok(r.welcomes[0].expires_in <= 3, JSON.stringify(r.welcomes[0]));
+      // Past the first token's exp: refreshed in place, no close, no second welcome.
+      await sleep(4500);
+      r = await rec(page, "r");
+      assert.equal(await page.evaluate(() => window.tokenCalls), 2);
+      assert.equal(r.welcomes.length, 1, JSON.stringify(r.states));
+      assert.deepEqual(r.errors, []);
+      assert.equal(await page.evaluate(() => window.clients.r.state), "connected");
+      const pong = await page.evaluate(() => window.clients.r.request({ type: "ping" }));
+      assert.equal(pong.type, "pong");
+    } finally {
+      await page.close();
+    }
+  });
+
+  test("getSubscriptionToken is asked before every subscribe and resubscribe", async () => {
+    const proxy = new TcpProxy(server.port);
+    await proxy.listen();
+    const page = await libPage(proxy.origin);
+    const exp = Math.floor(Date.now() / 1000) + 3600;
+    // An anonymous connection's subscription tokens name the user "".
+    const token = signJwt({ sub: "", channel: "private:room", exp }, JWT_SECRET);
+    try {
+      await page.evaluate(async (token) => {
+        window.asked = [];
+        const c = window.probe("p", window.duplex.wsUrl(), {
+          minReconnectDelay: 100,
+          maxReconnectDelay: 300,
+          getSubscriptionToken: async (channel) => {
+            window.asked.push(channel);
+            return channel === "private:room" ? token : null;
+          },
+        });
+        c.connect();
+        await c.ready(10000);
+        c.sub("private:room");
+        c.sub("private:nope");
+      }, token);
+      let r = await waitFor("subscribed and refused", async () => {
+        const x = await rec(page, "p");
+        return x.subscribed.length === 1 && x.errors.some((e) => e.channel === "private:nope") && x;
+      });
+      assert.equal(r.subscribed[0].channel, "private:room");
+      const refusal = r.errors.find((e) => e.channel === "private:nope");
+      assert.equal(refusal.code, "forbidden", JSON.stringify(refusal));
+      await apiPublish(server.origin, API_KEY, "private:room", { n: 1 });
+      await waitFor("publication", async () => offsets(await rec(page, "p"), "private:room").length === 1);
+
+      proxy.cut();
+      await sleep(200);
+      proxy.restore();
+      r = await waitFor("resubscribed", async () => {
+        const x = await rec(page, "p");
+        return x.subscribed.length === 2 && x;
+      });
+      assert.equal(r.subscribed[1].resubscribed, true);
+      const asked = await page.evaluate(() => window.asked);
+      assert.deepEqual(asked.filter((c) => c === "private:room").length, 2, JSON.stringify(asked));
     } finally {
       await page.close();
       await proxy.close();

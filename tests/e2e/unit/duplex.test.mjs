@@ -234,3 +234,27 @@ test("each page of a paged reply restarts the request timeout", async () => {
   assert.equal(p.clients.length, 5);
   c.close();
 });
+
+test("rpc resolves with the application's result and rejects with the server's code", async () => {
+  const sent = [];
+  const WebSocket = fakeSocket((cmd) => {
+    sent.push(cmd);
+    if (cmd.method === "add") return [{ type: "reply", id: cmd.id, result: cmd.data.a + cmd.data.b }];
+    if (cmd.method === "nothing") return [{ type: "reply", id: cmd.id, result: null }];
+    return [{ type: "error", id: cmd.id, code: "backend_timeout", message: "the application did not answer in time" }];
+  });
+  const c = new Client("ws://127.0.0.1:9/ws", { WebSocket, pingInterval: 60000 }).connect();
+  await c.ready(1000);
+  assert.equal(await c.rpc("add", { a: 2, b: 3 }, { timeout: 1000 }), 5);
+  assert.equal(await c.rpc("nothing"), null);
+  await assert.rejects(c.rpc("slow"), (e) => e instanceof DuplexError && e.code === "backend_timeout");
+  assert.deepEqual(
+    sent.map(({ type, method, data }) => ({ type, method, data })),
+    [
+      { type: "rpc", method: "add", data: { a: 2, b: 3 } },
+      { type: "rpc", method: "nothing", data: null },
+      { type: "rpc", method: "slow", data: null },
+    ],
+  );
+  c.close();
+});

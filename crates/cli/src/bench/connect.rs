@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// Offer permessage-deflate in every handshake (the server's negotiation cost counts).
     #[arg(long)]
     deflate: bool,
+    /// A subprotocol to offer (e.g. `duplex.v1` for `duplex serve`).
+    #[arg(long)]
+    subprotocol: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -38,7 +41,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
     let progress = report::progress(&stats, common.quiet, "handshake");
     let offer = Rc::new(Offer {
         deflate: args.deflate,
-        subprotocol: None,
+        subprotocol: args.subprotocol.clone(),
     });
     let tasks: Vec<_> = (0..args.connections.max(1))
         .map(|worker| {
@@ -77,6 +80,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
         "url": args.url,
         "connections": args.connections,
         "deflate": args.deflate,
+        "subprotocol": args.subprotocol,
     });
     let mut report = Report::new("connect", params, &stats, common.duration, false);
     report.extra.insert(

@@ -46,6 +46,14 @@ pub(crate) struct Args {
     /// messages; fails if the server declines.
     #[arg(long)]
     deflate: bool,
+    /// Open the WebSockets over HTTP/2 (RFC 8441 extended CONNECT, h2c with prior
+    /// knowledge), --streams of them on each HTTP/2 connection; fails if the server does not
+    /// accept WebSockets over HTTP/2 (no fallback to HTTP/1.1). Not with --source.
+    #[arg(long)]
+    http2: bool,
+    /// WebSockets per HTTP/2 connection, with --http2.
+    #[arg(long, default_value_t = 1, requires = "http2", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    streams: u32,
     #[command(flatten)]
     common: Common,
 }
@@ -85,16 +93,34 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
     let frame_estimate = args.size + FrameHeader::MAX_LEN;
     let rx_capacity = (frame_estimate * pipeline * 2).max(64 * 1024);
     let common = &args.common;
-    let conns: Vec<Conn> = stream::iter(0..args.connections)
-        .map(|i| {
-            let (target, offer) = (&target, &offer);
-            let source = common.source_for(i, args.connections);
-            async move { wire::connect(target, source, offer, rx_capacity).await }
-        })
-        .buffered(64)
-        .try_collect()
-        .await
-        .with_context(|| format!("cannot connect to {}", args.url))?;
+    let conns: Vec<Conn> = if args.http2 {
+        if !common.source.is_empty() {
+            bail!("--source cannot be used with --http2");
+        }
+        let per = args.streams as usize;
+        let groups: Vec<Vec<Conn>> = stream::iter(0..args.connections.div_ceil(per))
+            .map(|i| {
+                let (url, offer) = (&args.url, &offer);
+                let streams = per.min(args.connections - i * per);
+                async move { wire::connect_h2(url, offer, streams, rx_capacity).await }
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot connect to {} over HTTP/2", args.url))?;
+        groups.into_iter().flatten().collect()
+    } else {
+        stream::iter(0..args.connections)
+            .map(|i| {
+                let (target, offer) = (&target, &offer);
+                let source = common.source_for(i, args.connections);
+                async move { wire::connect(target, source, offer, rx_capacity).await }
+            })
+            .buffered(64)
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot connect to {}", args.url))?
+    };
     if args.deflate && conns.iter().any(|c| !c.deflate) {
         bail!("the server declined permessage-deflate");
     }
@@ -153,6 +179,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
         "pipeline": args.pipeline,
         "rate": args.rate,
         "deflate": args.deflate,
+        "http2": args.http2,
+        "streams": args.http2.then_some(args.streams),
     });
     let report = Report::new("echo", params, &stats, common.duration, true);
     Ok((watch.finish(report, false).await?, common.json))
@@ -316,5 +344,9 @@ pub(crate) async fn close(mut conn: Conn) -> anyhow::Result<()> {
     };
     // A server that does not answer is not this benchmark's concern.
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    if let wire::Stream::Http2(stream) = &mut conn.stream {
+        // END_STREAM (RFC 8441 §5), or dropping the stream would reset it.
+        let _ = stream.shutdown().await;
+    }
     Ok(())
 }

@@ -37,8 +37,12 @@ pub(crate) struct Args {
     subprotocol: Option<String>,
     /// After measuring, send one message on every connection and check its echo (for echo
     /// servers), proving the connections were alive.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "verify_pong")]
     verify: bool,
+    /// After measuring, send the hub command `{"type":"ping"}` on every connection and check
+    /// that a `pong` comes back (for duplex.v1 hubs, whose first frame is `welcome`).
+    #[arg(long)]
+    verify_pong: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -97,18 +101,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
     let held = conns.len();
     let mut mismatches = 0u64;
     if args.verify {
-        mismatches = verify(&mut conns).await;
+        mismatches = verify(&mut conns, Check::Echo).await;
+    } else if args.verify_pong {
+        mismatches = verify(&mut conns, Check::Pong).await;
     }
+    let verified = args.verify || args.verify_pong;
     let params = json!({
         "url": args.url,
         "connections": args.connections,
         "subprotocol": args.subprotocol,
         "verify": args.verify,
+        "verify_pong": args.verify_pong,
     });
-    let mut report = Report::new("idle", params, &stats, common.duration, args.verify);
+    let mut report = Report::new("idle", params, &stats, common.duration, verified);
     report.errors = failed;
     report.first_error = first_error;
-    report.mismatches = args.verify.then_some(mismatches);
+    report.mismatches = verified.then_some(mismatches);
     report.extra.insert("held".into(), json!(held));
     report.extra.insert(
         "connect_seconds".into(),
@@ -125,9 +133,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
     Ok((report, common.json))
 }
 
-/// Send one text message on every connection and check the echoes; returns the failures.
-async fn verify(conns: &mut [Conn]) -> u64 {
-    let payload = wire::payload(16, 7);
+/// What [`verify`] expects back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// The message sent, as the first frame.
+    Echo,
+    /// A `{"type":"pong"...}` text frame, after whatever the hub sent first.
+    Pong,
+}
+
+/// Send one text message on every connection and check the answers; returns the failures.
+async fn verify(conns: &mut [Conn], check: Check) -> u64 {
+    let payload = match check {
+        Check::Echo => wire::payload(16, 7),
+        Check::Pong => br#"{"type":"ping"}"#.to_vec(),
+    };
     let frame = wire::client_frame(OpCode::Text, false, &payload);
     let (payload, frame) = (Rc::new(payload), Rc::new(frame));
     let checks = conns.iter_mut().map(|conn| {
@@ -139,10 +159,22 @@ async fn verify(conns: &mut [Conn]) -> u64 {
                     if conn.rx.read(&mut conn.stream).await? == 0 {
                         bail!("closed");
                     }
-                    if let Some((h, range)) = conn.rx.next_frame()? {
-                        return Ok(
-                            h.opcode == OpCode::Text && conn.rx.payload(range) == &payload[..]
-                        );
+                    while let Some((h, range)) = conn.rx.next_frame()? {
+                        let text = conn.rx.payload(range);
+                        match check {
+                            Check::Echo => {
+                                return Ok(h.opcode == OpCode::Text && text == &payload[..])
+                            }
+                            Check::Pong if h.opcode == OpCode::Close => return Ok(false),
+                            Check::Pong
+                                if h.opcode == OpCode::Text
+                                    && text.starts_with(br#"{"type":"pong""#) =>
+                            {
+                                return Ok(true)
+                            }
+                            // `welcome`, or a keepalive ping of the server's.
+                            Check::Pong => {}
+                        }
                     }
                 }
             };

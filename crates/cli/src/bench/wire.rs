@@ -1,5 +1,6 @@
 //! The generator's side of the wire: the opening handshake, pre-built masked frames and an
-//! allocation-free frame reader over a raw `TcpStream`.
+//! allocation-free frame reader over a raw `TcpStream` (or, with `bench echo --http2`, a raw
+//! HTTP/2 stream).
 //!
 //! The hot path never goes through [`duplex::WebSocket`]: a frame to send is built (and masked)
 //! once and written as it is, and received frames are parsed in place in one reused buffer.
@@ -11,10 +12,13 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     ops::Range,
+    pin::Pin,
+    task::{Context, Poll},
 };
 
 use anyhow::{bail, Context as _};
 use bytes::BufMut;
+use duplex::http2::H2Stream;
 use duplex_proto::{
     frame::{FrameHeader, OpCode},
     handshake::client::ClientHandshake,
@@ -22,7 +26,7 @@ use duplex_proto::{
 };
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpSocket, TcpStream},
 };
 
@@ -66,10 +70,68 @@ pub(crate) struct Offer {
     pub(crate) subprotocol: Option<String>,
 }
 
+/// The transport of one WebSocket: a TCP connection, or a stream of an HTTP/2 connection
+/// (RFC 8441) whose frames the `duplex` library's HTTP/2 task reads and writes.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Http2(Box<H2Stream>),
+}
+
+impl Stream {
+    /// Send RST on close instead of FIN (TCP only).
+    pub(crate) fn set_zero_linger(&self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_zero_linger(),
+            Self::Http2(_) => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Http2(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Http2(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Http2(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Http2(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An open connection: the socket, the bytes read past the handshake, and what was agreed.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) rx: RecvBuf,
     /// permessage-deflate was accepted by the server.
     pub(crate) deflate: bool,
@@ -117,12 +179,64 @@ pub(crate) async fn connect(
                 bail!("the server enabled permessage-deflate without an offer");
             }
             return Ok(Conn {
-                stream,
+                stream: Stream::Tcp(stream),
                 rx,
                 deflate,
             });
         }
     }
+}
+
+/// Open one HTTP/2 connection to `url` with prior knowledge (h2c) and `streams` WebSockets
+/// on it, each its own stream (RFC 8441). Fails if the server does not accept WebSockets
+/// over HTTP/2, rather than measure HTTP/1.1 instead.
+pub(crate) async fn connect_h2(
+    url: &str,
+    offer: &Offer,
+    streams: usize,
+    rx_capacity: usize,
+) -> anyhow::Result<Vec<Conn>> {
+    let builder = || {
+        let mut builder = duplex::ClientBuilder::new(url).http2(true);
+        if offer.deflate {
+            builder = builder.deflate(Some(
+                duplex::deflate::DeflateConfig::default().client_no_context_takeover(true),
+            ));
+        }
+        if let Some(p) = &offer.subprotocol {
+            builder = builder.subprotocol(p.clone());
+        }
+        builder
+    };
+    let conn = |ws: duplex::WebSocket<duplex::MaybeTlsStream>| {
+        let params = ws.deflate_params();
+        // The pre-compressed frame uses a 15-bit window (RFC 7692 §7.1.2.1).
+        if params.is_some_and(|p| p.client_max_window_bits < 15) {
+            bail!("the server limited the client's window: the compressed frame would not fit");
+        }
+        let deflate = params.is_some();
+        // Nothing was read past the response yet: no frame is lost with the WebSocket.
+        match ws.into_inner() {
+            duplex::MaybeTlsStream::Http2(stream) => Ok(Conn {
+                stream: Stream::Http2(stream),
+                rx: RecvBuf::new(rx_capacity),
+                deflate,
+            }),
+            _ => bail!("the server does not accept WebSockets over HTTP/2 (RFC 8441)"),
+        }
+    };
+    let (first, _) = builder().connect().await?;
+    let connection = first
+        .get_ref()
+        .http2()
+        .map(|s| s.connection().clone())
+        .context("the server does not accept WebSockets over HTTP/2 (RFC 8441)")?;
+    let mut conns = vec![conn(first)?];
+    for _ in 1..streams {
+        let (ws, _) = connection.connect(builder()).await?;
+        conns.push(conn(ws)?);
+    }
+    Ok(conns)
 }
 
 /// A read buffer of fixed capacity: read into the free tail, parse frames from the front.
@@ -155,7 +269,7 @@ impl RecvBuf {
     }
 
     /// Read once from `stream`; 0 at end of stream.
-    pub(crate) async fn read(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+    pub(crate) async fn read<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> io::Result<usize> {
         if self.end == self.data.len() {
             if self.start == 0 {
                 // A frame larger than the buffer: grow (only ever for unexpected input).

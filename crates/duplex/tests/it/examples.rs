@@ -15,6 +15,11 @@ mod hyper_server;
 #[path = "../../examples/broadcast.rs"]
 mod broadcast;
 
+#[cfg(feature = "http2")]
+#[allow(dead_code)]
+#[path = "../../examples/http2_client.rs"]
+mod http2_client;
+
 #[cfg(feature = "axum")]
 #[allow(dead_code)]
 #[path = "../../examples/axum_chat.rs"]
@@ -67,6 +72,26 @@ async fn hyper_server_echoes_with_subprotocol_and_deflate() {
         .map(drop)
         .unwrap_err();
     assert!(matches!(err, Error::Refused { status: 404, .. }), "{err:?}");
+    server.abort();
+}
+
+/// `http2_client` against `hyper_server`: three WebSockets on one HTTP/2 connection, each
+/// greeted, then echoed.
+#[cfg(all(feature = "hyper", feature = "http2"))]
+#[tokio::test]
+async fn http2_client_opens_three_websockets_on_one_connection_to_hyper_server() {
+    let (listener, addr) = listener().await;
+    let server = tokio::spawn(hyper_server::serve(listener));
+    let lines = timeout(LIMIT, http2_client::run(&format!("ws://{addr}/echo")))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut expected = vec!["over HTTP/2".to_owned()];
+    for i in 0..3 {
+        expected.push(format!("{i}: subprotocol none, permessage-deflate off"));
+        expected.push(format!("{i}: hello from WebSocket {i}"));
+    }
+    assert_eq!(lines, expected);
     server.abort();
 }
 

@@ -38,6 +38,11 @@ const SIZES: [usize; 5] = [0, 125, 126, 65_535, 65_536];
 
 const SIXTEEN_MIB: usize = 16 * 1024 * 1024;
 
+// WebSockets over HTTP/2 (RFC 8441): the duplex client against hypercorn.
+#[cfg(feature = "http2")]
+#[path = "peers_h2.rs"]
+mod hypercorn;
+
 /// Both roles use the client's transport type, so one scenario body serves both directions.
 type Ws = WebSocket<MaybeTlsStream>;
 
@@ -46,6 +51,9 @@ type Ws = WebSocket<MaybeTlsStream>;
 enum Peer {
     Python,
     Node,
+    /// Python `hypercorn` serving WebSockets over HTTP/2 (RFC 8441) to an ASGI app.
+    #[cfg_attr(not(feature = "http2"), allow(dead_code))]
+    Hypercorn,
 }
 
 /// Which side the peer plays.
@@ -62,20 +70,24 @@ impl Peer {
     fn command(self) -> Command {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         match self {
-            Self::Python => {
+            Self::Python | Self::Hypercorn => {
                 let python = env::var_os("DUPLEX_PEERS_PYTHON").map_or_else(
                     || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../peers/venv/bin/python"),
                     PathBuf::from,
                 );
                 assert!(
                     python.is_file(),
-                    "the Python peer needs a venv with `websockets` at {}: run \
+                    "the Python peer needs a venv with `websockets` and `hypercorn` at {}: run \
                      `cargo xtask test --only peers` (it creates the venv), or set \
-                     DUPLEX_PEERS_PYTHON to a python that has `websockets`",
+                     DUPLEX_PEERS_PYTHON to a python that has them",
                     python.display()
                 );
                 let mut command = Command::new(python);
-                command.arg(root.join("tests/peers/python/peer.py"));
+                let program = match self {
+                    Self::Hypercorn => "h2_peer.py",
+                    _ => "peer.py",
+                };
+                command.arg(root.join("tests/peers/python").join(program));
                 command
             }
             Self::Node => {

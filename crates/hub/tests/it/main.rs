@@ -13,6 +13,8 @@ mod commands;
 mod fanout;
 // Server pings; dead peers are dropped.
 mod heartbeat;
+// Backend hooks with a Node.js application: connect, subscribe, publish, rpc; broken backends.
+mod hooks;
 // The HTTP API, health, metrics and embedded pages.
 mod http;
 // Hostile inputs: each gets its answer while a well-behaved client is served.
@@ -25,6 +27,8 @@ mod recovery;
 mod shutdown;
 // Slow consumers: 1013 and bounded memory; drop-oldest.
 mod slow;
+// Keys from a JWKS URL (rotation, outage, hostile documents) and subscription tokens.
+mod tokens;
 // TLS on the listener: wss, stalled and garbage handshakes, certificate reload.
 mod tls;
 // WebSockets over HTTP/2 (h2c, RFC 8441) beside HTTP/1.1 on the same port.

@@ -35,6 +35,10 @@ pub const RESERVED_REQUEST_HEADERS: &[&str] = &[
     "transfer-encoding",
 ];
 
+/// Headers that are connection-specific, so malformed in an HTTP/2 request (RFC 9113 §8.2.2),
+/// beyond those of [`RESERVED_REQUEST_HEADERS`] (lowercase).
+const H2_CONNECTION_SPECIFIC: &[&str] = &["keep-alive", "proxy-connection", "te"];
+
 /// A client's upgrade request and what it needs to check the answer.
 #[derive(Debug, Clone)]
 pub struct ClientHandshake {
@@ -47,11 +51,11 @@ pub struct ClientHandshake {
     max_head: usize,
 }
 
-/// The server's `101` response, checked.
+/// The server's response, checked: `101` over HTTP/1.1, 2xx (200) over HTTP/2.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Response {
-    /// The HTTP status (always 101 here).
+    /// The HTTP status: 101 over HTTP/1.1, 200 (or another 2xx) over HTTP/2.
     pub status: u16,
     /// All response headers.
     pub headers: http::HeaderMap,
@@ -237,6 +241,109 @@ impl ClientHandshake {
             Some(v) if v.as_bytes().trim_ascii() == expected.as_bytes() => {}
             _ => return Err(HandshakeError::BadAccept),
         }
+        self.negotiated(status, headers)
+            .map(|response| Some((response, used)))
+    }
+
+    /// The headers of an RFC 8441 extended CONNECT for this handshake (RFC 8441 §5): the
+    /// `:method CONNECT`, `:protocol websocket`, `:scheme`, `:authority` (from the host given
+    /// to [`new`](Self::new)) and `:path` (the target) pseudo-headers are the HTTP/2 layer's
+    /// to write; these are the regular fields that go with them: `sec-websocket-version: 13`,
+    /// the subprotocols and extension offer, and the extra headers, in that order. There is
+    /// no `Sec-WebSocket-Key` over HTTP/2: the `:protocol` pseudo-header replaces it.
+    ///
+    /// ```
+    /// use duplex_proto::handshake::client::ClientHandshake;
+    ///
+    /// let hs = ClientHandshake::new("example.com", "/chat").subprotocol("chat");
+    /// let headers = hs.h2_headers().unwrap();
+    /// assert_eq!(headers["sec-websocket-version"], "13");
+    /// assert_eq!(headers["sec-websocket-protocol"], "chat");
+    /// assert!(headers.get("sec-websocket-key").is_none());
+    /// ```
+    ///
+    /// # Errors
+    /// A part of the request that cannot be sent (see [`check`](Self::check)), or a header
+    /// that is connection-specific and so malformed in HTTP/2 (RFC 9113 §8.2.2:
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`).
+    pub fn h2_headers(&self) -> Result<http::HeaderMap, InvalidHeader> {
+        self.check()?;
+        let mut map = http::HeaderMap::with_capacity(3 + self.headers.len());
+        let value = |name: &str, v: &str| {
+            http::HeaderValue::from_str(v)
+                .map_err(|_| InvalidHeader::new(name, "the value contains a control character"))
+        };
+        map.insert(
+            http::header::SEC_WEBSOCKET_VERSION,
+            http::HeaderValue::from_static("13"),
+        );
+        if !self.subprotocols.is_empty() {
+            let joined = self.subprotocols.join(", ");
+            map.insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                value("Sec-WebSocket-Protocol", &joined)?,
+            );
+        }
+        if let Some(e) = &self.extensions {
+            map.insert(
+                http::header::SEC_WEBSOCKET_EXTENSIONS,
+                value("Sec-WebSocket-Extensions", e)?,
+            );
+        }
+        for (name, v) in &self.headers {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                InvalidHeader::new(name, "the name is not an HTTP token (RFC 9110 §5.6.2)")
+            })?;
+            if H2_CONNECTION_SPECIFIC.contains(&parsed.as_str()) {
+                return Err(InvalidHeader::new(
+                    name,
+                    "a connection-specific header, malformed in HTTP/2 (RFC 9113 §8.2.2)",
+                ));
+            }
+            map.append(parsed, value(name, v)?);
+        }
+        Ok(map)
+    }
+
+    /// The host (with `:port` when not the default): the `Host` header over HTTP/1.1, the
+    /// `:authority` over HTTP/2.
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The request target (path and query): `:path` over HTTP/2.
+    #[must_use]
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Check the response to the extended CONNECT of [`h2_headers`](Self::h2_headers)
+    /// (RFC 8441 §5): a 2xx status means the stream now carries the WebSocket (RFC 9110
+    /// §9.3.6; servers answer 200), with no `Sec-WebSocket-Accept` to check; the subprotocol
+    /// and extensions are checked as over HTTP/1.1.
+    ///
+    /// # Errors
+    /// [`HandshakeError::Status`] for another status, and as
+    /// [`parse_response`](Self::parse_response) for an unoffered subprotocol or extension.
+    pub fn validate_h2_response(
+        &self,
+        status: u16,
+        headers: http::HeaderMap,
+    ) -> Result<Response, HandshakeError> {
+        if !(200..300).contains(&status) {
+            return Err(HandshakeError::Status { status });
+        }
+        self.negotiated(status, headers)
+    }
+
+    /// The subprotocol and extensions a successful response selected, refused when they were
+    /// not offered (RFC 6455 §4.1: the client MUST fail the connection).
+    fn negotiated(
+        &self,
+        status: u16,
+        headers: http::HeaderMap,
+    ) -> Result<Response, HandshakeError> {
         // `list_values` skips values that are not visible ASCII. Such a value cannot name
         // anything we offered, so it fails the handshake instead of reading as "none" (§4.1).
         for (name, unoffered) in [
@@ -276,15 +383,12 @@ impl ClientHandshake {
             }
             Some(extensions.join(", "))
         };
-        Ok(Some((
-            Response {
-                status,
-                headers,
-                subprotocol,
-                extensions,
-            },
-            used,
-        )))
+        Ok(Response {
+            status,
+            headers,
+            subprotocol,
+            extensions,
+        })
     }
 }
 
@@ -452,5 +556,74 @@ mod tests {
             hs.parse_response(status.as_bytes()).unwrap_err(),
             HandshakeError::Status { status: 403 }
         );
+    }
+
+    #[test]
+    fn h2_headers_have_no_key_and_refuse_connection_specific_fields() {
+        let hs = ClientHandshake::new("example.com:8443", "/chat?room=1")
+            .subprotocol("a")
+            .subprotocol("b")
+            .extensions("permessage-deflate")
+            .header("Authorization", "Bearer t");
+        let h = hs.h2_headers().unwrap();
+        assert_eq!(h["sec-websocket-version"], "13");
+        assert_eq!(h["sec-websocket-protocol"], "a, b");
+        assert_eq!(h["sec-websocket-extensions"], "permessage-deflate");
+        assert_eq!(h["authorization"], "Bearer t");
+        assert!(h.get("sec-websocket-key").is_none() && h.get("host").is_none());
+        assert_eq!(
+            (hs.host(), hs.target()),
+            ("example.com:8443", "/chat?room=1")
+        );
+        for name in ["TE", "keep-alive", "Proxy-Connection"] {
+            let e = hs.clone().header(name, "x").h2_headers().unwrap_err();
+            assert_eq!(e.name, name);
+            assert!(e.reason.contains("RFC 9113"), "{e}");
+        }
+        let e = hs.header("X-Bad", "a\r\nb").h2_headers().unwrap_err();
+        assert_eq!(e.reason, "the value contains CR or LF");
+    }
+
+    #[test]
+    fn h2_responses_succeed_on_2xx_and_check_what_was_offered() {
+        let hs = ClientHandshake::new("h", "/")
+            .subprotocol("chat")
+            .extensions("permessage-deflate");
+        let map = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = http::HeaderMap::new();
+            for (n, v) in pairs {
+                m.append(*n, http::HeaderValue::from_static(v));
+            }
+            m
+        };
+        let ok = hs
+            .validate_h2_response(
+                200,
+                map(&[
+                    ("sec-websocket-protocol", "chat"),
+                    ("sec-websocket-extensions", "permessage-deflate"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(ok.subprotocol.as_deref(), Some("chat"));
+        assert_eq!(ok.extensions.as_deref(), Some("permessage-deflate"));
+        assert_eq!(
+            hs.validate_h2_response(200, map(&[])).unwrap().subprotocol,
+            None
+        );
+        for status in [101, 400, 404, 503] {
+            assert_eq!(
+                hs.validate_h2_response(status, map(&[])).unwrap_err(),
+                HandshakeError::Status { status }
+            );
+        }
+        assert!(matches!(
+            hs.validate_h2_response(200, map(&[("sec-websocket-protocol", "other")])),
+            Err(HandshakeError::UnofferedSubprotocol(p)) if p == "other"
+        ));
+        assert!(matches!(
+            hs.validate_h2_response(200, map(&[("sec-websocket-extensions", "x-foo")])),
+            Err(HandshakeError::UnofferedExtension(e)) if e == "x-foo"
+        ));
     }
 }

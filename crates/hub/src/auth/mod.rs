@@ -1,4 +1,7 @@
-//! Who is connecting: JWT verification and the Origin check of the upgrade request.
+//! Who is connecting: JWT verification (a static key or a JWKS URL), subscription tokens,
+//! and the Origin check of the upgrade request.
+
+mod jwks;
 
 use std::sync::Arc;
 
@@ -8,6 +11,22 @@ use serde_json::{Map, Value};
 
 use crate::channel::matches_any;
 use crate::config::{read_secret, AuthConfig, ConfigError, MissingChannels};
+use crate::metrics::Metrics;
+
+pub use jwks::{MAX_JWKS_BYTES, MAX_JWKS_KEYS};
+
+/// Reads a JWKS document (RFC 7517) as the hub reads `auth.jwks_url`'s answer: the key ids
+/// (`kid`, `None` for a key without one) of the keys it would verify tokens with, in order,
+/// or why the document is refused. For diagnostics and the fuzz targets; the hub itself
+/// keeps the parsed keys.
+pub fn jwks_key_ids(document: &[u8]) -> Result<Vec<Option<String>>, String> {
+    if document.len() > MAX_JWKS_BYTES {
+        return Err(format!("the document is above {MAX_JWKS_BYTES} bytes"));
+    }
+    jwks::parse(document)
+        .map(|keys| keys.into_iter().map(|k| k.kid).collect())
+        .map_err(|e| e.to_string())
+}
 
 /// Largest serialized presence `info` (JWT claim or `subscribe` field), in bytes.
 pub const MAX_INFO_SIZE: usize = 1024;
@@ -88,6 +107,17 @@ pub enum AuthError {
     /// A claim has the wrong type or value.
     #[error("invalid token: claim \"{0}\" {1}")]
     BadClaim(&'static str, &'static str),
+    /// The token names a `kid` (or, without one, an algorithm) that no key of the JWKS has,
+    /// even after refetching it.
+    #[error("invalid token: unknown key")]
+    UnknownKey,
+    /// Keys come from `auth.jwks_url` and none could be fetched yet (the handshake answers
+    /// 503: the client is not at fault).
+    #[error("signing keys are unavailable")]
+    KeysUnavailable,
+    /// A subscription token where a connection token belongs, or the reverse.
+    #[error("invalid token: {0}")]
+    WrongKind(&'static str),
 }
 
 impl AuthError {
@@ -134,6 +164,23 @@ fn numeric_date(value: &Value) -> Option<u64> {
     (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.floor() as u64)
 }
 
+/// The `info` claim: absent or `null` is `None`, otherwise an object of at most
+/// [`MAX_INFO_SIZE`] bytes.
+fn info_claim(claims: &Map<String, Value>) -> Result<Option<Arc<RawValue>>, AuthError> {
+    match claims.get("info") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => {
+            let text = v.to_string();
+            if text.len() > MAX_INFO_SIZE {
+                // MAX_INFO_SIZE, spelled out for a `&'static str`.
+                return Err(AuthError::BadClaim("info", "is above 1024 bytes"));
+            }
+            Ok(RawValue::from_string(text).ok().map(Arc::from))
+        }
+        Some(_) => Err(AuthError::BadClaim("info", "must be an object")),
+    }
+}
+
 /// A channel-pattern claim: absent or `null` is `None`, otherwise an array of strings.
 fn patterns(
     claims: &Map<String, Value>,
@@ -151,9 +198,22 @@ fn patterns(
     }
 }
 
+/// Where verification keys come from.
+enum Keys {
+    /// No key: only anonymous connections.
+    None,
+    /// One configured key (HS256 secret, RS256 or ES256 public key).
+    Static(DecodingKey),
+    /// The keys published at `auth.jwks_url`.
+    Jwks(Arc<jwks::Jwks>),
+}
+
 /// Token verification and Origin policy, built once from [`AuthConfig`].
 pub struct Authenticator {
-    key: Option<(DecodingKey, Validation)>,
+    keys: Keys,
+    /// The checks every token gets; `algorithms` is the static key's algorithm, or set per
+    /// JWKS key.
+    validation: Validation,
     anonymous: bool,
     /// A token without a `channels` claim may use every channel (else none).
     missing_channels_all: bool,
@@ -164,10 +224,15 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = match &self.keys {
+            Keys::None => "none".to_owned(),
+            Keys::Static(_) => format!("{:?}", self.validation.algorithms),
+            Keys::Jwks(jwks) => format!("{jwks:?}"),
+        };
         f.debug_struct("Authenticator")
-            .field("algorithm", &self.key.as_ref().map(|(_, v)| &v.algorithms))
-            .field("audiences", &self.key.as_ref().map(|(_, v)| &v.aud))
-            .field("issuer", &self.key.as_ref().map(|(_, v)| &v.iss))
+            .field("keys", &keys)
+            .field("audiences", &self.validation.aud)
+            .field("issuer", &self.validation.iss)
             .field("anonymous", &self.anonymous)
             .field("missing_channels_all", &self.missing_channels_all)
             .field("allowed_origins", &self.allowed_origins)
@@ -176,24 +241,32 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Loads the configured key (reading the PEM or secret file, if any).
+    /// Loads the configured key (reading the PEM or secret file, if any). With
+    /// `auth.jwks_url`, nothing is fetched yet: see [`Authenticator::prefetch`].
     pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
+        Self::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    pub(crate) fn with_metrics(
+        config: &AuthConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
         let secret = match (&config.jwt_secret, &config.jwt_secret_file) {
             (Some(secret), _) => Some(secret.clone()),
             (None, Some(path)) => Some(read_secret(path)?),
             (None, None) => None,
         };
-        let key = if let Some(secret) = secret {
-            Some((
-                DecodingKey::from_secret(secret.as_bytes()),
+        let (keys, algorithm) = if let Some(secret) = secret {
+            (
+                Keys::Static(DecodingKey::from_secret(secret.as_bytes())),
                 Algorithm::HS256,
-            ))
+            )
         } else if let Some(path) = &config.jwt_public_key_file {
             let pem = std::fs::read(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
-            let key = DecodingKey::from_rsa_pem(&pem)
+            let (key, alg) = DecodingKey::from_rsa_pem(&pem)
                 .map(|k| (k, Algorithm::RS256))
                 .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
                 .map_err(|_| {
@@ -202,30 +275,36 @@ impl Authenticator {
                         path.display()
                     ))
                 })?;
-            Some(key)
+            (Keys::Static(key), alg)
+        } else if let Some(url) = &config.jwks_url {
+            let jwks = jwks::Jwks::new(
+                url,
+                config.jwks_timeout,
+                config.jwks_refresh,
+                config.jwks_min_refresh,
+                metrics,
+            )?;
+            (Keys::Jwks(Arc::new(jwks)), Algorithm::RS256)
         } else {
-            None
+            (Keys::None, Algorithm::HS256)
         };
-        let key = key.map(|(key, alg)| {
-            let mut v = Validation::new(alg);
-            v.leeway = 0;
-            v.validate_exp = true;
-            v.validate_nbf = true;
-            // RFC 7519 §4.1.3: with no audience configured, a token that names one is
-            // refused; with audiences configured, `aud` must name one of them.
-            v.validate_aud = true;
-            let mut required = vec!["exp", "sub"];
-            if !config.audiences.is_empty() {
-                v.set_audience(&config.audiences);
-                required.push("aud");
-            }
-            if let Some(issuer) = &config.issuer {
-                v.set_issuer(&[issuer]);
-                required.push("iss");
-            }
-            v.set_required_spec_claims(&required);
-            (key, v)
-        });
+        let mut v = Validation::new(algorithm);
+        v.leeway = 0;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        // RFC 7519 §4.1.3: with no audience configured, a token that names one is
+        // refused; with audiences configured, `aud` must name one of them.
+        v.validate_aud = true;
+        let mut required = vec!["exp", "sub"];
+        if !config.audiences.is_empty() {
+            v.set_audience(&config.audiences);
+            required.push("aud");
+        }
+        if let Some(issuer) = &config.issuer {
+            v.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
         let missing_channels_all = match config.missing_channels {
             MissingChannels::All => true,
             MissingChannels::None => false,
@@ -234,7 +313,8 @@ impl Authenticator {
             _ => !config.audiences.is_empty(),
         };
         Ok(Self {
-            key,
+            keys,
+            validation: v,
             anonymous: config.anonymous,
             missing_channels_all,
             check_issuer: config.issuer.is_some(),
@@ -242,8 +322,18 @@ impl Authenticator {
         })
     }
 
+    /// With `auth.jwks_url`: fetches the key set now, so the first client does not wait for
+    /// it. Does nothing with a static key.
+    pub async fn prefetch(&self) {
+        if let Keys::Jwks(jwks) = &self.keys {
+            jwks.prefetch().await;
+        }
+    }
+
     /// Checks `token` (from `?token=` or `Authorization: Bearer`) and returns the identity.
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+    /// With `auth.jwks_url`, this may wait for a fetch of the key set (bounded by
+    /// `auth.jwks_timeout`): when the cache is empty, or does not know the token's `kid`.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return if self.anonymous {
                 Ok(Identity::default())
@@ -251,21 +341,99 @@ impl Authenticator {
                 Err(AuthError::Missing)
             };
         };
-        let Some((key, validation)) = &self.key else {
-            return Err(AuthError::NoKey);
-        };
-        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-            .map_err(|e| {
-                let refused = AuthError::from_library(&e);
-                tracing::debug!(error = %e, %refused, "token refused");
-                refused
-            })?
-            .claims;
+        let claims = self.verify(token).await?;
+        // A subscription token names its channel; it must not open a connection.
+        if claims.contains_key("channel") {
+            tracing::debug!("subscription token used to connect: refused");
+            return Err(AuthError::WrongKind(
+                "a subscription token cannot open a connection",
+            ));
+        }
         let identity = self.identity(&claims);
         if let Err(refused) = &identity {
             tracing::debug!(%refused, "token refused");
         }
         identity
+    }
+
+    /// Checks a subscription token for `channel` on a connection of `user` (`None` when
+    /// anonymous, which the token states as `"sub": ""`): signed by the same keys as
+    /// connection tokens, with the same `aud`/`iss` rules, `channel` equal to `channel` and
+    /// `sub` equal to the connection's user. Returns the token's presence `info`, if any.
+    pub async fn verify_subscription(
+        &self,
+        token: &str,
+        user: Option<&str>,
+        channel: &str,
+    ) -> Result<Option<Arc<RawValue>>, AuthError> {
+        let claims = self.verify(token).await?;
+        match claims.get("channel") {
+            Some(Value::String(c)) if c == channel => {}
+            Some(Value::String(_)) => {
+                return Err(AuthError::BadClaim("channel", "names another channel"))
+            }
+            Some(_) => return Err(AuthError::BadClaim("channel", "must be a string")),
+            None => {
+                return Err(AuthError::WrongKind(
+                    "not a subscription token (no \"channel\" claim)",
+                ))
+            }
+        }
+        match claims.get("sub") {
+            Some(Value::String(s)) if s == user.unwrap_or("") => {}
+            Some(Value::String(_)) => {
+                return Err(AuthError::BadClaim("sub", "is not the connection's user"))
+            }
+            _ => return Err(AuthError::BadClaim("sub", "must be a string")),
+        }
+        info_claim(&claims)
+    }
+
+    /// Verifies the signature and the registered claims of `token`.
+    async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+        let refused = |e: jsonwebtoken::errors::Error| {
+            let refused = AuthError::from_library(&e);
+            tracing::debug!(error = %e, %refused, "token refused");
+            refused
+        };
+        match &self.keys {
+            Keys::None => Err(AuthError::NoKey),
+            Keys::Static(key) => jsonwebtoken::decode(token, key, &self.validation)
+                .map(|t| t.claims)
+                .map_err(refused),
+            Keys::Jwks(jwks) => {
+                let header = jsonwebtoken::decode_header(token).map_err(refused)?;
+                let keys = jwks
+                    .keys(header.kid.as_deref())
+                    .await
+                    .ok_or(AuthError::KeysUnavailable)?;
+                let mut candidates = keys
+                    .iter()
+                    .filter(|k| header.kid.is_none() || k.kid == header.kid)
+                    .peekable();
+                if candidates.peek().is_none() {
+                    return Err(AuthError::UnknownKey);
+                }
+                let mut last = AuthError::WrongAlgorithm;
+                for key in candidates.filter(|k| k.algorithms.contains(&header.alg)) {
+                    let mut v = self.validation.clone();
+                    v.algorithms = vec![header.alg];
+                    match jsonwebtoken::decode(token, &key.key, &v) {
+                        Ok(t) => return Ok(t.claims),
+                        // Without a `kid`, another key of the set may have signed it.
+                        Err(e)
+                            if header.kid.is_none()
+                                && *e.kind()
+                                    == jsonwebtoken::errors::ErrorKind::InvalidSignature =>
+                        {
+                            last = AuthError::BadSignature;
+                        }
+                        Err(e) => return Err(refused(e)),
+                    }
+                }
+                Err(last)
+            }
+        }
     }
 
     /// The identity of verified claims (`exp`, `nbf`, `aud`, `iss` and the signature are
@@ -288,18 +456,7 @@ impl Authenticator {
             .get("exp")
             .ok_or(AuthError::MissingClaim("exp"))
             .and_then(|v| numeric_date(v).ok_or(AuthError::BadClaim("exp", NOT_NUMERIC_DATE)))?;
-        let info = match claims.get("info") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => {
-                let text = v.to_string();
-                if text.len() > MAX_INFO_SIZE {
-                    // MAX_INFO_SIZE, spelled out for a `&'static str`.
-                    return Err(AuthError::BadClaim("info", "is above 1024 bytes"));
-                }
-                RawValue::from_string(text).ok().map(Arc::from)
-            }
-            Some(_) => return Err(AuthError::BadClaim("info", "must be an object")),
-        };
+        let info = info_claim(claims)?;
         let publish = patterns(claims, "publish")?;
         let channels = match patterns(claims, "channels")? {
             None if !self.missing_channels_all => Some(Vec::new()),
@@ -394,15 +551,18 @@ mod tests {
         jsonwebtoken::get_current_timestamp() + 600
     }
 
-    #[test]
-    fn tokens() {
+    #[tokio::test]
+    async fn tokens() {
         let a = auth(false, &[]);
-        assert!(matches!(a.authenticate(None), Err(AuthError::Missing)));
+        assert!(matches!(
+            a.authenticate(None).await,
+            Err(AuthError::Missing)
+        ));
         let good = token(
             serde_json::json!({"sub":"ada","exp":future(),"channels":["chat:*"],"info":{"n":1}}),
             "0123456789abcdef0123",
         );
-        let id = a.authenticate(Some(&good)).unwrap();
+        let id = a.authenticate(Some(&good)).await.unwrap();
         assert_eq!(id.user.as_deref(), Some("ada"));
         assert!(id.may_subscribe("chat:x") && !id.may_subscribe("lobby"));
         assert!(id.may_publish("chat:x") && !id.may_publish("lobby"));
@@ -411,19 +571,23 @@ mod tests {
             serde_json::json!({"sub":"ada","exp":1000}),
             "0123456789abcdef0123",
         );
-        assert!(a.authenticate(Some(&expired)).is_err());
+        assert!(a.authenticate(Some(&expired)).await.is_err());
         let wrong = token(
             serde_json::json!({"sub":"ada","exp":future()}),
             "another-secret-0000",
         );
-        assert!(a.authenticate(Some(&wrong)).is_err());
+        assert!(a.authenticate(Some(&wrong)).await.is_err());
         let longest = "u".repeat(MAX_USER_SIZE);
         let at_limit = token(
             serde_json::json!({"sub":longest,"exp":future()}),
             "0123456789abcdef0123",
         );
         assert_eq!(
-            a.authenticate(Some(&at_limit)).unwrap().user.as_deref(),
+            a.authenticate(Some(&at_limit))
+                .await
+                .unwrap()
+                .user
+                .as_deref(),
             Some(longest.as_str())
         );
         let too_long = token(
@@ -431,17 +595,22 @@ mod tests {
             "0123456789abcdef0123",
         );
         assert_eq!(
-            a.authenticate(Some(&too_long)).unwrap_err(),
+            a.authenticate(Some(&too_long)).await.unwrap_err(),
             AuthError::BadClaim("sub", "is above 256 bytes")
         );
         let no_sub = token(serde_json::json!({"exp":future()}), "0123456789abcdef0123");
-        assert!(a.authenticate(Some(&no_sub)).is_err());
-        assert!(a.authenticate(Some("garbage")).is_err());
-        assert!(auth(true, &[]).authenticate(None).unwrap().user.is_none());
+        assert!(a.authenticate(Some(&no_sub)).await.is_err());
+        assert!(a.authenticate(Some("garbage")).await.is_err());
+        assert!(auth(true, &[])
+            .authenticate(None)
+            .await
+            .unwrap()
+            .user
+            .is_none());
     }
 
-    #[test]
-    fn refusals_and_missing_channels() {
+    #[tokio::test]
+    async fn refusals_and_missing_channels() {
         let with = |adjust: fn(&mut AuthConfig)| {
             let mut c = AuthConfig {
                 jwt_secret: Some("0123456789abcdef0123".into()),
@@ -454,38 +623,44 @@ mod tests {
         let key = "0123456789abcdef0123";
         let strict = with(|_| {});
         let bare = token(serde_json::json!({"sub":"ada","exp":t}), key);
-        let id = strict.authenticate(Some(&bare)).unwrap();
+        let id = strict.authenticate(Some(&bare)).await.unwrap();
         assert!(!id.may_subscribe("lobby") && !id.may_publish("lobby"));
         let id = with(|c| c.missing_channels = MissingChannels::All)
             .authenticate(Some(&bare))
+            .await
             .unwrap();
         assert!(id.may_subscribe("lobby") && id.may_publish("lobby"));
         let aud = token(serde_json::json!({"sub":"ada","exp":t,"aud":"duplex"}), key);
         assert_eq!(
-            strict.authenticate(Some(&aud)).unwrap_err(),
+            strict.authenticate(Some(&aud)).await.unwrap_err(),
             AuthError::WrongAudience
         );
         let bound = with(|c| c.audiences = vec!["duplex".into()]);
         assert!(bound
             .authenticate(Some(&aud))
+            .await
             .unwrap()
             .may_subscribe("lobby"));
         assert_eq!(
-            bound.authenticate(Some(&bare)).unwrap_err(),
+            bound.authenticate(Some(&bare)).await.unwrap_err(),
             AuthError::MissingClaim("aud")
         );
         let max = token(serde_json::json!({"sub":"ada","exp":u64::MAX}), key);
         assert_eq!(
-            strict.authenticate(Some(&max)).unwrap().expires_at,
+            strict.authenticate(Some(&max)).await.unwrap().expires_at,
             Some(u64::MAX)
         );
         let frac = token(serde_json::json!({"sub":"ada","exp":t as f64 + 0.9}), key);
         assert_eq!(
-            strict.authenticate(Some(&frac)).unwrap().expires_at,
+            strict.authenticate(Some(&frac)).await.unwrap().expires_at,
             Some(t)
         );
         assert_eq!(
-            strict.authenticate(Some("x.y.z")).unwrap_err().to_string(),
+            strict
+                .authenticate(Some("x.y.z"))
+                .await
+                .unwrap_err()
+                .to_string(),
             "invalid token: malformed"
         );
     }
