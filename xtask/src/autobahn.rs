@@ -1,12 +1,15 @@
 //! The Autobahn testsuite in both roles, compared with committed expectations.
 //!
 //! - Server role: `wstest --mode fuzzingclient` connects to `duplex echo`.
+//! - Server role over HTTP/2: the same, to `duplex echo --http2` through
+//!   `duplex autobahn-h2-bridge`, which turns each of wstest's HTTP/1.1 connections into an
+//!   RFC 8441 stream on one h2c connection and relays the bytes unparsed.
 //! - Client role: `wstest --mode fuzzingserver` listens and `duplex autobahn-client` connects
 //!   to it for every case, then asks it to write the reports.
 //!
 //! wstest writes `reports/{servers,clients}/index.json`, which maps each case id to a
 //! `behavior` (OK, NON-STRICT, INFORMATIONAL, UNIMPLEMENTED, FAILED) and a `behaviorClose`.
-//! `autobahn/expected-{server,client}.json` hold the behavior each case had when it was last
+//! `autobahn/expected-{server,server-h2,client}.json` hold the behavior each case had when it was last
 //! blessed; a run fails when any case does worse than that, is missing, or is not one of the
 //! three passing behaviors.
 
@@ -49,6 +52,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
 pub(crate) enum Role {
     /// `duplex echo`, tested by wstest's fuzzing client.
     Server,
+    /// `duplex echo --http2`, tested by wstest's fuzzing client through the bridge.
+    ServerH2,
     /// `duplex autobahn-client`, tested by wstest's fuzzing server.
     Client,
 }
@@ -57,6 +62,7 @@ impl Role {
     fn name(self) -> &'static str {
         match self {
             Self::Server => "server",
+            Self::ServerH2 => "server-h2",
             Self::Client => "client",
         }
     }
@@ -64,6 +70,9 @@ impl Role {
     fn title(self) -> &'static str {
         match self {
             Self::Server => "server (wstest fuzzingclient -> duplex echo)",
+            Self::ServerH2 => {
+                "server over HTTP/2 (wstest fuzzingclient -> bridge -> h2c -> duplex echo --http2)"
+            }
             Self::Client => "client (duplex autobahn-client -> wstest fuzzingserver)",
         }
     }
@@ -78,8 +87,11 @@ impl Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Which {
     Server,
+    ServerH2,
     Client,
+    /// The server over HTTP/1.1 and the client (the HTTP/2 run is asked for by name).
     Both,
+    All,
 }
 
 /// Arguments of `cargo xtask autobahn`.
@@ -105,8 +117,10 @@ pub(crate) fn command(args: &Args) -> Result<bool> {
     let duplex = ws.build_duplex()?;
     let roles = match args.role {
         Which::Server => vec![Role::Server],
+        Which::ServerH2 => vec![Role::ServerH2],
         Which::Client => vec![Role::Client],
         Which::Both => vec![Role::Server, Role::Client],
+        Which::All => vec![Role::Server, Role::ServerH2, Role::Client],
     };
     let mut ok = true;
     for role in roles {
@@ -247,17 +261,41 @@ fn execute(
     }
     let mut problems = Vec::new();
     let indexes = match role {
-        Role::Server => {
+        Role::Server | Role::ServerH2 => {
             let port = cmd::free_port()?;
-            let url = format!("ws://127.0.0.1:{port}");
             let duplex_log = dir.join("duplex.log");
-            let mut server = spawn_logged(
-                Command::new(duplex).args(["echo", "--listen", &format!("127.0.0.1:{port}")]),
-                &duplex_log,
-                "duplex echo",
-            )?;
+            let mut echo = Command::new(duplex);
+            echo.args(["echo", "--listen", &format!("127.0.0.1:{port}")]);
+            if role == Role::ServerH2 {
+                echo.arg("--http2");
+            }
+            let mut server = spawn_logged(&mut echo, &duplex_log, "duplex echo")?;
             cmd::wait_for_port(port, &mut server, Duration::from_secs(20))
                 .with_context(|| format!("duplex echo did not start; {}", log_note(&duplex_log)))?;
+            // Over HTTP/2, wstest talks to the bridge, which relays to the echo server.
+            let mut bridge = None;
+            let url = if role == Role::ServerH2 {
+                let bridge_port = cmd::free_port()?;
+                let bridge_log = dir.join("bridge.log");
+                let mut guard = spawn_logged(
+                    Command::new(duplex).args([
+                        "autobahn-h2-bridge",
+                        "--listen",
+                        &format!("127.0.0.1:{bridge_port}"),
+                        "--upstream",
+                        &format!("127.0.0.1:{port}"),
+                    ]),
+                    &bridge_log,
+                    "duplex autobahn-h2-bridge",
+                )?;
+                cmd::wait_for_port(bridge_port, &mut guard, Duration::from_secs(20)).with_context(
+                    || format!("the bridge did not start; {}", log_note(&bridge_log)),
+                )?;
+                bridge = Some((guard, bridge_log));
+                format!("ws://127.0.0.1:{bridge_port}")
+            } else {
+                format!("ws://127.0.0.1:{port}")
+            };
             let mut runs = Vec::new();
             for shard in &shards {
                 let spec_path = shard.dir.join("spec.json");
@@ -283,6 +321,11 @@ fn execute(
             );
             if let Err(e) = server.check_running() {
                 problems.push(format!("{e:#}; {}", log_note(&duplex_log)));
+            }
+            if let Some((mut guard, log)) = bridge {
+                if let Err(e) = guard.check_running() {
+                    problems.push(format!("{e:#}; {}", log_note(&log)));
+                }
             }
             shards
                 .iter()
@@ -536,6 +579,7 @@ fn bless(
     expect::write_summary(
         &ws.path("docs/conformance.md"),
         &Expected::load(&Role::Server.expected_path(ws))?,
+        &Expected::load(&Role::ServerH2.expected_path(ws))?,
         &Expected::load(&Role::Client.expected_path(ws))?,
     )?;
     Ok(true)

@@ -37,6 +37,9 @@ pub(crate) enum Step {
     FuzzBuild,
     /// Autobahn fuzzingclient against `duplex echo`.
     AutobahnServer,
+    /// Autobahn fuzzingclient against `duplex echo --http2`, through the HTTP/1.1-to-HTTP/2
+    /// bridge (RFC 8441).
+    AutobahnServerH2,
     /// Autobahn fuzzingserver against `duplex autobahn-client`.
     AutobahnClient,
     /// Interop tests against Python `websockets` and Node `ws`, both directions.
@@ -48,7 +51,7 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::Fmt,
         Self::Clippy,
         Self::Doc,
@@ -57,6 +60,7 @@ impl Step {
         Self::Package,
         Self::FuzzBuild,
         Self::AutobahnServer,
+        Self::AutobahnServerH2,
         Self::AutobahnClient,
         Self::Peers,
         Self::Cluster,
@@ -75,7 +79,7 @@ impl Step {
             Self::FeaturePowerset => &[Need::CargoHack],
             // The multi-node tests spawn their own redis-server and nginx on free ports.
             Self::Unit => &[Need::Nextest, Need::RedisServer, Need::Nginx],
-            Self::AutobahnServer | Self::AutobahnClient => &[Need::Wstest],
+            Self::AutobahnServer | Self::AutobahnServerH2 | Self::AutobahnClient => &[Need::Wstest],
             Self::Peers => &[Need::Nextest, Need::PythonPeers, Need::NodePeers],
             Self::Cluster => &[Need::Nextest, Need::RedisServer, Need::Nginx],
             // No browser to install while there are no browser tests to run.
@@ -87,7 +91,7 @@ impl Step {
     /// Whether the step runs the release `duplex` binary.
     fn uses_duplex(self, ws: &Workspace) -> bool {
         match self {
-            Self::AutobahnServer | Self::AutobahnClient => true,
+            Self::AutobahnServer | Self::AutobahnServerH2 | Self::AutobahnClient => true,
             Self::E2e => e2e_exists(ws),
             _ => false,
         }
@@ -98,7 +102,7 @@ impl Step {
     fn limit(self) -> Duration {
         let minutes = match self {
             Self::Fmt => 5,
-            Self::Doc | Self::AutobahnServer | Self::AutobahnClient => 20,
+            Self::Doc | Self::AutobahnServer | Self::AutobahnServerH2 | Self::AutobahnClient => 20,
             // Warm, feature-powerset takes 1 s and package 11 s; from an empty target
             // directory, about 1 and 4 minutes on two busy cores (they build the libraries'
             // dependencies with feature sets of their own, which the workspace's other
@@ -341,6 +345,9 @@ fn run(
         Step::FuzzBuild => return fuzz::run(ws),
         Step::AutobahnServer => {
             return autobahn::check(ws, installer, duplex()?, autobahn::Role::Server)
+        }
+        Step::AutobahnServerH2 => {
+            return autobahn::check(ws, installer, duplex()?, autobahn::Role::ServerH2)
         }
         Step::AutobahnClient => {
             return autobahn::check(ws, installer, duplex()?, autobahn::Role::Client)

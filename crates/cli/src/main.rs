@@ -7,6 +7,7 @@ mod autobahn;
 mod bench;
 mod connect;
 mod echo;
+mod h2bridge;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Command {
     Echo(echo::Args),
     /// Run the Autobahn testsuite's client cases against its fuzzingserver.
     AutobahnClient(autobahn::Args),
+    /// Relay HTTP/1.1 WebSocket clients to a server over HTTP/2 (RFC 8441), bytes unparsed:
+    /// the Autobahn server suite through HTTP/2.
+    #[command(hide = true)]
+    AutobahnH2Bridge(h2bridge::Args),
     /// Load-test a WebSocket server: echo, handshakes, idle connections, hub fan-out.
     Bench(bench::Args),
     /// Connect to a WebSocket server: interactive on a terminal, line by line in a pipe.
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Echo(args) => echo::run(args),
         Command::AutobahnClient(args) => autobahn::run(args),
+        Command::AutobahnH2Bridge(args) => h2bridge::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Serve(args) => serve::run(*args, &cli.log),

@@ -384,6 +384,12 @@ pub struct Limits {
     /// streams refused (RST_STREAM REFUSED_STREAM). Every WebSocket still counts against
     /// `max_connections` and `max_connections_per_ip` on its own. Default 100, at least 1.
     pub http2_max_concurrent_streams: u32,
+    /// How long an HTTP/2 connection may stay open with no stream (no request being
+    /// answered, no WebSocket): then it gets GOAWAY and is closed, counted in
+    /// `duplex_limit_hits_total{limit="http2_idle_timeout"}`. The HTTP/2 counterpart of the
+    /// idle keep-alive bound that `header_timeout` sets on HTTP/1.1. Default 30 s, positive.
+    #[serde(with = "humantime_serde")]
+    pub http2_idle_timeout: Duration,
     /// How long an HTTP request (other than an upgrade) may take from its head to its
     /// response, body included; past it the client gets 408 and the connection is closed.
     /// Bounds slow bodies, which the header timeout does not cover. Default 30 s.
@@ -695,6 +701,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(30),
             http2_max_concurrent_streams: 100,
+            http2_idle_timeout: Duration::from_secs(30),
             ipv6_prefix: 64,
         }
     }
@@ -1003,6 +1010,9 @@ impl Config {
         }
         if l.header_timeout.is_zero() || l.request_timeout.is_zero() {
             return invalid("limits.header_timeout and request_timeout must be positive".into());
+        }
+        if l.http2_idle_timeout.is_zero() {
+            return invalid("limits.http2_idle_timeout must be positive".into());
         }
         if l.http2_max_concurrent_streams == 0 {
             return invalid("limits.http2_max_concurrent_streams must be at least 1".into());

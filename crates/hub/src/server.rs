@@ -21,13 +21,19 @@
 //! and `limits.max_header_bytes` of header list. The header timer bounds the wait for those
 //! first bytes. The first WebSocket of an HTTP/2 connection takes its slot, as on HTTP/1.1;
 //! each further one takes a slot of its own, so WebSockets count against the connection
-//! limits one by one.
+//! limits one by one. An HTTP/2 connection with no stream (no request being answered, no
+//! WebSocket) for `limits.http2_idle_timeout` gets GOAWAY and is closed, as an idle
+//! keep-alive HTTP/1.1 connection is at its header timer.
+//!
+//! The first request head of a cleartext connection is due `limits.header_timeout` after the
+//! accept, the time its first bytes took to be sniffed included; every later head on the
+//! same connection gets the whole `header_timeout` again (hyper's header timer).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -228,6 +234,7 @@ struct Edge {
     phase: watch::Receiver<Phase>,
     request_timeout: Duration,
     header_timeout: Duration,
+    http2_idle_timeout: Duration,
     tls: Option<Arc<ListenerTls>>,
 }
 
@@ -250,6 +257,7 @@ impl Edge {
             phase,
             request_timeout: limits.request_timeout,
             header_timeout: limits.header_timeout,
+            http2_idle_timeout: limits.http2_idle_timeout,
             tls,
         }
     }
@@ -428,28 +436,74 @@ fn discard_unread(tcp: &TcpStream) {
     }
 }
 
-/// Counts a connection's requests from the head's arrival until the response's body has
-/// been sent, so that shutdown can tell an idle or unfinished connection (closed at once)
-/// from one being answered.
-struct InFlight(Arc<AtomicUsize>);
+/// What a connection is doing, for shutdown and for the timers that end it: its requests,
+/// each from the head's arrival until the response's body has been sent, and over HTTP/2
+/// its WebSocket streams until they end. Shutdown closes a connection with none at once; the
+/// HTTP/2 idle timer closes one that has had none for `limits.http2_idle_timeout`.
+pub(crate) struct Activity {
+    /// Requests in flight and open WebSocket streams.
+    open: AtomicUsize,
+    /// Whether a request head has arrived on the connection.
+    seen: AtomicBool,
+    /// When `open` last fell to zero (at first, when the connection was accepted).
+    idle_since: parking_lot::Mutex<tokio::time::Instant>,
+}
 
-impl InFlight {
-    fn enter(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(count.clone())
+impl Activity {
+    fn new(since: tokio::time::Instant) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            seen: AtomicBool::new(false),
+            idle_since: parking_lot::Mutex::new(since),
+        })
+    }
+
+    /// Counts one request or stream until the guard is dropped.
+    fn enter(self: &Arc<Self>) -> Active {
+        self.seen.store(true, Ordering::SeqCst);
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Active(self.clone())
+    }
+
+    fn is_idle(&self) -> bool {
+        self.open.load(Ordering::SeqCst) == 0
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    fn idle_since(&self) -> tokio::time::Instant {
+        *self.idle_since.lock()
     }
 }
 
-impl Drop for InFlight {
+/// One request or stream counted in its connection's [`Activity`].
+pub(crate) struct Active(Arc<Activity>);
+
+impl Drop for Active {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.0.idle_since.lock() = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// The request extension through which a WebSocket over HTTP/2 counts as a stream of its
+/// connection for as long as it is open (`ws.rs` holds [`Http2Streams::open`]).
+#[derive(Clone)]
+pub(crate) struct Http2Streams(Arc<Activity>);
+
+impl Http2Streams {
+    pub(crate) fn open(&self) -> Active {
+        self.0.enter()
     }
 }
 
 /// A response body that keeps its request counted as in flight until hyper drops it.
 struct Tracked {
     body: Body,
-    _in_flight: InFlight,
+    _in_flight: Active,
 }
 
 impl http_body::Body for Tracked {
@@ -516,8 +570,9 @@ async fn serve_connection(
         () = moved_on => return,
     };
     let version = HttpVersion::from_alpn(stream.get_ref().1.alpn_protocol());
-    let header_timeout = edge.header_timeout;
-    serve_stream(edge, stream, version, peer, permit, header_timeout).await;
+    // The head gets a timer of its own after the handshake.
+    let first_head_by = tokio::time::Instant::now().checked_add(edge.header_timeout);
+    serve_stream(edge, stream, version, peer, permit, first_head_by).await;
 }
 
 /// Serves a cleartext connection: HTTP/2 with prior knowledge when its first bytes are the
@@ -550,33 +605,39 @@ async fn serve_cleartext(
             return;
         }
     };
-    // The header timer runs from the accept: the time the first bytes took is not given
-    // again.
-    let left = edge.header_timeout.saturating_sub(accepted_at.elapsed());
-    serve_stream(edge, io, version, peer, permit, left).await;
+    // The first head's timer runs from the accept: the time the first bytes took is not
+    // given again.
+    let first_head_by = accepted_at.checked_add(edge.header_timeout);
+    serve_stream(edge, io, version, peer, permit, first_head_by).await;
 }
 
 /// Serves HTTP on one accepted stream (plain TCP, or TLS after its handshake) in the version
-/// that was negotiated; an HTTP/1.1 head must arrive within `header_timeout`.
+/// that was negotiated. Over HTTP/1.1 the first head must arrive by `first_head_by`, and each
+/// later one within `header_timeout`; over HTTP/2 the connection ends after
+/// `http2_idle_timeout` without a stream.
 async fn serve_stream<S>(
     edge: Arc<Edge>,
     io: S,
     version: HttpVersion,
     peer: SocketAddr,
     permit: ConnectionPermit,
-    header_timeout: Duration,
+    first_head_by: Option<tokio::time::Instant>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let slot = PermitSlot::new(permit);
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    let activity = Activity::new(tokio::time::Instant::now());
+    let http2 = version == HttpVersion::Http2;
     let service = {
         let edge = edge.clone();
-        let in_flight = in_flight.clone();
-        hyper::service::service_fn(move |req| {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let edge = edge.clone();
             let slot = slot.clone();
-            let guard = InFlight::enter(&in_flight);
+            let guard = activity.enter();
+            if http2 {
+                req.extensions_mut().insert(Http2Streams(activity.clone()));
+            }
             async move {
                 let response = edge.respond(req, peer, slot).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked {
@@ -586,22 +647,36 @@ async fn serve_stream<S>(
             }
         })
     };
-    if version == HttpVersion::Http2 {
+    if http2 {
         let conn = edge.http2.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
-        let result = drive(&edge, peer, &in_flight, conn, |c| c.graceful_shutdown()).await;
+        let timer = Timer::Idle(edge.http2_idle_timeout);
+        let result = drive(&edge, peer, &activity, timer, conn, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
         if let Some(Err(e)) = result {
-            tracing::debug!(%peer, error = %e, "HTTP/2 connection error");
+            if is_calm_down(&e) {
+                edge.hub.shared.metrics.limit_hit("http2_flood");
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection closed for flooding");
+            } else {
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection error");
+            }
         }
         return;
     }
-    let mut http = edge.http.clone();
-    http.header_read_timeout(header_timeout.max(Duration::from_millis(1)));
-    let conn = http
+    // hyper's header timer (the whole `header_timeout`, from each response) bounds every head
+    // after the first; the first one is held to `first_head_by` here.
+    let conn = edge
+        .http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let result = drive(&edge, peer, &in_flight, conn, |c| c.graceful_shutdown()).await;
+    let timer = Timer::FirstHead(first_head_by);
+    let result = drive(&edge, peer, &activity, timer, conn, |c| {
+        c.graceful_shutdown()
+    })
+    .await;
     if let Some(Err(e)) = result {
         let metrics = &edge.hub.shared.metrics;
         if e.is_timeout() {
@@ -616,12 +691,40 @@ async fn serve_stream<S>(
     }
 }
 
-/// Serves `conn` until it ends, or until the drain ends it: `None` when it was closed for
-/// shutdown. `graceful` is the connection's own graceful shutdown (HTTP/1.1 or HTTP/2).
+/// What ends a connection besides the drain and the connection itself.
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// HTTP/1.1: the first request head is due by then; it is closed if none has come.
+    FirstHead(Option<tokio::time::Instant>),
+    /// HTTP/2: after this long with no stream it gets GOAWAY, and is closed.
+    Idle(Duration),
+}
+
+/// How long a connection told to close (GOAWAY after its idle timeout) may take to finish:
+/// a peer that never reads or never acknowledges is not waited for longer.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether an HTTP/2 connection ended because hyper's HTTP/2 layer saw a flood (rapid
+/// resets, too many errors it had to reset) and sent GOAWAY `ENHANCE_YOUR_CALM`.
+fn is_calm_down(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(h2) = inner.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = inner.source();
+    }
+    false
+}
+
+/// Serves `conn` until it ends, or until the drain or `timer` ends it: `None` when it was
+/// closed for either. `graceful` is the connection's own graceful shutdown (HTTP/1.1 or
+/// HTTP/2).
 async fn drive<C>(
     edge: &Edge,
     peer: SocketAddr,
-    in_flight: &AtomicUsize,
+    activity: &Activity,
+    timer: Timer,
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
 ) -> Option<Result<(), hyper::Error>>
@@ -637,21 +740,68 @@ where
         return None;
     }
     let mut watching = true;
+    // Once the idle timer has sent GOAWAY: when the connection is dropped if it has not
+    // ended by itself.
+    let mut closing: Option<tokio::time::Instant> = None;
     loop {
+        let now = tokio::time::Instant::now();
+        let wake = match (timer, closing) {
+            (_, Some(by)) => Some(by),
+            (Timer::FirstHead(by), None) => by.filter(|_| !activity.seen()),
+            // While busy, look again a whole timeout later: it cannot expire sooner. (A
+            // timeout too long to add is no timeout.)
+            (Timer::Idle(after), None) if activity.is_idle() => {
+                activity.idle_since().checked_add(after)
+            }
+            (Timer::Idle(after), None) => now.checked_add(after),
+        };
         tokio::select! {
             result = conn.as_mut() => return Some(result),
             changed = phase.changed(), if watching => {
                 watching = changed.is_ok()
                     && *phase.borrow_and_update() == Phase::Draining;
                 // Shutdown: no more keep-alive; an idle connection or an unfinished
-                // request has nothing worth waiting for and is closed at once.
+                // request has nothing worth waiting for and is closed at once. (Over
+                // HTTP/2 its WebSockets are being closed with 1001; the connection ends
+                // after them.)
                 graceful(conn.as_mut());
-                if in_flight.load(Ordering::SeqCst) == 0 {
+                if activity.is_idle() {
                     tracing::debug!(%peer, "closing an idle connection for shutdown");
                     return None;
                 }
             }
+            () = sleep_until_some(wake) => match (timer, closing) {
+                (_, Some(_)) => {
+                    tracing::debug!(%peer, "HTTP/2 connection did not close after GOAWAY; dropped");
+                    return None;
+                }
+                (Timer::FirstHead(_), None) => {
+                    if !activity.seen() {
+                        edge.hub.shared.metrics.limit_hit("header_timeout");
+                        tracing::debug!(%peer, "request head not received in time; closed");
+                        return None;
+                    }
+                }
+                (Timer::Idle(after), None) => {
+                    let now = tokio::time::Instant::now();
+                    let due = activity.idle_since().checked_add(after);
+                    if activity.is_idle() && due.is_some_and(|due| due <= now) {
+                        edge.hub.shared.metrics.limit_hit("http2_idle_timeout");
+                        tracing::debug!(%peer, "idle HTTP/2 connection; GOAWAY");
+                        graceful(conn.as_mut());
+                        closing = now.checked_add(CLOSE_GRACE);
+                    }
+                }
+            },
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -666,9 +816,22 @@ fn http2_builder(limits: &crate::config::Limits) -> http2::Builder<TokioExecutor
         // RFC 9113 §6.5.2: streams beyond it are refused by the HTTP/2 layer.
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         // The HTTP/2 counterpart of the head size limit (SETTINGS_MAX_HEADER_LIST_SIZE).
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams the client resets before they are served
+        // count, and past this the connection gets GOAWAY ENHANCE_YOUR_CALM. Set here, not
+        // left to the HTTP/2 layer's default, so that an upgrade cannot lift it unnoticed.
+        .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_RESETS)
+        // The same for streams the server itself has to reset for the client's errors
+        // (RUSTSEC-2024-0003).
+        .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESETS);
     http2
 }
+
+/// Streams reset by the client before they were served, at most, on one HTTP/2 connection.
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+
+/// Streams the server reset for the client's errors, at most, on one HTTP/2 connection.
+const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// RFC 9113 §3.4: "the connection preface starts with the string
 /// PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".

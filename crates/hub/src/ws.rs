@@ -116,6 +116,7 @@ async fn upgrade(
     State(hub): State<Hub>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     slot: Option<Extension<PermitSlot>>,
+    streams: Option<Extension<crate::server::Http2Streams>>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, UpgradeRejection>,
@@ -227,6 +228,9 @@ async fn upgrade(
     };
     let upgrade = upgrade.protocols([crate::SUBPROTOCOL]).config(config);
     let protocol = upgrade.selected_protocol().map(str::to_owned);
+    // Over HTTP/2 the WebSocket is a stream of its connection, which is not idle while it
+    // is open.
+    let stream = streams.map(|Extension(streams)| streams.open());
     upgrade.on_upgrade(move |ws| {
         hub.shared.metrics.websocket_upgrade(version);
         let accepted = Accepted {
@@ -236,7 +240,10 @@ async fn upgrade(
             context,
             protocol,
         };
-        run(hub, ws, accepted)
+        async move {
+            let _stream = stream;
+            run(hub, ws, accepted).await;
+        }
     })
 }
 

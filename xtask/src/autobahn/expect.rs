@@ -292,7 +292,12 @@ impl Verdict {
 }
 
 /// Rewrites the table between the summary markers of `doc` from the expectations.
-pub(crate) fn write_summary(doc: &Path, server: &Expected, client: &Expected) -> Result<()> {
+pub(crate) fn write_summary(
+    doc: &Path,
+    server: &Expected,
+    server_h2: &Expected,
+    client: &Expected,
+) -> Result<()> {
     let text = fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
     let (Some(begin), Some(end)) = (text.find(SUMMARY_BEGIN), text.find(SUMMARY_END)) else {
         bail!(
@@ -313,6 +318,7 @@ pub(crate) fn write_summary(doc: &Path, server: &Expected, client: &Expected) ->
     );
     for (role, expected) in [
         ("server (`duplex echo`)", server),
+        ("server over HTTP/2 (`duplex echo --http2`)", server_h2),
         ("client (`duplex autobahn-client`)", client),
     ] {
         let counts = Counts::of(expected.cases.values().map(String::as_str));

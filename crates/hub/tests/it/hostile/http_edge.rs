@@ -100,6 +100,61 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
     assert!(answered.elapsed() >= Duration::from_millis(900));
 }
 
+/// The first head is due a header timeout after the accept, the wait for its first byte
+/// (which tells HTTP/1.1 from the HTTP/2 preface) included.
+#[tokio::test]
+async fn a_late_first_byte_does_not_extend_the_first_heads_timer() {
+    let s = start_with(short(1000)).await;
+    let opened = Instant::now();
+    let mut tcp = tcp_from("127.0.0.1", s.addr).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_served(&s, "127.0.0.2").await;
+    let (got, closed) = read_until_closed(&mut tcp, Duration::from_secs(1) + SLACK).await;
+    assert!(closed, "the unfinished head outlived its timer");
+    assert!(got.is_empty(), "{got:?}");
+    let elapsed = opened.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1700),
+        "closed {elapsed:?} after the accept, not at the header timeout"
+    );
+    assert!(metric(&s, "duplex_limit_hits_total{limit=\"header_timeout\"}").await >= 1.0);
+}
+
+/// Each later head on a keep-alive connection has the whole header timeout again, however
+/// long the first one took to start.
+#[tokio::test]
+async fn a_later_keep_alive_head_gets_the_whole_header_timeout() {
+    let s = start_with(short(1000)).await;
+    let mut tcp = tcp_from("127.0.0.1", s.addr).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // The first request 700 ms after the accept, within its timer.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tcp.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status_of(&buf[..n]), 200);
+    // 600 ms of keep-alive: longer than what was left of the first timer, shorter than a
+    // whole one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tcp.write_all(request).await.unwrap();
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status_of(&buf[..n]),
+        200,
+        "the second head was cut short: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
 #[tokio::test]
 async fn a_slowloris_trickle_does_not_extend_the_header_timeout() {
     let s = start_with(short(1000)).await;

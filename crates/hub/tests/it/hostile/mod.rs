@@ -17,3 +17,5 @@ mod auth;
 mod headers;
 // The frame layer: protocol violations, ping floods, stalled readers.
 mod frames;
+// HTTP/2: idle connections, rapid resets, PING and SETTINGS floods.
+mod http2;
