@@ -391,6 +391,7 @@ export class Client {
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
     this._listeners = new Map();
     this._subs = new Map();
+    this._serverSubs = new Map(); // channel -> Subscription made by the server
     this._requests = new Map(); // id -> pending request
     this._queue = []; // requests waiting for a connection
     this._nextId = 1;
@@ -487,9 +488,15 @@ export class Client {
   /**
    * Registers a listener. Events: `state` ({@link StateEvent}), `welcome` (the
    * server's welcome), `message` (every publication of every subscription,
-   * after deduplication), `error` (a {@link DuplexError} not tied to a command).
+   * after deduplication, server-side ones included), `error` (a
+   * {@link DuplexError} not tied to a command), `subscribed` and `unsubscribed`
+   * (`{channel, epoch?, offset?, server: true, subscription?}`: the server subscribed this
+   * connection to a channel, or ended a subscription, on its own: the
+   * application's connect hook or its server API). Server-side subscriptions are
+   * the server's to renew: after a reconnect it subscribes again, and this
+   * client does not resubscribe them.
    *
-   * @param {"state"|"welcome"|"message"|"error"} event
+   * @param {"state"|"welcome"|"message"|"error"|"subscribed"|"unsubscribed"} event
    * @param {Function} fn
    * @returns {() => void} a function that removes the listener
    */
@@ -796,6 +803,8 @@ export class Client {
 
   /** Marks every subscription as waiting to be renewed on the next connection. */
   _resetSubscriptions() {
+    // The server renews its own subscriptions on the next connection.
+    this._serverSubs.clear();
     for (const sub of this._subs.values()) {
       clearTimeout(sub._retry);
       sub._pending = null;
@@ -912,6 +921,36 @@ export class Client {
       case "message":
         this._onMessage(msg);
         return;
+      case "subscribed": {
+        // Pushed (no `id`): a subscription the server made for this connection.
+        if (typeof msg.channel !== "string" || this._subs.has(msg.channel)) return;
+        const sub = new Subscription(this, msg.channel, {}, {});
+        sub.state = "subscribed";
+        sub.server = true;
+        sub.position.subscribed({ ...msg, recovered: false });
+        this._serverSubs.set(msg.channel, sub);
+        this._emit("subscribed", {
+          channel: msg.channel,
+          epoch: msg.epoch,
+          offset: msg.offset,
+          server: true,
+          subscription: sub,
+        });
+        return;
+      }
+      case "unsubscribed": {
+        // Pushed: the server ended a subscription (its API, or a revoked grant).
+        if (typeof msg.channel !== "string") return;
+        const sub = this._serverSubs.get(msg.channel) || this._subs.get(msg.channel);
+        if (!sub) return;
+        this._serverSubs.delete(msg.channel);
+        if (this._subs.get(msg.channel) === sub) this._subs.delete(msg.channel);
+        clearTimeout(sub._retry);
+        sub.state = "unsubscribed";
+        sub._call("unsubscribed", { channel: msg.channel, server: true });
+        this._emit("unsubscribed", { channel: msg.channel, server: true });
+        return;
+      }
       case "presence_diff": {
         // One frame per join_leave_interval: every join and leave of the channel since
         // the last one, each client at most once (its last change). Above the server's
@@ -940,7 +979,7 @@ export class Client {
   }
 
   _onMessage(msg) {
-    const sub = this._subs.get(msg.channel);
+    const sub = this._subs.get(msg.channel) || this._serverSubs.get(msg.channel);
     if (!sub || sub.state === "unsubscribed") return;
     if (sub._pending) {
       // The position is only known once the subscribe reply is in.
@@ -1061,12 +1100,14 @@ export class Client {
   }
 
   async _unsubscribe(sub) {
-    if (this._subs.get(sub.channel) !== sub) return;
+    const mine = this._subs.get(sub.channel) === sub;
+    if (!mine && this._serverSubs.get(sub.channel) !== sub) return;
     const wasActive = sub.state !== "unsubscribed";
     sub.state = "unsubscribed";
     sub._pending = null;
     clearTimeout(sub._retry);
-    this._subs.delete(sub.channel);
+    if (mine) this._subs.delete(sub.channel);
+    else this._serverSubs.delete(sub.channel);
     if (!wasActive || this.state !== State.CONNECTED) return;
     try {
       await this.request({ type: "unsubscribe", channel: sub.channel });

@@ -289,3 +289,35 @@ test("latest values after a fresh subscribe are marked latest; skipped offsets a
   assert.deepEqual(sent.at(-1), { type: "publish", id: sent.at(-1).id, channel: "px", data: 5, key: "B" });
   c.close();
 });
+
+test("server-side subscriptions are events; their publications reach the client, once", async () => {
+  const WebSocket = fakeSocket((cmd) => {
+    if (cmd.type === "ping") {
+      // The server subscribes this connection on its own, publishes, then ends it.
+      return [
+        { type: "subscribed", channel: "user:#k1", epoch: "e", offset: 4 },
+        { type: "message", channel: "user:#k1", offset: 5, data: "a" },
+        { type: "message", channel: "user:#k1", offset: 5, data: "a" },
+        { type: "message", channel: "user:#k1", offset: 6, data: "b" },
+        { type: "unsubscribed", channel: "user:#k1" },
+        { type: "message", channel: "user:#k1", offset: 7, data: "late" },
+        { type: "pong", id: cmd.id },
+      ];
+    }
+    return [];
+  });
+  const c = new Client("ws://127.0.0.1:9/ws", { WebSocket, pingInterval: 60000 }).connect();
+  await c.ready(1000);
+  const events = [];
+  c.on("subscribed", (e) => events.push(["subscribed", e.channel, e.offset, e.server]));
+  c.on("unsubscribed", (e) => events.push(["unsubscribed", e.channel, e.server]));
+  c.on("message", (m) => events.push(["message", m.offset, m.data]));
+  await c.request({ type: "ping" }, { timeout: 1000 });
+  assert.deepEqual(events, [
+    ["subscribed", "user:#k1", 4, true],
+    ["message", 5, "a"],
+    ["message", 6, "b"],
+    ["unsubscribed", "user:#k1", true],
+  ]);
+  c.close();
+});
