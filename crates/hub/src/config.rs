@@ -295,7 +295,7 @@ pub enum MissingChannels {
 }
 
 /// HTTP API settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ApiConfig {
@@ -309,6 +309,39 @@ pub struct ApiConfig {
     pub key_file: Option<PathBuf>,
     /// Require the key for `GET /api/channels` and `GET /api/stats` too. Default `false`.
     pub protect_reads: bool,
+    /// Largest request body of `POST /api/<method>` in bytes; larger ones get 413.
+    /// Default 128 KiB.
+    pub max_body_bytes: usize,
+    /// Most channels in one `broadcast`. Default 1 000.
+    pub max_broadcast_channels: usize,
+    /// Longest `pattern` of `channels`, in bytes. Default 256.
+    pub max_pattern_bytes: usize,
+    /// Most publications one `history` call returns. Default 1 000.
+    pub max_history_limit: usize,
+    /// How long a publish `idempotency_key` is remembered: a retry within it returns the
+    /// first publish's position and publishes nothing. Default 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Most idempotency keys remembered at once on this node; past it, a publish with a new
+    /// key is refused with `over_capacity` (HTTP 507) until older ones expire.
+    /// Default 100 000.
+    pub max_idempotency_keys: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            key_file: None,
+            protect_reads: false,
+            max_body_bytes: 128 * 1024,
+            max_broadcast_channels: 1_000,
+            max_pattern_bytes: 256,
+            max_history_limit: 1_000,
+            idempotency_window: Duration::from_secs(300),
+            max_idempotency_keys: 100_000,
+        }
+    }
 }
 
 /// Resource limits. Each one is enforced with a documented error or close code
@@ -980,6 +1013,17 @@ impl Config {
         }
         if matches!(&self.api.key, Some(k) if k.len() < 8) {
             return invalid("api.key must be at least 8 bytes");
+        }
+        if self.api.max_body_bytes == 0
+            || self.api.max_broadcast_channels == 0
+            || self.api.max_pattern_bytes == 0
+            || self.api.max_history_limit == 0
+            || self.api.max_idempotency_keys == 0
+        {
+            return invalid("api.max_* limits must be at least 1");
+        }
+        if self.api.idempotency_window.is_zero() {
+            return invalid("api.idempotency_window must be above zero");
         }
         if self.redis_url.is_some() && self.redis_url_file.is_some() {
             return invalid("redis_url and redis_url_file are mutually exclusive");

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use crate::api::idempotency::IdempotencyStore;
 use crate::auth::{Authenticator, Identity};
 use crate::broker::{
     Broker, BrokerError, MemoryBroker, MemoryLimits, RedisBroker, RedisOptions, Retention,
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
     pub(crate) limits: Arc<ConnectionLimits>,
     pub(crate) node_id: String,
+    /// Publish `idempotency_key`s seen within `api.idempotency_window`.
+    pub(crate) idempotency: IdempotencyStore,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -143,6 +146,10 @@ impl Hub {
                 auth,
                 limits,
                 node_id,
+                idempotency: IdempotencyStore::new(
+                    config.api.idempotency_window,
+                    config.api.max_idempotency_keys,
+                ),
                 next_client: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),
