@@ -354,6 +354,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent WebSocket connections from one IP address (0: no limit). Default 1 000.
     pub max_connections_per_ip: usize,
+    /// Concurrent WebSocket connections of one authenticated user on this node (0: no
+    /// limit); more are refused with 429 before the upgrade. Anonymous connections count
+    /// only against the other limits. Default 100.
+    pub max_connections_per_user: usize,
     /// Largest incoming WebSocket message in bytes; larger ones close with 1009.
     /// Default 64 KiB.
     pub max_message_size: usize,
@@ -677,6 +681,7 @@ impl Default for Limits {
         Self {
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
+            max_connections_per_user: 100,
             max_message_size: 64 * 1024,
             max_publication_size: 32 * 1024,
             max_json_depth: crate::protocol::DEFAULT_MAX_JSON_DEPTH,

@@ -132,11 +132,14 @@ impl Hub {
             .clone()
             .unwrap_or_else(|| format!("{:06x}", rand::random::<u32>() & 0xff_ffff));
         let namespaces = config.namespace_configs().into_iter().collect();
-        let limits = Arc::new(ConnectionLimits::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-            config.limits.ipv6_prefix,
-        ));
+        let limits = Arc::new(
+            ConnectionLimits::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+                config.limits.ipv6_prefix,
+            )
+            .with_max_per_user(config.limits.max_connections_per_user),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 namespaces,

@@ -25,6 +25,7 @@ pub(crate) enum HandshakeFailure {
     Origin,
     Capacity,
     PerIp,
+    PerUser,
     ShuttingDown,
 }
 
@@ -37,6 +38,7 @@ impl HandshakeFailure {
             Self::Origin => "origin",
             Self::Capacity => "capacity",
             Self::PerIp => "per_ip",
+            Self::PerUser => "per_user",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -347,6 +349,7 @@ impl Metrics {
             HandshakeFailure::Origin,
             HandshakeFailure::Capacity,
             HandshakeFailure::PerIp,
+            HandshakeFailure::PerUser,
             HandshakeFailure::ShuttingDown,
         ]
         .iter()

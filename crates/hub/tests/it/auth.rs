@@ -206,3 +206,34 @@ async fn connection_limits_total_and_per_ip() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let _again = s.client().await;
 }
+
+#[tokio::test]
+async fn connection_limit_per_user() {
+    let mut c = config();
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.limits.max_connections_per_user = 2;
+    let s = start_with(c).await;
+    let ada = hs256(json!({"sub":"ada","exp":now()+600}));
+    let url = format!("{}?token={ada}", s.url());
+    let first = Client::connect(ClientBuilder::new(url.clone())).await;
+    let _second = Client::connect(ClientBuilder::new(url.clone())).await;
+    let path = format!("/ws?token={ada}");
+    let (status, head) = refused(&s, "", &path).await;
+    assert_eq!(status, 429, "{head}");
+    let hits = metric(
+        &s,
+        "duplex_limit_hits_total{limit=\"connections_per_user\"}",
+    )
+    .await;
+    assert_eq!(hits, 1.0);
+    // Another user and anonymous clients are served meanwhile.
+    let bob = hs256(json!({"sub":"bob","exp":now()+600}));
+    let b = Client::connect(ClientBuilder::new(format!("{}?token={bob}", s.url()))).await;
+    assert_eq!(b.welcome["user"], "bob");
+    assert_served(&s, "127.0.0.1").await;
+    // A slot frees up when one of the user's connections closes.
+    drop(first);
+    eventually(|| s.hub.connections() == 2).await;
+    let again = Client::connect(ClientBuilder::new(url)).await;
+    assert_eq!(again.welcome["user"], "ada");
+}
