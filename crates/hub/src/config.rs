@@ -509,6 +509,11 @@ pub struct NamespaceConfig {
     /// the connection token's `channels` claim, grants the channel, so the application's
     /// backend decides per channel and per user. Default `false`.
     pub subscription_token: bool,
+    /// Personal channels: a channel whose name has a `#` may only be subscribed to, read
+    /// (`presence`, `history`) and published to by the users listed after its last `#`,
+    /// separated by commas (`user:#42`, `dm:#42,43`); others get `forbidden`. The server API
+    /// is not limited. Default `false`.
+    pub personal: bool,
     /// Answer `presence` commands. Default `true`.
     pub presence: bool,
     /// Send `join`/`leave` events to subscribers (needs `presence`). Default `true`.
@@ -551,6 +556,8 @@ pub struct NamespaceOverrides {
     pub anonymous_create: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_token: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub personal: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -715,6 +722,7 @@ impl Default for NamespaceConfig {
             max_history_bytes: 0,
             anonymous_create: true,
             subscription_token: false,
+            personal: false,
             presence: true,
             join_leave: true,
             join_leave_interval: Duration::from_millis(200),
@@ -735,6 +743,7 @@ impl NamespaceOverrides {
             max_history_bytes: None,
             anonymous_create: None,
             subscription_token: None,
+            personal: None,
             presence: Some(false),
             join_leave: Some(false),
             join_leave_interval: None,
@@ -751,6 +760,7 @@ impl NamespaceOverrides {
             max_history_bytes: self.max_history_bytes.unwrap_or(base.max_history_bytes),
             anonymous_create: self.anonymous_create.unwrap_or(base.anonymous_create),
             subscription_token: self.subscription_token.unwrap_or(base.subscription_token),
+            personal: self.personal.unwrap_or(base.personal),
             presence: self.presence.unwrap_or(base.presence),
             join_leave: self.join_leave.unwrap_or(base.join_leave),
             join_leave_interval: self.join_leave_interval.unwrap_or(base.join_leave_interval),

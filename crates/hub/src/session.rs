@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
+use crate::channel;
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::frame::Frame;
 use crate::hub::{retention, Shared};
@@ -276,8 +277,21 @@ impl Session {
         }
     }
 
+    /// A personal channel (namespace option `personal`) is only for the users it names.
+    fn check_personal(&self, ns: &NamespaceConfig, channel: &str) -> Result<(), CommandError> {
+        if ns.personal && !channel::personal_allows(channel, self.identity.user.as_deref()) {
+            self.hub.metrics.limit_hit("personal_channel");
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("channel {channel:?} is personal to other users"),
+            ));
+        }
+        Ok(())
+    }
+
     fn readable(&self, channel: &str) -> Result<NamespaceConfig, CommandError> {
         let ns = self.hub.resolve(channel)?;
+        self.check_personal(&ns, channel)?;
         if !self.granted(&ns, channel) && !self.identity.may_subscribe(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
@@ -334,6 +348,7 @@ impl Session {
         token: Option<String>,
     ) -> Result<(), CommandError> {
         let ns = self.hub.resolve(channel)?;
+        self.check_personal(&ns, channel)?;
         // RFC 7519 §7.2 checks happen in `verify_subscription`; the token is checked before
         // anything else is looked at, so a refused one costs no broker round trip.
         let granted_info = if ns.subscription_token {
@@ -467,6 +482,7 @@ impl Session {
         data: &RawValue,
     ) -> Result<(), CommandError> {
         let ns = self.hub.resolve(channel)?;
+        self.check_personal(&ns, channel)?;
         if !ns.client_publish {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
