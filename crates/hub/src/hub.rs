@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::api::idempotency::IdempotencyStore;
+use crate::api::registry::Registry;
 use crate::auth::{Authenticator, Identity};
 use crate::broker::{
     Broker, BrokerError, MemoryBroker, MemoryLimits, RedisBroker, RedisOptions, Retention,
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) node_id: String,
     /// Publish `idempotency_key`s seen within `api.idempotency_window`.
     pub(crate) idempotency: IdempotencyStore,
+    /// Local connections by client id and by user.
+    pub(crate) registry: Registry,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -149,6 +152,7 @@ impl Hub {
                 auth,
                 limits,
                 node_id,
+                registry: Registry::default(),
                 idempotency: IdempotencyStore::new(
                     config.api.idempotency_window,
                     config.api.max_idempotency_keys,

@@ -14,6 +14,7 @@
 //! whole wait is closed with 1013.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
@@ -30,7 +31,7 @@ pub(crate) enum Next {
     /// Write this frame.
     Frame(Frame),
     /// Send a Close frame with this code and reason, then stop.
-    Close(u16, &'static str),
+    Close(u16, Arc<str>),
 }
 
 /// The result of a push.
@@ -62,7 +63,7 @@ struct Inner {
     /// The part of `bytes` held by droppable frames.
     droppable_bytes: usize,
     /// Set once; no frame is accepted after it. Reported by `pop` after the remaining items.
-    close: Option<(u16, &'static str)>,
+    close: Option<(u16, Arc<str>)>,
     close_reported: bool,
 }
 
@@ -228,7 +229,7 @@ impl Outbound {
         inner.items.clear();
         inner.bytes = 0;
         inner.droppable_bytes = 0;
-        inner.close = Some((TRY_AGAIN, "slow consumer"));
+        inner.close = Some((TRY_AGAIN, "slow consumer".into()));
         drop(inner);
         self.notify.notify_one();
         self.closed.send_replace(true);
@@ -237,7 +238,7 @@ impl Outbound {
 
     /// Closes the queue: no more frames are accepted; the writer sends what is queued (unless
     /// `discard`), then the Close frame. The first close wins.
-    pub(crate) fn close(&self, code: u16, reason: &'static str, discard: bool) {
+    pub(crate) fn close(&self, code: u16, reason: impl Into<Arc<str>>, discard: bool) {
         let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return;
@@ -247,7 +248,7 @@ impl Outbound {
             inner.bytes = 0;
             inner.droppable_bytes = 0;
         }
-        inner.close = Some((code, reason));
+        inner.close = Some((code, reason.into()));
         drop(inner);
         self.notify.notify_one();
         self.closed.send_replace(true);
@@ -281,7 +282,7 @@ impl Outbound {
                     self.room.notify_waiters();
                     return Some(Next::Frame(item.frame));
                 }
-                if let Some((code, reason)) = inner.close {
+                if let Some((code, reason)) = inner.close.clone() {
                     if inner.close_reported {
                         return None;
                     }

@@ -103,6 +103,7 @@ impl Session {
         );
         peer.queue.push(Frame::text(welcome), false);
         let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
+        hub.registry.add(&peer, identity.user.as_ref());
         Self {
             hub,
             peer,
@@ -610,6 +611,9 @@ impl Drop for Session {
     /// panicked, or was cancelled) still leaves its channels, on a task of its own, so
     /// neither the node's subscriber lists nor presence keep a connection that is gone.
     fn drop(&mut self) {
+        self.hub
+            .registry
+            .remove(&self.peer.id, self.identity.user.as_deref());
         if self.subscriptions.is_empty() {
             return;
         }

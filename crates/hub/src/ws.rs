@@ -319,7 +319,7 @@ async fn run(
                     writer_metrics.bytes_sent.inc_by(frame.payload_len() as u64);
                 }
                 Next::Close(code, reason) => {
-                    let close = sink.close(CloseCode(code), reason);
+                    let close = sink.close(CloseCode(code), &reason);
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
                     break;
                 }

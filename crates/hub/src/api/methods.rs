@@ -97,7 +97,69 @@ pub struct NodeInfo {
     pub uptime_seconds: u64,
 }
 
+/// Whose connections [`Hub::disconnect`] closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of this user on this node.
+    User(String),
+    /// The connection with this client id.
+    Client(String),
+}
+
+/// The close code of `disconnect` when none is given: 1008, policy violation (RFC 6455
+/// §7.4.1), the code the hub also closes with when a token expires.
+pub const DEFAULT_DISCONNECT_CODE: u16 = 1008;
+
+/// Longest `disconnect` reason in bytes: a Close frame's payload is at most 125 bytes, two
+/// of them the code (RFC 6455 §5.5).
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// Whether an application may close with `code`: 1000 (normal), 1001 (going away), 1008
+/// (policy), 1011 (internal error), 1012 (service restart), 1013 (try again later), or
+/// 3000–4999 (RFC 6455 §7.4.2: registered and private-use codes). The others are reserved
+/// for the protocol itself (1002, 1007, 1009, 1010), must not be sent (1005, 1006, 1015),
+/// or are unassigned.
+fn closable(code: u16) -> bool {
+    matches!(code, 1000 | 1001 | 1008 | 1011 | 1012 | 1013 | 3000..=4999)
+}
+
 impl Hub {
+    /// Closes the connections of `target` on this node with `code` and `reason`; how many.
+    pub fn disconnect(
+        &self,
+        target: &Target,
+        code: u16,
+        reason: &str,
+    ) -> Result<usize, CommandError> {
+        if !closable(code) {
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "code {code} may not be sent: use 1000, 1001, 1008, 1011-1013 or 3000-4999"
+                ),
+            ));
+        }
+        if reason.len() > MAX_REASON_BYTES {
+            self.shared.metrics.limit_hit("disconnect_reason");
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "reason is {} bytes; the limit is {MAX_REASON_BYTES}",
+                    reason.len()
+                ),
+            ));
+        }
+        let peers = match target {
+            Target::User(user) => self.shared.registry.of_user(user),
+            Target::Client(client) => self.shared.registry.client(client).into_iter().collect(),
+        };
+        let reason: Arc<str> = reason.into();
+        for peer in &peers {
+            peer.queue.close(code, reason.clone(), false);
+        }
+        Ok(peers.len())
+    }
+
     /// Publishes like [`Hub::publish`]; with an `idempotency_key`, a retry with the same key
     /// on the same channel within `api.idempotency_window` publishes nothing and returns the
     /// first publish's position. Keys are remembered by this node (see `docs/api.md`).

@@ -21,11 +21,15 @@ use crate::Hub;
 
 pub(crate) mod idempotency;
 mod methods;
+pub(crate) mod registry;
 
-pub use methods::{HistoryRequest, HistoryResult, NodeInfo, PresenceStats};
+pub use methods::{
+    HistoryRequest, HistoryResult, NodeInfo, PresenceStats, Target, DEFAULT_DISCONNECT_CODE,
+    MAX_REASON_BYTES,
+};
 
 /// Every method of `POST /api/<method>`, in the order `docs/api.md` lists them.
-pub const METHODS: [&str; 7] = [
+pub const METHODS: [&str; 8] = [
     "publish",
     "broadcast",
     "history",
@@ -33,6 +37,7 @@ pub const METHODS: [&str; 7] = [
     "presence_stats",
     "channels",
     "info",
+    "disconnect",
 ];
 
 /// An `/api` error: a status and `{"code","message"}`.
@@ -188,6 +193,7 @@ async fn call(
         "presence" => presence(&hub, &body).await?,
         "presence_stats" => presence_stats(&hub, &body).await?,
         "channels" => channels(&hub, &body)?,
+        "disconnect" => disconnect(&hub, &body)?,
         _ => info(&hub, &body)?,
     };
     Ok(Json(value).into_response())
@@ -388,4 +394,36 @@ struct InfoBody {}
 fn info(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let InfoBody {} = parse(body)?;
     to_value(json!({ "nodes": hub.info() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn disconnect(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+    let b: DisconnectBody = parse(body)?;
+    let target = match (b.user, b.client) {
+        (Some(user), None) => methods::Target::User(user),
+        (None, Some(client)) => methods::Target::Client(client),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest.as_str(),
+                "exactly one of \"user\" and \"client\" is needed",
+            ))
+        }
+    };
+    let code = b.code.unwrap_or(methods::DEFAULT_DISCONNECT_CODE);
+    let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
+    let closed = hub.disconnect(&target, code, reason)?;
+    Ok(json!({ "disconnected": closed }))
 }

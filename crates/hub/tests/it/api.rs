@@ -446,3 +446,65 @@ async fn the_api_is_disabled_without_a_key() {
     let (status, v) = call_with(&s, "info", "", "{}").await;
     assert_eq!((status, v["code"].as_str()), (404, Some("disabled")));
 }
+
+#[tokio::test]
+async fn disconnect_closes_a_users_connections_or_one_client() {
+    let mut c = config();
+    c.api.key = Some(KEY.into());
+    c.auth.jwt_secret = Some("test-secret-0123456789".into());
+    let s = start_with(c).await;
+    let token = |sub: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub":sub,"exp":jsonwebtoken::get_current_timestamp()+600,"channels":["*"]}),
+            &jsonwebtoken::EncodingKey::from_secret(b"test-secret-0123456789"),
+        )
+        .expect("token")
+    };
+    let connect =
+        |sub: &str| duplex::ClientBuilder::new(format!("{}?token={}", s.url(), token(sub)));
+    let mut ada1 = Client::connect(connect("ada")).await;
+    let mut ada2 = Client::connect(connect("ada")).await;
+    let mut bob = Client::connect(connect("bob")).await;
+    let mut anon = s.client().await;
+    let (status, v) = call(
+        &s,
+        "disconnect",
+        r#"{"user":"ada","code":4001,"reason":"banned"}"#,
+    )
+    .await;
+    assert_eq!((status, v["disconnected"].as_u64()), (200, Some(2)), "{v}");
+    for c in [&mut ada1, &mut ada2] {
+        assert_eq!(c.closed().await.map(|c| c.0), Some(4001));
+    }
+    let (_, v) = call(&s, "disconnect", &json!({"client": anon.id()}).to_string()).await;
+    assert_eq!(v["disconnected"], 1);
+    assert_eq!(anon.closed().await.map(|c| c.0), Some(1008));
+    // Bob is still served.
+    assert_eq!(bob.subscribe("lobby").await["type"], "reply");
+    let (_, v) = call(&s, "disconnect", r#"{"user":"nobody"}"#).await;
+    assert_eq!(v["disconnected"], 0);
+    // Bad codes, long reasons, neither or both targets: 400, counted where a limit.
+    let long = json!({"user":"bob","reason":"r".repeat(124)}).to_string();
+    let before = metric(&s, "duplex_limit_hits_total{limit=\"disconnect_reason\"}").await;
+    for body in [
+        r#"{"user":"bob","code":1006}"#,
+        r#"{"user":"bob","code":1002}"#,
+        r#"{"user":"bob","code":5000}"#,
+        r#"{}"#,
+        r#"{"user":"bob","client":"x"}"#,
+        &long,
+    ] {
+        let (status, v) = call(&s, "disconnect", body).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}: {v}"
+        );
+    }
+    let after = metric(&s, "duplex_limit_hits_total{limit=\"disconnect_reason\"}").await;
+    assert_eq!(after, before + 1.0);
+    bob.assert_silent(std::time::Duration::from_millis(50))
+        .await;
+    assert_served(&s, "127.0.0.1").await;
+}
