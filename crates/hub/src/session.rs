@@ -103,7 +103,7 @@ impl Session {
         );
         peer.queue.push(Frame::text(welcome), false);
         let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
-        hub.registry.add(&peer, identity.user.as_ref());
+        hub.registry.add(&peer, identity.user.as_ref(), &expiry);
         Self {
             hub,
             peer,

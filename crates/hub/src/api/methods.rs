@@ -160,6 +160,28 @@ impl Hub {
         Ok(peers.len())
     }
 
+    /// Changes the token deadline of every connection of `user` on this node: `Some(exp)`
+    /// (seconds since the Unix epoch) extends or shortens it, as a client's `refresh` does;
+    /// `None` expires the connections now (closed with 1008 "token expired", as at `exp`).
+    /// Returns how many connections there were.
+    pub fn refresh_user(&self, user: &str, exp: Option<u64>) -> usize {
+        let entries = self.shared.registry.entries_of(user);
+        for e in &entries {
+            match exp {
+                Some(exp) => {
+                    e.expiry.send_replace(Some(exp));
+                }
+                None => {
+                    if let Some(peer) = e.peer.upgrade() {
+                        peer.queue
+                            .close(crate::session::POLICY, "token expired", false);
+                    }
+                }
+            }
+        }
+        entries.len()
+    }
+
     /// Publishes like [`Hub::publish`]; with an `idempotency_key`, a retry with the same key
     /// on the same channel within `api.idempotency_window` publishes nothing and returns the
     /// first publish's position. Keys are remembered by this node (see `docs/api.md`).

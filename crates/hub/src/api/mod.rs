@@ -29,7 +29,7 @@ pub use methods::{
 };
 
 /// Every method of `POST /api/<method>`, in the order `docs/api.md` lists them.
-pub const METHODS: [&str; 8] = [
+pub const METHODS: [&str; 9] = [
     "publish",
     "broadcast",
     "history",
@@ -38,6 +38,7 @@ pub const METHODS: [&str; 8] = [
     "channels",
     "info",
     "disconnect",
+    "refresh",
 ];
 
 /// An `/api` error: a status and `{"code","message"}`.
@@ -194,6 +195,7 @@ async fn call(
         "presence_stats" => presence_stats(&hub, &body).await?,
         "channels" => channels(&hub, &body)?,
         "disconnect" => disconnect(&hub, &body)?,
+        "refresh" => refresh(&hub, &body)?,
         _ => info(&hub, &body)?,
     };
     Ok(Json(value).into_response())
@@ -426,4 +428,32 @@ fn disconnect(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
     let closed = hub.disconnect(&target, code, reason)?;
     Ok(json!({ "disconnected": closed }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    user: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    expire: bool,
+}
+
+fn refresh(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+    let b: RefreshBody = parse(body)?;
+    let user = required(b.user, "user")?;
+    let exp = match (b.exp, b.expire) {
+        (Some(exp), false) => Some(exp),
+        (None, true) => None,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest.as_str(),
+                "exactly one of \"exp\" and \"expire\": true is needed",
+            ))
+        }
+    };
+    let n = hub.refresh_user(&user, exp);
+    Ok(json!({ "connections": n }))
 }

@@ -6,13 +6,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use crate::node::Peer;
+
+/// One local connection: its outbound side and its token deadline (the connection task
+/// closes it with 1008 when the deadline passes, and re-arms when it changes).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) peer: Weak<Peer>,
+    pub(crate) expiry: watch::Sender<Option<u64>>,
+}
 
 #[derive(Debug, Default)]
 struct Inner {
     clients: HashMap<Arc<str>, Weak<Peer>>,
-    users: HashMap<Arc<str>, Vec<Weak<Peer>>>,
+    users: HashMap<Arc<str>, Vec<Entry>>,
 }
 
 /// The node's connections by client id and by user.
@@ -23,15 +32,19 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// Records a new session's peer.
-    pub(crate) fn add(&self, peer: &Arc<Peer>, user: Option<&Arc<str>>) {
+    pub(crate) fn add(
+        &self,
+        peer: &Arc<Peer>,
+        user: Option<&Arc<str>>,
+        expiry: &watch::Sender<Option<u64>>,
+    ) {
         let mut inner = self.inner.lock();
         inner.clients.insert(peer.id.clone(), Arc::downgrade(peer));
         if let Some(user) = user {
-            inner
-                .users
-                .entry(user.clone())
-                .or_default()
-                .push(Arc::downgrade(peer));
+            inner.users.entry(user.clone()).or_default().push(Entry {
+                peer: Arc::downgrade(peer),
+                expiry: expiry.clone(),
+            });
         }
     }
 
@@ -41,7 +54,7 @@ impl Registry {
         inner.clients.remove(client);
         if let Some(user) = user {
             if let Some(peers) = inner.users.get_mut(user) {
-                peers.retain(|p| p.upgrade().is_some_and(|p| &*p.id != client));
+                peers.retain(|e| e.peer.upgrade().is_some_and(|p| &*p.id != client));
                 if peers.is_empty() {
                     inner.users.remove(user);
                 }
@@ -51,11 +64,19 @@ impl Registry {
 
     /// The live peers of `user`.
     pub(crate) fn of_user(&self, user: &str) -> Vec<Arc<Peer>> {
-        let inner = self.inner.lock();
-        inner
+        self.entries_of(user)
+            .iter()
+            .filter_map(|e| e.peer.upgrade())
+            .collect()
+    }
+
+    /// The connections of `user`.
+    pub(crate) fn entries_of(&self, user: &str) -> Vec<Entry> {
+        self.inner
+            .lock()
             .users
             .get(user)
-            .map(|peers| peers.iter().filter_map(Weak::upgrade).collect())
+            .cloned()
             .unwrap_or_default()
     }
 

@@ -508,3 +508,53 @@ async fn disconnect_closes_a_users_connections_or_one_client() {
         .await;
     assert_served(&s, "127.0.0.1").await;
 }
+
+#[tokio::test]
+async fn refresh_moves_or_ends_a_users_token_deadline() {
+    let mut c = config();
+    c.api.key = Some(KEY.into());
+    c.auth.jwt_secret = Some("test-secret-0123456789".into());
+    let s = start_with(c).await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let connect = |sub: &str| {
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub":sub,"exp":now+600,"channels":["*"]}),
+            &jsonwebtoken::EncodingKey::from_secret(b"test-secret-0123456789"),
+        )
+        .expect("token");
+        duplex::ClientBuilder::new(format!("{}?token={t}", s.url()))
+    };
+    let mut ada = Client::connect(connect("ada")).await;
+    let mut bob = Client::connect(connect("bob")).await;
+    let mut cy = Client::connect(connect("cy")).await;
+    // Bob's deadline moves to now + 1 s: he is closed like at token expiry.
+    let started = std::time::Instant::now();
+    let body = json!({"user":"bob","exp":now+1}).to_string();
+    let (status, v) = call(&s, "refresh", &body).await;
+    assert_eq!((status, v["connections"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(bob.closed().await.map(|c| c.0), Some(1008));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // Ada expires now.
+    let (_, v) = call(&s, "refresh", r#"{"user":"ada","expire":true}"#).await;
+    assert_eq!(v["connections"], 1);
+    assert_eq!(ada.closed().await.map(|c| c.0), Some(1008));
+    // Cy's deadline is extended; he stays.
+    let body = json!({"user":"cy","exp":now+3600}).to_string();
+    assert_eq!(call(&s, "refresh", &body).await.1["connections"], 1);
+    assert_eq!(cy.subscribe("lobby").await["type"], "reply");
+    for body in [
+        r#"{"user":"cy"}"#,
+        r#"{"user":"cy","exp":1,"expire":true}"#,
+        r#"{"exp":1}"#,
+        r#"{"user":"cy","exp":-1}"#,
+    ] {
+        let (status, v) = call(&s, "refresh", body).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}: {v}"
+        );
+    }
+    assert_served(&s, "127.0.0.1").await;
+}
