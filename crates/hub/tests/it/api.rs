@@ -558,3 +558,60 @@ async fn refresh_moves_or_ends_a_users_token_deadline() {
     }
     assert_served(&s, "127.0.0.1").await;
 }
+
+/// An independent client (Python's urllib) speaks the API as documented.
+#[tokio::test]
+async fn python_urllib_calls_the_api() {
+    let s = server().await;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/peers/python/api_client.py");
+    let child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([
+            format!("http://{}", s.addr),
+            KEY.to_owned(),
+            "py".to_owned(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the Python client did not finish in time")
+        .expect("wait for python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(calls.len(), 5, "{stdout}");
+    for c in &calls {
+        let status = c["status"]
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0);
+        check_schema(c["method"].as_str().unwrap_or_default(), status, &c["body"]);
+    }
+    let statuses: Vec<u64> = calls.iter().filter_map(|c| c["status"].as_u64()).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 401]);
+    assert_eq!(
+        calls[0]["body"], calls[1]["body"],
+        "the retry is not published again"
+    );
+    assert_eq!(
+        calls[2]["body"]["publications"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        calls[2]["body"]["publications"][0]["data"],
+        json!({"from":"python"})
+    );
+    assert_eq!(calls[3]["body"]["nodes"][0]["node"], s.hub.node_id());
+}

@@ -3,7 +3,7 @@
 // Shared helpers: start a server, a JSON client, raw HTTP requests.
 mod support;
 
-// The server API: every method, its OpenAPI schema, hostile inputs.
+// The server API: every method, its OpenAPI schema, hostile inputs, Python urllib as a client.
 mod api;
 // Auth, Origin and connection limits at the handshake, and token claims after it.
 mod auth;
