@@ -14,7 +14,9 @@ pub enum ChannelNameError {
     #[error("channel name is longer than {MAX_CHANNEL_LEN} bytes")]
     TooLong,
     /// A byte outside the allowed set.
-    #[error("channel name contains {0:?}; allowed are ASCII letters, digits and _ - . : @ / = +")]
+    #[error(
+        "channel name contains {0:?}; allowed are ASCII letters, digits and _ - . : @ / = + # ,"
+    )]
     BadChar(char),
     /// Starts or ends with `:`.
     #[error("channel name must not start or end with ':'")]
@@ -52,7 +54,31 @@ pub fn namespace_of(name: &str) -> &str {
 }
 
 fn is_channel_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '/' | '=' | '+')
+    c.is_ascii_alphanumeric()
+        || matches!(c, '_' | '-' | '.' | ':' | '@' | '/' | '=' | '+' | '#' | ',')
+}
+
+/// Whether `user` may use `channel` in a namespace with `personal = true`: a name with a `#`
+/// belongs to the users listed after its last `#`, separated by commas (`user:#42` to user
+/// 42, `dm:#42,43` to users 42 and 43); a name without `#` is not personal. Anonymous
+/// connections own no personal channel.
+///
+/// ```
+/// use duplex_hub::channel::personal_allows;
+/// assert!(personal_allows("dm:#42,43", Some("43")));
+/// assert!(!personal_allows("dm:#42,43", Some("4")));
+/// assert!(!personal_allows("user:#42", None));
+/// assert!(personal_allows("lobby", None));
+/// ```
+pub fn personal_allows(channel: &str, user: Option<&str>) -> bool {
+    match channel.rsplit_once('#') {
+        None => true,
+        Some((_, users)) => user.is_some_and(|u| {
+            users
+                .split(',')
+                .any(|listed| !listed.is_empty() && listed == u)
+        }),
+    }
 }
 
 /// Whether `channel` matches one of `patterns`: an exact name, a prefix ending in `*`, or `*`.
@@ -85,6 +111,21 @@ mod tests {
         assert_eq!(validate("a:"), Err(ChannelNameError::BadColon));
         assert_eq!(validate("a:b:c"), Ok("a"));
         assert_eq!(validate("user@x/y=z+1.2_-"), Ok(""));
+        assert_eq!(validate("dm:#42,43"), Ok("dm"));
+    }
+
+    #[test]
+    fn personal_channels_name_their_users_after_the_last_hash() {
+        assert!(personal_allows("user:#42", Some("42")));
+        assert!(!personal_allows("user:#42", Some("420")));
+        assert!(!personal_allows("user:#42", Some("")));
+        assert!(personal_allows("a#b:#c", Some("c")));
+        assert!(!personal_allows("a#b:#c", Some("b")));
+        assert!(
+            !personal_allows("user:#", Some("")),
+            "an empty list names nobody"
+        );
+        assert!(!personal_allows("dm:#1,,2", Some("")));
     }
 
     #[test]

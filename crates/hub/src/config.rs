@@ -299,7 +299,7 @@ pub enum MissingChannels {
 }
 
 /// HTTP API settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ApiConfig {
@@ -313,6 +313,39 @@ pub struct ApiConfig {
     pub key_file: Option<PathBuf>,
     /// Require the key for `GET /api/channels` and `GET /api/stats` too. Default `false`.
     pub protect_reads: bool,
+    /// Largest request body of `POST /api/<method>` in bytes; larger ones get 413.
+    /// Default 128 KiB.
+    pub max_body_bytes: usize,
+    /// Most channels in one `broadcast`. Default 1 000.
+    pub max_broadcast_channels: usize,
+    /// Longest `pattern` of `channels`, in bytes. Default 256.
+    pub max_pattern_bytes: usize,
+    /// Most publications one `history` call returns. Default 1 000.
+    pub max_history_limit: usize,
+    /// How long a publish `idempotency_key` is remembered: a retry within it returns the
+    /// first publish's position and publishes nothing. Default 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Most idempotency keys remembered at once on this node; past it, a publish with a new
+    /// key is refused with `over_capacity` (HTTP 507) until older ones expire.
+    /// Default 100 000.
+    pub max_idempotency_keys: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            key_file: None,
+            protect_reads: false,
+            max_body_bytes: 128 * 1024,
+            max_broadcast_channels: 1_000,
+            max_pattern_bytes: 256,
+            max_history_limit: 1_000,
+            idempotency_window: Duration::from_secs(300),
+            max_idempotency_keys: 100_000,
+        }
+    }
 }
 
 /// Resource limits. Each one is enforced with a documented error or close code
@@ -325,6 +358,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent WebSocket connections from one IP address (0: no limit). Default 1 000.
     pub max_connections_per_ip: usize,
+    /// Concurrent WebSocket connections of one authenticated user on this node (0: no
+    /// limit); more are refused with 429 before the upgrade. Anonymous connections count
+    /// only against the other limits. Default 100.
+    pub max_connections_per_user: usize,
     /// Largest incoming WebSocket message in bytes; larger ones close with 1009.
     /// Default 64 KiB.
     pub max_message_size: usize,
@@ -494,6 +531,11 @@ pub struct NamespaceConfig {
     /// the connection token's `channels` claim, grants the channel, so the application's
     /// backend decides per channel and per user. Default `false`.
     pub subscription_token: bool,
+    /// Personal channels: a channel whose name has a `#` may only be subscribed to, read
+    /// (`presence`, `history`) and published to by the users listed after its last `#`,
+    /// separated by commas (`user:#42`, `dm:#42,43`); others get `forbidden`. The server API
+    /// is not limited. Default `false`.
+    pub personal: bool,
     /// Answer `presence` commands. Default `true`.
     pub presence: bool,
     /// Send `join`/`leave` events to subscribers (needs `presence`). Default `true`.
@@ -548,6 +590,8 @@ pub struct NamespaceOverrides {
     pub anonymous_create: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_token: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub personal: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -686,6 +730,7 @@ impl Default for Limits {
         Self {
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
+            max_connections_per_user: 100,
             max_message_size: 64 * 1024,
             max_publication_size: 32 * 1024,
             max_key_size: 256,
@@ -721,6 +766,7 @@ impl Default for NamespaceConfig {
             max_history_bytes: 0,
             anonymous_create: true,
             subscription_token: false,
+            personal: false,
             presence: true,
             join_leave: true,
             join_leave_interval: Duration::from_millis(200),
@@ -744,6 +790,7 @@ impl NamespaceOverrides {
             max_history_bytes: None,
             anonymous_create: None,
             subscription_token: None,
+            personal: None,
             presence: Some(false),
             join_leave: Some(false),
             join_leave_interval: None,
@@ -763,6 +810,7 @@ impl NamespaceOverrides {
             max_history_bytes: self.max_history_bytes.unwrap_or(base.max_history_bytes),
             anonymous_create: self.anonymous_create.unwrap_or(base.anonymous_create),
             subscription_token: self.subscription_token.unwrap_or(base.subscription_token),
+            personal: self.personal.unwrap_or(base.personal),
             presence: self.presence.unwrap_or(base.presence),
             join_leave: self.join_leave.unwrap_or(base.join_leave),
             join_leave_interval: self.join_leave_interval.unwrap_or(base.join_leave_interval),
@@ -1065,6 +1113,17 @@ impl Config {
         }
         if matches!(&self.api.key, Some(k) if k.len() < 8) {
             return invalid("api.key must be at least 8 bytes");
+        }
+        if self.api.max_body_bytes == 0
+            || self.api.max_broadcast_channels == 0
+            || self.api.max_pattern_bytes == 0
+            || self.api.max_history_limit == 0
+            || self.api.max_idempotency_keys == 0
+        {
+            return invalid("api.max_* limits must be at least 1");
+        }
+        if self.api.idempotency_window.is_zero() {
+            return invalid("api.idempotency_window must be above zero");
         }
         if self.redis_url.is_some() && self.redis_url_file.is_some() {
             return invalid("redis_url and redis_url_file are mutually exclusive");

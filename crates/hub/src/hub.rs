@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use crate::api::idempotency::IdempotencyStore;
+use crate::api::registry::Registry;
 use crate::auth::{Authenticator, Identity};
 use crate::broker::{
     Broker, BrokerError, MemoryBroker, MemoryLimits, RedisBroker, RedisOptions, Retention,
@@ -45,6 +47,10 @@ pub(crate) struct Shared {
     /// The application's backend hooks.
     pub(crate) hooks: Hooks,
     pub(crate) node_id: String,
+    /// Publish `idempotency_key`s seen within `api.idempotency_window`.
+    pub(crate) idempotency: IdempotencyStore,
+    /// Local connections by client id and by user.
+    pub(crate) registry: Registry,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -140,11 +146,14 @@ impl Hub {
             node.set_events(events.clone());
         }
         let namespaces = config.namespace_configs().into_iter().collect();
-        let limits = Arc::new(ConnectionLimits::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-            config.limits.ipv6_prefix,
-        ));
+        let limits = Arc::new(
+            ConnectionLimits::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+                config.limits.ipv6_prefix,
+            )
+            .with_max_per_user(config.limits.max_connections_per_user),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 namespaces,
@@ -155,6 +164,11 @@ impl Hub {
                 limits,
                 hooks,
                 node_id,
+                registry: Registry::default(),
+                idempotency: IdempotencyStore::new(
+                    config.api.idempotency_window,
+                    config.api.max_idempotency_keys,
+                ),
                 next_client: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),

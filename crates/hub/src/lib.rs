@@ -63,6 +63,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod channel;

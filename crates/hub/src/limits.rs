@@ -1,4 +1,4 @@
-//! Connection limits: total and per client address.
+//! Connection limits: total, per client address and per authenticated user.
 //!
 //! [`crate::Server`] takes a [`ConnectionPermit`] for every TCP connection when it accepts
 //! it, before a byte of the request is read, so unfinished HTTP requests count as well as
@@ -19,6 +19,8 @@ pub(crate) enum LimitError {
     Total,
     /// `limits.max_connections_per_ip`.
     PerIp,
+    /// `limits.max_connections_per_user`.
+    PerUser,
 }
 
 impl LimitError {
@@ -27,6 +29,7 @@ impl LimitError {
         match self {
             Self::Total => "connections_total",
             Self::PerIp => "connections_per_ip",
+            Self::PerUser => "connections_per_user",
         }
     }
 }
@@ -51,9 +54,21 @@ struct Counts {
     total: usize,
     websockets: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// WebSockets per user; an entry exists only while its count is above zero, so the map
+    /// is bounded by the open connections.
+    per_user: HashMap<Arc<str>, usize>,
 }
 
 impl Counts {
+    fn release_user(&mut self, user: &str) {
+        if let Some(n) = self.per_user.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(user);
+            }
+        }
+    }
+
     fn release_ip(&mut self, ip: IpAddr) {
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -70,6 +85,7 @@ pub(crate) struct ConnectionLimits {
     counts: Mutex<Counts>,
     max: usize,
     max_per_ip: usize,
+    max_per_user: usize,
     ipv6_prefix: u8,
 }
 
@@ -80,6 +96,8 @@ pub(crate) struct ConnectionPermit {
     /// The key counted against the per-IP limit; `None` while only the total counts it
     /// (a trusted proxy's connection before its request names the client).
     ip: Option<IpAddr>,
+    /// The user counted against the per-user limit, once the token is verified.
+    user: Option<Arc<str>>,
     websocket: bool,
 }
 
@@ -90,8 +108,15 @@ impl ConnectionLimits {
             counts: Mutex::new(Counts::default()),
             max,
             max_per_ip,
+            max_per_user: 0,
             ipv6_prefix,
         }
+    }
+
+    /// At most `max` WebSockets per user (0: no limit).
+    pub(crate) fn with_max_per_user(mut self, max: usize) -> Self {
+        self.max_per_user = max;
+        self
     }
 
     /// Takes a slot for a connection from `ip` (normalised with [`ip_key`]); with `None`,
@@ -112,6 +137,7 @@ impl ConnectionLimits {
         Ok(ConnectionPermit {
             limits: self.clone(),
             ip: key,
+            user: None,
             websocket: false,
         })
     }
@@ -156,6 +182,24 @@ impl ConnectionPermit {
         Ok(())
     }
 
+    /// Counts the connection against `user`'s limit; on [`LimitError::PerUser`] the permit
+    /// is unchanged. A permit counts at most one user.
+    pub(crate) fn assign_user(&mut self, user: &Arc<str>) -> Result<(), LimitError> {
+        if self.user.is_some() {
+            return Ok(());
+        }
+        let mut c = self.limits.counts.lock();
+        let max = self.limits.max_per_user;
+        let n = c.per_user.get(&**user).copied().unwrap_or(0);
+        if max > 0 && n >= max {
+            return Err(LimitError::PerUser);
+        }
+        c.per_user.insert(user.clone(), n.saturating_add(1));
+        drop(c);
+        self.user = Some(user.clone());
+        Ok(())
+    }
+
     /// Marks the connection as an open WebSocket (what [`ConnectionLimits::open`] and the
     /// shutdown drain count).
     pub(crate) fn set_websocket(&mut self) {
@@ -175,6 +219,9 @@ impl Drop for ConnectionPermit {
         }
         if let Some(ip) = self.ip {
             c.release_ip(ip);
+        }
+        if let Some(user) = &self.user {
+            c.release_user(user);
         }
     }
 }
@@ -223,6 +270,26 @@ mod tests {
         assert_eq!(l.open_total(), 2);
         assert_eq!(l.open(), 0, "no WebSocket yet");
         assert!(l.acquire(Some(a)).is_ok());
+    }
+
+    #[test]
+    fn per_user_limit_counts_users_and_forgets_them_when_they_leave() {
+        let l = Arc::new(ConnectionLimits::new(10, 0, 64).with_max_per_user(2));
+        let ada: Arc<str> = "ada".into();
+        let bob: Arc<str> = "bob".into();
+        let mut p1 = l.acquire(Some(ip("127.0.0.1"))).unwrap();
+        p1.assign_user(&ada).unwrap();
+        p1.assign_user(&ada).unwrap(); // counted once
+        let mut p2 = l.acquire(Some(ip("127.0.0.1"))).unwrap();
+        p2.assign_user(&ada).unwrap();
+        let mut p3 = l.acquire(Some(ip("127.0.0.1"))).unwrap();
+        assert_eq!(p3.assign_user(&ada).unwrap_err(), LimitError::PerUser);
+        p3.assign_user(&bob).unwrap();
+        drop(p1);
+        let mut p4 = l.acquire(Some(ip("127.0.0.1"))).unwrap();
+        p4.assign_user(&ada).unwrap();
+        drop((p2, p3, p4));
+        assert!(l.counts.lock().per_user.is_empty());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub(crate) enum HandshakeFailure {
     Origin,
     Capacity,
     PerIp,
+    PerUser,
     ShuttingDown,
 }
 
@@ -43,6 +44,7 @@ impl HandshakeFailure {
             Self::Origin => "origin",
             Self::Capacity => "capacity",
             Self::PerIp => "per_ip",
+            Self::PerUser => "per_user",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -418,6 +420,7 @@ impl Metrics {
             HandshakeFailure::Origin,
             HandshakeFailure::Capacity,
             HandshakeFailure::PerIp,
+            HandshakeFailure::PerUser,
             HandshakeFailure::ShuttingDown,
         ]
         .iter()

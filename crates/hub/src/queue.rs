@@ -19,7 +19,6 @@
 //! therefore never overflows the queue by itself; only a client that reads nothing for the
 //! whole wait is closed with 1013.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -53,7 +52,7 @@ pub(crate) enum Next {
     /// Write this frame.
     Frame(Frame),
     /// Send a Close frame with this code and reason, then stop.
-    Close(u16, Cow<'static, str>),
+    Close(u16, Arc<str>),
 }
 
 /// The result of a push.
@@ -117,7 +116,7 @@ struct Inner {
     /// Superseded slots still in `items`.
     superseded: usize,
     /// Set once; no frame is accepted after it. Reported by `pop` after the remaining items.
-    close: Option<(u16, Cow<'static, str>)>,
+    close: Option<(u16, Arc<str>)>,
     close_reported: bool,
 }
 
@@ -434,7 +433,7 @@ impl Outbound {
         }
         let before = inner.bytes;
         inner.clear();
-        inner.close = Some((TRY_AGAIN, Cow::Borrowed("slow consumer")));
+        inner.close = Some((TRY_AGAIN, "slow consumer".into()));
         drop(inner);
         self.account(before, 0);
         self.notify.notify_one();
@@ -445,7 +444,7 @@ impl Outbound {
     /// Closes the queue: no more frames are accepted; the writer sends what is queued (unless
     /// `discard`), then the Close frame. The first close wins. `reason` must fit in a Close
     /// frame (at most 123 bytes, RFC 6455 §5.5).
-    pub(crate) fn close(&self, code: u16, reason: impl Into<Cow<'static, str>>, discard: bool) {
+    pub(crate) fn close(&self, code: u16, reason: impl Into<Arc<str>>, discard: bool) {
         let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return;
@@ -491,11 +490,11 @@ impl Outbound {
                     self.room.notify_waiters();
                     return Some(Next::Frame(frame));
                 }
-                if let Some((code, reason)) = &inner.close {
+                if let Some((code, reason)) = inner.close.clone() {
                     if inner.close_reported {
                         return None;
                     }
-                    let next = Next::Close(*code, reason.clone());
+                    let next = Next::Close(code, reason.clone());
                     inner.close_reported = true;
                     return Some(next);
                 }

@@ -413,6 +413,11 @@ fn refuse_unread(tcp: &TcpStream, e: LimitError) {
             "429 Too Many Requests",
             "too many connections from this address\n",
         ),
+        // Users are known only after the upgrade request is read; kept for completeness.
+        LimitError::PerUser => (
+            "429 Too Many Requests",
+            "too many connections for this user\n",
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n\

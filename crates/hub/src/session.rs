@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry};
+use crate::channel;
 use crate::config::NamespaceConfig;
 use crate::frame::Frame;
 use crate::hooks::events::Kind;
@@ -135,6 +136,7 @@ impl Session {
         );
         peer.queue.push(Frame::text(welcome), false);
         let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
+        hub.registry.add(&peer, identity.user.as_ref(), &expiry);
         Self {
             hub,
             peer,
@@ -316,8 +318,21 @@ impl Session {
         }
     }
 
+    /// A personal channel (namespace option `personal`) is only for the users it names.
+    fn check_personal(&self, ns: &NamespaceConfig, channel: &str) -> Result<(), CommandError> {
+        if ns.personal && !channel::personal_allows(channel, self.identity.user.as_deref()) {
+            self.hub.metrics.limit_hit("personal_channel");
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                format!("channel {channel:?} is personal to other users"),
+            ));
+        }
+        Ok(())
+    }
+
     fn readable(&self, channel: &str) -> Result<NamespaceConfig, CommandError> {
         let ns = self.hub.resolve(channel)?;
+        self.check_personal(&ns, channel)?;
         if !self.granted(&ns, channel) && !self.identity.may_subscribe(channel) {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
@@ -428,6 +443,7 @@ impl Session {
         token: Option<String>,
     ) -> Result<(), CommandError> {
         let ns = self.hub.resolve(channel)?;
+        self.check_personal(&ns, channel)?;
         // RFC 7519 §7.2 checks happen in `verify_subscription`; the token is checked before
         // anything else is looked at, so a refused one costs no broker round trip. The
         // application's own server-side subscriptions need neither token nor claims.
@@ -646,6 +662,7 @@ impl Session {
         key: Option<&str>,
     ) -> Result<(), CommandError> {
         let ns = self.hub.resolve(channel)?;
+        self.check_personal(&ns, channel)?;
         if !ns.client_publish {
             return Err(CommandError::new(
                 ErrorCode::Forbidden,
@@ -839,6 +856,9 @@ impl Drop for Session {
     /// panicked, or was cancelled) still leaves its channels, on a task of its own, so
     /// neither the node's subscriber lists nor presence keep a connection that is gone.
     fn drop(&mut self) {
+        self.hub
+            .registry
+            .remove(&self.peer.id, self.identity.user.as_deref());
         if self.subscriptions.is_empty() {
             return;
         }

@@ -193,7 +193,21 @@ async fn upgrade(
     let client_ip = client_ip(addr.ip(), &headers, &hub.config().limits.trusted_proxies);
     let slot = slot.as_ref().map(|Extension(slot)| slot);
     let permit = match websocket_permit(&hub, slot, client_ip) {
-        Ok(p) => p,
+        Ok(mut p) => match identity.user.as_ref().map(|u| p.assign_user(u)) {
+            Some(Err(e)) => {
+                hub.shared.metrics.limit_hit(e.metric());
+                if let Some(slot) = slot {
+                    slot.put_back(p);
+                }
+                return refuse(
+                    &hub,
+                    HandshakeFailure::PerUser,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections for this user",
+                );
+            }
+            _ => p,
+        },
         Err(e @ LimitError::Total) => {
             hub.shared.metrics.limit_hit(e.metric());
             return refuse(
@@ -203,7 +217,7 @@ async fn upgrade(
                 "too many connections",
             );
         }
-        Err(e @ LimitError::PerIp) => {
+        Err(e @ (LimitError::PerIp | LimitError::PerUser)) => {
             hub.shared.metrics.limit_hit(e.metric());
             return refuse(
                 &hub,

@@ -206,3 +206,90 @@ async fn connection_limits_total_and_per_ip() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let _again = s.client().await;
 }
+
+#[tokio::test]
+async fn connection_limit_per_user() {
+    let mut c = config();
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.limits.max_connections_per_user = 2;
+    let s = start_with(c).await;
+    let ada = hs256(json!({"sub":"ada","exp":now()+600}));
+    let url = format!("{}?token={ada}", s.url());
+    let first = Client::connect(ClientBuilder::new(url.clone())).await;
+    let _second = Client::connect(ClientBuilder::new(url.clone())).await;
+    let path = format!("/ws?token={ada}");
+    let (status, head) = refused(&s, "", &path).await;
+    assert_eq!(status, 429, "{head}");
+    let hits = metric(
+        &s,
+        "duplex_limit_hits_total{limit=\"connections_per_user\"}",
+    )
+    .await;
+    assert_eq!(hits, 1.0);
+    // Another user and anonymous clients are served meanwhile.
+    let bob = hs256(json!({"sub":"bob","exp":now()+600}));
+    let b = Client::connect(ClientBuilder::new(format!("{}?token={bob}", s.url()))).await;
+    assert_eq!(b.welcome["user"], "bob");
+    assert_served(&s, "127.0.0.1").await;
+    // A slot frees up when one of the user's connections closes.
+    drop(first);
+    eventually(|| s.hub.connections() == 2).await;
+    let again = Client::connect(ClientBuilder::new(url)).await;
+    assert_eq!(again.welcome["user"], "ada");
+}
+
+#[tokio::test]
+async fn personal_channels_are_only_for_the_users_they_name() {
+    let mut c = config();
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.api.key = Some("api-key-0123".into());
+    for ns in ["user", "dm"] {
+        let mut o = duplex_hub::config::NamespaceOverrides::default();
+        o.personal = Some(true);
+        c.namespaces.insert(ns.into(), o);
+    }
+    let s = start_with(c).await;
+    let user = |sub: &str| {
+        let t = hs256(json!({"sub":sub,"exp":now()+600,"channels":["*"],"publish":["*"]}));
+        ClientBuilder::new(format!("{}?token={t}", s.url()))
+    };
+    let mut ada = Client::connect(user("42")).await;
+    let mut bob = Client::connect(user("43")).await;
+    let mut eve = Client::connect(user("4")).await;
+    let mut anon = s.client().await;
+    ada.subscribe("user:#42").await;
+    ada.subscribe("dm:#42,43").await;
+    bob.subscribe("dm:#42,43").await;
+    let refused = [
+        (1, json!({"type":"subscribe","channel":"user:#42"})),
+        (2, json!({"type":"subscribe","channel":"dm:#42,43"})),
+        (3, json!({"type":"subscribe","channel":"user:#42"})),
+        (1, json!({"type":"publish","channel":"user:#42","data":1})),
+        (1, json!({"type":"history","channel":"user:#42"})),
+        (2, json!({"type":"presence","channel":"dm:#42,43"})),
+    ];
+    for (who, cmd) in refused {
+        let client = match who {
+            1 => &mut bob,
+            2 => &mut eve,
+            _ => &mut anon,
+        };
+        let reply = client.call(cmd.clone()).await;
+        assert_eq!(reply["code"], "forbidden", "{cmd}: {reply}");
+    }
+    let hits = metric(&s, "duplex_limit_hits_total{limit=\"personal_channel\"}").await;
+    assert_eq!(hits, 6.0);
+    // `#` outside a personal namespace is an ordinary character.
+    eve.subscribe("lobby#42").await;
+    // The server API may publish to a personal channel.
+    let (status, _, body) = post(
+        s.addr,
+        "/api/publish",
+        "Authorization: Bearer api-key-0123\r\n",
+        r#"{"channel":"user:#42","data":{"for":"ada"}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ada.recv_message().await["data"], json!({"for":"ada"}));
+    assert_served(&s, "127.0.0.1").await;
+}

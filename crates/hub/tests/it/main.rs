@@ -3,6 +3,8 @@
 // Shared helpers: start a server, a JSON client, raw HTTP requests.
 mod support;
 
+// The server API: every method, its OpenAPI schema, hostile inputs, Python urllib as a client.
+mod api;
 // Auth, Origin and connection limits at the handshake, and token claims after it.
 mod auth;
 // permessage-deflate: negotiated when enabled, publications compressed once for all.

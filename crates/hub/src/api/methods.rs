@@ -1,0 +1,462 @@
+//! The server API's operations as methods on [`Hub`], for embedders and for the HTTP
+//! handlers of `POST /api/<method>`. Each returns a typed result or a [`CommandError`]
+//! with the protocol's error codes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::idempotency::{Full, MAX_KEY_BYTES};
+use crate::broker::{HistoryQuery, PresenceEntry, Publication, StreamPosition};
+use crate::hub::{retention, ChannelInfo};
+use crate::protocol::{CommandError, ErrorCode, Since};
+use crate::Hub;
+
+/// The answer of [`Hub::history`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HistoryResult {
+    /// The channel's position when the history was read.
+    pub position: StreamPosition,
+    /// Publications: oldest first, or newest first with `reverse`.
+    pub publications: Vec<Publication>,
+    /// With `since`: whether every publication after it is included (`false` also when
+    /// `since` names another epoch: then the latest publications are returned).
+    pub complete: Option<bool>,
+}
+
+/// What [`Hub::history`] is asked for.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct HistoryRequest {
+    /// At most this many (default: the namespace's `history_size`, at most
+    /// `api.max_history_limit`).
+    pub limit: Option<usize>,
+    /// Only publications after this position.
+    pub since: Option<Since>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+impl HistoryRequest {
+    /// The latest publications, oldest first.
+    pub fn latest() -> Self {
+        Self::default()
+    }
+
+    /// At most `limit` publications.
+    #[must_use]
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Only publications after `since`.
+    #[must_use]
+    pub fn since(mut self, since: Since) -> Self {
+        self.since = Some(since);
+        self
+    }
+
+    /// Newest first.
+    #[must_use]
+    pub fn reverse(mut self, reverse: bool) -> Self {
+        self.reverse = reverse;
+        self
+    }
+}
+
+/// The answer of [`Hub::presence_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PresenceStats {
+    /// Subscribed connections.
+    pub clients: usize,
+    /// Distinct authenticated users among them.
+    pub users: usize,
+}
+
+/// One node in [`Hub::info`].
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct NodeInfo {
+    /// Node id.
+    pub node: String,
+    /// Server version.
+    pub version: String,
+    /// Open WebSocket connections.
+    pub connections: i64,
+    /// Active subscriptions.
+    pub subscriptions: i64,
+    /// Channels with local subscribers.
+    pub channels: i64,
+    /// Seconds since the node started.
+    pub uptime_seconds: u64,
+}
+
+/// Whose connections [`Hub::disconnect`] closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of this user on this node.
+    User(String),
+    /// The connection with this client id.
+    Client(String),
+}
+
+/// The close code of `disconnect` when none is given: 1008, policy violation (RFC 6455
+/// §7.4.1), the code the hub also closes with when a token expires.
+pub const DEFAULT_DISCONNECT_CODE: u16 = 1008;
+
+/// Longest `disconnect` reason in bytes: a Close frame's payload is at most 125 bytes, two
+/// of them the code (RFC 6455 §5.5).
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// Whether an application may close with `code`: 1000 (normal), 1001 (going away), 1008
+/// (policy), 1011 (internal error), 1012 (service restart), 1013 (try again later), or
+/// 3000–4999 (RFC 6455 §7.4.2: registered and private-use codes). The others are reserved
+/// for the protocol itself (1002, 1007, 1009, 1010), must not be sent (1005, 1006, 1015),
+/// or are unassigned.
+fn closable(code: u16) -> bool {
+    matches!(code, 1000 | 1001 | 1008 | 1011 | 1012 | 1013 | 3000..=4999)
+}
+
+impl Hub {
+    /// Closes the connections of `target` on this node with `code` and `reason`; how many.
+    pub fn disconnect(
+        &self,
+        target: &Target,
+        code: u16,
+        reason: &str,
+    ) -> Result<usize, CommandError> {
+        if !closable(code) {
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "code {code} may not be sent: use 1000, 1001, 1008, 1011-1013 or 3000-4999"
+                ),
+            ));
+        }
+        if reason.len() > MAX_REASON_BYTES {
+            self.shared.metrics.limit_hit("disconnect_reason");
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "reason is {} bytes; the limit is {MAX_REASON_BYTES}",
+                    reason.len()
+                ),
+            ));
+        }
+        let peers = match target {
+            Target::User(user) => self.shared.registry.of_user(user),
+            Target::Client(client) => self.shared.registry.client(client).into_iter().collect(),
+        };
+        let reason: Arc<str> = reason.into();
+        for peer in &peers {
+            peer.queue.close(code, reason.clone(), false);
+        }
+        Ok(peers.len())
+    }
+
+    /// Changes the token deadline of every connection of `user` on this node: `Some(exp)`
+    /// (seconds since the Unix epoch) extends or shortens it, as a client's `refresh` does;
+    /// `None` expires the connections now (closed with 1008 "token expired", as at `exp`).
+    /// Returns how many connections there were.
+    pub fn refresh_user(&self, user: &str, exp: Option<u64>) -> usize {
+        let entries = self.shared.registry.entries_of(user);
+        for e in &entries {
+            match exp {
+                Some(exp) => {
+                    e.expiry.send_replace(Some(exp));
+                }
+                None => {
+                    if let Some(peer) = e.peer.upgrade() {
+                        peer.queue
+                            .close(crate::session::POLICY, "token expired", false);
+                    }
+                }
+            }
+        }
+        entries.len()
+    }
+
+    /// Publishes like [`Hub::publish_with_key`] (`key` is the publication's key); with an
+    /// `idempotency_key`, a retry with the same idempotency key on the same channel within
+    /// `api.idempotency_window` publishes nothing and returns the first publish's position.
+    /// Idempotency keys are remembered by this node (see `docs/api.md`).
+    pub async fn publish_idempotent(
+        &self,
+        channel: &str,
+        data: Box<RawValue>,
+        key: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<StreamPosition, CommandError> {
+        let publication_key = key;
+        let Some(key) = idempotency_key else {
+            return self.publish_with_key(channel, data, publication_key).await;
+        };
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            self.shared.metrics.limit_hit("idempotency_key");
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!("idempotency_key must be 1 to {MAX_KEY_BYTES} bytes"),
+            ));
+        }
+        // Checked before the key is remembered, so a bad channel takes no room.
+        self.shared.resolve(channel)?;
+        let cell = self
+            .shared
+            .idempotency
+            .cell(channel, key, Instant::now())
+            .map_err(|Full| {
+                self.shared.metrics.limit_hit("idempotency_keys");
+                CommandError::new(
+                    ErrorCode::OverCapacity,
+                    format!(
+                        "this node remembers its limit of {} idempotency keys",
+                        self.config().api.max_idempotency_keys
+                    ),
+                )
+            })?;
+        let pos = cell
+            .get_or_try_init(|| self.publish_with_key(channel, data, publication_key))
+            .await?;
+        Ok(pos.clone())
+    }
+
+    /// Publishes one `data` to each of `channels` (at most `api.max_broadcast_channels`,
+    /// no duplicates); one result per channel, in order. A failure on one channel does not
+    /// stop the others.
+    pub async fn broadcast(
+        &self,
+        channels: &[String],
+        data: Box<RawValue>,
+        key: Option<&str>,
+    ) -> Result<Vec<Result<StreamPosition, CommandError>>, CommandError> {
+        let max = self.config().api.max_broadcast_channels;
+        if channels.len() > max {
+            self.shared.metrics.limit_hit("broadcast_channels");
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "broadcast names {} channels; the limit is {max}",
+                    channels.len()
+                ),
+            ));
+        }
+        if channels.is_empty() {
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                "broadcast needs at least one channel",
+            ));
+        }
+        let mut seen = HashSet::with_capacity(channels.len());
+        if let Some(dup) = channels.iter().find(|c| !seen.insert(c.as_str())) {
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!("channel {dup:?} appears twice"),
+            ));
+        }
+        let data: Arc<RawValue> = Arc::from(data);
+        let mut results = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let result = match self.shared.resolve(channel) {
+                Ok(ns) => {
+                    self.shared
+                        .publish(channel, &ns, data.clone(), None, key)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// The channel's history and position, read atomically by the broker.
+    pub async fn history(
+        &self,
+        channel: &str,
+        request: HistoryRequest,
+    ) -> Result<HistoryResult, CommandError> {
+        let ns = self.shared.resolve(channel)?;
+        let max = self.config().api.max_history_limit;
+        if request.limit.is_some_and(|l| l > max) {
+            self.shared.metrics.limit_hit("history_limit");
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!("limit is above api.max_history_limit ({max})"),
+            ));
+        }
+        let limit = request
+            .limit
+            .unwrap_or(ns.history_size)
+            .min(ns.history_size)
+            .min(max);
+        let broker = &self.shared.broker;
+        let query = HistoryQuery {
+            since: request.since.as_ref().map(|s| s.offset),
+            limit: Some(limit),
+        };
+        let mut h = broker
+            .history(channel, query, retention(&ns))
+            .await
+            .map_err(|e| self.shared.broker_error(e))?;
+        let complete = match &request.since {
+            None => None,
+            Some(s) if *s.epoch == *h.position.epoch => Some(h.complete),
+            Some(_) => {
+                // Offsets of another epoch mean nothing here: the latest ones instead.
+                let latest = HistoryQuery {
+                    since: None,
+                    limit: Some(limit),
+                };
+                h = broker
+                    .history(channel, latest, retention(&ns))
+                    .await
+                    .map_err(|e| self.shared.broker_error(e))?;
+                Some(false)
+            }
+        };
+        let mut publications = h.publications;
+        if request.reverse {
+            publications.reverse();
+        }
+        Ok(HistoryResult {
+            position: h.position,
+            publications,
+            complete,
+        })
+    }
+
+    /// Who is subscribed to `channel` on every node (namespaces with `presence` on).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, CommandError> {
+        let ns = self.shared.resolve(channel)?;
+        if !ns.presence {
+            return Err(CommandError::new(
+                ErrorCode::PresenceDisabled,
+                format!("presence is off for {channel:?}"),
+            ));
+        }
+        self.shared
+            .broker
+            .presence(channel)
+            .await
+            .map_err(|e| self.shared.broker_error(e))
+    }
+
+    /// How many connections and distinct users are subscribed to `channel`.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, CommandError> {
+        let entries = self.presence(channel).await?;
+        let users: HashSet<&str> = entries.iter().filter_map(|e| e.user.as_deref()).collect();
+        Ok(PresenceStats {
+            clients: entries.len(),
+            users: users.len(),
+        })
+    }
+
+    /// Channels with local subscribers whose name matches `pattern` (`*` any run of
+    /// characters, `?` one character; at most `api.max_pattern_bytes`), sorted by name.
+    pub fn channels_matching(
+        &self,
+        pattern: Option<&str>,
+    ) -> Result<Vec<ChannelInfo>, CommandError> {
+        let max = self.config().api.max_pattern_bytes;
+        if let Some(p) = pattern {
+            if p.len() > max {
+                self.shared.metrics.limit_hit("channel_pattern");
+                return Err(CommandError::new(
+                    ErrorCode::BadRequest,
+                    format!("pattern is {} bytes; the limit is {max}", p.len()),
+                ));
+            }
+        }
+        let mut all = self.channels();
+        if let Some(p) = pattern {
+            all.retain(|c| glob_match(p, &c.channel));
+        }
+        Ok(all)
+    }
+
+    /// The nodes of the hub: with the memory broker, this one.
+    pub fn info(&self) -> Vec<NodeInfo> {
+        let s = self.stats();
+        vec![NodeInfo {
+            node: s.node,
+            version: s.version.to_owned(),
+            connections: s.connections,
+            subscriptions: s.subscriptions,
+            channels: s.channels,
+            uptime_seconds: s.uptime_seconds,
+        }]
+    }
+}
+
+/// Whether `text` matches the glob `pattern` (`*` any run, `?` one character, every other
+/// character itself). Iterative with one backtrack point: O(pattern × text) at worst.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_matches_stars_and_question_marks() {
+        let cases = [
+            ("*", "", true),
+            ("*", "news", true),
+            ("news", "news", true),
+            ("news", "new", false),
+            ("chat:*", "chat:room", true),
+            ("chat:*", "news", false),
+            ("*:room", "chat:room", true),
+            ("c?at:*m", "chat:room", true),
+            ("c?at:*m", "chat:roo", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("**", "x", true),
+            ("?", "", false),
+            ("é?", "éa", true),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(glob_match(p, t), want, "{p:?} vs {t:?}");
+        }
+    }
+
+    #[test]
+    fn glob_with_many_stars_stays_fast() {
+        let p = "*a".repeat(128);
+        let t = "a".repeat(255) + "b";
+        let started = std::time::Instant::now();
+        assert!(!glob_match(&p, &t));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+}

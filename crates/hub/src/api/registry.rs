@@ -1,0 +1,91 @@
+//! Which local connections belong to which user, and each connection by its client id: what
+//! the server API's `disconnect` acts on. Bounded by the open connections (each entry leaves
+//! with its session).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::node::Peer;
+
+/// One local connection: its outbound side and its token deadline (the connection task
+/// closes it with 1008 when the deadline passes, and re-arms when it changes).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) peer: Weak<Peer>,
+    pub(crate) expiry: watch::Sender<Option<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    clients: HashMap<Arc<str>, Weak<Peer>>,
+    users: HashMap<Arc<str>, Vec<Entry>>,
+}
+
+/// The node's connections by client id and by user.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+}
+
+impl Registry {
+    /// Records a new session's peer.
+    pub(crate) fn add(
+        &self,
+        peer: &Arc<Peer>,
+        user: Option<&Arc<str>>,
+        expiry: &watch::Sender<Option<u64>>,
+    ) {
+        let mut inner = self.inner.lock();
+        inner.clients.insert(peer.id.clone(), Arc::downgrade(peer));
+        if let Some(user) = user {
+            inner.users.entry(user.clone()).or_default().push(Entry {
+                peer: Arc::downgrade(peer),
+                expiry: expiry.clone(),
+            });
+        }
+    }
+
+    /// Forgets a session's peer.
+    pub(crate) fn remove(&self, client: &str, user: Option<&str>) {
+        let mut inner = self.inner.lock();
+        inner.clients.remove(client);
+        if let Some(user) = user {
+            if let Some(peers) = inner.users.get_mut(user) {
+                peers.retain(|e| e.peer.upgrade().is_some_and(|p| &*p.id != client));
+                if peers.is_empty() {
+                    inner.users.remove(user);
+                }
+            }
+        }
+    }
+
+    /// The live peers of `user`.
+    pub(crate) fn of_user(&self, user: &str) -> Vec<Arc<Peer>> {
+        self.entries_of(user)
+            .iter()
+            .filter_map(|e| e.peer.upgrade())
+            .collect()
+    }
+
+    /// The connections of `user`.
+    pub(crate) fn entries_of(&self, user: &str) -> Vec<Entry> {
+        self.inner
+            .lock()
+            .users
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The live peer with this client id.
+    pub(crate) fn client(&self, client: &str) -> Option<Arc<Peer>> {
+        self.inner
+            .lock()
+            .clients
+            .get(client)
+            .and_then(Weak::upgrade)
+    }
+}
