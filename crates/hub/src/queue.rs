@@ -490,11 +490,11 @@ impl Outbound {
                     self.room.notify_waiters();
                     return Some(Next::Frame(frame));
                 }
-                if let Some((code, reason)) = inner.close.clone() {
+                if let Some((code, reason)) = &inner.close {
                     if inner.close_reported {
                         return None;
                     }
-                    let next = Next::Close(code, reason.clone());
+                    let next = Next::Close(*code, reason.clone());
                     inner.close_reported = true;
                     return Some(next);
                 }
