@@ -256,6 +256,7 @@ test("rpc resolves with the application's result and rejects with the server's c
       { type: "rpc", method: "slow", data: null },
     ],
   );
+  c.close();
 });
 
 test("latest values after a fresh subscribe are marked latest; skipped offsets are no loss", async () => {
