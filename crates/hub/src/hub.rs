@@ -412,6 +412,39 @@ impl Shared {
         Ok(())
     }
 
+    /// Up to `limit` publications of `channel` after `since` (the most recent ones without
+    /// it), with whether they are complete: `None` without `since`, `Some(false)` when
+    /// `since` names another epoch, whose offsets mean nothing here (the latest ones are
+    /// read instead). Shared by the `history` command and the server API.
+    pub(crate) async fn history_since(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        since: Option<&crate::protocol::Since>,
+        limit: usize,
+    ) -> Result<(crate::broker::History, Option<bool>), BrokerError> {
+        let query = crate::broker::HistoryQuery {
+            since: since.map(|s| s.offset),
+            limit: Some(limit),
+        };
+        let h = self.broker.history(channel, query, retention(ns)).await?;
+        match since {
+            None => Ok((h, None)),
+            Some(s) if *s.epoch == *h.position.epoch => {
+                let complete = h.complete;
+                Ok((h, Some(complete)))
+            }
+            Some(_) => {
+                let latest = crate::broker::HistoryQuery {
+                    since: None,
+                    limit: Some(limit),
+                };
+                let h = self.broker.history(channel, latest, retention(ns)).await?;
+                Ok((h, Some(false)))
+            }
+        }
+    }
+
     /// The error reply for a broker failure.
     pub(crate) fn broker_error(&self, e: BrokerError) -> CommandError {
         match e {

@@ -602,6 +602,23 @@ pub fn pong(id: Option<u64>) -> String {
 
 /// The reply to `subscribe`.
 pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovered: bool) -> String {
+    subscription("reply", id, channel, pos, recovered)
+}
+
+/// The server-side subscription event: `{"type":"subscribed","channel",...}`, pushed when
+/// the hub subscribes the connection itself (the `connect` hook's `channels`).
+pub fn server_subscribed(channel: &str, pos: &StreamPosition) -> String {
+    subscription("subscribed", None, channel, pos, false)
+}
+
+/// `subscribe`'s reply and the pushed `subscribed` event carry the same fields.
+fn subscription(
+    ty: &str,
+    id: Option<u64>,
+    channel: &str,
+    pos: &StreamPosition,
+    recovered: bool,
+) -> String {
     #[derive(Serialize)]
     struct Body<'a> {
         channel: &'a str,
@@ -610,35 +627,13 @@ pub fn subscribed(id: Option<u64>, channel: &str, pos: &StreamPosition, recovere
         recovered: bool,
     }
     encode(
-        "reply",
+        ty,
         id,
         Body {
             channel,
             epoch: &pos.epoch,
             offset: pos.offset,
             recovered,
-        },
-    )
-}
-
-/// The server-side subscription event: `{"type":"subscribed","channel",...}`, pushed when
-/// the hub subscribes the connection itself (the `connect` hook's `channels`).
-pub fn server_subscribed(channel: &str, pos: &StreamPosition) -> String {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        channel: &'a str,
-        epoch: &'a str,
-        offset: u64,
-        recovered: bool,
-    }
-    encode(
-        "subscribed",
-        None,
-        Body {
-            channel,
-            epoch: &pos.epoch,
-            offset: pos.offset,
-            recovered: false,
         },
     )
 }

@@ -749,31 +749,11 @@ impl Session {
     ) -> Result<(), CommandError> {
         let ns = self.readable(channel)?;
         let limit = limit.unwrap_or(ns.history_size).min(ns.history_size);
-        let query = HistoryQuery {
-            since: since.as_ref().map(|s| s.offset),
-            limit: Some(limit),
-        };
-        let broker = &self.hub.broker;
-        let mut h = broker
-            .history(channel, query, retention(&ns))
+        let (h, complete) = self
+            .hub
+            .history_since(channel, &ns, since.as_ref(), limit)
             .await
             .map_err(unavailable)?;
-        let complete = match &since {
-            None => None,
-            Some(s) if *s.epoch == *h.position.epoch => Some(h.complete),
-            Some(_) => {
-                // Offsets of another epoch mean nothing here: answer with the latest ones.
-                let latest = HistoryQuery {
-                    since: None,
-                    limit: Some(limit),
-                };
-                h = broker
-                    .history(channel, latest, retention(&ns))
-                    .await
-                    .map_err(unavailable)?;
-                Some(false)
-            }
-        };
         let pages = protocol::history_pages(
             id,
             channel,

@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::idempotency::{Full, MAX_KEY_BYTES};
-use crate::broker::{HistoryQuery, PresenceEntry, Publication, StreamPosition};
-use crate::hub::{retention, ChannelInfo};
+use crate::broker::{PresenceEntry, Publication, StreamPosition};
+use crate::hub::ChannelInfo;
 use crate::protocol::{CommandError, ErrorCode, Since};
 use crate::Hub;
 
@@ -295,31 +295,11 @@ impl Hub {
             .unwrap_or(ns.history_size)
             .min(ns.history_size)
             .min(max);
-        let broker = &self.shared.broker;
-        let query = HistoryQuery {
-            since: request.since.as_ref().map(|s| s.offset),
-            limit: Some(limit),
-        };
-        let mut h = broker
-            .history(channel, query, retention(&ns))
+        let (h, complete) = self
+            .shared
+            .history_since(channel, &ns, request.since.as_ref(), limit)
             .await
             .map_err(|e| self.shared.broker_error(e))?;
-        let complete = match &request.since {
-            None => None,
-            Some(s) if *s.epoch == *h.position.epoch => Some(h.complete),
-            Some(_) => {
-                // Offsets of another epoch mean nothing here: the latest ones instead.
-                let latest = HistoryQuery {
-                    since: None,
-                    limit: Some(limit),
-                };
-                h = broker
-                    .history(channel, latest, retention(&ns))
-                    .await
-                    .map_err(|e| self.shared.broker_error(e))?;
-                Some(false)
-            }
-        };
         let mut publications = h.publications;
         if request.reverse {
             publications.reverse();
