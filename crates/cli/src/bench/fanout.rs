@@ -133,7 +133,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
         .map(|conn| {
             let ctx = Rc::clone(&ctx);
             tokio::task::spawn_local(async move {
-                if let Err(e) = subscriber(conn, &ctx).await {
+                if let Err(e) = subscriber(conn, &ctx.stats, ctx.epoch, true).await {
                     ctx.stats.error(&e);
                 }
             })
@@ -178,7 +178,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<(Report, bool)> {
 }
 
 /// Read until the reply to `subscribe` (skipping `welcome`).
-async fn await_reply(conn: &mut Conn) -> anyhow::Result<()> {
+pub(super) async fn await_reply(conn: &mut Conn) -> anyhow::Result<()> {
     loop {
         if conn.rx.read(&mut conn.stream).await? == 0 {
             bail!("the hub closed the connection");
@@ -201,7 +201,7 @@ async fn await_reply(conn: &mut Conn) -> anyhow::Result<()> {
 }
 
 /// The unsigned integer after `key` in `text` (a flat search; the hub's JSON is compact).
-fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+pub(super) fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     let at = text.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
     let mut n = 0u64;
@@ -213,8 +213,17 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     any.then_some(n)
 }
 
-async fn subscriber(mut conn: Conn, ctx: &Ctx) -> anyhow::Result<()> {
-    let mut last_seq: Option<u64> = None;
+/// Receives publications until the connection ends, checking per publisher (the `p` field,
+/// 0 when absent) that sequence numbers only grow (with `gapless`, by exactly one), and records each delivery against the
+/// time in its `t` field (nanoseconds after `epoch`).
+pub(super) async fn subscriber(
+    mut conn: Conn,
+    stats: &Stats,
+    epoch: Instant,
+    gapless: bool,
+) -> anyhow::Result<()> {
+    // Last sequence number seen of each publisher, by index.
+    let mut last_seq: Vec<Option<u64>> = Vec::new();
     let mut inflater = conn.deflate.then(|| Inflater::new(16 * 1024));
     loop {
         if conn.rx.read(&mut conn.stream).await? == 0 {
@@ -252,15 +261,25 @@ async fn subscriber(mut conn: Conn, ctx: &Ctx) -> anyhow::Result<()> {
                 number_after(text, br#""t":"#),
                 number_after(text, br#""seq":"#),
             ) else {
-                ctx.stats.mismatch();
+                stats.mismatch();
                 continue;
             };
-            if last_seq.is_some_and(|last| seq != last + 1) {
-                ctx.stats.mismatch();
+            // A publisher's index is below the generator's connection count.
+            let p = number_after(text, br#""p":"#)
+                .and_then(|p| usize::try_from(p).ok())
+                .filter(|&p| p < 1 << 20)
+                .unwrap_or(0);
+            if last_seq.len() <= p {
+                last_seq.resize(p + 1, None);
             }
-            last_seq = Some(seq);
-            let sent = ctx.epoch + Duration::from_nanos(t);
-            ctx.stats.record_by_sent(sent, now, text.len());
+            // One publisher's sequence numbers arrive in order and once each; without
+            // `gapless` a gap is a publish the hub refused.
+            if last_seq[p].is_some_and(|last| seq <= last || (gapless && seq != last + 1)) {
+                stats.mismatch();
+            }
+            last_seq[p] = Some(seq);
+            let sent = epoch + Duration::from_nanos(t);
+            stats.record_by_sent(sent, now, text.len());
         }
     }
 }

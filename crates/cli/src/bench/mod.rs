@@ -13,6 +13,7 @@ mod connect;
 mod echo;
 mod fanout;
 mod idle;
+mod publish;
 mod report;
 mod wire;
 
@@ -30,7 +31,8 @@ use report::{Report, ServerProbe, ServerSample, Stats};
     Examples:\n  duplex echo --threads 1 &\n  duplex bench echo -c 100 -s 20 --server-pid $!\n  \
     duplex bench connect -c 10\n  duplex bench idle -n 10000 --server-pid $!\n  \
     duplex serve --max-connections 20000 --max-connections-per-ip 0 &\n  \
-    duplex bench fanout -n 10000 --rate 20 -d 60s --server-pid $!")]
+    duplex bench fanout -n 10000 --rate 20 -d 60s --server-pid $!\n  \
+    duplex bench publish -p 64 --url ws://127.0.0.1:8080/ws,ws://127.0.0.1:8081/ws")]
 pub(crate) struct Args {
     #[command(subcommand)]
     scenario: Scenario,
@@ -48,6 +50,10 @@ enum Scenario {
     /// Hub fan-out: N subscribers on one `duplex serve` channel, one publisher at R msg/s;
     /// delivery latency from a timestamp in each publication.
     Fanout(fanout::Args),
+    /// Publish throughput: P publishers (closed loops or a fixed rate) on C channels of one
+    /// or more `duplex serve` nodes, S subscribers per channel; acknowledged publications/s,
+    /// publish round trip and delivery latency.
+    Publish(publish::Args),
 }
 
 /// Options shared by every scenario.
@@ -102,6 +108,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Connect(a) => connect::run(a).await,
             Scenario::Idle(a) => idle::run(a).await,
             Scenario::Fanout(a) => fanout::run(a).await,
+            Scenario::Publish(a) => publish::run(a).await,
         }
     })?;
     report.0.print(report.1)?;
