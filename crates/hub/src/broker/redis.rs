@@ -220,7 +220,7 @@ enum Link {
         conn: ConnectionManager,
     },
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         /// The cluster connection, once the first connection to the cluster succeeded (it
         /// reconnects to nodes and follows slot moves by itself from then on).
         conn: Mutex<Option<ClusterConnection>>,
@@ -482,7 +482,7 @@ impl RedisBroker {
                 ))
             })?;
         let link = Link::Cluster {
-            client,
+            client: Box::new(client),
             conn: Mutex::new(None),
         };
         Ok((link, rx))
