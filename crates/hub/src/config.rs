@@ -1240,6 +1240,19 @@ mod tests {
             Config::from_toml("broker = \"redis\"").is_err(),
             "no redis_url"
         );
+        assert!(
+            Config::from_toml("broker = \"redis-cluster\"").is_err(),
+            "no redis_cluster"
+        );
+        let cluster = Config::from_toml(
+            "broker = \"redis-cluster\"\nredis_cluster = \"redis://a:7000, redis://b:7000\"",
+        )
+        .unwrap();
+        assert_eq!(cluster.broker, BrokerKind::RedisCluster);
+        assert_eq!(
+            cluster.redis_cluster_nodes(),
+            ["redis://a:7000", "redis://b:7000"]
+        );
         assert!(Config::from_toml("[redis]\nprefix = \"a b\"").is_err());
         assert!(Config::from_toml("[limits]\ntrusted_proxies = [\"nginx\"]").is_err());
         let redis = Config::from_toml(
