@@ -442,6 +442,23 @@ async fn a_master_killed_mid_stream_fails_over_without_losing_acknowledged_publi
             tokio::spawn(publish_until(addr, channel.clone(), stop.clone(), start))
         })
         .collect();
+    // `/healthz` of the first node, every 100 ms: when it said 503.
+    let health = {
+        let addr = setup.nodes[0].addr();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut degraded = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let at = start.elapsed();
+                if let Ok((503, body)) = cluster_support::http(addr, "GET", "/healthz", None).await
+                {
+                    degraded.push((at, body));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            degraded
+        })
+    };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = start.elapsed();
     setup.redis.kill(victim);
@@ -468,6 +485,18 @@ async fn a_master_killed_mid_stream_fails_over_without_losing_acknowledged_publi
     for ((channel, _), p) in channels.iter().zip(publishers) {
         published.insert(channel.clone(), p.await.expect("publisher"));
     }
+    let degraded = health.await.expect("health poller");
+    println!(
+        "n1 /healthz said 503 {} times, from {:?} to {:?}: {:?}",
+        degraded.len(),
+        degraded.first().map(|d| d.0),
+        degraded.last().map(|d| d.0),
+        degraded.first().map(|d| d.1.trim())
+    );
+    assert!(
+        !degraded.is_empty(),
+        "the node reported itself degraded during the failover"
+    );
     let victim_pub = &published[&victim_channel];
     assert_eq!(
         victim_pub.acked.last().copied(),
@@ -557,8 +586,14 @@ async fn a_master_killed_mid_stream_fails_over_without_losing_acknowledged_publi
     for (_, f) in followers {
         f.stop().await;
     }
-    // Both nodes report themselves healthy again.
+    // Both nodes report themselves healthy again, after renewing subscriptions.
     for node in &setup.nodes {
         node.wait_healthy();
+        let log = node.log_text();
+        assert!(
+            log.contains("redis cluster subscriptions renewed"),
+            "{}: subscriptions renewed after the failover",
+            node.name
+        );
     }
 }

@@ -1266,7 +1266,12 @@ impl Broker for RedisBroker {
     fn health(&self) -> Result<(), String> {
         let inner = &self.inner;
         if !inner.pubsub_up.load(Ordering::Acquire) {
-            return Err("redis pub/sub connection is down".into());
+            return Err(match inner.link {
+                Link::Single { .. } => "redis pub/sub connection is down".into(),
+                Link::Cluster { .. } => {
+                    "redis cluster: not connected, or renewing subscriptions".into()
+                }
+            });
         }
         if !inner.commands_ok.load(Ordering::Relaxed) {
             return Err("redis does not answer".into());
