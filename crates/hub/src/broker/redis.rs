@@ -88,19 +88,34 @@ impl Scripts {
     fn new(sharded: bool) -> Self {
         let script = |source: &str| {
             if sharded {
-                Script::new(&source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+                Script::new(&sharded_source(source))
             } else {
                 Script::new(source)
             }
         };
+        let [publish, history, presence_add, presence_remove, presence] = SCRIPT_SOURCES;
         Self {
-            publish: script(include_str!("redis/publish.lua")),
-            history: script(include_str!("redis/history.lua")),
-            presence_add: script(include_str!("redis/presence_add.lua")),
-            presence_remove: script(include_str!("redis/presence_remove.lua")),
-            presence: script(include_str!("redis/presence.lua")),
+            publish: script(publish),
+            history: script(history),
+            presence_add: script(presence_add),
+            presence_remove: script(presence_remove),
+            presence: script(presence),
         }
     }
+}
+
+/// The sources of [`Scripts`], in field order.
+const SCRIPT_SOURCES: [&str; 5] = [
+    include_str!("redis/publish.lua"),
+    include_str!("redis/history.lua"),
+    include_str!("redis/presence_add.lua"),
+    include_str!("redis/presence_remove.lua"),
+    include_str!("redis/presence.lua"),
+];
+
+/// A script source with every `PUBLISH` call made a `SPUBLISH` call.
+fn sharded_source(source: &str) -> String {
+    source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
 }
 
 /// Settings of a [`RedisBroker`]. Its `Debug` form shows the URL without its password.
@@ -1283,6 +1298,36 @@ impl Broker for RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_scripts_publish_only_with_spublish() {
+        let mut calls = 0;
+        for source in SCRIPT_SOURCES {
+            let sharded = sharded_source(source);
+            let publishes = source.matches("'PUBLISH'").count();
+            let code: String = source
+                .lines()
+                .map(|l| {
+                    l.split("--")
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_uppercase()
+                })
+                .collect();
+            assert_eq!(
+                code.matches("PUBLISH").count(),
+                publishes,
+                "every PUBLISH is written redis.call('PUBLISH', ...)"
+            );
+            assert_eq!(sharded.matches("redis.call('SPUBLISH'").count(), publishes);
+            assert!(!sharded.contains("'PUBLISH'"));
+            calls += publishes;
+        }
+        assert_eq!(calls, 4, "publish, presence, presence_add, presence_remove");
+        let (single, sharded) = (Scripts::new(false), Scripts::new(true));
+        assert_ne!(single.publish.get_hash(), sharded.publish.get_hash());
+        assert_eq!(single.history.get_hash(), sharded.history.get_hash());
+    }
 
     #[test]
     fn wire_formats_round_trip() {
