@@ -597,3 +597,118 @@ async fn a_master_killed_mid_stream_fails_over_without_losing_acknowledged_publi
         );
     }
 }
+
+impl RedisCluster {
+    /// Moves the slot of `channel` from its master to another master, keys included, as
+    /// `redis-cli --cluster reshard` does for each slot. Returns the new master.
+    fn move_slot_of(&self, channel: &str) -> u16 {
+        let source = self.master_of(channel).expect("the channel's master");
+        let target = self
+            .masters()
+            .into_keys()
+            .find(|&m| m != source)
+            .expect("another master");
+        let slot = query(source, &["cluster", "keyslot", channel])
+            .trim()
+            .to_owned();
+        let id = |port: u16| query(port, &["cluster", "myid"]).trim().to_owned();
+        let (source_id, target_id) = (id(source), id(target));
+        query(
+            target,
+            &["cluster", "setslot", &slot, "importing", &source_id],
+        );
+        query(
+            source,
+            &["cluster", "setslot", &slot, "migrating", &target_id],
+        );
+        let keys = query(source, &["cluster", "getkeysinslot", &slot, "1000"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if !keys.is_empty() {
+            let target_port = target.to_string();
+            let mut args = vec![
+                "migrate",
+                "127.0.0.1",
+                &target_port,
+                "",
+                "0",
+                "5000",
+                "KEYS",
+            ];
+            args.extend(keys.iter().copied());
+            let out = query(source, &args);
+            assert!(out.contains("OK"), "migrate: {out}");
+        }
+        for port in [target, source] {
+            query(port, &["cluster", "setslot", &slot, "node", &target_id]);
+        }
+        for port in self.masters().into_keys() {
+            query(port, &["cluster", "setslot", &slot, "node", &target_id]);
+        }
+        target
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: cargo xtask test --only cluster"]
+async fn a_slot_moved_to_another_master_keeps_its_stream() {
+    const N: u64 = 50;
+    let setup = Setup::start();
+    let (channel, master) = setup.redis.spread_channels().remove(0);
+    let followers: Vec<Follower> = setup
+        .nodes
+        .iter()
+        .map(|n| Follower::start(n.ws_url(), &channel, None))
+        .collect();
+    for f in &followers {
+        f.ready().await;
+    }
+    let mut publisher = HubClient::connect(&setup.nodes[0].ws_url())
+        .await
+        .expect("connect");
+    for n in 0..N {
+        assert_eq!(publisher.publish(&channel, n, 0).await, Ok(n + 1));
+    }
+    let target = setup.redis.move_slot_of(&channel);
+    println!("{channel}: slot moved from {master} to {target}");
+    assert_eq!(setup.redis.master_of(&channel), Some(target));
+    // Publishing goes on on the new master, with the stream's offsets (its keys moved).
+    for n in N..2 * N {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match publisher.publish(&channel, n, 0).await {
+                Ok(offset) => {
+                    assert_eq!(offset, n + 1);
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "publish {n}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    for f in &followers {
+        assert!(
+            f.wait_for(Duration::from_secs(10), |s| s.received.len() as u64
+                >= 2 * N)
+                .await,
+            "{} of {} delivered after the move",
+            f.seen().received.len(),
+            2 * N
+        );
+    }
+    for f in followers {
+        let seen = f.stop().await;
+        assert_eq!(seen.received, (0..2 * N).collect::<Vec<_>>());
+        assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+        assert_eq!(seen.connections, 1, "no reset");
+    }
+    for node in &setup.nodes {
+        let log = node.log_text();
+        assert!(
+            log.contains("redis dropped a subscription; resubscribing"),
+            "{}: the old master ended the subscription",
+            node.name
+        );
+    }
+}
