@@ -1,6 +1,7 @@
 //! `duplex serve` nodes on a real Redis Cluster (3 masters, 3 replicas): channels spread over
-//! every shard, delivery in order across nodes, presence and history; and a master killed
-//! with SIGKILL mid-stream while publications go on.
+//! every shard, delivery in order across nodes, presence and history; a master killed with
+//! SIGKILL mid-stream while publications go on; and a channel's slot moved to another
+//! master.
 //!
 //! They need `redis-server` and `redis-cli` (Redis 7 or later, for sharded pub/sub) on the
 //! PATH, so they are ignored in a plain test run; `cargo xtask test --only cluster` installs
