@@ -24,7 +24,8 @@ pub(crate) enum Need {
     CargoHack,
     /// Autobahn's `wstest`, through `scripts/autobahn/install.sh`.
     Wstest,
-    /// `redis-server`, which the multi-node tests spawn on free ports.
+    /// `redis-server` and `redis-cli`, which the multi-node tests spawn on free ports (the
+    /// Redis Cluster tests create their cluster with `redis-cli --cluster create`).
     RedisServer,
     /// `nginx`, which the multi-node tests spawn in front of several servers.
     Nginx,
@@ -123,7 +124,10 @@ impl<'a> Installer<'a> {
             Need::Nextest => self.cargo_tool("nextest", "cargo-nextest", 30),
             Need::CargoHack => self.cargo_tool("hack", "cargo-hack", 10),
             Need::Wstest => self.autobahn(),
-            Need::RedisServer => self.apt(Some("redis-server"), &["redis-server"]),
+            Need::RedisServer => {
+                self.apt(Some("redis-server"), &["redis-server"])?;
+                self.apt(Some("redis-cli"), &["redis-tools"])
+            }
             Need::Nginx => self.apt(Some("nginx"), &["nginx"]),
             Need::Chromium => {
                 self.apt(Some("chromium"), &["chromium"])?;

@@ -384,7 +384,10 @@ fn run(
                 ws.cargo()
                     .args(["nextest", "run", "--no-fail-fast"])
                     .args(["--run-ignored", "only"])
-                    .args(["-E", "package(duplex-cli) & binary(cluster)"]),
+                    .args([
+                        "-E",
+                        "package(duplex-cli) & (binary(cluster) | binary(redis_cluster))",
+                    ]),
                 limit,
             )?;
         }

@@ -124,6 +124,16 @@ pub(crate) struct Args {
         value_name = "URL"
     )]
     redis_url: Option<String>,
+    /// Share channels with other nodes through this Redis Cluster (sets
+    /// `broker = "redis-cluster"`): seed node URLs, comma-separated, e.g.
+    /// `redis://127.0.0.1:7000,redis://127.0.0.1:7001`.
+    #[arg(
+        long = "redis-cluster",
+        env = "DUPLEX_REDIS_CLUSTER",
+        hide_env_values = true,
+        value_name = "URLS"
+    )]
+    redis_cluster: Option<String>,
     /// File holding the Redis URL (one line, e.g. `redis://:PASSWORD@10.0.0.10:6379/0`),
     /// read at startup; sets `broker = "redis"`.
     #[arg(long, env = "DUPLEX_REDIS_URL_FILE", value_name = "FILE")]
@@ -282,6 +292,15 @@ impl Args {
             c.redis_url_file.clone_from(&self.redis_url_file);
             c.broker = duplex_hub::config::BrokerKind::Redis;
         }
+        if let Some(nodes) = &self.redis_cluster {
+            if self.redis_url.is_some() || self.redis_url_file.is_some() {
+                anyhow::bail!(
+                    "--redis-cluster and --redis/--redis-url-file are mutually exclusive"
+                );
+            }
+            c.redis_cluster = Some(Secret::from(nodes.as_str()));
+            c.broker = duplex_hub::config::BrokerKind::RedisCluster;
+        }
         Ok(())
     }
 
@@ -305,6 +324,13 @@ impl Args {
                 "--redis with a password",
                 "--redis-url-file or DUPLEX_REDIS_URL",
             ));
+        }
+        let cluster_password = self
+            .redis_cluster
+            .as_deref()
+            .is_some_and(|urls| urls.split(',').any(|url| redact_url(url) != url));
+        if flag(cluster_password, "DUPLEX_REDIS_CLUSTER") {
+            found.push(("--redis-cluster with a password", "DUPLEX_REDIS_CLUSTER"));
         }
         found
     }
@@ -447,6 +473,27 @@ mod tests {
         assert!(config(&["--ping-interval", "soon"]).is_err());
         assert!(config(&["--jwt-secret", "short"]).is_err());
         assert!(config(&["--config", "/nonexistent/duplex.toml"]).is_err());
+    }
+
+    #[test]
+    fn redis_cluster_flag_selects_the_cluster_broker() {
+        let c = config(&[
+            "--redis-cluster",
+            "redis://127.0.0.1:7000, redis://:pw-secret@127.0.0.1:7001",
+        ])
+        .unwrap();
+        assert_eq!(c.broker, duplex_hub::config::BrokerKind::RedisCluster);
+        assert_eq!(
+            c.redis_cluster_nodes(),
+            [
+                "redis://127.0.0.1:7000",
+                "redis://:pw-secret@127.0.0.1:7001"
+            ]
+        );
+        let shown = c.to_toml_redacted();
+        assert!(shown.contains("broker = \"redis-cluster\""), "{shown}");
+        assert!(!shown.contains("pw-secret"), "{shown}");
+        assert!(config(&["--redis-cluster", "redis://h:1", "--redis", "redis://h"]).is_err());
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Config {
     /// hub starts, so the password is neither in the configuration nor on a command line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url_file: Option<PathBuf>,
+    /// Seed nodes of the Redis Cluster for `broker = "redis-cluster"`, comma-separated, e.g.
+    /// `redis://10.0.0.10:7000,redis://10.0.0.11:7000` (any masters or replicas of the
+    /// cluster; the others are discovered). Passwords are shown redacted by `--print-config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<Secret>,
     /// Redis broker details (key prefix, presence expiry, timeouts).
     pub redis: RedisConfig,
     /// How long a graceful shutdown may take before remaining connections are dropped.
@@ -134,6 +139,10 @@ pub enum BrokerKind {
     Memory,
     /// Redis: several nodes share channels, history and presence (see `docs/deployment.md`).
     Redis,
+    /// Redis Cluster: as `redis`, with channels spread over the cluster's shards and sharded
+    /// pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7 or later).
+    #[serde(rename = "redis-cluster", alias = "redis_cluster")]
+    RedisCluster,
 }
 
 /// Settings of the Redis broker.
@@ -649,6 +658,7 @@ impl Default for Config {
             broker: BrokerKind::Memory,
             redis_url: None,
             redis_url_file: None,
+            redis_cluster: None,
             redis: RedisConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             log: LogConfig::default(),
@@ -865,6 +875,10 @@ impl Config {
         if let Some(url) = &shown.redis_url {
             shown.redis_url = Some(Secret::from(redact_url(url)));
         }
+        if let Some(nodes) = &shown.redis_cluster {
+            let nodes: Vec<String> = nodes.split(',').map(redact_url).collect();
+            shown.redis_cluster = Some(Secret::from(nodes.join(",")));
+        }
         // Serializing plain data structs to TOML only fails for unsupported types, which
         // `Config` does not contain.
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -1034,6 +1048,11 @@ impl Config {
         {
             return invalid("broker = \"redis\" needs redis_url or redis_url_file".into());
         }
+        if self.broker == BrokerKind::RedisCluster && self.redis_cluster_nodes().is_empty() {
+            return invalid(
+                "broker = \"redis-cluster\" needs redis_cluster (seed node URLs)".into(),
+            );
+        }
         if self.redis.prefix.is_empty()
             || self.redis.prefix.len() > 64
             || !self
@@ -1131,6 +1150,18 @@ impl Config {
         Ok(())
     }
 
+    /// The seed node URLs of `redis_cluster`, without blanks.
+    pub fn redis_cluster_nodes(&self) -> Vec<String> {
+        self.redis_cluster
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The resolved options of namespace `name` (`""` is the default namespace), or `None`
     /// when it is not configured. The demo ticker's namespace exists whenever the demo is on.
     pub fn namespace(&self, name: &str) -> Option<NamespaceConfig> {
@@ -1208,6 +1239,19 @@ mod tests {
         assert!(
             Config::from_toml("broker = \"redis\"").is_err(),
             "no redis_url"
+        );
+        assert!(
+            Config::from_toml("broker = \"redis-cluster\"").is_err(),
+            "no redis_cluster"
+        );
+        let cluster = Config::from_toml(
+            "broker = \"redis-cluster\"\nredis_cluster = \"redis://a:7000, redis://b:7000\"",
+        )
+        .unwrap();
+        assert_eq!(cluster.broker, BrokerKind::RedisCluster);
+        assert_eq!(
+            cluster.redis_cluster_nodes(),
+            ["redis://a:7000", "redis://b:7000"]
         );
         assert!(Config::from_toml("[redis]\nprefix = \"a b\"").is_err());
         assert!(Config::from_toml("[limits]\ntrusted_proxies = [\"nginx\"]").is_err());

@@ -126,6 +126,13 @@ impl Hub {
                     .timeout(config.redis.timeout);
                 RedisBroker::new(&options, sink).map_err(|e| ConfigError::Invalid(e.to_string()))?
             }
+            BrokerKind::RedisCluster => {
+                let options = RedisOptions::cluster(config.redis_cluster_nodes())
+                    .prefix(config.redis.prefix.clone())
+                    .presence_ttl(config.redis.presence_ttl)
+                    .timeout(config.redis.timeout);
+                RedisBroker::new(&options, sink).map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
         };
         Self::with_broker(config, broker, node, metrics)
     }

@@ -125,12 +125,11 @@ pub struct Node {
 
 /// The test configuration of every node: a short presence TTL, fast failure while Redis is
 /// down, a deep history, no rate limits in the way.
-fn node_config(name: &str, port: u16, redis_url: &str) -> String {
+fn node_config(name: &str, port: u16, broker: &str) -> String {
     format!(
         r#"listen = "127.0.0.1:{port}"
 node = "{name}"
-broker = "redis"
-redis_url = "{redis_url}"
+{broker}
 
 [redis]
 prefix = "test"
@@ -159,15 +158,28 @@ history_ttl = "10m"
 
 impl Node {
     pub fn start(dir: &Path, name: &str, redis_url: &str) -> Self {
+        let broker = format!("broker = \"redis\"\nredis_url = \"{redis_url}\"");
+        Self::start_with(dir, name, &broker)
+    }
+
+    /// A node on the Redis Cluster reached through `seeds` (comma-separated URLs).
+    pub fn start_cluster(dir: &Path, name: &str, seeds: &str) -> Self {
+        let broker = format!("broker = \"redis-cluster\"\nredis_cluster = \"{seeds}\"");
+        Self::start_with(dir, name, &broker)
+    }
+
+    /// A node whose broker settings are the TOML lines `broker`.
+    pub fn start_with(dir: &Path, name: &str, broker: &str) -> Self {
         let port = free_port();
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, node_config(name, port, redis_url)).expect("write config");
+        std::fs::write(&config, node_config(name, port, broker)).expect("write config");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("node log");
         let child = Command::new(DUPLEX)
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("DUPLEX_REDIS_URL")
+            .env_remove("DUPLEX_REDIS_CLUSTER")
             .env("NO_COLOR", "1")
             .env("DUPLEX_LOG_LEVEL", "info")
             .stdin(Stdio::null())

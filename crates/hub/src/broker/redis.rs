@@ -15,6 +15,16 @@
 //!
 //! and publications, joins and leaves travel on the pub/sub channel `P:{C}`.
 //!
+//! # Redis Cluster
+//!
+//! With [`RedisOptions::cluster`] the broker talks to a Redis Cluster: the same scripts run
+//! on the shard that owns the channel's slot (every key and the topic share the `{C}` hash
+//! tag) and publish with `SPUBLISH`; the node `SSUBSCRIBE`s to each wanted topic on its
+//! shard. When a shard connection is lost or the server drops a subscription (a slot moved,
+//! a failover), the affected channels are marked stale and resubscribed until the owning
+//! shard confirms, then caught up through history as after a reconnect of the single
+//! connection.
+//!
 //! # Delivery order
 //!
 //! Each node has one pub/sub connection, subscribed to the channels the node has local
@@ -32,7 +42,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use ::redis::{Client, Script};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Client, ProtocolVersion, PushInfo, PushKind, Script};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -52,6 +64,12 @@ const STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest wait between two attempts to reconnect the pub/sub connection.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How often a Redis Cluster node retries the subscriptions of stale channels.
+const RESYNC_PERIOD: Duration = Duration::from_millis(200);
+
+/// How many stale channels a Redis Cluster node resubscribes and catches up at once.
+const RESYNC_CONCURRENCY: usize = 16;
+
 /// The Lua scripts, loaded once per Redis server by `EVALSHA` (the client falls back to
 /// `EVAL` when the server does not know a script, e.g. after a restart).
 #[derive(Debug)]
@@ -64,15 +82,40 @@ struct Scripts {
 }
 
 impl Scripts {
-    fn new() -> Self {
+    /// The scripts; `sharded` makes them publish with `SPUBLISH` (Redis Cluster), which
+    /// reaches the subscribers of the shard that owns the topic's slot, the one the script
+    /// runs on since the topic shares the channel's hash tag with the keys.
+    fn new(sharded: bool) -> Self {
+        let script = |source: &str| {
+            if sharded {
+                Script::new(&sharded_source(source))
+            } else {
+                Script::new(source)
+            }
+        };
+        let [publish, history, presence_add, presence_remove, presence] = SCRIPT_SOURCES;
         Self {
-            publish: Script::new(include_str!("redis/publish.lua")),
-            history: Script::new(include_str!("redis/history.lua")),
-            presence_add: Script::new(include_str!("redis/presence_add.lua")),
-            presence_remove: Script::new(include_str!("redis/presence_remove.lua")),
-            presence: Script::new(include_str!("redis/presence.lua")),
+            publish: script(publish),
+            history: script(history),
+            presence_add: script(presence_add),
+            presence_remove: script(presence_remove),
+            presence: script(presence),
         }
     }
+}
+
+/// The sources of [`Scripts`], in field order.
+const SCRIPT_SOURCES: [&str; 5] = [
+    include_str!("redis/publish.lua"),
+    include_str!("redis/history.lua"),
+    include_str!("redis/presence_add.lua"),
+    include_str!("redis/presence_remove.lua"),
+    include_str!("redis/presence.lua"),
+];
+
+/// A script source with every `PUBLISH` call made a `SPUBLISH` call.
+fn sharded_source(source: &str) -> String {
+    source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
 }
 
 /// Settings of a [`RedisBroker`]. Its `Debug` form shows the URL without its password.
@@ -87,8 +130,11 @@ impl Scripts {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host:port/db`.
+    /// `redis://[user:password@]host:port/db`. Unused when [`cluster`](Self::cluster) is set.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://[user:password@]host:port` each); empty for a
+    /// single Redis at [`url`](Self::url).
+    pub cluster: Vec<String>,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
     /// Expiry of presence entries; their node refreshes them every third of it.
@@ -104,10 +150,26 @@ impl RedisOptions {
         let defaults = crate::config::RedisConfig::default();
         Self {
             url: url.into(),
+            cluster: Vec::new(),
             prefix: defaults.prefix,
             presence_ttl: defaults.presence_ttl,
             timeout: defaults.timeout,
         }
+    }
+
+    /// Options for the Redis Cluster reached through the seed nodes `nodes` (any of its
+    /// masters or replicas; the rest is discovered), with the defaults of `[redis]`.
+    ///
+    /// ```
+    /// use duplex_hub::broker::RedisOptions;
+    ///
+    /// let options = RedisOptions::cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]);
+    /// assert_eq!(options.cluster.len(), 2);
+    /// ```
+    pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        let mut options = Self::new(String::new());
+        options.cluster = nodes.into_iter().map(Into::into).collect();
+        options
     }
 
     /// Set [`prefix`](Self::prefix).
@@ -136,6 +198,14 @@ impl std::fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisOptions")
             .field("url", &redact_url(&self.url))
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
             .field("timeout", &self.timeout)
@@ -158,9 +228,22 @@ impl std::fmt::Debug for RedisBroker {
     }
 }
 
+/// Where commands and subscriptions go: one Redis, or a Redis Cluster.
+enum Link {
+    Single {
+        client: Client,
+        conn: ConnectionManager,
+    },
+    Cluster {
+        client: Box<ClusterClient>,
+        /// The cluster connection, once the first connection to the cluster succeeded (it
+        /// reconnects to nodes and follows slot moves by itself from then on).
+        conn: Mutex<Option<ClusterConnection>>,
+    },
+}
+
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    link: Link,
     prefix: String,
     presence_ttl: Duration,
     timeout: Duration,
@@ -189,6 +272,9 @@ struct ChannelState {
     last: Option<(Arc<str>, u64)>,
     /// Messages that arrived before `last` was known.
     pending: Vec<Incoming>,
+    /// Redis Cluster: the subscription may have lapsed (a shard connection was lost, or the
+    /// server dropped it after a slot move or failover) and is being renewed.
+    stale: bool,
 }
 
 /// A message from the pub/sub connection.
@@ -323,6 +409,41 @@ impl RedisBroker {
         options: &RedisOptions,
         sink: Arc<dyn DeliverySink>,
     ) -> Result<Arc<Self>, BrokerError> {
+        let (link, pushes) = if options.cluster.is_empty() {
+            (Self::single(options)?, None)
+        } else {
+            let (link, pushes) = Self::cluster_link(options)?;
+            (link, Some(pushes))
+        };
+        let sharded = pushes.is_some();
+        let inner = Arc::new(Inner {
+            link,
+            prefix: options.prefix.clone(),
+            presence_ttl: options.presence_ttl,
+            timeout: options.timeout,
+            sink,
+            scripts: Scripts::new(sharded),
+            channels: Mutex::new(HashMap::new()),
+            owned: Mutex::new(HashMap::new()),
+            pubsub: Mutex::new(None),
+            pubsub_up: AtomicBool::new(false),
+            commands_ok: AtomicBool::new(true),
+            readd: AtomicBool::new(false),
+        });
+        match pushes {
+            None => {
+                tokio::spawn(pubsub_loop(Arc::downgrade(&inner)));
+            }
+            Some(pushes) => {
+                tokio::spawn(cluster_loop(Arc::downgrade(&inner), pushes));
+                tokio::spawn(resync_loop(Arc::downgrade(&inner)));
+            }
+        }
+        tokio::spawn(maintenance(Arc::downgrade(&inner)));
+        Ok(Arc::new(Self { inner }))
+    }
+
+    fn single(options: &RedisOptions) -> Result<Link, BrokerError> {
         // Errors built from the URL never show its password.
         let redact = |e: &dyn std::fmt::Display| redact_password_in(&e.to_string(), &options.url);
         let client = Client::open(options.url.as_str()).map_err(|e| {
@@ -339,24 +460,47 @@ impl RedisBroker {
             .set_max_delay(MAX_BACKOFF);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| unavailable(redact(&e)))?;
-        let inner = Arc::new(Inner {
-            client,
-            conn,
-            prefix: options.prefix.clone(),
-            presence_ttl: options.presence_ttl,
-            timeout: options.timeout,
-            sink,
-            scripts: Scripts::new(),
-            channels: Mutex::new(HashMap::new()),
-            owned: Mutex::new(HashMap::new()),
-            pubsub: Mutex::new(None),
-            pubsub_up: AtomicBool::new(false),
-            commands_ok: AtomicBool::new(true),
-            readd: AtomicBool::new(false),
-        });
-        tokio::spawn(pubsub_loop(Arc::downgrade(&inner)));
-        tokio::spawn(maintenance(Arc::downgrade(&inner)));
-        Ok(Arc::new(Self { inner }))
+        Ok(Link::Single { client, conn })
+    }
+
+    /// A cluster client speaking RESP3, whose subscription messages and disconnection
+    /// notices arrive on the returned receiver.
+    fn cluster_link(
+        options: &RedisOptions,
+    ) -> Result<(Link, tokio::sync::mpsc::UnboundedReceiver<PushInfo>), BrokerError> {
+        let redact = |e: &dyn std::fmt::Display| {
+            options
+                .cluster
+                .iter()
+                .fold(e.to_string(), |m, url| redact_password_in(&m, url))
+        };
+        let shown = || {
+            options
+                .cluster
+                .iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = ClusterClientBuilder::new(options.cluster.iter().map(String::as_str))
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .connection_timeout(options.timeout)
+            .response_timeout(options.timeout)
+            .build()
+            .map_err(|e| {
+                BrokerError::Unavailable(format!(
+                    "invalid redis_cluster {}: {}",
+                    shown(),
+                    redact(&e)
+                ))
+            })?;
+        let link = Link::Cluster {
+            client: Box::new(client),
+            conn: Mutex::new(None),
+        };
+        Ok((link, rx))
     }
 }
 
@@ -382,8 +526,19 @@ impl Inner {
         &self,
         invocation: &::redis::ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
-        let mut conn = self.conn.clone();
-        let result = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await;
+        let result = match &self.link {
+            Link::Single { conn, .. } => {
+                let mut conn = conn.clone();
+                tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
+            }
+            Link::Cluster { conn, .. } => {
+                let Some(mut conn) = conn.lock().clone() else {
+                    self.commands_ok.store(false, Ordering::Relaxed);
+                    return Err(unavailable("not connected to the cluster"));
+                };
+                tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
+            }
+        };
         match result {
             Ok(Ok(v)) => {
                 self.commands_ok.store(true, Ordering::Relaxed);
@@ -500,7 +655,7 @@ impl Inner {
                 Next::Gap(_) => name,
             }
         };
-        self.catch_up(&name).await;
+        let _ = self.catch_up(&name).await;
         let mut channels = self.channels.lock();
         let Some(state) = channels.get_mut(channel) else {
             return;
@@ -520,34 +675,34 @@ impl Inner {
 
     /// Delivers the publications of `channel` that this node missed (after its last delivered
     /// offset), from history; sends a reset when they are no longer there or the epoch
-    /// changed.
-    async fn catch_up(&self, channel: &Arc<str>) {
+    /// changed. Returns `false` when history could not be read.
+    async fn catch_up(&self, channel: &Arc<str>) -> bool {
         let Some(last) = self
             .channels
             .lock()
             .get(channel)
             .and_then(|s| s.last.clone())
         else {
-            return;
+            return true;
         };
         let (position, publications) = match self.read(channel, Entries::All).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(%channel, error = %e, "cannot read history to fill a gap");
-                return;
+                return false;
             }
         };
         let mut channels = self.channels.lock();
         let Some(state) = channels.get_mut(channel) else {
-            return;
+            return true;
         };
         let Some((epoch, offset)) = &mut state.last else {
-            return;
+            return true;
         };
         if *epoch != last.0 || *offset != last.1 {
             // Another round delivered meanwhile; its own checks apply.
             if *epoch != position.epoch || *offset >= position.offset {
-                return;
+                return true;
             }
         }
         let complete = *epoch == position.epoch
@@ -566,7 +721,7 @@ impl Inner {
             self.sink.deliver(Delivery::Reset {
                 channel: channel.clone(),
             });
-            return;
+            return true;
         }
         let mut filled = 0;
         for p in publications {
@@ -582,6 +737,7 @@ impl Inner {
         if filled > 0 {
             tracing::info!(%channel, filled, "delivered missed publications from history");
         }
+        true
     }
 
     /// The pub/sub sink while connected.
@@ -590,6 +746,141 @@ impl Inner {
             .lock()
             .clone()
             .ok_or_else(|| unavailable("not connected"))
+    }
+
+    /// The cluster connection, once connected.
+    fn cluster_conn(&self) -> Result<Option<ClusterConnection>, BrokerError> {
+        match &self.link {
+            Link::Single { .. } => Ok(None),
+            Link::Cluster { conn, .. } => conn
+                .lock()
+                .clone()
+                .map(Some)
+                .ok_or_else(|| unavailable("not connected to the cluster")),
+        }
+    }
+
+    /// Subscribes to `channel`'s topic: `SUBSCRIBE` on the pub/sub connection, or `SSUBSCRIBE`
+    /// on the shard that owns its slot.
+    async fn listen(&self, channel: &str) -> Result<(), BrokerError> {
+        let topic = self.topic(channel);
+        let result = match self.cluster_conn()? {
+            None => {
+                let mut sink = self.pubsub_sink()?;
+                tokio::time::timeout(self.timeout, sink.subscribe(topic)).await
+            }
+            Some(mut conn) => tokio::time::timeout(self.timeout, conn.ssubscribe(topic)).await,
+        };
+        result
+            .map_err(|_| unavailable("subscribe timed out"))?
+            .map_err(unavailable)
+    }
+
+    /// Ends the subscription of [`Inner::listen`]; nothing to do while disconnected (the
+    /// reconnect subscribes only to the channels still wanted).
+    async fn unlisten(&self, channel: &str) -> Result<(), BrokerError> {
+        let topic = self.topic(channel);
+        let result = match self.cluster_conn() {
+            Ok(None) => match self.pubsub_sink() {
+                Ok(mut sink) => tokio::time::timeout(self.timeout, sink.unsubscribe(topic)).await,
+                Err(_) => return Ok(()),
+            },
+            Ok(Some(mut conn)) => {
+                tokio::time::timeout(self.timeout, conn.sunsubscribe(topic)).await
+            }
+            Err(_) => return Ok(()),
+        };
+        result
+            .map_err(|_| unavailable("unsubscribe timed out"))?
+            .map_err(unavailable)
+    }
+
+    /// Handles one message of the cluster connection: a publication, or news about the
+    /// subscriptions that makes channels stale.
+    async fn on_push(&self, push: PushInfo) {
+        let text = |i: usize| match push.data.get(i) {
+            Some(::redis::Value::BulkString(b)) => Some(b.as_slice()),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::SMessage | PushKind::Message => {
+                if let (Some(topic), Some(payload)) = (text(0), text(1)) {
+                    if let Ok(topic) = std::str::from_utf8(topic) {
+                        self.on_message(topic, payload).await;
+                    }
+                }
+            }
+            // Redis sends `sunsubscribe` when the slot of a shard channel moved away from
+            // the node (slot migration, or the node was demoted to a replica). Our own
+            // unsubscribes have removed the channel already.
+            PushKind::SUnsubscribe => {
+                let topic = text(0).and_then(|t| std::str::from_utf8(t).ok());
+                if let Some(channel) = topic.and_then(|t| self.channel_of(t)) {
+                    if let Some(state) = self.channels.lock().get_mut(channel) {
+                        tracing::info!(channel, "redis dropped a subscription; resubscribing");
+                        state.stale = true;
+                        self.pubsub_up.store(false, Ordering::Release);
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                // Which channels the lost shard owned is not known here: renew them all
+                // (`SSUBSCRIBE` of a subscribed channel is harmless) and have the presence
+                // entries re-added, in case a replica without them took over.
+                let mut channels = self.channels.lock();
+                tracing::warn!(
+                    channels = channels.len(),
+                    "redis cluster connection lost; resubscribing"
+                );
+                for state in channels.values_mut() {
+                    state.stale = true;
+                }
+                self.pubsub_up.store(false, Ordering::Release);
+                self.readd.store(true, Ordering::Release);
+            }
+            _ => {}
+        }
+    }
+
+    /// Renews the subscriptions of stale channels and catches them up through history once
+    /// the owning shard confirmed. Channels that fail stay stale for the next round.
+    async fn resync(&self) {
+        let stale: Vec<Arc<str>> = self
+            .channels
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.stale)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if stale.is_empty() {
+            self.pubsub_up.store(true, Ordering::Release);
+            return;
+        }
+        let renewed = futures_util::stream::iter(stale)
+            .map(|channel| async move {
+                if let Err(e) = self.listen(&channel).await {
+                    tracing::debug!(%channel, error = %e, "resubscribe failed");
+                    return false;
+                }
+                if !self.catch_up(&channel).await {
+                    return false;
+                }
+                if let Some(state) = self.channels.lock().get_mut(&channel) {
+                    state.stale = false;
+                }
+                true
+            })
+            .buffer_unordered(RESYNC_CONCURRENCY)
+            .fold(0_usize, |n, ok| async move { n + usize::from(ok) })
+            .await;
+        let left = self.channels.lock().values().filter(|s| s.stale).count();
+        if renewed > 0 {
+            tracing::info!(renewed, left, "redis cluster subscriptions renewed");
+        }
+        if left == 0 {
+            self.pubsub_up.store(true, Ordering::Release);
+            self.refresh_presence().await;
+        }
     }
 
     /// Refreshes this node's presence entries and collects expired ones, channel by channel.
@@ -648,7 +939,10 @@ async fn pubsub_loop(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let connect = tokio::time::timeout(inner.timeout, inner.client.get_async_pubsub()).await;
+        let Link::Single { client, .. } = &inner.link else {
+            return;
+        };
+        let connect = tokio::time::timeout(inner.timeout, client.get_async_pubsub()).await;
         let pubsub = match connect {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -694,7 +988,7 @@ async fn pubsub_loop(weak: Weak<Inner>) {
             inner.readd.store(true, Ordering::Release);
             let channels: Vec<Arc<str>> = inner.channels.lock().keys().cloned().collect();
             for channel in channels {
-                inner.catch_up(&channel).await;
+                let _ = inner.catch_up(&channel).await;
             }
             inner.refresh_presence().await;
         }
@@ -717,6 +1011,57 @@ async fn pubsub_loop(weak: Weak<Inner>) {
     }
 }
 
+/// Connects to the cluster (retrying until it answers), then hands the messages of the
+/// cluster connection over.
+async fn cluster_loop(
+    weak: Weak<Inner>,
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let Link::Cluster { client, conn } = &inner.link else {
+            return;
+        };
+        match tokio::time::timeout(inner.timeout, client.get_async_connection()).await {
+            Ok(Ok(c)) => {
+                *conn.lock() = Some(c);
+                inner.pubsub_up.store(true, Ordering::Release);
+                tracing::info!("connected to the redis cluster");
+                break;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster connect failed"),
+            Err(_) => tracing::debug!("redis cluster connect timed out"),
+        }
+        drop(inner);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    while let Some(push) = pushes.recv().await {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        inner.on_push(push).await;
+    }
+}
+
+/// Renews stale cluster subscriptions every [`RESYNC_PERIOD`].
+async fn resync_loop(weak: Weak<Inner>) {
+    let mut tick = tokio::time::interval(RESYNC_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        if inner.cluster_conn().is_ok() {
+            inner.resync().await;
+        }
+    }
+}
+
 /// Refreshes presence every third of its TTL and checks that Redis answers.
 async fn maintenance(weak: Weak<Inner>) {
     let period = match weak.upgrade() {
@@ -730,15 +1075,25 @@ async fn maintenance(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let mut conn = inner.conn.clone();
-        let ping = tokio::time::timeout(
-            inner.timeout,
-            ::redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
-        inner
-            .commands_ok
-            .store(matches!(ping, Ok(Ok(_))), Ordering::Relaxed);
+        let ping = ::redis::cmd("PING");
+        let answered = match &inner.link {
+            Link::Single { conn, .. } => {
+                let mut conn = conn.clone();
+                let ping =
+                    tokio::time::timeout(inner.timeout, ping.query_async::<String>(&mut conn));
+                matches!(ping.await, Ok(Ok(_)))
+            }
+            // Sent to every node of the cluster: degraded while any of them does not answer.
+            Link::Cluster { .. } => match inner.cluster_conn().ok().flatten() {
+                Some(mut conn) => {
+                    let ping =
+                        tokio::time::timeout(inner.timeout, ping.query_async::<()>(&mut conn));
+                    matches!(ping.await, Ok(Ok(())))
+                }
+                None => false,
+            },
+        };
+        inner.commands_ok.store(answered, Ordering::Relaxed);
         inner.refresh_presence().await;
     }
 }
@@ -787,11 +1142,7 @@ impl Broker for RedisBroker {
             .lock()
             .insert(name.clone(), ChannelState::default());
         let result = async {
-            let mut sink = inner.pubsub_sink()?;
-            tokio::time::timeout(inner.timeout, sink.subscribe(inner.topic(channel)))
-                .await
-                .map_err(|_| unavailable("subscribe timed out"))?
-                .map_err(unavailable)?;
+            inner.listen(channel).await?;
             // Read after the subscription is active: whatever is published from here on
             // arrives on the pub/sub connection.
             inner.read(channel, Entries::None).await
@@ -819,15 +1170,7 @@ impl Broker for RedisBroker {
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
         inner.channels.lock().remove(channel);
-        // While disconnected there is nothing to unsubscribe from: the reconnect subscribes
-        // only to the channels still wanted.
-        if let Ok(mut sink) = inner.pubsub_sink() {
-            tokio::time::timeout(inner.timeout, sink.unsubscribe(inner.topic(channel)))
-                .await
-                .map_err(|_| unavailable("unsubscribe timed out"))?
-                .map_err(unavailable)?;
-        }
-        Ok(())
+        inner.unlisten(channel).await
     }
 
     async fn history(
@@ -938,7 +1281,12 @@ impl Broker for RedisBroker {
     fn health(&self) -> Result<(), String> {
         let inner = &self.inner;
         if !inner.pubsub_up.load(Ordering::Acquire) {
-            return Err("redis pub/sub connection is down".into());
+            return Err(match inner.link {
+                Link::Single { .. } => "redis pub/sub connection is down".into(),
+                Link::Cluster { .. } => {
+                    "redis cluster: not connected, or renewing subscriptions".into()
+                }
+            });
         }
         if !inner.commands_ok.load(Ordering::Relaxed) {
             return Err("redis does not answer".into());
@@ -950,6 +1298,36 @@ impl Broker for RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_scripts_publish_only_with_spublish() {
+        let mut calls = 0;
+        for source in SCRIPT_SOURCES {
+            let sharded = sharded_source(source);
+            let publishes = source.matches("'PUBLISH'").count();
+            let code: String = source
+                .lines()
+                .map(|l| {
+                    l.split("--")
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_uppercase()
+                })
+                .collect();
+            assert_eq!(
+                code.matches("PUBLISH").count(),
+                publishes,
+                "every PUBLISH is written redis.call('PUBLISH', ...)"
+            );
+            assert_eq!(sharded.matches("redis.call('SPUBLISH'").count(), publishes);
+            assert!(!sharded.contains("'PUBLISH'"));
+            calls += publishes;
+        }
+        assert_eq!(calls, 4, "publish, presence, presence_add, presence_remove");
+        let (single, sharded) = (Scripts::new(false), Scripts::new(true));
+        assert_ne!(single.publish.get_hash(), sharded.publish.get_hash());
+        assert_eq!(single.history.get_hash(), sharded.history.get_hash());
+    }
 
     #[test]
     fn wire_formats_round_trip() {
