@@ -25,13 +25,19 @@
 //! the gap cannot be filled, or the channel's epoch changed (Redis lost its data), the node
 //! sends [`Delivery::Reset`] so that the channel's local subscribers resubscribe with `since`
 //! and learn the new position.
+//!
+//! A stream that goes backwards within one epoch (a promoted replica without the last
+//! publications the old master acknowledged) is a regression: the node moves the channel to a
+//! new epoch (`rebase.lua`) and resets its subscribers. See [`super::continuity`].
+//!
+//! With Sentinel ([`RedisOptions::sentinel`]), [`super::sentinel`] finds the current master.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use ::redis::aio::{ConnectionManagerConfig, PubSubSink};
 use ::redis::{Client, Script};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -39,6 +45,8 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::continuity::{judge_catch_up, judge_live, CatchUp, Live, Seen};
+use super::sentinel::{Master, SentinelOptions};
 use super::{
     Broker, BrokerError, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry, Publication,
     Retention, StreamPosition,
@@ -61,6 +69,7 @@ struct Scripts {
     presence_add: Script,
     presence_remove: Script,
     presence: Script,
+    rebase: Script,
 }
 
 impl Scripts {
@@ -71,6 +80,7 @@ impl Scripts {
             presence_add: Script::new(include_str!("redis/presence_add.lua")),
             presence_remove: Script::new(include_str!("redis/presence_remove.lua")),
             presence: Script::new(include_str!("redis/presence.lua")),
+            rebase: Script::new(include_str!("redis/rebase.lua")),
         }
     }
 }
@@ -95,6 +105,9 @@ pub struct RedisOptions {
     pub presence_ttl: Duration,
     /// Timeout of each command and connection attempt.
     pub timeout: Duration,
+    /// Find the master through these Sentinels instead of connecting to `url`'s host; `url`
+    /// (may be empty) then only gives the master's database, user and password.
+    pub sentinel: Option<SentinelOptions>,
 }
 
 impl RedisOptions {
@@ -107,6 +120,7 @@ impl RedisOptions {
             prefix: defaults.prefix,
             presence_ttl: defaults.presence_ttl,
             timeout: defaults.timeout,
+            sentinel: None,
         }
     }
 
@@ -130,6 +144,13 @@ impl RedisOptions {
         self.timeout = timeout;
         self
     }
+
+    /// Set [`sentinel`](Self::sentinel).
+    #[must_use]
+    pub fn sentinel(mut self, sentinel: SentinelOptions) -> Self {
+        self.sentinel = Some(sentinel);
+        self
+    }
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -139,6 +160,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
             .field("timeout", &self.timeout)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -159,8 +181,8 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    /// Where commands and the pub/sub connection go.
+    master: Arc<Master>,
     prefix: String,
     presence_ttl: Duration,
     timeout: Duration,
@@ -189,6 +211,12 @@ struct ChannelState {
     last: Option<(Arc<str>, u64)>,
     /// Messages that arrived before `last` was known.
     pending: Vec<Incoming>,
+    /// Highest offset received in `last`'s epoch on the current pub/sub connection.
+    live: u64,
+    /// The last publication delivered, to recognise it in history after a failover.
+    delivered: Option<Publication>,
+    /// An epoch given up after it regressed.
+    retired: Option<Arc<str>>,
 }
 
 /// A message from the pub/sub connection.
@@ -218,6 +246,8 @@ enum Next {
     Done,
     /// Publications after this offset are missing.
     Gap(u64),
+    /// The stream went backwards in this epoch.
+    Regressed(Arc<str>),
 }
 
 /// The pub/sub message and history entry format (`k` only on pub/sub).
@@ -325,23 +355,30 @@ impl RedisBroker {
     ) -> Result<Arc<Self>, BrokerError> {
         // Errors built from the URL never show its password.
         let redact = |e: &dyn std::fmt::Display| redact_password_in(&e.to_string(), &options.url);
-        let client = Client::open(options.url.as_str()).map_err(|e| {
-            BrokerError::Unavailable(format!(
-                "invalid redis_url {}: {}",
-                redact_url(&options.url),
-                redact(&e)
-            ))
-        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| unavailable(redact(&e)))?;
+        let master = match &options.sentinel {
+            Some(sentinel) => {
+                let url = Some(options.url.as_str()).filter(|u| !u.is_empty());
+                Master::sentinel(sentinel, url, config, options.timeout)?
+            }
+            None => {
+                let client = Client::open(options.url.as_str()).map_err(|e| {
+                    BrokerError::Unavailable(format!(
+                        "invalid redis_url {}: {}",
+                        redact_url(&options.url),
+                        redact(&e)
+                    ))
+                })?;
+                Master::fixed(client, config, options.timeout)
+                    .map_err(|e| BrokerError::Unavailable(redact(&e)))?
+            }
+        };
         let inner = Arc::new(Inner {
-            client,
-            conn,
+            master: Arc::new(master),
             prefix: options.prefix.clone(),
             presence_ttl: options.presence_ttl,
             timeout: options.timeout,
@@ -382,7 +419,7 @@ impl Inner {
         &self,
         invocation: &::redis::ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.master.commands()?;
         let result = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await;
         match result {
             Ok(Ok(v)) => {
@@ -393,6 +430,7 @@ impl Inner {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     self.commands_ok.store(false, Ordering::Relaxed);
                 }
+                self.master.failed(&e);
                 Err(unavailable(e))
             }
             Err(_) => {
@@ -458,24 +496,44 @@ impl Inner {
                 return Next::Done;
             }
         };
-        if msg_epoch != *epoch {
-            tracing::warn!(%channel, old = %epoch, new = %msg_epoch, "channel epoch changed");
-            *epoch = msg_epoch;
-            *last = offset;
-            self.sink.deliver(Delivery::Reset {
-                channel: channel.clone(),
-            });
-            return Next::Done;
+        let seen = Seen {
+            epoch,
+            last: *last,
+            live: state.live,
+            retired: state.retired.as_deref(),
+        };
+        match judge_live(seen, &msg_epoch, offset) {
+            Live::Stale => Next::Done,
+            Live::Duplicate => {
+                state.live = offset;
+                Next::Done
+            }
+            Live::Gap(after) => Next::Gap(after),
+            Live::Regressed => {
+                tracing::warn!(%channel, %epoch, offset, last = *last, "live stream went backwards");
+                Next::Regressed(epoch.clone())
+            }
+            Live::NewEpoch => {
+                tracing::warn!(%channel, old = %epoch, new = %msg_epoch, "channel epoch changed");
+                *epoch = msg_epoch;
+                *last = offset;
+                state.live = offset;
+                state.delivered = None;
+                self.sink.deliver(Delivery::Reset {
+                    channel: channel.clone(),
+                });
+                Next::Done
+            }
+            Live::Deliver => {
+                *last = offset;
+                state.live = offset;
+                if let Incoming::Publication { publication, .. } = &incoming {
+                    state.delivered = Some(publication.clone());
+                }
+                self.deliver(channel, incoming);
+                Next::Done
+            }
         }
-        if offset <= *last {
-            return Next::Done;
-        }
-        if offset > *last + 1 {
-            return Next::Gap(*last);
-        }
-        *last = offset;
-        self.deliver(channel, incoming);
-        Next::Done
     }
 
     /// Handles one pub/sub message.
@@ -487,7 +545,7 @@ impl Inner {
             tracing::warn!(channel, "unreadable message from redis");
             return;
         };
-        let name = {
+        let (name, next) = {
             let mut channels = self.channels.lock();
             let Some(name) = channels.get_key_value(channel).map(|(k, _)| k.clone()) else {
                 return;
@@ -497,30 +555,46 @@ impl Inner {
             };
             match self.accept(&name, state, incoming.clone()) {
                 Next::Done => return,
-                Next::Gap(_) => name,
+                next => (name, next),
             }
         };
-        self.catch_up(&name).await;
-        let mut channels = self.channels.lock();
-        let Some(state) = channels.get_mut(channel) else {
+        if let Next::Regressed(epoch) = next {
+            self.rebase(&name, &epoch).await;
             return;
-        };
-        if let Next::Gap(after) = self.accept(&name, state, incoming.clone()) {
-            // History could not be read: the missed publications cannot be delivered in
-            // order any more, so the subscribers start over.
-            tracing::warn!(%name, after, "gap not filled: resetting subscribers");
-            if let (Some(last), Incoming::Publication { epoch, publication }) =
-                (&mut state.last, incoming)
-            {
-                *last = (epoch, publication.offset);
+        }
+        self.catch_up(&name).await;
+        let regressed = {
+            let mut channels = self.channels.lock();
+            let Some(state) = channels.get_mut(channel) else {
+                return;
+            };
+            match self.accept(&name, state, incoming.clone()) {
+                Next::Done => None,
+                Next::Regressed(epoch) => Some(epoch),
+                Next::Gap(after) => {
+                    // History could not be read: the missed publications cannot be delivered
+                    // in order any more, so the subscribers start over.
+                    tracing::warn!(%name, after, "gap not filled: resetting subscribers");
+                    if let (Some(last), Incoming::Publication { epoch, publication }) =
+                        (&mut state.last, incoming)
+                    {
+                        state.live = publication.offset;
+                        *last = (epoch, publication.offset);
+                    }
+                    state.delivered = None;
+                    self.sink.deliver(Delivery::Reset { channel: name });
+                    return;
+                }
             }
-            self.sink.deliver(Delivery::Reset { channel: name });
+        };
+        if let Some(epoch) = regressed {
+            self.rebase(&name, &epoch).await;
         }
     }
 
     /// Delivers the publications of `channel` that this node missed (after its last delivered
     /// offset), from history; sends a reset when they are no longer there or the epoch
-    /// changed.
+    /// changed, and moves the channel to a new epoch when the stream regressed.
     async fn catch_up(&self, channel: &Arc<str>) {
         let Some(last) = self
             .channels
@@ -537,51 +611,110 @@ impl Inner {
                 return;
             }
         };
-        let mut channels = self.channels.lock();
-        let Some(state) = channels.get_mut(channel) else {
-            return;
-        };
-        let Some((epoch, offset)) = &mut state.last else {
-            return;
-        };
-        if *epoch != last.0 || *offset != last.1 {
-            // Another round delivered meanwhile; its own checks apply.
-            if *epoch != position.epoch || *offset >= position.offset {
+        let regressed = {
+            let mut channels = self.channels.lock();
+            let Some(state) = channels.get_mut(channel) else {
                 return;
+            };
+            let Some((epoch, offset)) = &mut state.last else {
+                return;
+            };
+            if *epoch != last.0 || *offset != last.1 {
+                // Another round delivered meanwhile; its own checks apply.
+                if *epoch != position.epoch || *offset >= position.offset {
+                    return;
+                }
+            }
+            let verdict = if state.retired.as_deref() == Some(&*position.epoch) {
+                // A regression whose new epoch could not be written yet.
+                CatchUp::Regressed
+            } else {
+                judge_catch_up(
+                    epoch,
+                    *offset,
+                    state.delivered.as_ref(),
+                    &position.epoch,
+                    position.offset,
+                    &publications,
+                )
+            };
+            match verdict {
+                CatchUp::UpToDate => None,
+                CatchUp::Regressed => Some(epoch.clone()),
+                CatchUp::Lost => {
+                    tracing::warn!(
+                        %channel,
+                        from = %epoch,
+                        after = *offset,
+                        to = %position.epoch,
+                        offset = position.offset,
+                        "missed publications are not in history any more: resetting subscribers"
+                    );
+                    *epoch = position.epoch.clone();
+                    *offset = position.offset;
+                    state.live = 0;
+                    state.delivered = None;
+                    self.sink.deliver(Delivery::Reset {
+                        channel: channel.clone(),
+                    });
+                    None
+                }
+                CatchUp::Fill => {
+                    let mut filled = 0;
+                    for p in publications {
+                        if p.offset == offset.saturating_add(1) && p.offset <= position.offset {
+                            *offset = p.offset;
+                            filled += 1;
+                            state.delivered = Some(p.clone());
+                            self.sink.deliver(Delivery::Publication {
+                                channel: channel.clone(),
+                                publication: p,
+                            });
+                        }
+                    }
+                    tracing::info!(%channel, filled, "delivered missed publications from history");
+                    None
+                }
+            }
+        };
+        if let Some(epoch) = regressed {
+            self.rebase(channel, &epoch).await;
+        }
+    }
+
+    /// Moves `channel` from the epoch `regressed` to a new one in Redis (unless another node
+    /// did already) and resets its subscribers here: they resubscribe and learn the new epoch,
+    /// instead of getting other publications under offsets they have seen.
+    async fn rebase(&self, channel: &Arc<str>, regressed: &Arc<str>) {
+        tracing::warn!(
+            %channel,
+            epoch = %regressed,
+            "stream regressed (the master lost acknowledged publications): new epoch, \
+             resetting subscribers"
+        );
+        let mut inv = self.scripts.rebase.prepare_invoke();
+        inv.key(self.key(channel, "stream"))
+            .key(self.key(channel, "history"))
+            .arg(&**regressed)
+            .arg(new_epoch())
+            .arg(millis(STREAM_TTL));
+        let moved: Result<(String, u64), BrokerError> = self.run(&inv).await;
+        if let Some(state) = self.channels.lock().get_mut(channel) {
+            state.retired = Some(regressed.clone());
+            state.live = 0;
+            state.delivered = None;
+            match moved {
+                Ok((epoch, offset)) => state.last = Some((epoch.into(), offset)),
+                Err(e) => tracing::warn!(
+                    %channel,
+                    error = %e,
+                    "cannot move the channel to a new epoch yet; retried at the next catch-up"
+                ),
             }
         }
-        let complete = *epoch == position.epoch
-            && (*offset >= position.offset || publications.iter().any(|p| p.offset == *offset + 1));
-        if !complete {
-            tracing::warn!(
-                %channel,
-                from = %epoch,
-                after = *offset,
-                to = %position.epoch,
-                offset = position.offset,
-                "missed publications are not in history any more: resetting subscribers"
-            );
-            *epoch = position.epoch.clone();
-            *offset = position.offset;
-            self.sink.deliver(Delivery::Reset {
-                channel: channel.clone(),
-            });
-            return;
-        }
-        let mut filled = 0;
-        for p in publications {
-            if p.offset == *offset + 1 && p.offset <= position.offset {
-                *offset = p.offset;
-                filled += 1;
-                self.sink.deliver(Delivery::Publication {
-                    channel: channel.clone(),
-                    publication: p,
-                });
-            }
-        }
-        if filled > 0 {
-            tracing::info!(%channel, filled, "delivered missed publications from history");
-        }
+        self.sink.deliver(Delivery::Reset {
+            channel: channel.clone(),
+        });
     }
 
     /// The pub/sub sink while connected.
@@ -648,7 +781,12 @@ async fn pubsub_loop(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let connect = tokio::time::timeout(inner.timeout, inner.client.get_async_pubsub()).await;
+        let master = inner.master.clone();
+        let connect = tokio::time::timeout(inner.timeout, async {
+            let client = master.pubsub_client().await?;
+            client.get_async_pubsub().await.map_err(unavailable)
+        })
+        .await;
         let pubsub = match connect {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -683,6 +821,10 @@ async fn pubsub_loop(weak: Weak<Inner>) {
                 }
             }
         }
+        for state in inner.channels.lock().values_mut() {
+            // A new connection: its stream is only ordered from here on.
+            state.live = 0;
+        }
         *inner.pubsub.lock() = Some(sink);
         inner.pubsub_up.store(true, Ordering::Release);
         backoff = Duration::from_millis(50);
@@ -700,7 +842,14 @@ async fn pubsub_loop(weak: Weak<Inner>) {
         }
         connected_before = true;
         drop(inner);
-        while let Some(msg) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                () = master.lost() => None,
+            };
+            let Some(msg) = msg else {
+                break;
+            };
             let Some(inner) = weak.upgrade() else {
                 return;
             };
@@ -730,15 +879,16 @@ async fn maintenance(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let mut conn = inner.conn.clone();
-        let ping = tokio::time::timeout(
-            inner.timeout,
-            ::redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
-        inner
-            .commands_ok
-            .store(matches!(ping, Ok(Ok(_))), Ordering::Relaxed);
+        let ping = match inner.master.commands() {
+            Ok(mut conn) => tokio::time::timeout(
+                inner.timeout,
+                ::redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        };
+        inner.commands_ok.store(ping, Ordering::Relaxed);
         inner.refresh_presence().await;
     }
 }
@@ -937,6 +1087,9 @@ impl Broker for RedisBroker {
 
     fn health(&self) -> Result<(), String> {
         let inner = &self.inner;
+        if !inner.master.known() {
+            return Err("no redis master known (asking the sentinels)".into());
+        }
         if !inner.pubsub_up.load(Ordering::Acquire) {
             return Err("redis pub/sub connection is down".into());
         }
