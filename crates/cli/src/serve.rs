@@ -128,6 +128,21 @@ pub(crate) struct Args {
     /// read at startup; sets `broker = "redis"`.
     #[arg(long, env = "DUPLEX_REDIS_URL_FILE", value_name = "FILE")]
     redis_url_file: Option<PathBuf>,
+    /// Find the Redis master through these Sentinels, comma-separated
+    /// (`redis://127.0.0.1:26379,redis://...`; `redis.sentinels`); needs
+    /// `--redis-sentinel-master` and sets `broker = "redis"`. `--redis`, if given, then only
+    /// supplies the master's database and password.
+    #[arg(
+        long = "redis-sentinel",
+        env = "DUPLEX_REDIS_SENTINEL",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    redis_sentinel: Vec<String>,
+    /// The master's name in the Sentinels' configuration (`redis.sentinel_master`).
+    #[arg(long, env = "DUPLEX_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    redis_sentinel_master: Option<String>,
     /// Reverse proxies whose `X-Forwarded-For` is believed for per-IP limits,
     /// comma-separated IP addresses.
     #[arg(
@@ -282,6 +297,15 @@ impl Args {
             c.redis_url_file.clone_from(&self.redis_url_file);
             c.broker = duplex_hub::config::BrokerKind::Redis;
         }
+        if !self.redis_sentinel.is_empty() {
+            c.redis.sentinels.clone_from(&self.redis_sentinel);
+            c.broker = duplex_hub::config::BrokerKind::Redis;
+        }
+        if self.redis_sentinel_master.is_some() {
+            c.redis
+                .sentinel_master
+                .clone_from(&self.redis_sentinel_master);
+        }
         Ok(())
     }
 
@@ -304,6 +328,13 @@ impl Args {
             found.push((
                 "--redis with a password",
                 "--redis-url-file or DUPLEX_REDIS_URL",
+            ));
+        }
+        let password = self.redis_sentinel.iter().any(|url| redact_url(url) != *url);
+        if flag(password, "DUPLEX_REDIS_SENTINEL") {
+            found.push((
+                "--redis-sentinel with a password",
+                "DUPLEX_REDIS_SENTINEL or redis.sentinels",
             ));
         }
         found
@@ -520,6 +551,38 @@ mod tests {
         assert!(config(&["--api-key", "0123456789", "--api-key-file", &key]).is_err());
         assert!(config(&["--redis", "redis://h", "--redis-url-file", &url]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sentinel_flags_select_the_redis_broker() {
+        let c = config(&[
+            "--redis-sentinel",
+            "redis://127.0.0.1:26379,redis://127.0.0.1:26380",
+            "--redis-sentinel-master",
+            "main",
+        ])
+        .unwrap();
+        assert_eq!(c.broker, duplex_hub::config::BrokerKind::Redis);
+        assert_eq!(
+            c.redis.sentinels,
+            ["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"]
+        );
+        assert_eq!(c.redis.sentinel_master.as_deref(), Some("main"));
+        c.validate().unwrap();
+        assert!(
+            config(&["--redis-sentinel", "redis://127.0.0.1:26379"])
+                .unwrap()
+                .validate()
+                .is_err(),
+            "a master name is needed"
+        );
+        assert!(
+            config(&["--redis-sentinel", "http://h:1", "--redis-sentinel-master", "m"])
+                .unwrap()
+                .validate()
+                .is_err(),
+            "redis:// only"
+        );
     }
 
     #[test]
