@@ -125,17 +125,25 @@ pub struct Node {
 
 /// The test configuration of every node: a short presence TTL, fast failure while Redis is
 /// down, a deep history, no rate limits in the way.
-fn node_config(name: &str, port: u16, redis_url: &str) -> String {
+fn node_config(name: &str, port: u16, redis: &Upstream<'_>) -> String {
+    let (url, sentinel) = match redis {
+        Upstream::Url(url) => (format!("redis_url = \"{url}\""), String::new()),
+        Upstream::Sentinel { sentinels, master } => (
+            String::new(),
+            format!("sentinels = {sentinels:?}\nsentinel_master = \"{master}\""),
+        ),
+    };
     format!(
         r#"listen = "127.0.0.1:{port}"
 node = "{name}"
 broker = "redis"
-redis_url = "{redis_url}"
+{url}
 
 [redis]
 prefix = "test"
 presence_ttl = "1500ms"
 timeout = "1s"
+{sentinel}
 
 [api]
 key = "{API_KEY}"
@@ -157,11 +165,24 @@ history_ttl = "10m"
     )
 }
 
+/// Where a node finds Redis.
+pub enum Upstream<'a> {
+    Url(&'a str),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: &'a str,
+    },
+}
+
 impl Node {
     pub fn start(dir: &Path, name: &str, redis_url: &str) -> Self {
+        Self::start_with(dir, name, &Upstream::Url(redis_url))
+    }
+
+    pub fn start_with(dir: &Path, name: &str, redis: &Upstream<'_>) -> Self {
         let port = free_port();
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, node_config(name, port, redis_url)).expect("write config");
+        std::fs::write(&config, node_config(name, port, redis)).expect("write config");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("node log");
         let child = Command::new(DUPLEX)
