@@ -24,7 +24,9 @@ pub(crate) enum Need {
     CargoHack,
     /// Autobahn's `wstest`, through `scripts/autobahn/install.sh`.
     Wstest,
-    /// `redis-server`, which the multi-node tests spawn on free ports.
+    /// `redis-server`, which the multi-node tests spawn on free ports, as data nodes and as
+    /// Sentinels (`redis-server CONF --sentinel`: Debian's `redis-server` binary has Sentinel
+    /// built in, so no `redis-sentinel` package is needed).
     RedisServer,
     /// `nginx`, which the multi-node tests spawn in front of several servers.
     Nginx,

@@ -298,7 +298,11 @@ impl Args {
             c.broker = duplex_hub::config::BrokerKind::Redis;
         }
         if !self.redis_sentinel.is_empty() {
-            c.redis.sentinels.clone_from(&self.redis_sentinel);
+            c.redis.sentinels = self
+                .redis_sentinel
+                .iter()
+                .map(|s| Secret::from(s.as_str()))
+                .collect();
             c.broker = duplex_hub::config::BrokerKind::Redis;
         }
         if self.redis_sentinel_master.is_some() {
@@ -330,7 +334,10 @@ impl Args {
                 "--redis-url-file or DUPLEX_REDIS_URL",
             ));
         }
-        let password = self.redis_sentinel.iter().any(|url| redact_url(url) != *url);
+        let password = self
+            .redis_sentinel
+            .iter()
+            .any(|url| redact_url(url) != *url);
         if flag(password, "DUPLEX_REDIS_SENTINEL") {
             found.push((
                 "--redis-sentinel with a password",
@@ -563,10 +570,25 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.broker, duplex_hub::config::BrokerKind::Redis);
+        let sentinels: Vec<&str> = c.redis.sentinels.iter().map(|s| s.expose()).collect();
         assert_eq!(
-            c.redis.sentinels,
+            sentinels,
             ["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"]
         );
+        let with_password = config(&[
+            "--redis-sentinel",
+            "redis://:sentinel-pw@127.0.0.1:26379",
+            "--redis-sentinel-master",
+            "main",
+        ])
+        .unwrap();
+        let shown = with_password.to_toml_redacted();
+        assert!(!shown.contains("sentinel-pw"), "{shown}");
+        assert!(
+            shown.contains("redis://:<redacted>@127.0.0.1:26379"),
+            "{shown}"
+        );
+        assert!(!format!("{with_password:?}").contains("sentinel-pw"));
         assert_eq!(c.redis.sentinel_master.as_deref(), Some("main"));
         c.validate().unwrap();
         assert!(
@@ -577,10 +599,15 @@ mod tests {
             "a master name is needed"
         );
         assert!(
-            config(&["--redis-sentinel", "http://h:1", "--redis-sentinel-master", "m"])
-                .unwrap()
-                .validate()
-                .is_err(),
+            config(&[
+                "--redis-sentinel",
+                "http://h:1",
+                "--redis-sentinel-master",
+                "m"
+            ])
+            .unwrap()
+            .validate()
+            .is_err(),
             "redis:// only"
         );
     }

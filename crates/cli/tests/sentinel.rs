@@ -232,12 +232,10 @@ async fn master_killed_mid_stream_fails_over_without_silent_loss() {
         // Alternate the WebSocket command and the server API, on both nodes.
         let t0 = Instant::now();
         let ok = if n % 2 == 0 {
-            let result = tokio::time::timeout(
-                Duration::from_secs(4),
-                publisher.publish("fo", n, 0),
-            )
-            .await
-            .expect("a publish must answer within its deadline");
+            let result =
+                tokio::time::timeout(Duration::from_secs(4), publisher.publish("fo", n, 0))
+                    .await
+                    .expect("a publish must answer within its deadline");
             match result {
                 Ok(_) => true,
                 Err(e) => {
@@ -337,7 +335,10 @@ async fn master_killed_mid_stream_fails_over_without_silent_loss() {
     }
     let outage = run.outage.expect("publishes failed during the failover");
     assert!(run.refused > 0);
-    assert!(run.degraded_seen, "/healthz said degraded during the failover");
+    assert!(
+        run.degraded_seen,
+        "/healthz said degraded during the failover"
+    );
     let regressions: usize = nodes
         .iter()
         .map(|n| n.log_text().matches("stream regressed").count())

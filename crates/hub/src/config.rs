@@ -157,7 +157,7 @@ pub struct RedisConfig {
     /// master; with them, `redis_url` is optional and gives only the master's database, user
     /// and password. Needs `sentinel_master`. Default: none (connect to `redis_url`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sentinels: Vec<String>,
+    pub sentinels: Vec<Secret>,
     /// The master's name in the Sentinels' configuration (`sentinel monitor NAME ...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel_master: Option<String>,
@@ -879,7 +879,7 @@ impl Config {
             shown.redis_url = Some(Secret::from(redact_url(url)));
         }
         for s in &mut shown.redis.sentinels {
-            *s = redact_url(s);
+            *s = Secret::from(redact_url(s));
         }
         // Serializing plain data structs to TOML only fails for unsupported types, which
         // `Config` does not contain.
@@ -1066,8 +1066,7 @@ impl Config {
                 redact_url(s)
             ));
         }
-        if r
-            .sentinel_master
+        if r.sentinel_master
             .as_ref()
             .is_some_and(|m| m.is_empty() || m.len() > 128 || m.chars().any(char::is_whitespace))
         {

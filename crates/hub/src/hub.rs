@@ -15,8 +15,7 @@ use crate::api::registry::Registry;
 use crate::auth::{Authenticator, Identity};
 use crate::broker::{
     Broker, BrokerError, MemoryBroker, MemoryLimits, RedisBroker, RedisOptions, Retention,
-    SentinelOptions,
-    StreamPosition,
+    SentinelOptions, StreamPosition,
 };
 use crate::channel;
 use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
@@ -128,7 +127,12 @@ impl Hub {
                         .timeout(config.redis.timeout);
                 if let Some(master) = &config.redis.sentinel_master {
                     options = options.sentinel(SentinelOptions::new(
-                        config.redis.sentinels.clone(),
+                        config
+                            .redis
+                            .sentinels
+                            .iter()
+                            .map(|s| s.expose().to_owned())
+                            .collect(),
                         master.clone(),
                     ));
                 }

@@ -180,11 +180,14 @@ mod tests {
 
     #[test]
     fn catch_up_decisions() {
-        let history = [publication(9, "9"), publication(10, "10"), publication(11, "11")];
+        let history = [
+            publication(9, "9"),
+            publication(10, "10"),
+            publication(11, "11"),
+        ];
         let ten = publication(10, "10");
-        let up = |last, delivered, offset| {
-            judge_catch_up("e1", last, delivered, "e1", offset, &history)
-        };
+        let up =
+            |last, delivered, offset| judge_catch_up("e1", last, delivered, "e1", offset, &history);
         assert_eq!(up(11, None, 11), CatchUp::UpToDate);
         assert_eq!(up(10, Some(&ten), 11), CatchUp::Fill);
         assert_eq!(up(5, None, 11), CatchUp::Lost, "6 is not retained");
