@@ -231,7 +231,7 @@ async fn master_killed_mid_stream_fails_over_without_silent_loss() {
         }
         // Alternate the WebSocket command and the server API, on both nodes.
         let t0 = Instant::now();
-        let ok = if n % 2 == 0 {
+        let ok = if n.is_multiple_of(2) {
             let result =
                 tokio::time::timeout(Duration::from_secs(4), publisher.publish("fo", n, 0))
                     .await

@@ -65,7 +65,7 @@ pub(super) struct Master {
 enum Mode {
     Fixed,
     Sentinel {
-        client: tokio::sync::Mutex<SentinelClient>,
+        client: Box<tokio::sync::Mutex<SentinelClient>>,
         master: String,
     },
 }
@@ -148,7 +148,7 @@ impl Master {
         .map_err(unavailable)?;
         Ok(Self {
             mode: Mode::Sentinel {
-                client: tokio::sync::Mutex::new(client),
+                client: Box::new(tokio::sync::Mutex::new(client)),
                 master: options.master.clone(),
             },
             config,
