@@ -24,8 +24,10 @@ pub(crate) enum Need {
     CargoHack,
     /// Autobahn's `wstest`, through `scripts/autobahn/install.sh`.
     Wstest,
-    /// `redis-server` and `redis-cli`, which the multi-node tests spawn on free ports (the
-    /// Redis Cluster tests create their cluster with `redis-cli --cluster create`).
+    /// `redis-server` and `redis-cli`, which the multi-node tests spawn on free ports, as data
+    /// nodes and as Sentinels (`redis-server CONF --sentinel`: Debian's `redis-server` binary
+    /// has Sentinel built in, so no `redis-sentinel` package is needed; the Redis Cluster
+    /// tests create their cluster with `redis-cli --cluster create`).
     RedisServer,
     /// `nginx`, which the multi-node tests spawn in front of several servers.
     Nginx,

@@ -378,15 +378,15 @@ fn run(
             )?;
         }
         Step::Cluster => {
-            // #[ignore]d like the peer tests: they need redis-server and nginx, which the
-            // step installs. Each test spawns its own on free ports.
+            // #[ignore]d like the peer tests: they need redis-server (also as Sentinel) and
+            // nginx, which the step installs. Each test spawns its own on free ports.
             cmd::run(
                 ws.cargo()
                     .args(["nextest", "run", "--no-fail-fast"])
                     .args(["--run-ignored", "only"])
                     .args([
                         "-E",
-                        "package(duplex-cli) & (binary(cluster) | binary(redis_cluster))",
+                        "package(duplex-cli) & (binary(cluster) | binary(redis_cluster) | binary(sentinel))",
                     ]),
                 limit,
             )?;

@@ -138,6 +138,21 @@ pub(crate) struct Args {
     /// read at startup; sets `broker = "redis"`.
     #[arg(long, env = "DUPLEX_REDIS_URL_FILE", value_name = "FILE")]
     redis_url_file: Option<PathBuf>,
+    /// Find the Redis master through these Sentinels, comma-separated
+    /// (`redis://127.0.0.1:26379,redis://...`; `redis.sentinels`); needs
+    /// `--redis-sentinel-master` and sets `broker = "redis"`. `--redis`, if given, then only
+    /// supplies the master's database and password.
+    #[arg(
+        long = "redis-sentinel",
+        env = "DUPLEX_REDIS_SENTINEL",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    redis_sentinel: Vec<String>,
+    /// The master's name in the Sentinels' configuration (`redis.sentinel_master`).
+    #[arg(long, env = "DUPLEX_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    redis_sentinel_master: Option<String>,
     /// Reverse proxies whose `X-Forwarded-For` is believed for per-IP limits,
     /// comma-separated IP addresses.
     #[arg(
@@ -293,13 +308,29 @@ impl Args {
             c.broker = duplex_hub::config::BrokerKind::Redis;
         }
         if let Some(nodes) = &self.redis_cluster {
-            if self.redis_url.is_some() || self.redis_url_file.is_some() {
+            if self.redis_url.is_some()
+                || self.redis_url_file.is_some()
+                || !self.redis_sentinel.is_empty()
+            {
                 anyhow::bail!(
-                    "--redis-cluster and --redis/--redis-url-file are mutually exclusive"
+                    "--redis-cluster and --redis/--redis-url-file/--redis-sentinel are mutually exclusive"
                 );
             }
             c.redis_cluster = Some(Secret::from(nodes.as_str()));
             c.broker = duplex_hub::config::BrokerKind::RedisCluster;
+        }
+        if !self.redis_sentinel.is_empty() {
+            c.redis.sentinels = self
+                .redis_sentinel
+                .iter()
+                .map(|s| Secret::from(s.as_str()))
+                .collect();
+            c.broker = duplex_hub::config::BrokerKind::Redis;
+        }
+        if self.redis_sentinel_master.is_some() {
+            c.redis
+                .sentinel_master
+                .clone_from(&self.redis_sentinel_master);
         }
         Ok(())
     }
@@ -331,6 +362,16 @@ impl Args {
             .is_some_and(|urls| urls.split(',').any(|url| redact_url(url) != url));
         if flag(cluster_password, "DUPLEX_REDIS_CLUSTER") {
             found.push(("--redis-cluster with a password", "DUPLEX_REDIS_CLUSTER"));
+        }
+        let password = self
+            .redis_sentinel
+            .iter()
+            .any(|url| redact_url(url) != *url);
+        if flag(password, "DUPLEX_REDIS_SENTINEL") {
+            found.push((
+                "--redis-sentinel with a password",
+                "DUPLEX_REDIS_SENTINEL or redis.sentinels",
+            ));
         }
         found
     }
@@ -567,6 +608,52 @@ mod tests {
         assert!(config(&["--api-key", "0123456789", "--api-key-file", &key]).is_err());
         assert!(config(&["--redis", "redis://h", "--redis-url-file", &url]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sentinel_flags_select_the_redis_broker() {
+        let c = config(&[
+            "--redis-sentinel",
+            "redis://127.0.0.1:26379,redis://127.0.0.1:26380",
+            "--redis-sentinel-master",
+            "main",
+        ])
+        .unwrap();
+        assert_eq!(c.broker, duplex_hub::config::BrokerKind::Redis);
+        let sentinels: Vec<&str> = c.redis.sentinels.iter().map(|s| s.expose()).collect();
+        assert_eq!(
+            sentinels,
+            ["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"]
+        );
+        let with_password = config(&[
+            "--redis-sentinel",
+            "redis://:sentinel-pw@127.0.0.1:26379",
+            "--redis-sentinel-master",
+            "main",
+        ])
+        .unwrap();
+        let shown = with_password.to_toml_redacted();
+        assert!(!shown.contains("sentinel-pw"), "{shown}");
+        assert!(
+            shown.contains("redis://:<redacted>@127.0.0.1:26379"),
+            "{shown}"
+        );
+        assert!(!format!("{with_password:?}").contains("sentinel-pw"));
+        assert_eq!(c.redis.sentinel_master.as_deref(), Some("main"));
+        assert!(
+            config(&["--redis-sentinel", "redis://127.0.0.1:26379"]).is_err(),
+            "a master name is needed"
+        );
+        assert!(
+            config(&[
+                "--redis-sentinel",
+                "http://h:1",
+                "--redis-sentinel-master",
+                "m"
+            ])
+            .is_err(),
+            "redis:// only"
+        );
     }
 
     #[test]

@@ -162,6 +162,14 @@ pub struct RedisConfig {
     /// `unavailable`). Default 2 s.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Redis Sentinels (`redis://[:password@]host:port`, at most 16) that name the current
+    /// master; with them, `redis_url` is optional and gives only the master's database, user
+    /// and password. Needs `sentinel_master`. Default: none (connect to `redis_url`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sentinels: Vec<Secret>,
+    /// The master's name in the Sentinels' configuration (`sentinel monitor NAME ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -170,9 +178,14 @@ impl Default for RedisConfig {
             prefix: "duplex".to_owned(),
             presence_ttl: Duration::from_secs(30),
             timeout: Duration::from_secs(2),
+            sentinels: Vec::new(),
+            sentinel_master: None,
         }
     }
 }
+
+/// Most Sentinels one node asks.
+pub const MAX_SENTINELS: usize = 16;
 
 /// Log output settings (applied by the binary that installs the subscriber).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -879,6 +892,9 @@ impl Config {
             let nodes: Vec<String> = nodes.split(',').map(redact_url).collect();
             shown.redis_cluster = Some(Secret::from(nodes.join(",")));
         }
+        for s in &mut shown.redis.sentinels {
+            *s = Secret::from(redact_url(s));
+        }
         // Serializing plain data structs to TOML only fails for unsupported types, which
         // `Config` does not contain.
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -1045,12 +1061,40 @@ impl Config {
         if self.broker == BrokerKind::Redis
             && self.redis_url.is_none()
             && self.redis_url_file.is_none()
+            && self.redis.sentinels.is_empty()
         {
-            return invalid("broker = \"redis\" needs redis_url or redis_url_file".into());
+            return invalid(
+                "broker = \"redis\" needs redis_url, redis_url_file or redis.sentinels".into(),
+            );
+        }
+        let r = &self.redis;
+        if r.sentinels.is_empty() != r.sentinel_master.is_none() {
+            return invalid("redis.sentinels and redis.sentinel_master go together".into());
+        }
+        if r.sentinels.len() > MAX_SENTINELS {
+            return invalid(format!("redis.sentinels: at most {MAX_SENTINELS}"));
+        }
+        if let Some(s) = r.sentinels.iter().find(|s| !s.starts_with("redis://")) {
+            return invalid(format!(
+                "redis.sentinels: {} is not a redis:// URL",
+                redact_url(s)
+            ));
+        }
+        if r.sentinel_master
+            .as_ref()
+            .is_some_and(|m| m.is_empty() || m.len() > 128 || m.chars().any(char::is_whitespace))
+        {
+            return invalid("redis.sentinel_master must be 1-128 characters without spaces".into());
         }
         if self.broker == BrokerKind::RedisCluster && self.redis_cluster_nodes().is_empty() {
             return invalid(
                 "broker = \"redis-cluster\" needs redis_cluster (seed node URLs)".into(),
+            );
+        }
+        if self.broker == BrokerKind::RedisCluster && !r.sentinels.is_empty() {
+            // A Redis Cluster fails over by itself; Sentinel is for one master.
+            return invalid(
+                "redis.sentinels apply to broker = \"redis\", not \"redis-cluster\"".into(),
             );
         }
         if self.redis.prefix.is_empty()
@@ -1252,6 +1296,14 @@ mod tests {
         assert_eq!(
             cluster.redis_cluster_nodes(),
             ["redis://a:7000", "redis://b:7000"]
+        );
+        assert!(
+            Config::from_toml(
+                "broker = \"redis-cluster\"\nredis_cluster = \"redis://a:7000\"\n\
+                 [redis]\nsentinels = [\"redis://s:26379\"]\nsentinel_master = \"m\"",
+            )
+            .is_err(),
+            "Sentinel is for one master, not a cluster"
         );
         assert!(Config::from_toml("[redis]\nprefix = \"a b\"").is_err());
         assert!(Config::from_toml("[limits]\ntrusted_proxies = [\"nginx\"]").is_err());

@@ -15,7 +15,7 @@ use crate::api::registry::Registry;
 use crate::auth::{Authenticator, Identity};
 use crate::broker::{
     Broker, BrokerError, MemoryBroker, MemoryLimits, RedisBroker, RedisOptions, Retention,
-    StreamPosition,
+    SentinelOptions, StreamPosition,
 };
 use crate::channel;
 use crate::config::{BrokerKind, Config, ConfigError, NamespaceConfig};
@@ -120,10 +120,22 @@ impl Hub {
                 MemoryBroker::with_limits(sink, memory_limits(&config), metrics.clone())
             }
             BrokerKind::Redis => {
-                let options = RedisOptions::new(config.redis_url.as_deref().unwrap_or_default())
-                    .prefix(config.redis.prefix.clone())
-                    .presence_ttl(config.redis.presence_ttl)
-                    .timeout(config.redis.timeout);
+                let mut options =
+                    RedisOptions::new(config.redis_url.as_deref().unwrap_or_default())
+                        .prefix(config.redis.prefix.clone())
+                        .presence_ttl(config.redis.presence_ttl)
+                        .timeout(config.redis.timeout);
+                if let Some(master) = &config.redis.sentinel_master {
+                    options = options.sentinel(SentinelOptions::new(
+                        config
+                            .redis
+                            .sentinels
+                            .iter()
+                            .map(|s| s.expose().to_owned())
+                            .collect(),
+                        master.clone(),
+                    ));
+                }
                 RedisBroker::new(&options, sink).map_err(|e| ConfigError::Invalid(e.to_string()))?
             }
             BrokerKind::RedisCluster => {

@@ -125,7 +125,21 @@ pub struct Node {
 
 /// The test configuration of every node: a short presence TTL, fast failure while Redis is
 /// down, a deep history, no rate limits in the way.
-fn node_config(name: &str, port: u16, broker: &str) -> String {
+fn node_config(name: &str, port: u16, redis: &Upstream<'_>) -> String {
+    let (broker, sentinel) = match redis {
+        Upstream::Url(url) => (
+            format!("broker = \"redis\"\nredis_url = \"{url}\""),
+            String::new(),
+        ),
+        Upstream::Cluster(seeds) => (
+            format!("broker = \"redis-cluster\"\nredis_cluster = \"{seeds}\""),
+            String::new(),
+        ),
+        Upstream::Sentinel { sentinels, master } => (
+            "broker = \"redis\"".to_owned(),
+            format!("sentinels = {sentinels:?}\nsentinel_master = \"{master}\""),
+        ),
+    };
     format!(
         r#"listen = "127.0.0.1:{port}"
 node = "{name}"
@@ -135,6 +149,7 @@ node = "{name}"
 prefix = "test"
 presence_ttl = "1500ms"
 timeout = "1s"
+{sentinel}
 
 [api]
 key = "{API_KEY}"
@@ -156,23 +171,33 @@ history_ttl = "10m"
     )
 }
 
+/// Where a node finds Redis.
+pub enum Upstream<'a> {
+    /// One Redis at this URL.
+    Url(&'a str),
+    /// A Redis Cluster, through these comma-separated seed URLs.
+    Cluster(&'a str),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: &'a str,
+    },
+}
+
 impl Node {
     pub fn start(dir: &Path, name: &str, redis_url: &str) -> Self {
-        let broker = format!("broker = \"redis\"\nredis_url = \"{redis_url}\"");
-        Self::start_with(dir, name, &broker)
+        Self::start_with(dir, name, &Upstream::Url(redis_url))
     }
 
     /// A node on the Redis Cluster reached through `seeds` (comma-separated URLs).
     pub fn start_cluster(dir: &Path, name: &str, seeds: &str) -> Self {
-        let broker = format!("broker = \"redis-cluster\"\nredis_cluster = \"{seeds}\"");
-        Self::start_with(dir, name, &broker)
+        Self::start_with(dir, name, &Upstream::Cluster(seeds))
     }
 
-    /// A node whose broker settings are the TOML lines `broker`.
-    pub fn start_with(dir: &Path, name: &str, broker: &str) -> Self {
+    /// A node on the Redis `redis` names.
+    pub fn start_with(dir: &Path, name: &str, redis: &Upstream<'_>) -> Self {
         let port = free_port();
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, node_config(name, port, broker)).expect("write config");
+        std::fs::write(&config, node_config(name, port, redis)).expect("write config");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("node log");
         let child = Command::new(DUPLEX)

@@ -15,10 +15,13 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+mod continuity;
 mod memory;
 mod redis;
+mod sentinel;
 
 pub use self::redis::{RedisBroker, RedisOptions};
+pub use self::sentinel::SentinelOptions;
 pub use memory::{MemoryBroker, MemoryLimits};
 
 /// A channel's stream position: the epoch and the offset of its latest publication.

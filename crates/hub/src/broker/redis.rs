@@ -35,13 +35,19 @@
 //! the gap cannot be filled, or the channel's epoch changed (Redis lost its data), the node
 //! sends [`Delivery::Reset`] so that the channel's local subscribers resubscribe with `since`
 //! and learn the new position.
+//!
+//! A stream that goes backwards within one epoch (a promoted replica without the last
+//! publications the old master acknowledged) is a regression: the node moves the channel to a
+//! new epoch (`rebase.lua`) and resets its subscribers. See [`super::continuity`].
+//!
+//! With Sentinel ([`RedisOptions::sentinel`]), [`super::sentinel`] finds the current master.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use ::redis::aio::{ConnectionManagerConfig, PubSubSink};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Client, ProtocolVersion, PushInfo, PushKind, Script};
@@ -51,6 +57,8 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::continuity::{judge_catch_up, judge_live, CatchUp, Live, Seen};
+use super::sentinel::{Master, SentinelOptions};
 use super::{
     Broker, BrokerError, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry, Publication,
     Retention, StreamPosition,
@@ -79,6 +87,7 @@ struct Scripts {
     presence_add: Script,
     presence_remove: Script,
     presence: Script,
+    rebase: Script,
 }
 
 impl Scripts {
@@ -100,6 +109,8 @@ impl Scripts {
             presence_add: script(presence_add),
             presence_remove: script(presence_remove),
             presence: script(presence),
+            // Moves a channel to a new epoch; publishes nothing.
+            rebase: Script::new(include_str!("redis/rebase.lua")),
         }
     }
 }
@@ -141,6 +152,9 @@ pub struct RedisOptions {
     pub presence_ttl: Duration,
     /// Timeout of each command and connection attempt.
     pub timeout: Duration,
+    /// Find the master through these Sentinels instead of connecting to `url`'s host; `url`
+    /// (may be empty) then only gives the master's database, user and password.
+    pub sentinel: Option<SentinelOptions>,
 }
 
 impl RedisOptions {
@@ -154,6 +168,7 @@ impl RedisOptions {
             prefix: defaults.prefix,
             presence_ttl: defaults.presence_ttl,
             timeout: defaults.timeout,
+            sentinel: None,
         }
     }
 
@@ -192,6 +207,13 @@ impl RedisOptions {
         self.timeout = timeout;
         self
     }
+
+    /// Set [`sentinel`](Self::sentinel).
+    #[must_use]
+    pub fn sentinel(mut self, sentinel: SentinelOptions) -> Self {
+        self.sentinel = Some(sentinel);
+        self
+    }
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -209,6 +231,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
             .field("timeout", &self.timeout)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -230,10 +253,8 @@ impl std::fmt::Debug for RedisBroker {
 
 /// Where commands and subscriptions go: one Redis, or a Redis Cluster.
 enum Link {
-    Single {
-        client: Client,
-        conn: ConnectionManager,
-    },
+    /// One Redis: fixed, or the master the Sentinels name.
+    Single { master: Arc<Master> },
     Cluster {
         client: Box<ClusterClient>,
         /// The cluster connection, once the first connection to the cluster succeeded (it
@@ -275,6 +296,12 @@ struct ChannelState {
     /// Redis Cluster: the subscription may have lapsed (a shard connection was lost, or the
     /// server dropped it after a slot move or failover) and is being renewed.
     stale: bool,
+    /// Highest offset received in `last`'s epoch on the current pub/sub connection.
+    live: u64,
+    /// The last publication delivered, to recognise it in history after a failover.
+    delivered: Option<Publication>,
+    /// An epoch given up after it regressed.
+    retired: Option<Arc<str>>,
 }
 
 /// A message from the pub/sub connection.
@@ -304,6 +331,8 @@ enum Next {
     Done,
     /// Publications after this offset are missing.
     Gap(u64),
+    /// The stream went backwards in this epoch.
+    Regressed(Arc<str>),
 }
 
 /// The pub/sub message and history entry format (`k` only on pub/sub).
@@ -446,21 +475,31 @@ impl RedisBroker {
     fn single(options: &RedisOptions) -> Result<Link, BrokerError> {
         // Errors built from the URL never show its password.
         let redact = |e: &dyn std::fmt::Display| redact_password_in(&e.to_string(), &options.url);
-        let client = Client::open(options.url.as_str()).map_err(|e| {
-            BrokerError::Unavailable(format!(
-                "invalid redis_url {}: {}",
-                redact_url(&options.url),
-                redact(&e)
-            ))
-        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| unavailable(redact(&e)))?;
-        Ok(Link::Single { client, conn })
+        let master = match &options.sentinel {
+            Some(sentinel) => {
+                let url = Some(options.url.as_str()).filter(|u| !u.is_empty());
+                Master::sentinel(sentinel, url, config, options.timeout)?
+            }
+            None => {
+                let client = Client::open(options.url.as_str()).map_err(|e| {
+                    BrokerError::Unavailable(format!(
+                        "invalid redis_url {}: {}",
+                        redact_url(&options.url),
+                        redact(&e)
+                    ))
+                })?;
+                Master::fixed(client, config, options.timeout)
+                    .map_err(|e| BrokerError::Unavailable(redact(&e)))?
+            }
+        };
+        Ok(Link::Single {
+            master: Arc::new(master),
+        })
     }
 
     /// A cluster client speaking RESP3, whose subscription messages and disconnection
@@ -527,8 +566,8 @@ impl Inner {
         invocation: &::redis::ScriptInvocation<'_>,
     ) -> Result<T, BrokerError> {
         let result = match &self.link {
-            Link::Single { conn, .. } => {
-                let mut conn = conn.clone();
+            Link::Single { master } => {
+                let mut conn = master.commands()?;
                 tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
             }
             Link::Cluster { conn, .. } => {
@@ -547,6 +586,10 @@ impl Inner {
             Ok(Err(e)) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     self.commands_ok.store(false, Ordering::Relaxed);
+                }
+                if let Link::Single { master } = &self.link {
+                    // A `-READONLY` reply: the master was demoted; ask the Sentinels again.
+                    master.failed(&e);
                 }
                 Err(unavailable(e))
             }
@@ -613,24 +656,44 @@ impl Inner {
                 return Next::Done;
             }
         };
-        if msg_epoch != *epoch {
-            tracing::warn!(%channel, old = %epoch, new = %msg_epoch, "channel epoch changed");
-            *epoch = msg_epoch;
-            *last = offset;
-            self.sink.deliver(Delivery::Reset {
-                channel: channel.clone(),
-            });
-            return Next::Done;
+        let seen = Seen {
+            epoch,
+            last: *last,
+            live: state.live,
+            retired: state.retired.as_deref(),
+        };
+        match judge_live(seen, &msg_epoch, offset) {
+            Live::Stale => Next::Done,
+            Live::Duplicate => {
+                state.live = offset;
+                Next::Done
+            }
+            Live::Gap(after) => Next::Gap(after),
+            Live::Regressed => {
+                tracing::warn!(%channel, %epoch, offset, last = *last, "live stream went backwards");
+                Next::Regressed(epoch.clone())
+            }
+            Live::NewEpoch => {
+                tracing::warn!(%channel, old = %epoch, new = %msg_epoch, "channel epoch changed");
+                *epoch = msg_epoch;
+                *last = offset;
+                state.live = offset;
+                state.delivered = None;
+                self.sink.deliver(Delivery::Reset {
+                    channel: channel.clone(),
+                });
+                Next::Done
+            }
+            Live::Deliver => {
+                *last = offset;
+                state.live = offset;
+                if let Incoming::Publication { publication, .. } = &incoming {
+                    state.delivered = Some(publication.clone());
+                }
+                self.deliver(channel, incoming);
+                Next::Done
+            }
         }
-        if offset <= *last {
-            return Next::Done;
-        }
-        if offset > *last + 1 {
-            return Next::Gap(*last);
-        }
-        *last = offset;
-        self.deliver(channel, incoming);
-        Next::Done
     }
 
     /// Handles one pub/sub message.
@@ -642,7 +705,7 @@ impl Inner {
             tracing::warn!(channel, "unreadable message from redis");
             return;
         };
-        let name = {
+        let (name, next) = {
             let mut channels = self.channels.lock();
             let Some(name) = channels.get_key_value(channel).map(|(k, _)| k.clone()) else {
                 return;
@@ -652,30 +715,47 @@ impl Inner {
             };
             match self.accept(&name, state, incoming.clone()) {
                 Next::Done => return,
-                Next::Gap(_) => name,
+                next => (name, next),
             }
         };
-        let _ = self.catch_up(&name).await;
-        let mut channels = self.channels.lock();
-        let Some(state) = channels.get_mut(channel) else {
+        if let Next::Regressed(epoch) = next {
+            self.rebase(&name, &epoch).await;
             return;
-        };
-        if let Next::Gap(after) = self.accept(&name, state, incoming.clone()) {
-            // History could not be read: the missed publications cannot be delivered in
-            // order any more, so the subscribers start over.
-            tracing::warn!(%name, after, "gap not filled: resetting subscribers");
-            if let (Some(last), Incoming::Publication { epoch, publication }) =
-                (&mut state.last, incoming)
-            {
-                *last = (epoch, publication.offset);
+        }
+        let _ = self.catch_up(&name).await;
+        let regressed = {
+            let mut channels = self.channels.lock();
+            let Some(state) = channels.get_mut(channel) else {
+                return;
+            };
+            match self.accept(&name, state, incoming.clone()) {
+                Next::Done => None,
+                Next::Regressed(epoch) => Some(epoch),
+                Next::Gap(after) => {
+                    // History could not be read: the missed publications cannot be delivered
+                    // in order any more, so the subscribers start over.
+                    tracing::warn!(%name, after, "gap not filled: resetting subscribers");
+                    if let (Some(last), Incoming::Publication { epoch, publication }) =
+                        (&mut state.last, incoming)
+                    {
+                        state.live = publication.offset;
+                        *last = (epoch, publication.offset);
+                    }
+                    state.delivered = None;
+                    self.sink.deliver(Delivery::Reset { channel: name });
+                    return;
+                }
             }
-            self.sink.deliver(Delivery::Reset { channel: name });
+        };
+        if let Some(epoch) = regressed {
+            self.rebase(&name, &epoch).await;
         }
     }
 
     /// Delivers the publications of `channel` that this node missed (after its last delivered
     /// offset), from history; sends a reset when they are no longer there or the epoch
-    /// changed. Returns `false` when history could not be read.
+    /// changed, and moves the channel to a new epoch when the stream regressed. Returns
+    /// `false` when history could not be read.
     async fn catch_up(&self, channel: &Arc<str>) -> bool {
         let Some(last) = self
             .channels
@@ -692,52 +772,111 @@ impl Inner {
                 return false;
             }
         };
-        let mut channels = self.channels.lock();
-        let Some(state) = channels.get_mut(channel) else {
-            return true;
-        };
-        let Some((epoch, offset)) = &mut state.last else {
-            return true;
-        };
-        if *epoch != last.0 || *offset != last.1 {
-            // Another round delivered meanwhile; its own checks apply.
-            if *epoch != position.epoch || *offset >= position.offset {
+        let regressed = {
+            let mut channels = self.channels.lock();
+            let Some(state) = channels.get_mut(channel) else {
                 return true;
+            };
+            let Some((epoch, offset)) = &mut state.last else {
+                return true;
+            };
+            if *epoch != last.0 || *offset != last.1 {
+                // Another round delivered meanwhile; its own checks apply.
+                if *epoch != position.epoch || *offset >= position.offset {
+                    return true;
+                }
             }
-        }
-        let complete = *epoch == position.epoch
-            && (*offset >= position.offset || publications.iter().any(|p| p.offset == *offset + 1));
-        if !complete {
-            tracing::warn!(
-                %channel,
-                from = %epoch,
-                after = *offset,
-                to = %position.epoch,
-                offset = position.offset,
-                "missed publications are not in history any more: resetting subscribers"
-            );
-            *epoch = position.epoch.clone();
-            *offset = position.offset;
-            self.sink.deliver(Delivery::Reset {
-                channel: channel.clone(),
-            });
-            return true;
-        }
-        let mut filled = 0;
-        for p in publications {
-            if p.offset == *offset + 1 && p.offset <= position.offset {
-                *offset = p.offset;
-                filled += 1;
-                self.sink.deliver(Delivery::Publication {
-                    channel: channel.clone(),
-                    publication: p,
-                });
+            let verdict = if state.retired.as_deref() == Some(&*position.epoch) {
+                // A regression whose new epoch could not be written yet.
+                CatchUp::Regressed
+            } else {
+                judge_catch_up(
+                    epoch,
+                    *offset,
+                    state.delivered.as_ref(),
+                    &position.epoch,
+                    position.offset,
+                    &publications,
+                )
+            };
+            match verdict {
+                CatchUp::UpToDate => None,
+                CatchUp::Regressed => Some(epoch.clone()),
+                CatchUp::Lost => {
+                    tracing::warn!(
+                        %channel,
+                        from = %epoch,
+                        after = *offset,
+                        to = %position.epoch,
+                        offset = position.offset,
+                        "missed publications are not in history any more: resetting subscribers"
+                    );
+                    *epoch = position.epoch.clone();
+                    *offset = position.offset;
+                    state.live = 0;
+                    state.delivered = None;
+                    self.sink.deliver(Delivery::Reset {
+                        channel: channel.clone(),
+                    });
+                    None
+                }
+                CatchUp::Fill => {
+                    let mut filled = 0;
+                    for p in publications {
+                        if p.offset == offset.saturating_add(1) && p.offset <= position.offset {
+                            *offset = p.offset;
+                            filled += 1;
+                            state.delivered = Some(p.clone());
+                            self.sink.deliver(Delivery::Publication {
+                                channel: channel.clone(),
+                                publication: p,
+                            });
+                        }
+                    }
+                    tracing::info!(%channel, filled, "delivered missed publications from history");
+                    None
+                }
             }
-        }
-        if filled > 0 {
-            tracing::info!(%channel, filled, "delivered missed publications from history");
+        };
+        if let Some(epoch) = regressed {
+            self.rebase(channel, &epoch).await;
         }
         true
+    }
+
+    /// Moves `channel` from the epoch `regressed` to a new one in Redis (unless another node
+    /// did already) and resets its subscribers here: they resubscribe and learn the new epoch,
+    /// instead of getting other publications under offsets they have seen.
+    async fn rebase(&self, channel: &Arc<str>, regressed: &Arc<str>) {
+        tracing::warn!(
+            %channel,
+            epoch = %regressed,
+            "stream regressed (the master lost acknowledged publications): new epoch, \
+             resetting subscribers"
+        );
+        let mut inv = self.scripts.rebase.prepare_invoke();
+        inv.key(self.key(channel, "stream"))
+            .key(self.key(channel, "history"))
+            .arg(&**regressed)
+            .arg(new_epoch())
+            .arg(millis(STREAM_TTL));
+        let moved: Result<(String, u64), BrokerError> = self.run(&inv).await;
+        if let Some(state) = self.channels.lock().get_mut(channel) {
+            state.retired = Some(regressed.clone());
+            state.live = 0;
+            state.delivered = None;
+            match moved {
+                Ok((epoch, offset)) => state.last = Some((epoch.into(), offset)),
+                Err(e) => tracing::warn!(
+                    %channel,
+                    error = %e,
+                    "cannot move the channel to a new epoch yet; retried at the next catch-up"
+                ),
+            }
+        }
+        self.sink.deliver(Delivery::Reset {
+            channel: channel.clone(),
+        });
     }
 
     /// The pub/sub sink while connected.
@@ -939,10 +1078,15 @@ async fn pubsub_loop(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let Link::Single { client, .. } = &inner.link else {
+        let Link::Single { master } = &inner.link else {
             return;
         };
-        let connect = tokio::time::timeout(inner.timeout, client.get_async_pubsub()).await;
+        let master = master.clone();
+        let connect = tokio::time::timeout(inner.timeout, async {
+            let client = master.pubsub_client().await?;
+            client.get_async_pubsub().await.map_err(unavailable)
+        })
+        .await;
         let pubsub = match connect {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -977,6 +1121,10 @@ async fn pubsub_loop(weak: Weak<Inner>) {
                 }
             }
         }
+        for state in inner.channels.lock().values_mut() {
+            // A new connection: its stream is only ordered from here on.
+            state.live = 0;
+        }
         *inner.pubsub.lock() = Some(sink);
         inner.pubsub_up.store(true, Ordering::Release);
         backoff = Duration::from_millis(50);
@@ -994,7 +1142,14 @@ async fn pubsub_loop(weak: Weak<Inner>) {
         }
         connected_before = true;
         drop(inner);
-        while let Some(msg) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                () = master.lost() => None,
+            };
+            let Some(msg) = msg else {
+                break;
+            };
             let Some(inner) = weak.upgrade() else {
                 return;
             };
@@ -1077,12 +1232,14 @@ async fn maintenance(weak: Weak<Inner>) {
         };
         let ping = ::redis::cmd("PING");
         let answered = match &inner.link {
-            Link::Single { conn, .. } => {
-                let mut conn = conn.clone();
-                let ping =
-                    tokio::time::timeout(inner.timeout, ping.query_async::<String>(&mut conn));
-                matches!(ping.await, Ok(Ok(_)))
-            }
+            Link::Single { master } => match master.commands() {
+                Ok(mut conn) => {
+                    let ping =
+                        tokio::time::timeout(inner.timeout, ping.query_async::<String>(&mut conn));
+                    matches!(ping.await, Ok(Ok(_)))
+                }
+                Err(_) => false,
+            },
             // Sent to every node of the cluster: degraded while any of them does not answer.
             Link::Cluster { .. } => match inner.cluster_conn().ok().flatten() {
                 Some(mut conn) => {
@@ -1280,6 +1437,11 @@ impl Broker for RedisBroker {
 
     fn health(&self) -> Result<(), String> {
         let inner = &self.inner;
+        if let Link::Single { master } = &inner.link {
+            if !master.known() {
+                return Err("no redis master known (asking the sentinels)".into());
+            }
+        }
         if !inner.pubsub_up.load(Ordering::Acquire) {
             return Err(match inner.link {
                 Link::Single { .. } => "redis pub/sub connection is down".into(),
