@@ -330,6 +330,14 @@ pub struct ApiConfig {
     /// key is refused with `over_capacity` (HTTP 507) until older ones expire.
     /// Default 100 000.
     pub max_idempotency_keys: usize,
+    /// Server API commands (`subscribe`, `unsubscribe`) waiting for one connection; past
+    /// it, a command for that connection is refused with `over_capacity`. Default 16.
+    pub mailbox_size: usize,
+    /// How long `subscribe` and `unsubscribe` wait for each connection's answer; a
+    /// connection that has not answered by then is reported with `unavailable` (the
+    /// command may still run). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -344,6 +352,8 @@ impl Default for ApiConfig {
             max_history_limit: 1_000,
             idempotency_window: Duration::from_secs(300),
             max_idempotency_keys: 100_000,
+            mailbox_size: 16,
+            command_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -1119,11 +1129,15 @@ impl Config {
             || self.api.max_pattern_bytes == 0
             || self.api.max_history_limit == 0
             || self.api.max_idempotency_keys == 0
+            || self.api.mailbox_size == 0
         {
-            return invalid("api.max_* limits must be at least 1");
+            return invalid("api.max_* limits and api.mailbox_size must be at least 1");
         }
         if self.api.idempotency_window.is_zero() {
             return invalid("api.idempotency_window must be above zero");
+        }
+        if self.api.command_timeout.is_zero() {
+            return invalid("api.command_timeout must be above zero");
         }
         if self.redis_url.is_some() && self.redis_url_file.is_some() {
             return invalid("redis_url and redis_url_file are mutually exclusive");

@@ -9,7 +9,10 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::idempotency::{Full, MAX_KEY_BYTES};
+use super::registry::Control;
 use crate::broker::{PresenceEntry, Publication, StreamPosition};
 use crate::hub::ChannelInfo;
 use crate::protocol::{CommandError, ErrorCode, Since};
@@ -97,7 +100,8 @@ pub struct NodeInfo {
     pub uptime_seconds: u64,
 }
 
-/// Whose connections [`Hub::disconnect`] closes.
+/// Whose connections [`Hub::disconnect`], [`Hub::subscribe`] and [`Hub::unsubscribe`] act
+/// on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Every connection of this user on this node.
@@ -123,7 +127,152 @@ fn closable(code: u16) -> bool {
     matches!(code, 1000 | 1001 | 1008 | 1011 | 1012 | 1013 | 3000..=4999)
 }
 
+/// What one connection did with a server-side [`Hub::subscribe`] or [`Hub::unsubscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientOutcome {
+    /// The connection's client id.
+    pub client: String,
+    /// `subscribe`: the position the client was told (with the pushed `subscribed`
+    /// event); `unsubscribe`: `None`. An error when the connection refused the command (a
+    /// limit, already subscribed, not subscribed), its mailbox was full (`over_capacity`),
+    /// or it closed or did not answer within `api.command_timeout` (`unavailable`).
+    pub result: Result<Option<StreamPosition>, CommandError>,
+}
+
+/// A command on its way to one connection's mailbox, or already refused.
+enum Posted<T> {
+    Sent(String, oneshot::Receiver<Result<T, CommandError>>),
+    Refused(String, CommandError),
+}
+
 impl Hub {
+    /// The local connections of `target`: their client id and mailbox.
+    fn mailboxes(&self, target: &Target) -> Vec<(String, mpsc::Sender<Control>)> {
+        let entries = match target {
+            Target::User(user) => self.shared.registry.entries_of(user),
+            Target::Client(client) => self
+                .shared
+                .registry
+                .client_entry(client)
+                .into_iter()
+                .collect(),
+        };
+        entries
+            .into_iter()
+            .filter_map(|e| Some((e.peer.upgrade()?.id.to_string(), e.mailbox)))
+            .collect()
+    }
+
+    /// Posts one command per connection of `target` (`make` builds it around the reply
+    /// sender) and waits for every answer until `api.command_timeout`.
+    async fn command<T>(
+        &self,
+        target: &Target,
+        make: impl Fn(oneshot::Sender<Result<T, CommandError>>) -> Control,
+    ) -> Vec<(String, Result<T, CommandError>)> {
+        let size = self.config().api.mailbox_size;
+        let posted: Vec<Posted<T>> = self
+            .mailboxes(target)
+            .into_iter()
+            .map(|(client, mailbox)| {
+                let (tx, rx) = oneshot::channel();
+                match mailbox.try_send(make(tx)) {
+                    Ok(()) => Posted::Sent(client, rx),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.shared.metrics.limit_hit("api_mailbox");
+                        let e = CommandError::new(
+                            ErrorCode::OverCapacity,
+                            format!(
+                                "the connection has {size} server commands waiting \
+                                 (api.mailbox_size); this one was not queued"
+                            ),
+                        );
+                        Posted::Refused(client, e)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Posted::Refused(client, gone()),
+                }
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + self.config().api.command_timeout;
+        let mut outcomes = Vec::with_capacity(posted.len());
+        // Every command is posted before the first wait, so they run concurrently; the one
+        // deadline bounds the whole call.
+        for p in posted {
+            outcomes.push(match p {
+                Posted::Refused(client, e) => (client, Err(e)),
+                Posted::Sent(client, rx) => {
+                    let result = match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(gone()),
+                        Err(_) => Err(CommandError::new(
+                            ErrorCode::Unavailable,
+                            "the connection did not answer within api.command_timeout \
+                             (the command may still take effect)",
+                        )),
+                    };
+                    (client, result)
+                }
+            });
+        }
+        outcomes
+    }
+
+    /// Subscribes the connections of `target` on this node to `channel`, each in its own
+    /// loop as if the client had subscribed (its queue, recovery, presence and limits:
+    /// `limits.max_channels_per_connection`, the node's channel caps), but with no
+    /// permission check and no `subscribe` hook: the application decides. Each client is
+    /// told with a pushed `subscribed` event carrying the position. One outcome per
+    /// connection; a refusal by one does not stop the others.
+    pub async fn subscribe(
+        &self,
+        target: &Target,
+        channel: &str,
+    ) -> Result<Vec<ClientOutcome>, CommandError> {
+        // Refused once here rather than by every connection.
+        self.shared.resolve(channel)?;
+        let channel: Arc<str> = channel.into();
+        let outcomes = self
+            .command(target, |reply| Control::Subscribe {
+                channel: channel.clone(),
+                reply,
+            })
+            .await;
+        Ok(outcomes
+            .into_iter()
+            .map(|(client, result)| ClientOutcome {
+                client,
+                result: result.map(Some),
+            })
+            .collect())
+    }
+
+    /// Unsubscribes the connections of `target` on this node from `channel`, each told
+    /// with a pushed `unsubscribed` event; a connection that is not subscribed answers
+    /// `not_subscribed`.
+    pub async fn unsubscribe(
+        &self,
+        target: &Target,
+        channel: &str,
+    ) -> Result<Vec<ClientOutcome>, CommandError> {
+        crate::channel::validate(channel)
+            .map_err(|e| CommandError::new(ErrorCode::BadChannel, e.to_string()))?;
+        let channel: Arc<str> = channel.into();
+        let outcomes = self
+            .command(target, |reply| Control::Unsubscribe {
+                channel: channel.clone(),
+                reply,
+            })
+            .await;
+        Ok(outcomes
+            .into_iter()
+            .map(|(client, result)| ClientOutcome {
+                client,
+                result: result.map(|()| None),
+            })
+            .collect())
+    }
+
     /// Closes the connections of `target` on this node with `code` and `reason`; how many.
     pub fn disconnect(
         &self,
@@ -374,6 +523,10 @@ impl Hub {
     }
 }
 
+fn gone() -> CommandError {
+    CommandError::new(ErrorCode::Unavailable, "the connection closed")
+}
+
 /// Whether `text` matches the glob `pattern` (`*` any run, `?` one character, every other
 /// character itself). Iterative with one backtrack point: O(pattern × text) at worst.
 fn glob_match(pattern: &str, text: &str) -> bool {
@@ -438,5 +591,43 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(!glob_match(&p, &t));
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod mailbox_tests {
+    use std::time::Duration;
+
+    use super::Target;
+    use crate::auth::Identity;
+    use crate::protocol::ErrorCode;
+    use crate::session::Session;
+    use crate::{Config, Hub};
+
+    #[tokio::test]
+    async fn a_full_mailbox_is_refused_and_counted_and_every_wait_has_a_deadline() {
+        let mut config = Config::default();
+        config.demo.ticker = false;
+        config.api.mailbox_size = 1;
+        config.api.command_timeout = Duration::from_millis(100);
+        let hub = Hub::new(config).unwrap();
+        // No connection loop drains this session's mailbox.
+        let session = Session::new(hub.shared.clone(), Identity::default());
+        let target = Target::Client(session.peer().id.to_string());
+        let started = std::time::Instant::now();
+        let first = hub.subscribe(&target, "news").await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let code = |o: &[super::ClientOutcome]| o[0].result.as_ref().unwrap_err().code;
+        assert_eq!(code(&first), ErrorCode::Unavailable, "{first:?}");
+        // The first command still waits in the mailbox of one.
+        let second = hub.unsubscribe(&target, "news").await.unwrap();
+        assert_eq!(code(&second), ErrorCode::OverCapacity, "{second:?}");
+        let metrics = hub.shared.metrics.render();
+        assert!(
+            metrics.contains("duplex_limit_hits_total{limit=\"api_mailbox\"} 1"),
+            "{metrics}"
+        );
+        drop(session);
+        assert!(hub.subscribe(&target, "news").await.unwrap().is_empty());
     }
 }

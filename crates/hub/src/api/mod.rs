@@ -24,12 +24,12 @@ mod methods;
 pub(crate) mod registry;
 
 pub use methods::{
-    HistoryRequest, HistoryResult, NodeInfo, PresenceStats, Target, DEFAULT_DISCONNECT_CODE,
-    MAX_REASON_BYTES,
+    ClientOutcome, HistoryRequest, HistoryResult, NodeInfo, PresenceStats, Target,
+    DEFAULT_DISCONNECT_CODE, MAX_REASON_BYTES,
 };
 
 /// Every method of `POST /api/<method>`, in the order `docs/api.md` lists them.
-pub const METHODS: [&str; 9] = [
+pub const METHODS: [&str; 11] = [
     "publish",
     "broadcast",
     "history",
@@ -39,6 +39,8 @@ pub const METHODS: [&str; 9] = [
     "info",
     "disconnect",
     "refresh",
+    "subscribe",
+    "unsubscribe",
 ];
 
 /// An `/api` error: a status and `{"code","message"}`.
@@ -196,6 +198,8 @@ async fn call(
         "channels" => channels(&hub, &body)?,
         "disconnect" => disconnect(&hub, &body)?,
         "refresh" => refresh(&hub, &body)?,
+        "subscribe" => subscribe(&hub, &body, true).await?,
+        "unsubscribe" => subscribe(&hub, &body, false).await?,
         _ => info(&hub, &body)?,
     };
     Ok(Json(value).into_response())
@@ -421,23 +425,70 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
+fn target(user: Option<String>, client: Option<String>) -> Result<Target, ApiError> {
+    match (user, client) {
+        (Some(user), None) => Ok(Target::User(user)),
+        (None, Some(client)) => Ok(Target::Client(client)),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest.as_str(),
+            "exactly one of \"user\" and \"client\" is needed",
+        )),
+    }
+}
+
 fn disconnect(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let b: DisconnectBody = parse(body)?;
-    let target = match (b.user, b.client) {
-        (Some(user), None) => methods::Target::User(user),
-        (None, Some(client)) => methods::Target::Client(client),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest.as_str(),
-                "exactly one of \"user\" and \"client\" is needed",
-            ))
-        }
-    };
+    let target = target(b.user, b.client)?;
     let code = b.code.unwrap_or(methods::DEFAULT_DISCONNECT_CODE);
     let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
     let closed = hub.disconnect(&target, code, reason)?;
     Ok(json!({ "disconnected": closed }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    client: Option<String>,
+    channel: Option<String>,
+}
+
+/// `subscribe` (or, with `subscribe` false, `unsubscribe`): one entry per connection, with
+/// the position it was told or why it refused.
+async fn subscribe(hub: &Hub, body: &[u8], subscribe: bool) -> Result<Value, ApiError> {
+    let b: SubscribeBody = parse(body)?;
+    let target = target(b.user, b.client)?;
+    let channel = required(b.channel, "channel")?;
+    let outcomes = if subscribe {
+        hub.subscribe(&target, &channel).await?
+    } else {
+        hub.unsubscribe(&target, &channel).await?
+    };
+    let done = outcomes.iter().filter(|o| o.result.is_ok()).count();
+    let clients: Vec<Value> = outcomes
+        .iter()
+        .map(|o| match &o.result {
+            Ok(Some(pos)) => {
+                json!({ "client": o.client, "epoch": &*pos.epoch, "offset": pos.offset })
+            }
+            Ok(None) => json!({ "client": o.client }),
+            Err(e) => json!({
+                "client": o.client,
+                "error": { "code": e.code.as_str(), "message": e.message },
+            }),
+        })
+        .collect();
+    let count = if subscribe {
+        "subscribed"
+    } else {
+        "unsubscribed"
+    };
+    let mut reply = json!({ "channel": channel, "clients": clients });
+    reply[count] = json!(done);
+    Ok(reply)
 }
 
 #[derive(Deserialize)]
