@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::cluster::Command;
 use super::idempotency::{Full, MAX_KEY_BYTES};
 use super::registry::Control;
 use crate::broker::{PresenceEntry, Publication, StreamPosition};
@@ -102,7 +103,8 @@ pub struct NodeInfo {
 
 /// Whose connections [`Hub::disconnect`], [`Hub::subscribe`] and [`Hub::unsubscribe`] act
 /// on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Every connection of this user on this node.
     User(String),
@@ -140,6 +142,27 @@ pub struct ClientOutcome {
     pub result: Result<Option<StreamPosition>, CommandError>,
 }
 
+/// What [`Hub::subscribe`] and [`Hub::unsubscribe`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcomes {
+    /// One outcome per connection of the target on this node.
+    pub clients: Vec<ClientOutcome>,
+    /// Whether the command was also sent to every other node (Redis broker), which apply
+    /// it to their own connections without answering.
+    pub all_nodes: bool,
+}
+
+/// What [`Hub::disconnect`] and [`Hub::refresh_user`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Done {
+    /// Connections of the target on this node.
+    pub here: usize,
+    /// Whether the command was also sent to every other node (Redis broker).
+    pub all_nodes: bool,
+}
+
 /// A command on its way to one connection's mailbox, or already refused.
 enum Posted<T> {
     Sent(String, oneshot::Receiver<Result<T, CommandError>>),
@@ -162,6 +185,22 @@ impl Hub {
             .into_iter()
             .filter_map(|e| Some((e.peer.upgrade()?.id.to_string(), e.mailbox)))
             .collect()
+    }
+
+    /// Posts one command per connection of `target` without waiting for the answers (a
+    /// full mailbox is counted and skipped): how another node's command is applied here.
+    pub(crate) fn post<T>(
+        &self,
+        target: &Target,
+        make: impl Fn(oneshot::Sender<Result<T, CommandError>>) -> Control,
+    ) {
+        for (client, mailbox) in self.mailboxes(target) {
+            let (tx, _rx) = oneshot::channel();
+            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.try_send(make(tx)) {
+                self.shared.metrics.limit_hit("api_mailbox");
+                tracing::info!(%client, "mailbox full: another node's command skipped");
+            }
+        }
     }
 
     /// Posts one command per connection of `target` (`make` builds it around the reply
@@ -223,14 +262,21 @@ impl Hub {
     /// `limits.max_channels_per_connection`, the node's channel caps), but with no
     /// permission check and no `subscribe` hook: the application decides. Each client is
     /// told with a pushed `subscribed` event carrying the position. One outcome per
-    /// connection; a refusal by one does not stop the others.
+    /// connection of this node; a refusal by one does not stop the others. With the Redis
+    /// broker the command also goes to every other node (see [`Outcomes::all_nodes`]).
     pub async fn subscribe(
         &self,
         target: &Target,
         channel: &str,
-    ) -> Result<Vec<ClientOutcome>, CommandError> {
+    ) -> Result<Outcomes, CommandError> {
         // Refused once here rather than by every connection.
         self.shared.resolve(channel)?;
+        let all_nodes = self
+            .tell_other_nodes(Command::Subscribe {
+                target: target.clone(),
+                channel: channel.to_owned(),
+            })
+            .await;
         let channel: Arc<str> = channel.into();
         let outcomes = self
             .command(target, |reply| Control::Subscribe {
@@ -238,13 +284,14 @@ impl Hub {
                 reply,
             })
             .await;
-        Ok(outcomes
+        let clients = outcomes
             .into_iter()
             .map(|(client, result)| ClientOutcome {
                 client,
                 result: result.map(Some),
             })
-            .collect())
+            .collect();
+        Ok(Outcomes { clients, all_nodes })
     }
 
     /// Unsubscribes the connections of `target` on this node from `channel`, each told
@@ -254,9 +301,15 @@ impl Hub {
         &self,
         target: &Target,
         channel: &str,
-    ) -> Result<Vec<ClientOutcome>, CommandError> {
+    ) -> Result<Outcomes, CommandError> {
         crate::channel::validate(channel)
             .map_err(|e| CommandError::new(ErrorCode::BadChannel, e.to_string()))?;
+        let all_nodes = self
+            .tell_other_nodes(Command::Unsubscribe {
+                target: target.clone(),
+                channel: channel.to_owned(),
+            })
+            .await;
         let channel: Arc<str> = channel.into();
         let outcomes = self
             .command(target, |reply| Control::Unsubscribe {
@@ -264,17 +317,37 @@ impl Hub {
                 reply,
             })
             .await;
-        Ok(outcomes
+        let clients = outcomes
             .into_iter()
             .map(|(client, result)| ClientOutcome {
                 client,
                 result: result.map(|()| None),
             })
-            .collect())
+            .collect();
+        Ok(Outcomes { clients, all_nodes })
     }
 
-    /// Closes the connections of `target` on this node with `code` and `reason`; how many.
-    pub fn disconnect(
+    /// Closes the connections of `target` with `code` and `reason`: this node's (counted in
+    /// [`Done::here`]) and, with the Redis broker, every other node's.
+    pub async fn disconnect(
+        &self,
+        target: &Target,
+        code: u16,
+        reason: &str,
+    ) -> Result<Done, CommandError> {
+        let here = self.disconnect_local(target, code, reason)?;
+        let all_nodes = self
+            .tell_other_nodes(Command::Disconnect {
+                target: target.clone(),
+                code,
+                reason: reason.to_owned(),
+            })
+            .await;
+        Ok(Done { here, all_nodes })
+    }
+
+    /// Closes the connections of `target` on this node; how many.
+    pub(crate) fn disconnect_local(
         &self,
         target: &Target,
         code: u16,
@@ -309,11 +382,23 @@ impl Hub {
         Ok(peers.len())
     }
 
-    /// Changes the token deadline of every connection of `user` on this node: `Some(exp)`
-    /// (seconds since the Unix epoch) extends or shortens it, as a client's `refresh` does;
-    /// `None` expires the connections now (closed with 1008 "token expired", as at `exp`).
-    /// Returns how many connections there were.
-    pub fn refresh_user(&self, user: &str, exp: Option<u64>) -> usize {
+    /// Changes the token deadline of every connection of `user`: `Some(exp)` (seconds since
+    /// the Unix epoch) extends or shortens it, as a client's `refresh` does; `None` expires
+    /// the connections now (closed with 1008 "token expired", as at `exp`). On this node
+    /// and, with the Redis broker, on every other node.
+    pub async fn refresh_user(&self, user: &str, exp: Option<u64>) -> Done {
+        let here = self.refresh_local(user, exp);
+        let all_nodes = self
+            .tell_other_nodes(Command::Refresh {
+                user: user.to_owned(),
+                exp,
+            })
+            .await;
+        Done { here, all_nodes }
+    }
+
+    /// [`Hub::refresh_user`] on this node; how many connections there were.
+    pub(crate) fn refresh_local(&self, user: &str, exp: Option<u64>) -> usize {
         let entries = self.shared.registry.entries_of(user);
         for e in &entries {
             match exp {
@@ -617,7 +702,7 @@ mod mailbox_tests {
         let started = std::time::Instant::now();
         let first = hub.subscribe(&target, "news").await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(2));
-        let code = |o: &[super::ClientOutcome]| o[0].result.as_ref().unwrap_err().code;
+        let code = |o: &super::Outcomes| o.clients[0].result.as_ref().unwrap_err().code;
         assert_eq!(code(&first), ErrorCode::Unavailable, "{first:?}");
         // The first command still waits in the mailbox of one.
         let second = hub.unsubscribe(&target, "news").await.unwrap();
@@ -628,6 +713,11 @@ mod mailbox_tests {
             "{metrics}"
         );
         drop(session);
-        assert!(hub.subscribe(&target, "news").await.unwrap().is_empty());
+        assert!(hub
+            .subscribe(&target, "news")
+            .await
+            .unwrap()
+            .clients
+            .is_empty());
     }
 }

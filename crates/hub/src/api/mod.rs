@@ -19,12 +19,13 @@ use crate::broker::{Publication, StreamPosition};
 use crate::protocol::{CommandError, ErrorCode, PositionBody, Since};
 use crate::Hub;
 
+pub(crate) mod cluster;
 pub(crate) mod idempotency;
 mod methods;
 pub(crate) mod registry;
 
 pub use methods::{
-    ClientOutcome, HistoryRequest, HistoryResult, NodeInfo, PresenceStats, Target,
+    ClientOutcome, Done, HistoryRequest, HistoryResult, NodeInfo, Outcomes, PresenceStats, Target,
     DEFAULT_DISCONNECT_CODE, MAX_REASON_BYTES,
 };
 
@@ -196,8 +197,8 @@ async fn call(
         "presence" => presence(&hub, &body).await?,
         "presence_stats" => presence_stats(&hub, &body).await?,
         "channels" => channels(&hub, &body)?,
-        "disconnect" => disconnect(&hub, &body)?,
-        "refresh" => refresh(&hub, &body)?,
+        "disconnect" => disconnect(&hub, &body).await?,
+        "refresh" => refresh(&hub, &body).await?,
         "subscribe" => subscribe(&hub, &body, true).await?,
         "unsubscribe" => subscribe(&hub, &body, false).await?,
         _ => info(&hub, &body)?,
@@ -437,13 +438,13 @@ fn target(user: Option<String>, client: Option<String>) -> Result<Target, ApiErr
     }
 }
 
-fn disconnect(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+async fn disconnect(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let b: DisconnectBody = parse(body)?;
     let target = target(b.user, b.client)?;
     let code = b.code.unwrap_or(methods::DEFAULT_DISCONNECT_CODE);
     let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
-    let closed = hub.disconnect(&target, code, reason)?;
-    Ok(json!({ "disconnected": closed }))
+    let done = hub.disconnect(&target, code, reason).await?;
+    Ok(json!({ "disconnected": done.here, "all_nodes": done.all_nodes }))
 }
 
 #[derive(Deserialize)]
@@ -467,8 +468,9 @@ async fn subscribe(hub: &Hub, body: &[u8], subscribe: bool) -> Result<Value, Api
     } else {
         hub.unsubscribe(&target, &channel).await?
     };
-    let done = outcomes.iter().filter(|o| o.result.is_ok()).count();
+    let done = outcomes.clients.iter().filter(|o| o.result.is_ok()).count();
     let clients: Vec<Value> = outcomes
+        .clients
         .iter()
         .map(|o| match &o.result {
             Ok(Some(pos)) => {
@@ -486,7 +488,11 @@ async fn subscribe(hub: &Hub, body: &[u8], subscribe: bool) -> Result<Value, Api
     } else {
         "unsubscribed"
     };
-    let mut reply = json!({ "channel": channel, "clients": clients });
+    let mut reply = json!({
+        "channel": channel,
+        "clients": clients,
+        "all_nodes": outcomes.all_nodes,
+    });
     reply[count] = json!(done);
     Ok(reply)
 }
@@ -501,7 +507,7 @@ struct RefreshBody {
     expire: bool,
 }
 
-fn refresh(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+async fn refresh(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let b: RefreshBody = parse(body)?;
     let user = required(b.user, "user")?;
     let exp = match (b.exp, b.expire) {
@@ -515,6 +521,6 @@ fn refresh(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
             ))
         }
     };
-    let n = hub.refresh_user(&user, exp);
-    Ok(json!({ "connections": n }))
+    let done = hub.refresh_user(&user, exp).await;
+    Ok(json!({ "connections": done.here, "all_nodes": done.all_nodes }))
 }

@@ -689,7 +689,10 @@ async fn subscribe_and_unsubscribe_act_inside_a_users_connections() {
     assert_eq!(ada2.recv_message().await["data"], 3);
     // No connections: an empty answer.
     let (_, v) = call(&s, "subscribe", r#"{"user":"nobody","channel":"news"}"#).await;
-    assert_eq!(v, json!({"channel":"news","subscribed":0,"clients":[]}));
+    assert_eq!(
+        v,
+        json!({"channel":"news","subscribed":0,"clients":[],"all_nodes":false})
+    );
     // Bad targets and channels: 400 before any connection is asked.
     for (method, body, code) in [
         ("subscribe", r#"{"channel":"news"}"#, "bad_request"),
