@@ -262,7 +262,11 @@ impl Hub {
 
     /// Whether the broker can serve requests now; `Err` says why not.
     pub fn broker_health(&self) -> Result<(), String> {
-        self.shared.broker.health()
+        self.shared.broker.health()?;
+        if self.shared.node.control_pending() {
+            return Err("not yet receiving the other nodes' server API commands".into());
+        }
+        Ok(())
     }
 
     /// Whether [`Hub::shutdown`] was called.

@@ -117,6 +117,8 @@ pub(crate) struct Node {
     events: OnceLock<Arc<Events>>,
     /// Where publications on the internal control channel go (`api::cluster`).
     control: OnceLock<tokio::sync::mpsc::Sender<Arc<serde_json::value::RawValue>>>,
+    /// Set once the broker delivers the control channel here.
+    control_ready: AtomicBool,
 }
 
 impl Node {
@@ -126,7 +128,19 @@ impl Node {
             metrics,
             events: OnceLock::new(),
             control: OnceLock::new(),
+            control_ready: AtomicBool::new(false),
         }
+    }
+
+    /// The control channel is delivered here from now on.
+    pub(crate) fn set_control_ready(&self) {
+        self.control_ready.store(true, Ordering::Release);
+    }
+
+    /// Whether a control task was started but does not receive yet (`/healthz` says so,
+    /// so that a node is not sent traffic before it can follow the other nodes' commands).
+    pub(crate) fn control_pending(&self) -> bool {
+        self.control.get().is_some() && !self.control_ready.load(Ordering::Acquire)
     }
 
     /// Hands control-channel publications to `tx` from now on; `false` if already set.

@@ -121,11 +121,15 @@ impl Hub {
 
     async fn control_loop(self, mut rx: mpsc::Receiver<Arc<RawValue>>) {
         let mut shutdown = self.shared.shutdown_signal();
-        // Retried until the broker takes it (it may be starting or away).
-        let mut delay = Duration::from_millis(100);
+        // Retried until the broker takes it (it may be starting or away); until then
+        // `/healthz` answers 503.
+        let mut delay = Duration::from_millis(20);
         loop {
             match self.shared.broker.subscribe(CONTROL_CHANNEL).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.shared.node.set_control_ready();
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for other nodes' commands yet");
                     tokio::select! {
