@@ -501,3 +501,36 @@ async fn the_server_api_acts_on_connections_of_every_node() {
     );
     drop((a, b, redis, dir));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn info_lists_every_node_from_their_heartbeats() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start(dir.path(), "a", &redis.url());
+    let b = Node::start(dir.path(), "b", &redis.url());
+    let _on_b = HubClient::connect(&b.ws_url()).await.expect("client on b");
+    // Heartbeats are 3 s apart: within a few of them A knows B and its connection.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let nodes = loop {
+        let (status, v) = api(&a, "info", json!({})).await;
+        assert_eq!(status, 200, "{v}");
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        let b_seen = nodes
+            .iter()
+            .any(|n| n["node"] == "b" && n["connections"] == 1);
+        if b_seen || tokio::time::Instant::now() > until {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n["node"].as_str()).collect();
+    assert_eq!(names, ["a", "b"], "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["node"] == "b" && n["connections"] == 1),
+        "{nodes:?}"
+    );
+    drop((a, b, redis, dir));
+}

@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) idempotency: IdempotencyStore,
     /// Local connections by client id and by user.
     pub(crate) registry: Registry,
+    /// The other nodes, from their heartbeats on the control channel.
+    pub(crate) nodes: crate::api::cluster::Nodes,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -165,6 +167,7 @@ impl Hub {
                 hooks,
                 node_id,
                 registry: Registry::default(),
+                nodes: crate::api::cluster::Nodes::default(),
                 idempotency: IdempotencyStore::new(
                     config.api.idempotency_window,
                     config.api.max_idempotency_keys,

@@ -9,14 +9,17 @@
 //! waiting for their answers; the node that sent it skips its own copy. With the memory
 //! broker there are no other nodes and nothing is published.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::methods::Target;
+use super::methods::{NodeInfo, Target};
 use crate::broker::Retention;
 use crate::config::BrokerKind;
 use crate::Hub;
@@ -34,6 +37,44 @@ const CONTROL_RETENTION: Retention = Retention {
     size: 1,
     ttl: Duration::from_secs(10),
 };
+
+/// How often a node tells the others its numbers; one not heard from for three intervals is
+/// forgotten.
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Most other nodes remembered: past it, heartbeats of new nodes are ignored (counted in
+/// `duplex_limit_hits_total{limit="cluster_nodes"}`) until others are forgotten.
+pub(crate) const MAX_NODES: usize = 1024;
+
+/// The other nodes, by id, with when each was last heard from.
+#[derive(Debug, Default)]
+pub(crate) struct Nodes {
+    inner: Mutex<HashMap<String, (NodeInfo, Instant)>>,
+}
+
+impl Nodes {
+    /// Records a heartbeat; `false` when the table is full of live nodes.
+    fn heard(&self, info: NodeInfo, now: Instant) -> bool {
+        let mut nodes = self.inner.lock();
+        nodes.retain(|_, (_, at)| now.duration_since(*at) < HEARTBEAT_INTERVAL * 3);
+        if nodes.len() >= MAX_NODES && !nodes.contains_key(&info.node) {
+            return false;
+        }
+        nodes.insert(info.node.clone(), (info, now));
+        true
+    }
+
+    /// The nodes heard from within three heartbeats.
+    pub(crate) fn live(&self) -> Vec<NodeInfo> {
+        let now = Instant::now();
+        self.inner
+            .lock()
+            .values()
+            .filter(|(_, at)| now.duration_since(*at) < HEARTBEAT_INTERVAL * 3)
+            .map(|(info, _)| info.clone())
+            .collect()
+    }
+}
 
 /// One command for every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +96,10 @@ pub(crate) enum Command {
     Unsubscribe {
         target: Target,
         channel: String,
+    },
+    /// A node's numbers, every [`HEARTBEAT_INTERVAL`].
+    Heartbeat {
+        info: NodeInfo,
     },
 }
 
@@ -140,12 +185,23 @@ impl Hub {
                 }
             }
         }
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let data = tokio::select! {
-                data = rx.recv() => data,
+                data = rx.recv() => data.map(Some),
+                _ = heartbeat.tick() => Some(None),
                 _ = shutdown.wait_for(|d| *d) => None,
             };
-            let Some(data) = data else { break };
+            let data = match data {
+                Some(Some(data)) => data,
+                Some(None) => {
+                    let info = self.node_info();
+                    self.tell_other_nodes(Command::Heartbeat { info }).await;
+                    continue;
+                }
+                None => break,
+            };
             match serde_json::from_str::<Envelope>(data.get()) {
                 Ok(e) if e.from == self.shared.node_id => {}
                 Ok(e) => self.apply(e.command),
@@ -170,6 +226,11 @@ impl Hub {
             }
             Command::Refresh { user, exp } => {
                 self.refresh_local(&user, exp);
+            }
+            Command::Heartbeat { info } => {
+                if !self.shared.nodes.heard(info, Instant::now()) {
+                    self.shared.metrics.limit_hit("cluster_nodes");
+                }
             }
             Command::Subscribe { target, channel } => {
                 let channel: Arc<str> = channel.into();

@@ -84,7 +84,7 @@ pub struct PresenceStats {
 }
 
 /// One node in [`Hub::info`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct NodeInfo {
     /// Node id.
@@ -93,6 +93,8 @@ pub struct NodeInfo {
     pub version: String,
     /// Open WebSocket connections.
     pub connections: i64,
+    /// Distinct authenticated users among them.
+    pub users: u64,
     /// Active subscriptions.
     pub subscriptions: i64,
     /// Channels with local subscribers.
@@ -594,17 +596,28 @@ impl Hub {
         Ok(all)
     }
 
-    /// The nodes of the hub: with the memory broker, this one.
-    pub fn info(&self) -> Vec<NodeInfo> {
+    /// This node's numbers, as [`Hub::info`] and its heartbeats show them.
+    pub(crate) fn node_info(&self) -> NodeInfo {
         let s = self.stats();
-        vec![NodeInfo {
+        NodeInfo {
             node: s.node,
             version: s.version.to_owned(),
             connections: s.connections,
+            users: self.shared.registry.users() as u64,
             subscriptions: s.subscriptions,
             channels: s.channels,
             uptime_seconds: s.uptime_seconds,
-        }]
+        }
+    }
+
+    /// The nodes of the hub, sorted by id: this one and, with the Redis broker, every node
+    /// heard from within the last three heartbeats.
+    pub fn info(&self) -> Vec<NodeInfo> {
+        let mut nodes = self.shared.nodes.live();
+        nodes.retain(|n| n.node != self.shared.node_id);
+        nodes.push(self.node_info());
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        nodes
     }
 }
 

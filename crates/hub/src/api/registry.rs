@@ -86,6 +86,11 @@ impl Registry {
         }
     }
 
+    /// Distinct users with connections on this node.
+    pub(crate) fn users(&self) -> usize {
+        self.inner.lock().users.len()
+    }
+
     /// The live peers of `user`.
     pub(crate) fn of_user(&self, user: &str) -> Vec<Arc<Peer>> {
         self.entries_of(user)
