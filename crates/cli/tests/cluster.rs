@@ -534,3 +534,32 @@ async fn info_lists_every_node_from_their_heartbeats() {
     );
     drop((a, b, redis, dir));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn channels_lists_a_channel_subscribed_only_on_another_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start(dir.path(), "a", &redis.url());
+    let b = Node::start(dir.path(), "b", &redis.url());
+    let mut on_b = HubClient::connect(&b.ws_url()).await.expect("client on b");
+    let mut events = Vec::new();
+    let reply = on_b
+        .call(json!({"type":"subscribe","channel":"only-b"}), &mut events)
+        .await
+        .expect("subscribe reply");
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let (status, v) = api(&a, "channels", json!({"pattern": "only-*"})).await;
+    assert_eq!(status, 200, "{v}");
+    // Listed by A, with no subscribers of A's own; the control channel is never listed.
+    assert_eq!(
+        v["channels"],
+        json!([{"channel":"only-b","subscribers":0}]),
+        "{v}"
+    );
+    let (_, all) = api(&a, "channels", json!({})).await;
+    assert!(!all.to_string().contains("$duplex"), "{all}");
+    let (_, v) = api(&b, "channels", json!({"pattern": "only-*"})).await;
+    assert_eq!(v["channels"], json!([{"channel":"only-b","subscribers":1}]));
+    drop((a, b, redis, dir));
+}

@@ -573,9 +573,11 @@ impl Hub {
         })
     }
 
-    /// Channels with local subscribers whose name matches `pattern` (`*` any run of
-    /// characters, `?` one character; at most `api.max_pattern_bytes`), sorted by name.
-    pub fn channels_matching(
+    /// Channels with subscribers whose name matches `pattern` (`*` any run of characters,
+    /// `?` one character; at most `api.max_pattern_bytes`), sorted by name: this node's and,
+    /// with the Redis broker, every node's (`subscribers` counts this node's, 0 for a
+    /// channel subscribed only elsewhere).
+    pub async fn channels_matching(
         &self,
         pattern: Option<&str>,
     ) -> Result<Vec<ChannelInfo>, CommandError> {
@@ -590,6 +592,27 @@ impl Hub {
             }
         }
         let mut all = self.channels();
+        let elsewhere = self
+            .shared
+            .broker
+            .channels()
+            .await
+            .map_err(|e| self.shared.broker_error(e))?;
+        if let Some(names) = elsewhere {
+            let local: HashSet<String> = all.iter().map(|c| c.channel.clone()).collect();
+            let mut names: Vec<String> = names
+                .into_iter()
+                // Internal channels (the control channel) are not channel names.
+                .filter(|n| crate::channel::validate(n).is_ok() && !local.contains(n))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            all.extend(names.into_iter().map(|channel| ChannelInfo {
+                channel,
+                subscribers: 0,
+            }));
+            all.sort_by(|a, b| a.channel.cmp(&b.channel));
+        }
         if let Some(p) = pattern {
             all.retain(|c| glob_match(p, &c.channel));
         }

@@ -196,7 +196,7 @@ async fn call(
         "history" => history(&hub, &body).await?,
         "presence" => presence(&hub, &body).await?,
         "presence_stats" => presence_stats(&hub, &body).await?,
-        "channels" => channels(&hub, &body)?,
+        "channels" => channels(&hub, &body).await?,
         "disconnect" => disconnect(&hub, &body).await?,
         "refresh" => refresh(&hub, &body).await?,
         "subscribe" => subscribe(&hub, &body, true).await?,
@@ -398,9 +398,9 @@ struct ChannelsBody {
     pattern: Option<String>,
 }
 
-fn channels(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+async fn channels(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let b: ChannelsBody = parse(body)?;
-    let channels = hub.channels_matching(b.pattern.as_deref())?;
+    let channels = hub.channels_matching(b.pattern.as_deref()).await?;
     to_value(json!({ "channels": channels }))
 }
 

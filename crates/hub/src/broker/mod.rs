@@ -196,6 +196,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The channels with subscribers on any node, when the broker knows them (a shared
+    /// broker); `Ok(None)` when only the node itself knows (the memory broker: then the
+    /// node's own channels are the answer). Names are as given to [`Broker::subscribe`].
+    async fn channels(&self) -> Result<Option<Vec<String>>, BrokerError> {
+        Ok(None)
+    }
+
     /// Whether the broker can serve requests now; `Err` says why not (shown by `/healthz`).
     fn health(&self) -> Result<(), String> {
         Ok(())

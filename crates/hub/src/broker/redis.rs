@@ -779,6 +779,35 @@ impl Broker for RedisBroker {
         })
     }
 
+    /// `PUBSUB CHANNELS` over the prefix's topics: every channel some node subscribes to.
+    async fn channels(&self) -> Result<Option<Vec<String>>, BrokerError> {
+        let inner = &self.inner;
+        // Glob characters of the prefix match only themselves (the channel part is `*`).
+        let mut pattern = String::with_capacity(inner.prefix.len() + 4);
+        for c in inner.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str(":{*}");
+        let mut conn = inner.conn.clone();
+        let mut cmd = ::redis::cmd("PUBSUB");
+        cmd.arg("CHANNELS").arg(&pattern);
+        let query = cmd.query_async::<Vec<String>>(&mut conn);
+        let topics = tokio::time::timeout(inner.timeout, query)
+            .await
+            .map_err(|_| unavailable("PUBSUB CHANNELS timed out"))?
+            .map_err(unavailable)?;
+        Ok(Some(
+            topics
+                .iter()
+                .filter_map(|t| inner.channel_of(t))
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let name: Arc<str> = channel.into();
