@@ -563,3 +563,34 @@ async fn channels_lists_a_channel_subscribed_only_on_another_node() {
     assert_eq!(v["channels"], json!([{"channel":"only-b","subscribers":1}]));
     drop((a, b, redis, dir));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn an_idempotent_publish_retried_through_another_node_is_not_repeated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start(dir.path(), "a", &redis.url());
+    let b = Node::start(dir.path(), "b", &redis.url());
+    let body = json!({"channel":"orders","data":{"n":1},"idempotency_key":"order-1"});
+    let (status, first) = api(&a, "publish", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    // The retry goes to B, which remembers nothing itself: Redis has the key.
+    let (status, again) = api(&b, "publish", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again, first);
+    let (_, history) = api(&b, "history", json!({"channel":"orders"})).await;
+    assert_eq!(
+        history["publications"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    // Another key is another publish.
+    let other = json!({"channel":"orders","data":{"n":2},"idempotency_key":"order-2"});
+    let (_, second) = api(&b, "publish", other).await;
+    assert_eq!(
+        second["offset"].as_u64(),
+        first["offset"].as_u64().map(|o| o + 1),
+        "{second}"
+    );
+    drop((a, b, redis, dir));
+}

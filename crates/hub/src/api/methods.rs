@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cluster::Command;
 use super::idempotency::{Full, MAX_KEY_BYTES};
 use super::registry::Control;
-use crate::broker::{PresenceEntry, Publication, StreamPosition};
+use crate::broker::{Claim, PresenceEntry, Publication, StreamPosition};
 use crate::hub::ChannelInfo;
 use crate::protocol::{CommandError, ErrorCode, Since};
 use crate::Hub;
@@ -456,10 +456,56 @@ impl Hub {
                     ),
                 )
             })?;
+        // The node's cell makes concurrent calls here one; the broker's claim makes calls
+        // through different nodes one (Redis; the memory broker has one node).
         let pos = cell
-            .get_or_try_init(|| self.publish_with_key(channel, data, publication_key))
+            .get_or_try_init(|| self.publish_claimed(channel, data, publication_key, key))
             .await?;
         Ok(pos.clone())
+    }
+
+    /// Publishes once per idempotency key across nodes: claims the key with the broker,
+    /// publishes and records the position; a key claimed by an earlier call answers its
+    /// position, waiting (until `api.command_timeout`) while that publish still runs.
+    async fn publish_claimed(
+        &self,
+        channel: &str,
+        data: Box<RawValue>,
+        publication_key: Option<&str>,
+        key: &str,
+    ) -> Result<StreamPosition, CommandError> {
+        let window = self.config().api.idempotency_window;
+        let broker = &self.shared.broker;
+        let deadline = tokio::time::Instant::now() + self.config().api.command_timeout;
+        loop {
+            let claim = broker
+                .claim_idempotency(channel, key, window)
+                .await
+                .map_err(|e| self.shared.broker_error(e))?;
+            match claim {
+                None => return self.publish_with_key(channel, data, publication_key).await,
+                Some(Claim::First) => {
+                    let result = self.publish_with_key(channel, data, publication_key).await;
+                    let settled = broker
+                        .settle_idempotency(channel, key, result.as_ref().ok(), window)
+                        .await;
+                    if let Err(e) = settled {
+                        tracing::warn!(channel, error = %e, "idempotency key not recorded");
+                    }
+                    return result;
+                }
+                Some(Claim::Done(position)) => return Ok(position),
+                Some(Claim::Pending) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(CommandError::new(
+                            ErrorCode::Unavailable,
+                            "a publish with this idempotency key is still running; retry",
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     /// Publishes one `data` to each of `channels` (at most `api.max_broadcast_channels`,
