@@ -151,6 +151,11 @@ impl Node {
         self.control.set(tx).is_ok()
     }
 
+    #[cfg(test)]
+    pub(crate) fn control_for_test(&self, data: Arc<serde_json::value::RawValue>) {
+        self.control(data);
+    }
+
     /// A publication on the control channel: to the control task, never to connections
     /// (none can subscribe to it). A full backlog drops it, counted.
     fn control(&self, data: Arc<serde_json::value::RawValue>) {

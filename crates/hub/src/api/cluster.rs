@@ -254,6 +254,50 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn info(node: &str) -> NodeInfo {
+        serde_json::from_value(serde_json::json!({
+            "node": node, "version": "0", "connections": 0, "users": 0,
+            "subscriptions": 0, "channels": 0, "uptime_seconds": 0,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn nodes_are_forgotten_after_three_heartbeats_and_bounded() {
+        let nodes = Nodes::default();
+        let start = Instant::now();
+        for i in 0..MAX_NODES {
+            assert!(nodes.heard(info(&format!("n{i}")), start));
+        }
+        assert!(!nodes.heard(info("one-more"), start), "full of live nodes");
+        assert!(nodes.heard(info("n0"), start), "a known node still updates");
+        assert_eq!(nodes.live().len(), MAX_NODES);
+        // Three heartbeats later the others are gone and a new node has room.
+        let later = start + HEARTBEAT_INTERVAL * 3;
+        assert!(nodes.heard(info("late"), later));
+        assert_eq!(nodes.inner.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_control_backlog_drops_and_counts() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let node = crate::node::Node::new(metrics.clone());
+        let (tx, mut rx) = mpsc::channel(1);
+        assert!(node.set_control(tx.clone()));
+        assert!(!node.set_control(tx), "set once");
+        assert!(node.control_pending());
+        let data: Arc<RawValue> = Arc::from(RawValue::from_string("{}".into()).unwrap());
+        node.control_for_test(data.clone());
+        node.control_for_test(data);
+        assert!(rx.recv().await.is_some());
+        assert!(rx.try_recv().is_err(), "the second was dropped");
+        assert!(metrics
+            .render()
+            .contains("duplex_limit_hits_total{limit=\"control_backlog\"} 1"));
+        node.set_control_ready();
+        assert!(!node.control_pending());
+    }
+
     #[test]
     fn commands_round_trip_and_the_channel_is_not_a_client_channel() {
         assert!(crate::channel::validate(CONTROL_CHANNEL).is_err());
