@@ -1186,6 +1186,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_server_command_mailbox_and_timeout_must_be_above_zero() {
+        let text = |body: &str| format!("[api]\n{body}\n");
+        let ok = Config::from_toml(&text("mailbox_size = 4\ncommand_timeout = \"250ms\"")).unwrap();
+        assert_eq!(ok.api.mailbox_size, 4);
+        assert_eq!(ok.api.command_timeout, Duration::from_millis(250));
+        for body in ["mailbox_size = 0", "command_timeout = \"0s\""] {
+            assert!(Config::from_toml(&text(body)).is_err(), "{body}");
+        }
+    }
+
+    #[test]
     fn default_round_trips_through_toml() {
         let text = Config::default().to_toml_redacted();
         let back = Config::from_toml(&text).unwrap();
