@@ -335,7 +335,7 @@ pub struct ApiConfig {
     pub mailbox_size: usize,
     /// How long `subscribe` and `unsubscribe` wait for each connection's answer; a
     /// connection that has not answered by then is reported with `unavailable` (the
-    /// command may still run). Default 5 s.
+    /// command may still run). Default 5 s, at most 1 h.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
 }
@@ -1136,8 +1136,11 @@ impl Config {
         if self.api.idempotency_window.is_zero() {
             return invalid("api.idempotency_window must be above zero");
         }
-        if self.api.command_timeout.is_zero() {
-            return invalid("api.command_timeout must be above zero");
+        // Bounded so that deadlines computed from it cannot overflow.
+        if self.api.command_timeout.is_zero()
+            || self.api.command_timeout > Duration::from_secs(3600)
+        {
+            return invalid("api.command_timeout must be above zero and at most 1 h");
         }
         if self.redis_url.is_some() && self.redis_url_file.is_some() {
             return invalid("redis_url and redis_url_file are mutually exclusive");
@@ -1191,7 +1194,11 @@ mod tests {
         let ok = Config::from_toml(&text("mailbox_size = 4\ncommand_timeout = \"250ms\"")).unwrap();
         assert_eq!(ok.api.mailbox_size, 4);
         assert_eq!(ok.api.command_timeout, Duration::from_millis(250));
-        for body in ["mailbox_size = 0", "command_timeout = \"0s\""] {
+        for body in [
+            "mailbox_size = 0",
+            "command_timeout = \"0s\"",
+            "command_timeout = \"2h\"",
+        ] {
             assert!(Config::from_toml(&text(body)).is_err(), "{body}");
         }
     }
