@@ -416,3 +416,181 @@ async fn lost_pubsub_connections_are_caught_up_from_history() {
     // The reconnect waits at least 50 ms, while publications go on every millisecond or so.
     assert!(filled >= 1, "some node filled its gap from history");
 }
+
+/// Calls `POST /api/<method>` on `node`; the status and JSON answer.
+async fn api(node: &Node, method: &str, body: Value) -> (u16, Value) {
+    let path = format!("/api/{method}");
+    let (status, text) = cluster_support::http(node.addr(), "POST", &path, Some(&body.to_string()))
+        .await
+        .expect("api call");
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, value)
+}
+
+/// Events of `client` until one satisfies `pred` (or 10 s pass: `None`).
+async fn event_where(client: &mut HubClient, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        let event = client.next_event(left).await?;
+        if pred(&event) {
+            return Some(event);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn the_server_api_acts_on_connections_of_every_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start(dir.path(), "a", &redis.url());
+    let b = Node::start(dir.path(), "b", &redis.url());
+    let mut on_b = HubClient::connect(&b.ws_url()).await.expect("client on b");
+    let mut other = HubClient::connect(&b.ws_url()).await.expect("client on b");
+    let id = on_b.client_id();
+
+    // `subscribe` called on A subscribes the connection on B, which is told the position.
+    let (status, v) = api(&a, "subscribe", json!({"client": id, "channel": "room"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["all_nodes"], true, "{v}");
+    assert_eq!(v["subscribed"], 0, "no such connection on A itself: {v}");
+    let event = event_where(&mut on_b, |e| e["type"] == "subscribed")
+        .await
+        .expect("subscribed on B");
+    assert_eq!(event["channel"], "room");
+    // Publications published through A then reach it.
+    assert_eq!(publish_http(a.addr(), "room", 7).await, 200);
+    let m = event_where(&mut on_b, |e| e["type"] == "message")
+        .await
+        .expect("the publication on B");
+    assert_eq!(m["data"]["n"], 7);
+
+    // `unsubscribe` through A ends it on B.
+    let (_, v) = api(&a, "unsubscribe", json!({"client": id, "channel": "room"})).await;
+    assert_eq!(v["all_nodes"], true, "{v}");
+    let event = event_where(&mut on_b, |e| e["type"] == "unsubscribed")
+        .await
+        .expect("unsubscribed on B");
+    assert_eq!(event["channel"], "room");
+
+    // `disconnect` through A closes the connection on B with the given code; the other
+    // connection on B is still served.
+    let (status, v) = api(
+        &a,
+        "disconnect",
+        json!({"client": id, "code": 4001, "reason": "banned"}),
+    )
+    .await;
+    assert_eq!((status, v["all_nodes"].as_bool()), (200, Some(true)), "{v}");
+    assert!(event_where(&mut on_b, |_| false).await.is_none());
+    assert_eq!(on_b.ws.close_frame().map(|f| f.code.0), Some(4001));
+    assert!(other.publish("room", 1, 0).await.is_ok());
+
+    // Bad input is refused on the calling node and told to no one.
+    let (status, v) = api(
+        &a,
+        "subscribe",
+        json!({"client": id, "channel": "bad name"}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("bad_channel")),
+        "{v}"
+    );
+    drop((a, b, redis, dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn info_lists_every_node_from_their_heartbeats() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start(dir.path(), "a", &redis.url());
+    let b = Node::start(dir.path(), "b", &redis.url());
+    let _on_b = HubClient::connect(&b.ws_url()).await.expect("client on b");
+    // Heartbeats are 3 s apart: within a few of them A knows B and its connection.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let nodes = loop {
+        let (status, v) = api(&a, "info", json!({})).await;
+        assert_eq!(status, 200, "{v}");
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        let b_seen = nodes
+            .iter()
+            .any(|n| n["node"] == "b" && n["connections"] == 1);
+        if b_seen || tokio::time::Instant::now() > until {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n["node"].as_str()).collect();
+    assert_eq!(names, ["a", "b"], "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["node"] == "b" && n["connections"] == 1),
+        "{nodes:?}"
+    );
+    drop((a, b, redis, dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn channels_lists_a_channel_subscribed_only_on_another_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start(dir.path(), "a", &redis.url());
+    let b = Node::start(dir.path(), "b", &redis.url());
+    let mut on_b = HubClient::connect(&b.ws_url()).await.expect("client on b");
+    let mut events = Vec::new();
+    let reply = on_b
+        .call(json!({"type":"subscribe","channel":"only-b"}), &mut events)
+        .await
+        .expect("subscribe reply");
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let (status, v) = api(&a, "channels", json!({"pattern": "only-*"})).await;
+    assert_eq!(status, 200, "{v}");
+    // Listed by A, with no subscribers of A's own; the control channel is never listed.
+    assert_eq!(
+        v["channels"],
+        json!([{"channel":"only-b","subscribers":0}]),
+        "{v}"
+    );
+    let (_, all) = api(&a, "channels", json!({})).await;
+    assert!(!all.to_string().contains("$duplex"), "{all}");
+    let (_, v) = api(&b, "channels", json!({"pattern": "only-*"})).await;
+    assert_eq!(v["channels"], json!([{"channel":"only-b","subscribers":1}]));
+    drop((a, b, redis, dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn an_idempotent_publish_retried_through_another_node_is_not_repeated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start(dir.path(), "a", &redis.url());
+    let b = Node::start(dir.path(), "b", &redis.url());
+    let body = json!({"channel":"orders","data":{"n":1},"idempotency_key":"order-1"});
+    let (status, first) = api(&a, "publish", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    // The retry goes to B, which remembers nothing itself: Redis has the key.
+    let (status, again) = api(&b, "publish", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again, first);
+    let (_, history) = api(&b, "history", json!({"channel":"orders"})).await;
+    assert_eq!(
+        history["publications"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    // Another key is another publish.
+    let other = json!({"channel":"orders","data":{"n":2},"idempotency_key":"order-2"});
+    let (_, second) = api(&b, "publish", other).await;
+    assert_eq!(
+        second["offset"].as_u64(),
+        first["offset"].as_u64().map(|o| o + 1),
+        "{second}"
+    );
+    drop((a, b, redis, dir));
+}

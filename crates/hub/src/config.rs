@@ -352,6 +352,14 @@ pub struct ApiConfig {
     /// key is refused with `over_capacity` (HTTP 507) until older ones expire.
     /// Default 100 000.
     pub max_idempotency_keys: usize,
+    /// Server API commands (`subscribe`, `unsubscribe`) waiting for one connection; past
+    /// it, a command for that connection is refused with `over_capacity`. Default 16.
+    pub mailbox_size: usize,
+    /// How long `subscribe` and `unsubscribe` wait for each connection's answer; a
+    /// connection that has not answered by then is reported with `unavailable` (the
+    /// command may still run). Default 5 s, at most 1 h.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -366,6 +374,8 @@ impl Default for ApiConfig {
             max_history_limit: 1_000,
             idempotency_window: Duration::from_secs(300),
             max_idempotency_keys: 100_000,
+            mailbox_size: 16,
+            command_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -1182,11 +1192,18 @@ impl Config {
             || self.api.max_pattern_bytes == 0
             || self.api.max_history_limit == 0
             || self.api.max_idempotency_keys == 0
+            || self.api.mailbox_size == 0
         {
-            return invalid("api.max_* limits must be at least 1");
+            return invalid("api.max_* limits and api.mailbox_size must be at least 1");
         }
         if self.api.idempotency_window.is_zero() {
             return invalid("api.idempotency_window must be above zero");
+        }
+        // Bounded so that deadlines computed from it cannot overflow.
+        if self.api.command_timeout.is_zero()
+            || self.api.command_timeout > Duration::from_secs(3600)
+        {
+            return invalid("api.command_timeout must be above zero and at most 1 h");
         }
         if self.redis_url.is_some() && self.redis_url_file.is_some() {
             return invalid("redis_url and redis_url_file are mutually exclusive");
@@ -1245,6 +1262,21 @@ fn is_id_byte(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_command_mailbox_and_timeout_must_be_above_zero() {
+        let text = |body: &str| format!("[api]\n{body}\n");
+        let ok = Config::from_toml(&text("mailbox_size = 4\ncommand_timeout = \"250ms\"")).unwrap();
+        assert_eq!(ok.api.mailbox_size, 4);
+        assert_eq!(ok.api.command_timeout, Duration::from_millis(250));
+        for body in [
+            "mailbox_size = 0",
+            "command_timeout = \"0s\"",
+            "command_timeout = \"2h\"",
+        ] {
+            assert!(Config::from_toml(&text(body)).is_err(), "{body}");
+        }
+    }
 
     #[test]
     fn default_round_trips_through_toml() {

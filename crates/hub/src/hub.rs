@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) idempotency: IdempotencyStore,
     /// Local connections by client id and by user.
     pub(crate) registry: Registry,
+    /// The other nodes, from their heartbeats on the control channel.
+    pub(crate) nodes: crate::api::cluster::Nodes,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -184,6 +186,7 @@ impl Hub {
                 hooks,
                 node_id,
                 registry: Registry::default(),
+                nodes: crate::api::cluster::Nodes::default(),
                 idempotency: IdempotencyStore::new(
                     config.api.idempotency_window,
                     config.api.max_idempotency_keys,
@@ -281,7 +284,11 @@ impl Hub {
 
     /// Whether the broker can serve requests now; `Err` says why not.
     pub fn broker_health(&self) -> Result<(), String> {
-        self.shared.broker.health()
+        self.shared.broker.health()?;
+        if self.shared.node.control_pending() {
+            return Err("not yet receiving the other nodes' server API commands".into());
+        }
+        Ok(())
     }
 
     /// Whether [`Hub::shutdown`] was called.

@@ -115,6 +115,10 @@ pub(crate) struct Node {
     metrics: Arc<Metrics>,
     /// Told when a channel gets its first local subscriber and loses its last.
     events: OnceLock<Arc<Events>>,
+    /// Where publications on the internal control channel go (`api::cluster`).
+    control: OnceLock<tokio::sync::mpsc::Sender<Arc<serde_json::value::RawValue>>>,
+    /// Set once the broker delivers the control channel here.
+    control_ready: AtomicBool,
 }
 
 impl Node {
@@ -123,6 +127,42 @@ impl Node {
             channels: RwLock::new(HashMap::new()),
             metrics,
             events: OnceLock::new(),
+            control: OnceLock::new(),
+            control_ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The control channel is delivered here from now on.
+    pub(crate) fn set_control_ready(&self) {
+        self.control_ready.store(true, Ordering::Release);
+    }
+
+    /// Whether a control task was started but does not receive yet (`/healthz` says so,
+    /// so that a node is not sent traffic before it can follow the other nodes' commands).
+    pub(crate) fn control_pending(&self) -> bool {
+        self.control.get().is_some() && !self.control_ready.load(Ordering::Acquire)
+    }
+
+    /// Hands control-channel publications to `tx` from now on; `false` if already set.
+    pub(crate) fn set_control(
+        &self,
+        tx: tokio::sync::mpsc::Sender<Arc<serde_json::value::RawValue>>,
+    ) -> bool {
+        self.control.set(tx).is_ok()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn control_for_test(&self, data: Arc<serde_json::value::RawValue>) {
+        self.control(data);
+    }
+
+    /// A publication on the control channel: to the control task, never to connections
+    /// (none can subscribe to it). A full backlog drops it, counted.
+    fn control(&self, data: Arc<serde_json::value::RawValue>) {
+        if let Some(tx) = self.control.get() {
+            if tx.try_send(data).is_err() {
+                self.metrics.limit_hit("control_backlog");
+            }
         }
     }
 
@@ -417,6 +457,14 @@ pub(crate) struct NodeSink {
 impl DeliverySink for NodeSink {
     fn deliver(&self, delivery: Delivery) {
         match delivery {
+            Delivery::Publication {
+                channel,
+                publication,
+            } if &*channel == crate::api::cluster::CONTROL_CHANNEL => {
+                self.node.control(publication.data);
+            }
+            // Control messages are not a stream the node follows: a gap needs no reset.
+            Delivery::Reset { channel } if &*channel == crate::api::cluster::CONTROL_CHANNEL => {}
             Delivery::Publication {
                 channel,
                 publication,

@@ -656,6 +656,16 @@ pub fn unsubscribed(id: Option<u64>, channel: &str) -> String {
     encode("reply", id, Body { channel })
 }
 
+/// The server-side end of a subscription: `{"type":"unsubscribed","channel"}`, pushed when
+/// the server API unsubscribes the connection.
+pub fn server_unsubscribed(channel: &str) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+    }
+    encode("unsubscribed", None, Body { channel })
+}
+
 /// The reply to `publish` (and the body of `POST /api/publish` without the envelope).
 pub fn published(id: Option<u64>, channel: &str, pos: &StreamPosition) -> String {
     encode("reply", id, PositionBody::new(channel, pos))

@@ -147,6 +147,8 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let hub = self.hub;
+        // With a shared broker, the other nodes' server API commands are applied here.
+        hub.start_control();
         if hub.config().demo.ticker {
             tokio::spawn(crate::demo::run_ticker(hub.clone()));
         }

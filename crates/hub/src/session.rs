@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
+use crate::api::registry::Control;
 use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
-use crate::broker::{HistoryQuery, PresenceEntry};
+use crate::broker::{HistoryQuery, PresenceEntry, StreamPosition};
 use crate::channel;
 use crate::config::NamespaceConfig;
 use crate::frame::Frame;
@@ -76,6 +77,8 @@ pub(crate) struct Session {
     /// The connection token's `exp`; the connection task closes the connection when it
     /// passes and re-arms its timer when a `refresh` changes it.
     expiry: tokio::sync::watch::Sender<Option<u64>>,
+    /// The receiving end of the connection's mailbox until the connection task takes it.
+    mailbox: Option<tokio::sync::mpsc::Receiver<Control>>,
 }
 
 /// Seconds from now until `exp` (0 once it has passed).
@@ -136,7 +139,9 @@ impl Session {
         );
         peer.queue.push(Frame::text(welcome), false);
         let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
-        hub.registry.add(&peer, identity.user.as_ref(), &expiry);
+        let (mailbox_tx, mailbox) = tokio::sync::mpsc::channel(hub.config.api.mailbox_size.max(1));
+        hub.registry
+            .add(&peer, identity.user.as_ref(), &expiry, &mailbox_tx);
         Self {
             hub,
             peer,
@@ -146,7 +151,51 @@ impl Session {
             commands,
             errors,
             expiry,
+            mailbox: Some(mailbox),
         }
+    }
+
+    /// The connection's mailbox of server API commands, once (the connection task reads
+    /// it). It ends when the session leaves the registry.
+    pub(crate) fn take_mailbox(&mut self) -> Option<tokio::sync::mpsc::Receiver<Control>> {
+        self.mailbox.take()
+    }
+
+    /// Runs one server API command on this connection, between the client's commands: a
+    /// subscription made here is like the client's own (queue, recovery, presence, every
+    /// limit) but needs no permission, and is announced with a pushed `subscribed` (with
+    /// the position, so the client can recover later) or `unsubscribed` event. The result
+    /// goes back to the API call (which may have stopped waiting: then it is dropped).
+    pub(crate) async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Subscribe { channel, reply } => {
+                let result = self
+                    .subscribe(Asker::Backend, &channel, None, None, None)
+                    .await
+                    .and_then(|pos| {
+                        pos.ok_or_else(|| CommandError::new(ErrorCode::Internal, "not subscribed"))
+                    });
+                let _ = reply.send(result);
+            }
+            Control::Unsubscribe { channel, reply } => {
+                let result = self.server_unsubscribe(&channel).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn server_unsubscribe(&mut self, channel: &str) -> Result<(), CommandError> {
+        crate::channel::validate(channel)
+            .map_err(|e| CommandError::new(ErrorCode::BadChannel, e.to_string()))?;
+        let Some(sub) = self.subscriptions.remove(channel) else {
+            return Err(CommandError::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {channel:?}"),
+            ));
+        };
+        self.leave(channel, &sub).await;
+        self.send(protocol::server_unsubscribed(channel)).await;
+        Ok(())
     }
 
     /// The connection token's `exp`, as it changes.
@@ -299,10 +348,10 @@ impl Session {
                 since,
                 info,
                 token,
-            } => {
-                self.subscribe(Asker::Client(id), &channel, since, info, token)
-                    .await
-            }
+            } => self
+                .subscribe(Asker::Client(id), &channel, since, info, token)
+                .await
+                .map(drop),
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
             Command::Refresh { token } => self.refresh(id, &token).await,
             Command::Publish { channel, data, key } => {
@@ -441,7 +490,7 @@ impl Session {
         since: Option<Since>,
         info: Option<&RawValue>,
         token: Option<String>,
-    ) -> Result<(), CommandError> {
+    ) -> Result<Option<StreamPosition>, CommandError> {
         let ns = self.hub.resolve(channel)?;
         self.check_personal(&ns, channel)?;
         // RFC 7519 §7.2 checks happen in `verify_subscription`; the token is checked before
@@ -502,7 +551,7 @@ impl Session {
                     hook_info = result.info.map(Arc::from);
                 }
                 Err(Some(e)) => return Err(e),
-                Err(None) => return Ok(()),
+                Err(None) => return Ok(None),
             }
         }
         let hub = self.hub.clone();
@@ -629,7 +678,7 @@ impl Session {
                 tracing::warn!(channel, error = %e, "presence add failed");
             }
         }
-        Ok(())
+        Ok(Some(history.position))
     }
 
     async fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {

@@ -261,6 +261,19 @@ async fn upgrade(
     })
 }
 
+/// What the connection loop waits for: the client's next message, or a server API command.
+enum Input {
+    Message(Option<Result<Message, duplex::Error>>),
+    Control(crate::api::registry::Control),
+}
+
+/// What the connection loop runs next.
+enum Work {
+    Text(duplex::Utf8Bytes),
+    Binary,
+    Control(crate::api::registry::Control),
+}
+
 /// What the upgrade learnt about a connection.
 struct Accepted {
     identity: Identity,
@@ -406,16 +419,21 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
     // goes on (Pongs and Close replies are written only while the stream is polled) without
     // buffering commands.
     let mut ahead = None;
+    // Server API commands for this connection, run between the client's commands.
+    let mut mailbox = session
+        .take_mailbox()
+        .unwrap_or_else(|| tokio::sync::mpsc::channel(1).1);
     loop {
-        let message = match ahead.take() {
-            Some(message) => message,
+        let input = match ahead.take() {
+            Some(message) => Input::Message(message),
             None => tokio::select! {
                 () = peer.queue.closed(), if !closing_armed => {
                     closing_armed = true;
                     closing.as_mut().reset(tokio::time::Instant::now() + CLOSE_TIMEOUT);
                     continue;
                 }
-                message = stream.recv() => message,
+                message = stream.recv() => Input::Message(message),
+                Some(control) = mailbox.recv(), if !closing_armed => Input::Control(control),
                 () = async { let _ = shutdown.wait_for(|d| *d).await; }, if !shutting_down => {
                     shutting_down = true;
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
@@ -433,9 +451,21 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
                 () = &mut closing, if closing_armed => break,
             },
         };
-        let message = match message {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
+        let work = match input {
+            // Dropped unrun when the queue is closed: the API call learns the connection is
+            // gone from its dropped reply sender.
+            Input::Control(control) => Work::Control(control),
+            Input::Message(Some(Ok(Message::Text(text)))) => {
+                metrics.messages_received.inc();
+                metrics.bytes_received.inc_by(text.len() as u64);
+                Work::Text(text)
+            }
+            Input::Message(Some(Ok(Message::Binary(data)))) => {
+                metrics.messages_received.inc();
+                metrics.bytes_received.inc_by(data.len() as u64);
+                Work::Binary
+            }
+            Input::Message(Some(Err(e))) => {
                 if let duplex::Error::Failed(duplex::proto::CloseError::Protocol(violation)) = &e {
                     // The frame layer has already sent the matching Close frame.
                     metrics.protocol_close(violation.close_code().0);
@@ -443,19 +473,7 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
                 tracing::debug!(client = %peer.id, error = %e, "connection error");
                 break;
             }
-            None => break,
-        };
-        let text = match message {
-            Message::Text(text) => {
-                metrics.messages_received.inc();
-                metrics.bytes_received.inc_by(text.len() as u64);
-                Some(text)
-            }
-            Message::Binary(data) => {
-                metrics.messages_received.inc();
-                metrics.bytes_received.inc_by(data.len() as u64);
-                None
-            }
+            Input::Message(None) => break,
         };
         if peer.queue.is_closed() {
             continue;
@@ -466,9 +484,10 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
         // finishes promptly and is never dropped halfway (its subscriptions stay consistent
         // for `finish`).
         let work = async {
-            match &text {
-                Some(text) => session.on_text(text.as_str()).await,
-                None => session.on_binary().await,
+            match work {
+                Work::Text(text) => session.on_text(text.as_str()).await,
+                Work::Binary => session.on_binary().await,
+                Work::Control(control) => session.on_control(control).await,
             }
         };
         tokio::pin!(work);

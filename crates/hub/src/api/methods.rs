@@ -9,8 +9,12 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use tokio::sync::{mpsc, oneshot};
+
+use super::cluster::Command;
 use super::idempotency::{Full, MAX_KEY_BYTES};
-use crate::broker::{PresenceEntry, Publication, StreamPosition};
+use super::registry::Control;
+use crate::broker::{Claim, PresenceEntry, Publication, StreamPosition};
 use crate::hub::ChannelInfo;
 use crate::protocol::{CommandError, ErrorCode, Since};
 use crate::Hub;
@@ -80,7 +84,7 @@ pub struct PresenceStats {
 }
 
 /// One node in [`Hub::info`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct NodeInfo {
     /// Node id.
@@ -89,6 +93,8 @@ pub struct NodeInfo {
     pub version: String,
     /// Open WebSocket connections.
     pub connections: i64,
+    /// Distinct authenticated users among them.
+    pub users: u64,
     /// Active subscriptions.
     pub subscriptions: i64,
     /// Channels with local subscribers.
@@ -97,8 +103,10 @@ pub struct NodeInfo {
     pub uptime_seconds: u64,
 }
 
-/// Whose connections [`Hub::disconnect`] closes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Whose connections [`Hub::disconnect`], [`Hub::subscribe`] and [`Hub::unsubscribe`] act
+/// on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Every connection of this user on this node.
     User(String),
@@ -123,9 +131,225 @@ fn closable(code: u16) -> bool {
     matches!(code, 1000 | 1001 | 1008 | 1011 | 1012 | 1013 | 3000..=4999)
 }
 
+/// What one connection did with a server-side [`Hub::subscribe`] or [`Hub::unsubscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientOutcome {
+    /// The connection's client id.
+    pub client: String,
+    /// `subscribe`: the position the client was told (with the pushed `subscribed`
+    /// event); `unsubscribe`: `None`. An error when the connection refused the command (a
+    /// limit, already subscribed, not subscribed), its mailbox was full (`over_capacity`),
+    /// or it closed or did not answer within `api.command_timeout` (`unavailable`).
+    pub result: Result<Option<StreamPosition>, CommandError>,
+}
+
+/// What [`Hub::subscribe`] and [`Hub::unsubscribe`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcomes {
+    /// One outcome per connection of the target on this node.
+    pub clients: Vec<ClientOutcome>,
+    /// Whether the command was also sent to every other node (Redis broker), which apply
+    /// it to their own connections without answering.
+    pub all_nodes: bool,
+}
+
+/// What [`Hub::disconnect`] and [`Hub::refresh_user`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Done {
+    /// Connections of the target on this node.
+    pub here: usize,
+    /// Whether the command was also sent to every other node (Redis broker).
+    pub all_nodes: bool,
+}
+
+/// A command on its way to one connection's mailbox, or already refused.
+enum Posted<T> {
+    Sent(String, oneshot::Receiver<Result<T, CommandError>>),
+    Refused(String, CommandError),
+}
+
 impl Hub {
-    /// Closes the connections of `target` on this node with `code` and `reason`; how many.
-    pub fn disconnect(
+    /// The local connections of `target`: their client id and mailbox.
+    fn mailboxes(&self, target: &Target) -> Vec<(String, mpsc::Sender<Control>)> {
+        let entries = match target {
+            Target::User(user) => self.shared.registry.entries_of(user),
+            Target::Client(client) => self
+                .shared
+                .registry
+                .client_entry(client)
+                .into_iter()
+                .collect(),
+        };
+        entries
+            .into_iter()
+            .filter_map(|e| Some((e.peer.upgrade()?.id.to_string(), e.mailbox)))
+            .collect()
+    }
+
+    /// Posts one command per connection of `target` without waiting for the answers (a
+    /// full mailbox is counted and skipped): how another node's command is applied here.
+    pub(crate) fn post<T>(
+        &self,
+        target: &Target,
+        make: impl Fn(oneshot::Sender<Result<T, CommandError>>) -> Control,
+    ) {
+        for (client, mailbox) in self.mailboxes(target) {
+            let (tx, _rx) = oneshot::channel();
+            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.try_send(make(tx)) {
+                self.shared.metrics.limit_hit("api_mailbox");
+                tracing::info!(%client, "mailbox full: another node's command skipped");
+            }
+        }
+    }
+
+    /// Posts one command per connection of `target` (`make` builds it around the reply
+    /// sender) and waits for every answer until `api.command_timeout`.
+    async fn command<T>(
+        &self,
+        target: &Target,
+        make: impl Fn(oneshot::Sender<Result<T, CommandError>>) -> Control,
+    ) -> Vec<(String, Result<T, CommandError>)> {
+        let size = self.config().api.mailbox_size;
+        let posted: Vec<Posted<T>> = self
+            .mailboxes(target)
+            .into_iter()
+            .map(|(client, mailbox)| {
+                let (tx, rx) = oneshot::channel();
+                match mailbox.try_send(make(tx)) {
+                    Ok(()) => Posted::Sent(client, rx),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.shared.metrics.limit_hit("api_mailbox");
+                        let e = CommandError::new(
+                            ErrorCode::OverCapacity,
+                            format!(
+                                "the connection has {size} server commands waiting \
+                                 (api.mailbox_size); this one was not queued"
+                            ),
+                        );
+                        Posted::Refused(client, e)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Posted::Refused(client, gone()),
+                }
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + self.config().api.command_timeout;
+        let mut outcomes = Vec::with_capacity(posted.len());
+        // Every command is posted before the first wait, so they run concurrently; the one
+        // deadline bounds the whole call.
+        for p in posted {
+            outcomes.push(match p {
+                Posted::Refused(client, e) => (client, Err(e)),
+                Posted::Sent(client, rx) => {
+                    let result = match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(gone()),
+                        Err(_) => Err(CommandError::new(
+                            ErrorCode::Unavailable,
+                            "the connection did not answer within api.command_timeout \
+                             (the command may still take effect)",
+                        )),
+                    };
+                    (client, result)
+                }
+            });
+        }
+        outcomes
+    }
+
+    /// Subscribes the connections of `target` on this node to `channel`, each in its own
+    /// loop as if the client had subscribed (its queue, recovery, presence and limits:
+    /// `limits.max_channels_per_connection`, the node's channel caps), but with no
+    /// permission check and no `subscribe` hook: the application decides. Each client is
+    /// told with a pushed `subscribed` event carrying the position. One outcome per
+    /// connection of this node; a refusal by one does not stop the others. With the Redis
+    /// broker the command also goes to every other node (see [`Outcomes::all_nodes`]).
+    pub async fn subscribe(
+        &self,
+        target: &Target,
+        channel: &str,
+    ) -> Result<Outcomes, CommandError> {
+        // Refused once here rather than by every connection.
+        self.shared.resolve(channel)?;
+        let all_nodes = self
+            .tell_other_nodes(Command::Subscribe {
+                target: target.clone(),
+                channel: channel.to_owned(),
+            })
+            .await;
+        let channel: Arc<str> = channel.into();
+        let outcomes = self
+            .command(target, |reply| Control::Subscribe {
+                channel: channel.clone(),
+                reply,
+            })
+            .await;
+        let clients = outcomes
+            .into_iter()
+            .map(|(client, result)| ClientOutcome {
+                client,
+                result: result.map(Some),
+            })
+            .collect();
+        Ok(Outcomes { clients, all_nodes })
+    }
+
+    /// Unsubscribes the connections of `target` on this node from `channel`, each told
+    /// with a pushed `unsubscribed` event; a connection that is not subscribed answers
+    /// `not_subscribed`.
+    pub async fn unsubscribe(
+        &self,
+        target: &Target,
+        channel: &str,
+    ) -> Result<Outcomes, CommandError> {
+        crate::channel::validate(channel)
+            .map_err(|e| CommandError::new(ErrorCode::BadChannel, e.to_string()))?;
+        let all_nodes = self
+            .tell_other_nodes(Command::Unsubscribe {
+                target: target.clone(),
+                channel: channel.to_owned(),
+            })
+            .await;
+        let channel: Arc<str> = channel.into();
+        let outcomes = self
+            .command(target, |reply| Control::Unsubscribe {
+                channel: channel.clone(),
+                reply,
+            })
+            .await;
+        let clients = outcomes
+            .into_iter()
+            .map(|(client, result)| ClientOutcome {
+                client,
+                result: result.map(|()| None),
+            })
+            .collect();
+        Ok(Outcomes { clients, all_nodes })
+    }
+
+    /// Closes the connections of `target` with `code` and `reason`: this node's (counted in
+    /// [`Done::here`]) and, with the Redis broker, every other node's.
+    pub async fn disconnect(
+        &self,
+        target: &Target,
+        code: u16,
+        reason: &str,
+    ) -> Result<Done, CommandError> {
+        let here = self.disconnect_local(target, code, reason)?;
+        let all_nodes = self
+            .tell_other_nodes(Command::Disconnect {
+                target: target.clone(),
+                code,
+                reason: reason.to_owned(),
+            })
+            .await;
+        Ok(Done { here, all_nodes })
+    }
+
+    /// Closes the connections of `target` on this node; how many.
+    pub(crate) fn disconnect_local(
         &self,
         target: &Target,
         code: u16,
@@ -160,11 +384,23 @@ impl Hub {
         Ok(peers.len())
     }
 
-    /// Changes the token deadline of every connection of `user` on this node: `Some(exp)`
-    /// (seconds since the Unix epoch) extends or shortens it, as a client's `refresh` does;
-    /// `None` expires the connections now (closed with 1008 "token expired", as at `exp`).
-    /// Returns how many connections there were.
-    pub fn refresh_user(&self, user: &str, exp: Option<u64>) -> usize {
+    /// Changes the token deadline of every connection of `user`: `Some(exp)` (seconds since
+    /// the Unix epoch) extends or shortens it, as a client's `refresh` does; `None` expires
+    /// the connections now (closed with 1008 "token expired", as at `exp`). On this node
+    /// and, with the Redis broker, on every other node.
+    pub async fn refresh_user(&self, user: &str, exp: Option<u64>) -> Done {
+        let here = self.refresh_local(user, exp);
+        let all_nodes = self
+            .tell_other_nodes(Command::Refresh {
+                user: user.to_owned(),
+                exp,
+            })
+            .await;
+        Done { here, all_nodes }
+    }
+
+    /// [`Hub::refresh_user`] on this node; how many connections there were.
+    pub(crate) fn refresh_local(&self, user: &str, exp: Option<u64>) -> usize {
         let entries = self.shared.registry.entries_of(user);
         for e in &entries {
             match exp {
@@ -220,10 +456,56 @@ impl Hub {
                     ),
                 )
             })?;
+        // The node's cell makes concurrent calls here one; the broker's claim makes calls
+        // through different nodes one (Redis; the memory broker has one node).
         let pos = cell
-            .get_or_try_init(|| self.publish_with_key(channel, data, publication_key))
+            .get_or_try_init(|| self.publish_claimed(channel, data, publication_key, key))
             .await?;
         Ok(pos.clone())
+    }
+
+    /// Publishes once per idempotency key across nodes: claims the key with the broker,
+    /// publishes and records the position; a key claimed by an earlier call answers its
+    /// position, waiting (until `api.command_timeout`) while that publish still runs.
+    async fn publish_claimed(
+        &self,
+        channel: &str,
+        data: Box<RawValue>,
+        publication_key: Option<&str>,
+        key: &str,
+    ) -> Result<StreamPosition, CommandError> {
+        let window = self.config().api.idempotency_window;
+        let broker = &self.shared.broker;
+        let deadline = tokio::time::Instant::now() + self.config().api.command_timeout;
+        loop {
+            let claim = broker
+                .claim_idempotency(channel, key, window)
+                .await
+                .map_err(|e| self.shared.broker_error(e))?;
+            match claim {
+                None => return self.publish_with_key(channel, data, publication_key).await,
+                Some(Claim::First) => {
+                    let result = self.publish_with_key(channel, data, publication_key).await;
+                    let settled = broker
+                        .settle_idempotency(channel, key, result.as_ref().ok(), window)
+                        .await;
+                    if let Err(e) = settled {
+                        tracing::warn!(channel, error = %e, "idempotency key not recorded");
+                    }
+                    return result;
+                }
+                Some(Claim::Done(position)) => return Ok(position),
+                Some(Claim::Pending) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(CommandError::new(
+                            ErrorCode::Unavailable,
+                            "a publish with this idempotency key is still running; retry",
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     /// Publishes one `data` to each of `channels` (at most `api.max_broadcast_channels`,
@@ -337,9 +619,11 @@ impl Hub {
         })
     }
 
-    /// Channels with local subscribers whose name matches `pattern` (`*` any run of
-    /// characters, `?` one character; at most `api.max_pattern_bytes`), sorted by name.
-    pub fn channels_matching(
+    /// Channels with subscribers whose name matches `pattern` (`*` any run of characters,
+    /// `?` one character; at most `api.max_pattern_bytes`), sorted by name: this node's and,
+    /// with the Redis broker, every node's (`subscribers` counts this node's, 0 for a
+    /// channel subscribed only elsewhere).
+    pub async fn channels_matching(
         &self,
         pattern: Option<&str>,
     ) -> Result<Vec<ChannelInfo>, CommandError> {
@@ -354,24 +638,60 @@ impl Hub {
             }
         }
         let mut all = self.channels();
+        let elsewhere = self
+            .shared
+            .broker
+            .channels()
+            .await
+            .map_err(|e| self.shared.broker_error(e))?;
+        if let Some(names) = elsewhere {
+            let local: HashSet<String> = all.iter().map(|c| c.channel.clone()).collect();
+            let mut names: Vec<String> = names
+                .into_iter()
+                // Internal channels (the control channel) are not channel names.
+                .filter(|n| crate::channel::validate(n).is_ok() && !local.contains(n))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            all.extend(names.into_iter().map(|channel| ChannelInfo {
+                channel,
+                subscribers: 0,
+            }));
+            all.sort_by(|a, b| a.channel.cmp(&b.channel));
+        }
         if let Some(p) = pattern {
             all.retain(|c| glob_match(p, &c.channel));
         }
         Ok(all)
     }
 
-    /// The nodes of the hub: with the memory broker, this one.
-    pub fn info(&self) -> Vec<NodeInfo> {
+    /// This node's numbers, as [`Hub::info`] and its heartbeats show them.
+    pub(crate) fn node_info(&self) -> NodeInfo {
         let s = self.stats();
-        vec![NodeInfo {
+        NodeInfo {
             node: s.node,
             version: s.version.to_owned(),
             connections: s.connections,
+            users: self.shared.registry.users() as u64,
             subscriptions: s.subscriptions,
             channels: s.channels,
             uptime_seconds: s.uptime_seconds,
-        }]
+        }
     }
+
+    /// The nodes of the hub, sorted by id: this one and, with the Redis broker, every node
+    /// heard from within the last three heartbeats.
+    pub fn info(&self) -> Vec<NodeInfo> {
+        let mut nodes = self.shared.nodes.live();
+        nodes.retain(|n| n.node != self.shared.node_id);
+        nodes.push(self.node_info());
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        nodes
+    }
+}
+
+fn gone() -> CommandError {
+    CommandError::new(ErrorCode::Unavailable, "the connection closed")
 }
 
 /// Whether `text` matches the glob `pattern` (`*` any run, `?` one character, every other
@@ -438,5 +758,48 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(!glob_match(&p, &t));
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod mailbox_tests {
+    use std::time::Duration;
+
+    use super::Target;
+    use crate::auth::Identity;
+    use crate::protocol::ErrorCode;
+    use crate::session::Session;
+    use crate::{Config, Hub};
+
+    #[tokio::test]
+    async fn a_full_mailbox_is_refused_and_counted_and_every_wait_has_a_deadline() {
+        let mut config = Config::default();
+        config.demo.ticker = false;
+        config.api.mailbox_size = 1;
+        config.api.command_timeout = Duration::from_millis(100);
+        let hub = Hub::new(config).unwrap();
+        // No connection loop drains this session's mailbox.
+        let session = Session::new(hub.shared.clone(), Identity::default());
+        let target = Target::Client(session.peer().id.to_string());
+        let started = std::time::Instant::now();
+        let first = hub.subscribe(&target, "news").await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let code = |o: &super::Outcomes| o.clients[0].result.as_ref().unwrap_err().code;
+        assert_eq!(code(&first), ErrorCode::Unavailable, "{first:?}");
+        // The first command still waits in the mailbox of one.
+        let second = hub.unsubscribe(&target, "news").await.unwrap();
+        assert_eq!(code(&second), ErrorCode::OverCapacity, "{second:?}");
+        let metrics = hub.shared.metrics.render();
+        assert!(
+            metrics.contains("duplex_limit_hits_total{limit=\"api_mailbox\"} 1"),
+            "{metrics}"
+        );
+        drop(session);
+        assert!(hub
+            .subscribe(&target, "news")
+            .await
+            .unwrap()
+            .clients
+            .is_empty());
     }
 }

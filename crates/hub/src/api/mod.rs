@@ -19,17 +19,18 @@ use crate::broker::{Publication, StreamPosition};
 use crate::protocol::{CommandError, ErrorCode, PositionBody, Since};
 use crate::Hub;
 
+pub(crate) mod cluster;
 pub(crate) mod idempotency;
 mod methods;
 pub(crate) mod registry;
 
 pub use methods::{
-    HistoryRequest, HistoryResult, NodeInfo, PresenceStats, Target, DEFAULT_DISCONNECT_CODE,
-    MAX_REASON_BYTES,
+    ClientOutcome, Done, HistoryRequest, HistoryResult, NodeInfo, Outcomes, PresenceStats, Target,
+    DEFAULT_DISCONNECT_CODE, MAX_REASON_BYTES,
 };
 
 /// Every method of `POST /api/<method>`, in the order `docs/api.md` lists them.
-pub const METHODS: [&str; 9] = [
+pub const METHODS: [&str; 11] = [
     "publish",
     "broadcast",
     "history",
@@ -39,6 +40,8 @@ pub const METHODS: [&str; 9] = [
     "info",
     "disconnect",
     "refresh",
+    "subscribe",
+    "unsubscribe",
 ];
 
 /// An `/api` error: a status and `{"code","message"}`.
@@ -193,9 +196,11 @@ async fn call(
         "history" => history(&hub, &body).await?,
         "presence" => presence(&hub, &body).await?,
         "presence_stats" => presence_stats(&hub, &body).await?,
-        "channels" => channels(&hub, &body)?,
-        "disconnect" => disconnect(&hub, &body)?,
-        "refresh" => refresh(&hub, &body)?,
+        "channels" => channels(&hub, &body).await?,
+        "disconnect" => disconnect(&hub, &body).await?,
+        "refresh" => refresh(&hub, &body).await?,
+        "subscribe" => subscribe(&hub, &body, true).await?,
+        "unsubscribe" => subscribe(&hub, &body, false).await?,
         _ => info(&hub, &body)?,
     };
     Ok(Json(value).into_response())
@@ -393,9 +398,9 @@ struct ChannelsBody {
     pattern: Option<String>,
 }
 
-fn channels(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+async fn channels(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let b: ChannelsBody = parse(body)?;
-    let channels = hub.channels_matching(b.pattern.as_deref())?;
+    let channels = hub.channels_matching(b.pattern.as_deref()).await?;
     to_value(json!({ "channels": channels }))
 }
 
@@ -421,23 +426,75 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
-fn disconnect(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+fn target(user: Option<String>, client: Option<String>) -> Result<Target, ApiError> {
+    match (user, client) {
+        (Some(user), None) => Ok(Target::User(user)),
+        (None, Some(client)) => Ok(Target::Client(client)),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest.as_str(),
+            "exactly one of \"user\" and \"client\" is needed",
+        )),
+    }
+}
+
+async fn disconnect(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let b: DisconnectBody = parse(body)?;
-    let target = match (b.user, b.client) {
-        (Some(user), None) => methods::Target::User(user),
-        (None, Some(client)) => methods::Target::Client(client),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest.as_str(),
-                "exactly one of \"user\" and \"client\" is needed",
-            ))
-        }
-    };
+    let target = target(b.user, b.client)?;
     let code = b.code.unwrap_or(methods::DEFAULT_DISCONNECT_CODE);
     let reason = b.reason.as_deref().unwrap_or("disconnected by the server");
-    let closed = hub.disconnect(&target, code, reason)?;
-    Ok(json!({ "disconnected": closed }))
+    let done = hub.disconnect(&target, code, reason).await?;
+    Ok(json!({ "disconnected": done.here, "all_nodes": done.all_nodes }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    client: Option<String>,
+    channel: Option<String>,
+}
+
+/// `subscribe` (or, with `subscribe` false, `unsubscribe`): one entry per connection, with
+/// the position it was told or why it refused.
+async fn subscribe(hub: &Hub, body: &[u8], subscribe: bool) -> Result<Value, ApiError> {
+    let b: SubscribeBody = parse(body)?;
+    let target = target(b.user, b.client)?;
+    let channel = required(b.channel, "channel")?;
+    let outcomes = if subscribe {
+        hub.subscribe(&target, &channel).await?
+    } else {
+        hub.unsubscribe(&target, &channel).await?
+    };
+    let done = outcomes.clients.iter().filter(|o| o.result.is_ok()).count();
+    let clients: Vec<Value> = outcomes
+        .clients
+        .iter()
+        .map(|o| match &o.result {
+            Ok(Some(pos)) => {
+                json!({ "client": o.client, "epoch": &*pos.epoch, "offset": pos.offset })
+            }
+            Ok(None) => json!({ "client": o.client }),
+            Err(e) => json!({
+                "client": o.client,
+                "error": { "code": e.code.as_str(), "message": e.message },
+            }),
+        })
+        .collect();
+    let count = if subscribe {
+        "subscribed"
+    } else {
+        "unsubscribed"
+    };
+    let mut reply = json!({
+        "channel": channel,
+        "clients": clients,
+        "all_nodes": outcomes.all_nodes,
+    });
+    reply[count] = json!(done);
+    Ok(reply)
 }
 
 #[derive(Deserialize)]
@@ -450,7 +507,7 @@ struct RefreshBody {
     expire: bool,
 }
 
-fn refresh(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
+async fn refresh(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
     let b: RefreshBody = parse(body)?;
     let user = required(b.user, "user")?;
     let exp = match (b.exp, b.expire) {
@@ -464,6 +521,6 @@ fn refresh(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
             ))
         }
     };
-    let n = hub.refresh_user(&user, exp);
-    Ok(json!({ "connections": n }))
+    let done = hub.refresh_user(&user, exp).await;
+    Ok(json!({ "connections": done.here, "all_nodes": done.all_nodes }))
 }

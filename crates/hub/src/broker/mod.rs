@@ -130,6 +130,18 @@ pub struct History {
     pub complete: bool,
 }
 
+/// What [`Broker::claim_idempotency`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// This call is the first with the key: publish, then [`Broker::settle_idempotency`].
+    First,
+    /// An earlier publish with the key is still running (on some node).
+    Pending,
+    /// An earlier publish with the key got this position.
+    Done(StreamPosition),
+}
+
 /// A broker failure. Callers turn it into an `unavailable` error or HTTP 503.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -197,6 +209,37 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// whether the channel has local subscribers).
     fn holds(&self, _channel: &str) -> Option<bool> {
         None
+    }
+
+    /// The channels with subscribers on any node, when the broker knows them (a shared
+    /// broker); `Ok(None)` when only the node itself knows (the memory broker: then the
+    /// node's own channels are the answer). Names are as given to [`Broker::subscribe`].
+    async fn channels(&self) -> Result<Option<Vec<String>>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Claims the publish idempotency key `key` of `channel` for `window`, for every node;
+    /// `Ok(None)` when the broker keeps no such keys (the memory broker: the node's own store
+    /// answers).
+    async fn claim_idempotency(
+        &self,
+        _channel: &str,
+        _key: &str,
+        _window: Duration,
+    ) -> Result<Option<Claim>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Records the position of the publish that claimed `key` (`None`: it failed, and the
+    /// key is released for a retry).
+    async fn settle_idempotency(
+        &self,
+        _channel: &str,
+        _key: &str,
+        _position: Option<&StreamPosition>,
+        _window: Duration,
+    ) -> Result<(), BrokerError> {
+        Ok(())
     }
 
     /// Whether the broker can serve requests now; `Err` says why not (shown by `/healthz`).

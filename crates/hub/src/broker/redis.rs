@@ -60,8 +60,8 @@ use serde_json::value::RawValue;
 use super::continuity::{judge_catch_up, judge_live, CatchUp, Live, Seen};
 use super::sentinel::{Master, SentinelOptions};
 use super::{
-    Broker, BrokerError, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry, Publication,
-    Retention, StreamPosition,
+    Broker, BrokerError, Claim, Delivery, DeliverySink, History, HistoryQuery, PresenceEntry,
+    Publication, Retention, StreamPosition,
 };
 use crate::config::{redact_password_in, redact_url};
 
@@ -1289,6 +1289,112 @@ impl Broker for RedisBroker {
             epoch: epoch.into(),
             offset,
         })
+    }
+
+    /// `SET NX PX` on a key with the channel's hash tag (so it lives with the channel's
+    /// stream in Redis Cluster): empty while the first publish runs, then its position.
+    async fn claim_idempotency(
+        &self,
+        channel: &str,
+        key: &str,
+        window: Duration,
+    ) -> Result<Option<Claim>, BrokerError> {
+        let inner = &self.inner;
+        let name = inner.key(channel, &format!("idem:{key}"));
+        let ms = millis(window);
+        let mut conn = inner.conn.clone();
+        let mut set = ::redis::cmd("SET");
+        set.arg(&name).arg("").arg("NX").arg("PX").arg(ms);
+        let claimed =
+            tokio::time::timeout(inner.timeout, set.query_async::<Option<String>>(&mut conn))
+                .await
+                .map_err(|_| unavailable("SET NX timed out"))?
+                .map_err(unavailable)?;
+        if claimed.is_some() {
+            return Ok(Some(Claim::First));
+        }
+        let mut get = ::redis::cmd("GET");
+        get.arg(&name);
+        let value =
+            tokio::time::timeout(inner.timeout, get.query_async::<Option<String>>(&mut conn))
+                .await
+                .map_err(|_| unavailable("GET timed out"))?
+                .map_err(unavailable)?;
+        // Expired between the two calls: the caller asks again, as a pending publish.
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return Ok(Some(Claim::Pending));
+        };
+        let position = value
+            .split_once(' ')
+            .and_then(|(epoch, offset)| Some((epoch, offset.parse::<u64>().ok()?)))
+            .map(|(epoch, offset)| StreamPosition {
+                epoch: epoch.into(),
+                offset,
+            })
+            .ok_or_else(|| unavailable("an idempotency key holds no position"))?;
+        Ok(Some(Claim::Done(position)))
+    }
+
+    async fn settle_idempotency(
+        &self,
+        channel: &str,
+        key: &str,
+        position: Option<&StreamPosition>,
+        window: Duration,
+    ) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let name = inner.key(channel, &format!("idem:{key}"));
+        let cmd = match position {
+            Some(p) => {
+                let mut c = ::redis::cmd("SET");
+                c.arg(&name)
+                    .arg(format!("{} {}", p.epoch, p.offset))
+                    .arg("XX")
+                    .arg("PX")
+                    .arg(millis(window));
+                c
+            }
+            None => {
+                let mut c = ::redis::cmd("DEL");
+                c.arg(&name);
+                c
+            }
+        };
+        let mut conn = inner.conn.clone();
+        tokio::time::timeout(inner.timeout, cmd.query_async::<::redis::Value>(&mut conn))
+            .await
+            .map_err(|_| unavailable("settling an idempotency key timed out"))?
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// `PUBSUB CHANNELS` over the prefix's topics: every channel some node subscribes to.
+    async fn channels(&self) -> Result<Option<Vec<String>>, BrokerError> {
+        let inner = &self.inner;
+        // Glob characters of the prefix match only themselves (the channel part is `*`).
+        let mut pattern = String::with_capacity(inner.prefix.len() + 4);
+        for c in inner.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str(":{*}");
+        let mut conn = inner.conn.clone();
+        let mut cmd = ::redis::cmd("PUBSUB");
+        cmd.arg("CHANNELS").arg(&pattern);
+        let query = cmd.query_async::<Vec<String>>(&mut conn);
+        let topics = tokio::time::timeout(inner.timeout, query)
+            .await
+            .map_err(|_| unavailable("PUBSUB CHANNELS timed out"))?
+            .map_err(unavailable)?;
+        Ok(Some(
+            topics
+                .iter()
+                .filter_map(|t| inner.channel_of(t))
+                .map(str::to_owned)
+                .collect(),
+        ))
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {

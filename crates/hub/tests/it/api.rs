@@ -615,3 +615,142 @@ async fn python_urllib_calls_the_api() {
     );
     assert_eq!(calls[3]["body"]["nodes"][0]["node"], s.hub.node_id());
 }
+
+/// Connects a client for user `sub` with a token allowing only `allowed` channels.
+fn user_client(s: &TestServer, sub: &str, allowed: &[&str]) -> duplex::ClientBuilder {
+    let t = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub":sub,"exp":jsonwebtoken::get_current_timestamp()+600,"channels":allowed}),
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret-0123456789"),
+    )
+    .expect("token");
+    duplex::ClientBuilder::new(format!("{}?token={t}", s.url()))
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_act_inside_a_users_connections() {
+    let mut c = config();
+    c.api.key = Some(KEY.into());
+    c.auth.jwt_secret = Some("test-secret-0123456789".into());
+    let s = start_with(c).await;
+    // The token allows nothing: a server-side subscription needs no permission.
+    let mut ada1 = Client::connect(user_client(&s, "ada", &[])).await;
+    let mut ada2 = Client::connect(user_client(&s, "ada", &[])).await;
+    let mut bob = Client::connect(user_client(&s, "bob", &[])).await;
+    let refused = bob.call(json!({"type":"subscribe","channel":"news"})).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let (_, first) = call(&s, "publish", r#"{"channel":"news","data":1}"#).await;
+    let (status, v) = call(&s, "subscribe", r#"{"user":"ada","channel":"news"}"#).await;
+    assert_eq!((status, v["subscribed"].as_u64()), (200, Some(2)), "{v}");
+    let clients = v["clients"].as_array().expect("clients");
+    let ids: BTreeSet<&str> = clients
+        .iter()
+        .filter_map(|c| c["client"].as_str())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([ada1.id(), ada2.id()]));
+    for entry in clients {
+        assert_eq!(entry["offset"], first["offset"], "{v}");
+        assert_eq!(entry["epoch"], first["epoch"], "{v}");
+    }
+    // Each client is told, with the position it can recover from later.
+    for c in [&mut ada1, &mut ada2] {
+        let event = c.recv_message().await;
+        assert_eq!(event["type"], "subscribed", "{event}");
+        assert_eq!(event["channel"], "news");
+        assert_eq!(event["offset"], first["offset"]);
+        assert!(
+            event.get("id").is_none(),
+            "a pushed event has no id: {event}"
+        );
+    }
+    call(&s, "publish", r#"{"channel":"news","data":2}"#).await;
+    for c in [&mut ada1, &mut ada2] {
+        let m = c.recv_message().await;
+        assert_eq!(
+            (m["type"].as_str(), &m["data"]),
+            (Some("message"), &json!(2))
+        );
+    }
+    // Twice is refused per connection, in the reply.
+    let body = json!({"client": ada1.id(), "channel": "news"}).to_string();
+    let (status, v) = call(&s, "subscribe", &body).await;
+    assert_eq!((status, v["subscribed"].as_u64()), (200, Some(0)), "{v}");
+    assert_eq!(v["clients"][0]["error"]["code"], "already_subscribed");
+    // Unsubscribing one client pushes `unsubscribed`; its publications stop.
+    let (status, v) = call(&s, "unsubscribe", &body).await;
+    assert_eq!((status, v["unsubscribed"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(v["clients"][0], json!({"client": ada1.id()}));
+    let event = ada1.recv_message().await;
+    assert_eq!(event, json!({"type":"unsubscribed","channel":"news"}));
+    let (status, v) = call(&s, "unsubscribe", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["clients"][0]["error"]["code"], "not_subscribed", "{v}");
+    call(&s, "publish", r#"{"channel":"news","data":3}"#).await;
+    assert_eq!(ada2.recv_message().await["data"], 3);
+    // No connections: an empty answer.
+    let (_, v) = call(&s, "subscribe", r#"{"user":"nobody","channel":"news"}"#).await;
+    assert_eq!(
+        v,
+        json!({"channel":"news","subscribed":0,"clients":[],"all_nodes":false})
+    );
+    // Bad targets and channels: 400 before any connection is asked.
+    for (method, body, code) in [
+        ("subscribe", r#"{"channel":"news"}"#, "bad_request"),
+        (
+            "subscribe",
+            r#"{"user":"ada","client":"x","channel":"news"}"#,
+            "bad_request",
+        ),
+        ("subscribe", r#"{"user":"ada"}"#, "bad_request"),
+        (
+            "subscribe",
+            r#"{"user":"ada","channel":"bad channel"}"#,
+            "bad_channel",
+        ),
+        (
+            "subscribe",
+            r#"{"user":"ada","channel":"nope:x"}"#,
+            "unknown_namespace",
+        ),
+        (
+            "unsubscribe",
+            r#"{"user":"ada","channel":""}"#,
+            "bad_channel",
+        ),
+    ] {
+        let (status, v) = call(&s, method, body).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    ada1.assert_silent(std::time::Duration::from_millis(50))
+        .await;
+    assert_served(&s, "127.0.0.1").await;
+}
+
+#[tokio::test]
+async fn server_side_subscriptions_keep_the_connection_limits() {
+    let mut c = config();
+    c.api.key = Some(KEY.into());
+    c.limits.max_channels_per_connection = 1;
+    let s = start_with(c).await;
+    let mut full = s.client().await;
+    full.subscribe("mine").await;
+    let mut other = s.client().await;
+    let body = |c: &Client| json!({"client": c.id(), "channel": "more"}).to_string();
+    let (status, v) = call(&s, "subscribe", &body(&full)).await;
+    assert_eq!((status, v["subscribed"].as_u64()), (200, Some(0)), "{v}");
+    assert_eq!(v["clients"][0]["client"], full.id());
+    assert_eq!(v["clients"][0]["error"]["code"], "too_many_channels", "{v}");
+    // The refused connection is told nothing and keeps its subscription; another is served.
+    full.assert_silent(std::time::Duration::from_millis(50))
+        .await;
+    let (_, v) = call(&s, "subscribe", &body(&other)).await;
+    assert_eq!(v["subscribed"], 1, "{v}");
+    assert_eq!(other.recv_message().await["type"], "subscribed");
+    call(&s, "publish", r#"{"channel":"mine","data":"m"}"#).await;
+    assert_eq!(full.recv_message().await["data"], "m");
+    assert_served(&s, "127.0.0.1").await;
+}
