@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     /// Local connections by client id and by user.
     pub(crate) registry: Registry,
     next_client: AtomicU64,
+    /// The clock of every connection's rate limiters. Made once: building one reads the
+    /// CPU's features (CPUID, which traps to the hypervisor in a VM) and was a third of
+    /// the server's CPU time per handshake when each connection built its own.
+    pub(crate) clock: governor::clock::DefaultClock,
     shutdown: watch::Sender<bool>,
     started: Instant,
 }
@@ -170,6 +174,7 @@ impl Hub {
                     config.api.max_idempotency_keys,
                 ),
                 next_client: AtomicU64::new(1),
+                clock: governor::clock::DefaultClock::default(),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),
                 config,

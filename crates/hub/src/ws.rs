@@ -254,9 +254,13 @@ async fn upgrade(
             context,
             protocol,
         };
+        let task = run(hub, ws, accepted);
+        // An idle connection's memory is mostly this future: it is as large as its largest
+        // state.
+        tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
         async move {
             let _stream = stream;
-            run(hub, ws, accepted).await;
+            task.await;
         }
     })
 }
@@ -336,10 +340,18 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
     if let Some(uri) = hub.shared.hooks.connect() {
         // Nothing is read from the client meanwhile; the hook's timeout bounds the wait,
         // and a shutdown ends it at once.
+        // Boxed, as every state below that is rarely or briefly in use: the connection's
+        // future is as large as its largest state, for as long as it lives.
+        let admit = Box::pin(crate::hooks::connect::admit(
+            &hub.shared,
+            uri,
+            &id,
+            &context,
+            protocol.as_deref(),
+            &mut identity,
+        ));
         let admission = tokio::select! {
-            admission = crate::hooks::connect::admit(
-                &hub.shared, uri, &id, &context, protocol.as_deref(), &mut identity,
-            ) => admission,
+            admission = admit => admission,
             () = async { let _ = shutdown.wait_for(|d| *d).await; } => {
                 Err((CloseCode::AWAY.0, "server shutting down".into()))
             }
@@ -369,7 +381,7 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
 
     let writer_peer = peer.clone();
     let writer_metrics = metrics.clone();
-    let writer = tokio::spawn(async move {
+    let writer = async move {
         while let Some(next) = writer_peer.queue.pop().await {
             match next {
                 Next::Frame(frame) => {
@@ -388,10 +400,12 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
         }
         // Whatever ended the writer, nothing more can be sent: stop queueing.
         writer_peer.queue.close(CloseCode::ABNORMAL.0, "", true);
-    });
+    };
+    tracing::trace!(bytes = std::mem::size_of_val(&writer), "writer task");
+    let writer = tokio::spawn(writer);
 
     // The writer runs, so the `subscribed` frames leave as they are queued.
-    session.subscribe_server_side(&channels).await;
+    Box::pin(session.subscribe_server_side(&channels)).await;
     let mut shutting_down = false;
     // Armed while the token has an `exp`; a `refresh` moves (or removes) the deadline.
     let mut armed = first.is_some();
@@ -465,13 +479,14 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
         // Both close the queue, which ends every wait of the command at once, so the command
         // finishes promptly and is never dropped halfway (its subscriptions stay consistent
         // for `finish`).
-        let work = async {
+        // Boxed: a command's future is most of the connection's size (several KiB), and an
+        // idle connection runs none.
+        let mut work = Box::pin(async {
             match &text {
                 Some(text) => session.on_text(text.as_str()).await,
                 None => session.on_binary().await,
             }
-        };
-        tokio::pin!(work);
+        });
         loop {
             tokio::select! {
                 () = &mut work => break,
@@ -490,7 +505,7 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
             }
         }
     }
-    session.finish().await;
+    Box::pin(session.finish()).await;
     hub.shared
         .hooks
         .emit(Kind::Disconnect, &peer.id, user.as_ref(), None);
