@@ -253,15 +253,18 @@ async fn upgrade(
             permit,
             context,
             protocol,
+            _stream: stream,
         };
         let task = run(hub, ws, accepted);
         // An idle connection's memory is mostly this future: it is as large as its largest
         // state.
         tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
-        async move {
-            let _stream = stream;
-            task.await;
-        }
+        // Spawned as it is, in a task of its own. The upgrade's task would hold it next to
+        // the upgrade's own state for the whole life of the connection, and a future that
+        // awaits a captured future holds it twice (as the capture, and as the awaited
+        // value): 7.8 KB and 6.9 KB per connection measured, against the 3.4 KB of `run`.
+        tokio::spawn(task);
+        std::future::ready(())
     })
 }
 
@@ -273,6 +276,9 @@ struct Accepted {
     context: Context,
     /// The selected subprotocol, `None` when the client offered none we speak.
     protocol: Option<String>,
+    /// Over HTTP/2, the stream this WebSocket is, counted in its connection's activity for
+    /// as long as the connection lives.
+    _stream: Option<crate::server::Active>,
 }
 
 /// Deadlines further away than this are no deadline: the connection will not outlive it,
@@ -331,6 +337,7 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
         permit,
         context,
         protocol,
+        _stream,
     } = accepted;
     let metrics = hub.shared.metrics.clone();
     let open = OpenConnection::new(metrics.clone());
