@@ -54,6 +54,10 @@ pub(crate) struct Shared {
     /// The other nodes, from their heartbeats on the control channel.
     pub(crate) nodes: crate::api::cluster::Nodes,
     next_client: AtomicU64,
+    /// The clock of every connection's rate limiters. Made once: building one reads the
+    /// CPU's features (CPUID, which traps to the hypervisor in a VM) and was a third of
+    /// the server's CPU time per handshake when each connection built its own.
+    pub(crate) clock: governor::clock::DefaultClock,
     shutdown: watch::Sender<bool>,
     started: Instant,
 }
@@ -192,6 +196,7 @@ impl Hub {
                     config.api.max_idempotency_keys,
                 ),
                 next_client: AtomicU64::new(1),
+                clock: governor::clock::DefaultClock::default(),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),
                 config,

@@ -118,15 +118,17 @@ impl Session {
             id,
             queue: Outbound::with_gauge(limits.max_queue_bytes, hub.metrics.queued_bytes.clone()),
         });
-        let commands = RateLimiter::direct(
+        let commands = RateLimiter::direct_with_clock(
             Quota::per_second(nonzero(limits.commands_per_second))
                 .allow_burst(nonzero(limits.commands_burst)),
+            hub.clock.clone(),
         );
         let per_error = ERROR_WINDOW / limits.max_errors.max(1);
-        let errors = RateLimiter::direct(
+        let errors = RateLimiter::direct_with_clock(
             Quota::with_period(per_error)
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                 .allow_burst(nonzero(limits.max_errors)),
+            hub.clock.clone(),
         );
         let ping_ms =
             u64::try_from(hub.config.websocket.ping_interval.as_millis()).unwrap_or(u64::MAX);
