@@ -10,7 +10,7 @@ mod cluster_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cluster_support::{publish_http, Follower, HubClient, Nginx, Node, Redis};
+use cluster_support::{api, event_where, publish_http, Follower, HubClient, Nginx, Node, Redis};
 use serde_json::{json, Value};
 
 /// Redis and three nodes.
@@ -415,28 +415,6 @@ async fn lost_pubsub_connections_are_caught_up_from_history() {
         .count();
     // The reconnect waits at least 50 ms, while publications go on every millisecond or so.
     assert!(filled >= 1, "some node filled its gap from history");
-}
-
-/// Calls `POST /api/<method>` on `node`; the status and JSON answer.
-async fn api(node: &Node, method: &str, body: Value) -> (u16, Value) {
-    let path = format!("/api/{method}");
-    let (status, text) = cluster_support::http(node.addr(), "POST", &path, Some(&body.to_string()))
-        .await
-        .expect("api call");
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    (status, value)
-}
-
-/// Events of `client` until one satisfies `pred` (or 10 s pass: `None`).
-async fn event_where(client: &mut HubClient, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
-        let event = client.next_event(left).await?;
-        if pred(&event) {
-            return Some(event);
-        }
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! `duplex serve` nodes on a real Redis Cluster (3 masters, 3 replicas): channels spread over
-//! every shard, delivery in order across nodes, presence and history; a master killed with
+//! every shard, delivery in order across nodes, presence and history; the server API's
+//! cluster-wide operations and `presence_stats`; a master killed with
 //! SIGKILL mid-stream while publications go on; and a channel's slot moved to another
 //! master.
 //!
@@ -16,8 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_support::{free_port, publish_http, wait_listening, Follower, HubClient, Node};
-use serde_json::json;
+use cluster_support::{
+    api, event_where, free_port, publish_http, wait_listening, Follower, HubClient, Node,
+};
+use serde_json::{json, Value};
 
 /// A free port whose cluster bus port (port + 10000) is free too.
 fn free_cluster_port() -> u16 {
@@ -375,6 +378,128 @@ async fn channels_spread_over_every_shard_in_order_with_presence_and_history() {
             .unwrap_or_default();
         assert_eq!(clients, [member.client_id().as_str()], "{channel}: {reply}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: cargo xtask test --only cluster"]
+async fn the_server_api_and_presence_stats_work_across_nodes_on_every_shard() {
+    let setup = Setup::start();
+    let channels = setup.redis.spread_channels();
+    let (n1, n2) = (&setup.nodes[0], &setup.nodes[1]);
+    let mut events = Vec::new();
+
+    // Channels subscribed only on n2, one per shard: n1 lists all three (every master is
+    // asked for its shard channels), with no subscribers of its own.
+    let mut on_n2 = HubClient::connect(&n2.ws_url())
+        .await
+        .expect("client on n2");
+    for (channel, _) in &channels {
+        let sub = json!({"type":"subscribe","channel":channel,"info":{"name":"bob"}});
+        let reply = on_n2.call(sub, &mut events).await.expect("subscribe reply");
+        assert_eq!(reply["type"], "reply", "{reply}");
+    }
+    let (status, v) = api(n1, "channels", json!({"pattern": "ch*"})).await;
+    assert_eq!(status, 200, "{v}");
+    let mut expected: Vec<Value> = channels
+        .iter()
+        .map(|(c, _)| json!({"channel": c, "subscribers": 0}))
+        .collect();
+    expected.sort_by(|a, b| a["channel"].as_str().cmp(&b["channel"].as_str()));
+    assert_eq!(v["channels"], Value::Array(expected), "{v}");
+    let (_, all) = api(n1, "channels", json!({})).await;
+    assert!(!all.to_string().contains("$duplex"), "{all}");
+
+    // presence and presence_stats on every shard: a member on each node, asked on n1.
+    let mut on_n1 = HubClient::connect(&n1.ws_url())
+        .await
+        .expect("client on n1");
+    for (channel, _) in &channels {
+        let sub = json!({"type":"subscribe","channel":channel,"info":{"name":"ada"}});
+        let reply = on_n1.call(sub, &mut events).await.expect("subscribe reply");
+        assert_eq!(reply["type"], "reply", "{reply}");
+        let (status, stats) = api(n1, "presence_stats", json!({"channel": channel})).await;
+        assert_eq!(status, 200, "{stats}");
+        assert_eq!(stats["clients"], 2, "{channel}: {stats}");
+        let (status, presence) = api(n2, "presence", json!({"channel": channel})).await;
+        assert_eq!(status, 200, "{presence}");
+        let mut clients: Vec<&str> = presence["clients"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|c| c["client"].as_str()).collect())
+            .unwrap_or_default();
+        clients.sort_unstable();
+        let mut both = [on_n1.client_id(), on_n2.client_id()];
+        both.sort_unstable();
+        assert_eq!(clients, both, "{channel}: {presence}");
+    }
+
+    // Server-side subscribe, unsubscribe and disconnect called on n1 act on n2's connection,
+    // for a channel of each shard.
+    let mut target = HubClient::connect(&n2.ws_url())
+        .await
+        .expect("client on n2");
+    let id = target.client_id();
+    for (i, (channel, _)) in channels.iter().enumerate() {
+        let (status, v) = api(n1, "subscribe", json!({"client": id, "channel": channel})).await;
+        assert_eq!((status, v["all_nodes"].as_bool()), (200, Some(true)), "{v}");
+        let event = event_where(&mut target, |e| e["type"] == "subscribed")
+            .await
+            .expect("subscribed on n2");
+        assert_eq!(event["channel"], json!(channel), "{event}");
+        let n = 100 + i as u64;
+        assert_eq!(publish_http(n1.addr(), channel, n).await, 200);
+        let m = event_where(&mut target, |e| e["type"] == "message")
+            .await
+            .expect("the publication on n2");
+        assert_eq!(
+            (&m["channel"], &m["data"]["n"]),
+            (&json!(channel), &json!(n))
+        );
+        let (_, v) = api(n1, "unsubscribe", json!({"client": id, "channel": channel})).await;
+        assert_eq!(v["all_nodes"], true, "{v}");
+        let event = event_where(&mut target, |e| e["type"] == "unsubscribed")
+            .await
+            .expect("unsubscribed on n2");
+        assert_eq!(event["channel"], json!(channel), "{event}");
+    }
+    let body = json!({"client": id, "code": 4001, "reason": "banned"});
+    let (status, v) = api(n1, "disconnect", body).await;
+    assert_eq!((status, v["all_nodes"].as_bool()), (200, Some(true)), "{v}");
+    assert!(event_where(&mut target, |_| false).await.is_none());
+    assert_eq!(target.ws.close_frame().map(|f| f.code.0), Some(4001));
+
+    // info on n1 lists both nodes from their heartbeats (3 s apart).
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let names = loop {
+        let (status, v) = api(n1, "info", json!({})).await;
+        assert_eq!(status, 200, "{v}");
+        let names: Vec<String> = v["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|n| n["node"].as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.len() == 2 || tokio::time::Instant::now() > until {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(names, ["n1", "n2"]);
+
+    // An idempotent publish retried through the other node is one publication.
+    let (channel, _) = &channels[1];
+    let body = json!({"channel": channel, "data": {"n": 7}, "idempotency_key": "order-7"});
+    let (status, first) = api(n1, "publish", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = api(n2, "publish", body).await;
+    assert_eq!((status, &again), (200, &first));
+    let (_, history) = api(n2, "history", json!({"channel": channel, "limit": 5})).await;
+    let sevens = history["publications"]
+        .as_array()
+        .map(|p| p.iter().filter(|p| p["data"]["n"] == 7).count());
+    assert_eq!(sevens, Some(1), "{history}");
 }
 
 /// What one publisher saw: `n` of each acknowledged publication, and for each failed one

@@ -697,3 +697,25 @@ async fn follow(
         }
     }
 }
+
+/// Calls `POST /api/<method>` on `node`; the status and JSON answer.
+pub async fn api(node: &Node, method: &str, body: Value) -> (u16, Value) {
+    let path = format!("/api/{method}");
+    let (status, text) = http(node.addr(), "POST", &path, Some(&body.to_string()))
+        .await
+        .expect("api call");
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, value)
+}
+
+/// Events of `client` until one satisfies `pred` (or 10 s pass: `None`).
+pub async fn event_where(client: &mut HubClient, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        let event = client.next_event(left).await?;
+        if pred(&event) {
+            return Some(event);
+        }
+    }
+    None
+}

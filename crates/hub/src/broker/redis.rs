@@ -578,6 +578,39 @@ impl Inner {
                 tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await
             }
         };
+        self.answered(result, "command")
+    }
+
+    /// Runs one command with the command timeout on the single Redis or the cluster (routed
+    /// by its key, or as redis-rs routes keyless commands); records whether Redis answered.
+    async fn query<T: ::redis::FromRedisValue>(
+        &self,
+        cmd: &::redis::Cmd,
+        what: &str,
+    ) -> Result<T, BrokerError> {
+        let result = match &self.link {
+            Link::Single { master } => {
+                let mut conn = master.commands()?;
+                tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await
+            }
+            Link::Cluster { .. } => {
+                let Some(mut conn) = self.cluster_conn()? else {
+                    self.commands_ok.store(false, Ordering::Relaxed);
+                    return Err(unavailable("not connected to the cluster"));
+                };
+                tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await
+            }
+        };
+        self.answered(result, what)
+    }
+
+    /// A command's outcome: records whether Redis answered, and after a `-READONLY` reply
+    /// (the master was demoted) asks the Sentinels again.
+    fn answered<T>(
+        &self,
+        result: Result<::redis::RedisResult<T>, tokio::time::error::Elapsed>,
+        what: &str,
+    ) -> Result<T, BrokerError> {
         match result {
             Ok(Ok(v)) => {
                 self.commands_ok.store(true, Ordering::Relaxed);
@@ -588,14 +621,13 @@ impl Inner {
                     self.commands_ok.store(false, Ordering::Relaxed);
                 }
                 if let Link::Single { master } = &self.link {
-                    // A `-READONLY` reply: the master was demoted; ask the Sentinels again.
                     master.failed(&e);
                 }
                 Err(unavailable(e))
             }
             Err(_) => {
                 self.commands_ok.store(false, Ordering::Relaxed);
-                Err(unavailable("command timed out"))
+                Err(unavailable(format!("{what} timed out")))
             }
         }
     }
@@ -1302,24 +1334,15 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         let name = inner.key(channel, &format!("idem:{key}"));
         let ms = millis(window);
-        let mut conn = inner.conn.clone();
         let mut set = ::redis::cmd("SET");
         set.arg(&name).arg("").arg("NX").arg("PX").arg(ms);
-        let claimed =
-            tokio::time::timeout(inner.timeout, set.query_async::<Option<String>>(&mut conn))
-                .await
-                .map_err(|_| unavailable("SET NX timed out"))?
-                .map_err(unavailable)?;
+        let claimed = inner.query::<Option<String>>(&set, "SET NX").await?;
         if claimed.is_some() {
             return Ok(Some(Claim::First));
         }
         let mut get = ::redis::cmd("GET");
         get.arg(&name);
-        let value =
-            tokio::time::timeout(inner.timeout, get.query_async::<Option<String>>(&mut conn))
-                .await
-                .map_err(|_| unavailable("GET timed out"))?
-                .map_err(unavailable)?;
+        let value = inner.query::<Option<String>>(&get, "GET").await?;
         // Expired between the two calls: the caller asks again, as a pending publish.
         let Some(value) = value.filter(|v| !v.is_empty()) else {
             return Ok(Some(Claim::Pending));
@@ -1360,15 +1383,14 @@ impl Broker for RedisBroker {
                 c
             }
         };
-        let mut conn = inner.conn.clone();
-        tokio::time::timeout(inner.timeout, cmd.query_async::<::redis::Value>(&mut conn))
-            .await
-            .map_err(|_| unavailable("settling an idempotency key timed out"))?
-            .map_err(unavailable)?;
+        inner
+            .query::<::redis::Value>(&cmd, "settling an idempotency key")
+            .await?;
         Ok(())
     }
 
-    /// `PUBSUB CHANNELS` over the prefix's topics: every channel some node subscribes to.
+    /// `PUBSUB CHANNELS` over the prefix's topics (on a Redis Cluster `PUBSUB SHARDCHANNELS`,
+    /// asked of every node): every channel some node subscribes to.
     async fn channels(&self) -> Result<Option<Vec<String>>, BrokerError> {
         let inner = &self.inner;
         // Glob characters of the prefix match only themselves (the channel part is `*`).
@@ -1380,21 +1402,17 @@ impl Broker for RedisBroker {
             pattern.push(c);
         }
         pattern.push_str(":{*}");
-        let mut conn = inner.conn.clone();
+        let sub = match inner.link {
+            Link::Single { .. } => "CHANNELS",
+            Link::Cluster { .. } => "SHARDCHANNELS",
+        };
         let mut cmd = ::redis::cmd("PUBSUB");
-        cmd.arg("CHANNELS").arg(&pattern);
-        let query = cmd.query_async::<Vec<String>>(&mut conn);
-        let topics = tokio::time::timeout(inner.timeout, query)
-            .await
-            .map_err(|_| unavailable("PUBSUB CHANNELS timed out"))?
-            .map_err(unavailable)?;
-        Ok(Some(
-            topics
-                .iter()
-                .filter_map(|t| inner.channel_of(t))
-                .map(str::to_owned)
-                .collect(),
-        ))
+        cmd.arg(sub).arg(&pattern);
+        let topics = inner.query::<Vec<String>>(&cmd, "PUBSUB CHANNELS").await?;
+        // A cluster's answer combines every node's: a channel may appear more than once.
+        let channels: std::collections::BTreeSet<&str> =
+            topics.iter().filter_map(|t| inner.channel_of(t)).collect();
+        Ok(Some(channels.into_iter().map(str::to_owned).collect()))
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
