@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_support::{
-    api, event_where, free_port, publish_http, wait_listening, Follower, HubClient, Node,
-};
+use cluster_support::{api, event_where, free_port, publish_http, Follower, HubClient, Node};
 use serde_json::{json, Value};
 
 /// A free port whose cluster bus port (port + 10000) is free too.
@@ -30,6 +28,51 @@ fn free_cluster_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Starts one cluster-enabled `redis-server` on a free port and waits until it listens. A
+/// port is only known free until someone else binds it (another test's connection may take
+/// it first, and the server then exits): then it tries again on another, five times at most.
+fn spawn_cluster_server(dir: &Path) -> (u16, Child) {
+    for _ in 0..5 {
+        let port = free_cluster_port();
+        let data = dir.join(format!("redis-{port}"));
+        std::fs::create_dir_all(&data).expect("redis dir");
+        let log = std::fs::File::create(data.join("log")).expect("redis log");
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000"])
+            // The other shards keep serving while one has no master (see
+            // docs/deployment.md).
+            .args(["--cluster-require-full-coverage", "no"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--dir", &data.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (install it, or run `cargo xtask test --only cluster`)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (port, child);
+            }
+            if !matches!(child.try_wait(), Ok(None)) {
+                eprintln!("redis-server could not start on {port}; trying another port");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("redis-server did not start on five free ports in a row")
 }
 
 /// Runs `redis-cli` with `args`, at most `wait`; its standard output.
@@ -78,29 +121,11 @@ struct RedisCluster {
 
 impl RedisCluster {
     fn start(dir: &Path) -> Self {
-        let ports: Vec<u16> = (0..6).map(|_| free_cluster_port()).collect();
+        let mut ports = Vec::new();
         let mut servers = BTreeMap::new();
-        for &port in &ports {
-            let data = dir.join(format!("redis-{port}"));
-            std::fs::create_dir_all(&data).expect("redis dir");
-            let log = std::fs::File::create(data.join("log")).expect("redis log");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "1000"])
-                // The other shards keep serving while one has no master (see
-                // docs/deployment.md).
-                .args(["--cluster-require-full-coverage", "no"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .args(["--dir", &data.display().to_string()])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server (install it, or run `cargo xtask test --only cluster`)");
+        for _ in 0..6 {
+            let (port, child) = spawn_cluster_server(dir);
+            ports.push(port);
             servers.insert(port, child);
         }
         let cluster = Self {
@@ -108,9 +133,6 @@ impl RedisCluster {
             servers,
             dir: dir.to_owned(),
         };
-        for &port in &cluster.ports {
-            wait_listening(port, "redis-server");
-        }
         let addrs: Vec<String> = cluster
             .ports
             .iter()

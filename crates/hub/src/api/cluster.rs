@@ -114,7 +114,7 @@ struct Envelope {
 impl Hub {
     /// Whether commands go to other nodes: the broker is shared.
     pub(crate) fn clustered(&self) -> bool {
-        self.config().broker == BrokerKind::Redis
+        self.config().broker != BrokerKind::Memory
     }
 
     /// Sends `command` to every other node; whether it was sent. A broker failure is
