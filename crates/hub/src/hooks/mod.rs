@@ -32,6 +32,7 @@ use crate::protocol::{CommandError, ErrorCode};
 pub(crate) mod config;
 pub(crate) mod connect;
 pub(crate) mod events;
+pub(crate) mod refresh;
 pub(crate) mod wire;
 
 /// Idle pooled connections kept per backend host. More than the calls a backend serves at
@@ -68,11 +69,18 @@ pub(crate) enum Hook {
     Subscribe,
     Publish,
     Rpc,
+    Refresh,
 }
 
 impl Hook {
     /// Every hook, for metrics registration.
-    pub(crate) const ALL: [Self; 4] = [Self::Connect, Self::Subscribe, Self::Publish, Self::Rpc];
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Connect,
+        Self::Subscribe,
+        Self::Publish,
+        Self::Rpc,
+        Self::Refresh,
+    ];
 
     /// The `hook` label of the metrics.
     pub(crate) fn as_str(self) -> &'static str {
@@ -81,6 +89,7 @@ impl Hook {
             Self::Subscribe => "subscribe",
             Self::Publish => "publish",
             Self::Rpc => "rpc",
+            Self::Refresh => "refresh",
         }
     }
 }
@@ -189,6 +198,9 @@ pub(crate) struct Hooks {
     timeout: Duration,
     max_reply_bytes: usize,
     connect: Option<Uri>,
+    refresh: Option<Uri>,
+    /// The pause between two attempts of the `refresh` hook.
+    refresh_retry: Duration,
     /// Keyed by namespace name, `""` for the default namespace.
     namespaces: HashMap<String, NamespaceUris>,
     /// The `[hooks]` hooks, for namespaces without their own and `rpc` methods without one.
@@ -270,6 +282,8 @@ impl Hooks {
             timeout: h.timeout,
             max_reply_bytes: h.max_reply_bytes,
             connect: uri(h.connect.as_deref())?,
+            refresh: uri(h.refresh.as_deref())?,
+            refresh_retry: h.refresh_retry,
             namespaces,
             global,
             headers,
@@ -305,11 +319,22 @@ impl Hooks {
         self.connect.as_ref()
     }
 
+    /// The `refresh` hook, when one is configured.
+    pub(crate) fn refresh(&self) -> Option<&Uri> {
+        self.refresh.as_ref()
+    }
+
+    /// The pause between two attempts of the `refresh` hook.
+    pub(crate) fn refresh_retry(&self) -> Duration {
+        self.refresh_retry
+    }
+
     /// The hook of `hook` for the channel (or rpc method) namespace `namespace`, if any.
     pub(crate) fn endpoint(&self, hook: Hook, namespace: &str) -> Option<&Uri> {
         let uris = self.namespaces.get(namespace).unwrap_or(&self.global);
         match hook {
             Hook::Connect => self.connect.as_ref(),
+            Hook::Refresh => self.refresh.as_ref(),
             Hook::Subscribe => uris.subscribe.as_ref(),
             Hook::Publish => uris.publish.as_ref(),
             Hook::Rpc => uris.rpc.as_ref(),
