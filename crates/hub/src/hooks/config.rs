@@ -346,6 +346,25 @@ mod tests {
     }
 
     #[test]
+    fn the_refresh_hook_is_read_from_toml() {
+        let config = crate::Config::from_toml(
+            r#"
+            [hooks]
+            refresh = "http://127.0.0.1:3000/refresh"
+            refresh_retry = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.hooks.refresh.as_deref(),
+            Some("http://127.0.0.1:3000/refresh")
+        );
+        assert_eq!(config.hooks.refresh_retry, Duration::from_millis(250));
+        assert!(crate::Config::from_toml("[hooks]\nrefresh = \"https://x/\"\n").is_err());
+        assert!(crate::Config::from_toml("[hooks]\nrefresh_retry = \"1ms\"\n").is_err());
+    }
+
+    #[test]
     fn the_refresh_hook_is_validated_like_the_others() {
         let ok = HooksConfig {
             refresh: Some("http://127.0.0.1:3000/refresh".into()),
