@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Backend hooks: the application's HTTP endpoints that decide who connects, subscribes,
-/// publishes and what an `rpc` answers (see `docs/hooks.md`). Each hook is off while its URL
+/// publishes, what an `rpc` answers and how long a connection they admitted lives (see
+/// `docs/hooks.md`). Each hook is off while its URL
 /// is not set.
 ///
 /// ```

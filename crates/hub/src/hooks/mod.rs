@@ -1,5 +1,6 @@
 //! Backend hooks: the application's HTTP endpoints decide who connects, subscribes and
-//! publishes, and answer `rpc` commands (`docs/hooks.md`).
+//! publishes, answer `rpc` commands, and extend the connections whose deadline they set
+//! (`refresh`) (`docs/hooks.md`).
 //!
 //! Each call is one `POST` of a JSON body to the hook's URL, through one pooled HTTP/1.1
 //! client per node, with the connection's allowlisted request headers. Every call is bounded:

@@ -971,3 +971,31 @@ async fn a_failing_refresh_hook_is_retried_and_the_connection_stays_open() {
     );
     assert_answers(&mut other, "lobby").await;
 }
+
+#[tokio::test]
+async fn a_token_refresh_replaces_the_connect_hook_deadline() {
+    let backend = Backend::start().await;
+    let secret = "test-secret-0123456789";
+    let mut c = support::config();
+    c.auth.jwt_secret = Some(secret.into());
+    c.auth.anonymous = true;
+    c.hooks.connect = Some(backend.url("/connect"));
+    c.hooks.refresh = Some(backend.url("/refresh"));
+    c.hooks.headers = vec!["Cookie".into()];
+    let server = support::start_with(c).await;
+    let mut client = Client::connect(session(&server, "brief")).await;
+    assert_eq!(client.welcome["user"], "alice", "{}", client.welcome);
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub":"alice","exp":exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let reply = client.call(json!({"type":"refresh","token":token})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    // Past the hook's deadline: the token's `exp` governs, the refresh hook is not asked.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(client.call(json!({"type":"ping"})).await["type"], "pong");
+    assert!(backend.records_of("/refresh").await.is_empty());
+}
