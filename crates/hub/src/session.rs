@@ -247,6 +247,11 @@ impl Session {
         &self.identity
     }
 
+    /// What the hooks of this connection are told about it.
+    pub(crate) fn context(&self) -> &Context {
+        &self.context
+    }
+
     /// Handles one text message.
     pub(crate) async fn on_text(&mut self, text: &str) {
         let max_depth = self.hub.config.limits.max_json_depth;

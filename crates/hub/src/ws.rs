@@ -18,9 +18,11 @@ use duplex::{CloseCode, Message, WebSocket};
 
 use crate::auth::{token_from_query, AuthError, Identity};
 use crate::hooks::events::Kind;
+use crate::hooks::refresh::{Outcome, Refreshing, Subject};
 use crate::hooks::Context;
 use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
 use crate::metrics::HandshakeFailure;
+use crate::node::Peer;
 use crate::queue::Next;
 use crate::session::{Session, POLICY};
 use crate::Hub;
@@ -325,6 +327,58 @@ fn rearm(
     }
 }
 
+/// Starts the `refresh` hook for a connection that reached the deadline its backend set;
+/// `None` when no `refresh` hook is configured.
+fn start_refresh(hub: &Hub, session: &Session) -> Option<Refreshing> {
+    let uri = hub.shared.hooks.refresh()?.clone();
+    let identity = session.identity();
+    let subject = Subject {
+        client: session.peer().id.clone(),
+        user: identity.user.clone(),
+        info: identity.info.clone(),
+        context: session.context().clone(),
+    };
+    Some(crate::hooks::refresh::start(
+        hub.shared.clone(),
+        uri,
+        subject,
+    ))
+}
+
+/// The running `refresh` call's answer; pending while there is none.
+async fn refreshed(refreshing: &mut Option<Refreshing>) -> Outcome {
+    match refreshing {
+        Some(call) => call.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies the `refresh` hook's answer: a new deadline re-arms `timer`, anything else closes
+/// the connection. Whether the timer is armed, and whether the connection has expired.
+fn apply_refresh(
+    outcome: Outcome,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    peer: &Peer,
+) -> (bool, bool) {
+    match outcome {
+        Outcome::Extended(at) => match expiry_deadline(Some(at)) {
+            Some(at) => {
+                timer.reset(at);
+                (true, false)
+            }
+            None => (false, false),
+        },
+        Outcome::Expired => {
+            peer.queue.close(POLICY, "token expired", false);
+            (false, true)
+        }
+        Outcome::Disconnect(code, reason) => {
+            peer.queue.close(code, reason, false);
+            (false, true)
+        }
+    }
+}
+
 /// Counts one open connection in `duplex_connections` for as long as it lives: dropped on
 /// every way out of [`run`], a panic included, so the gauge cannot drift.
 struct OpenConnection(std::sync::Arc<crate::metrics::Metrics>);
@@ -357,6 +411,10 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
     let mut shutdown = hub.shared.shutdown_signal();
     let id = hub.shared.new_client_id();
     let mut channels = Vec::new();
+    // Whether the connection's deadline is the backend's (the `connect` hook's, then the
+    // `refresh` hook's): reaching it asks the `refresh` hook, if any. A token's `exp` (from
+    // the client's `refresh` command) or the server API's replaces it.
+    let mut hook_expiry = false;
     if let Some(uri) = hub.shared.hooks.connect() {
         // Nothing is read from the client meanwhile; the hook's timeout bounds the wait,
         // and a shutdown ends it at once.
@@ -377,7 +435,10 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
             }
         };
         match admission {
-            Ok(named) => channels = named,
+            Ok((named, expires)) => {
+                channels = named;
+                hook_expiry = expires;
+            }
             Err((code, reason)) => {
                 tracing::debug!(client = %id, %addr, code, %reason, "refused by the connect hook");
                 let close = ws.close(CloseCode(code), &reason);
@@ -432,6 +493,10 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
     let expiry = tokio::time::sleep_until(first.unwrap_or_else(tokio::time::Instant::now));
     tokio::pin!(expiry);
     let mut expired = false;
+    // The `refresh` hook's call, while one runs (boxed: an idle connection holds a pointer),
+    // and whether one is to start once the running command is done.
+    let mut refreshing: Option<Refreshing> = None;
+    let mut refresh_due = false;
     // Once our Close is queued, the peer has CLOSE_TIMEOUT to answer it.
     let closing = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(closing);
@@ -461,11 +526,23 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
                     continue;
                 }
                 () = &mut expiry, if armed && !expired => {
-                    expired = true;
-                    peer.queue.close(POLICY, "token expired", false);
+                    armed = false;
+                    match hook_expiry.then(|| start_refresh(&hub, &session)).flatten() {
+                        Some(call) => refreshing = Some(call),
+                        None => {
+                            expired = true;
+                            peer.queue.close(POLICY, "token expired", false);
+                        }
+                    }
+                    continue;
+                }
+                outcome = refreshed(&mut refreshing), if refreshing.is_some() && !expired => {
+                    refreshing = None;
+                    (armed, expired) = apply_refresh(outcome, expiry.as_mut(), &peer);
                     continue;
                 }
                 Ok(()) = expiry_changes.changed(), if !expired => {
+                    (hook_expiry, refreshing, refresh_due) = (false, None, false);
                     armed = rearm(expiry.as_mut(), &mut expiry_changes);
                     continue;
                 }
@@ -522,13 +599,28 @@ async fn run(hub: Hub, mut ws: WebSocket<UpgradedIo>, accepted: Accepted) {
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);
                 }
                 () = &mut expiry, if armed && !expired => {
-                    expired = true;
-                    peer.queue.close(POLICY, "token expired", false);
+                    armed = false;
+                    if hook_expiry && hub.shared.hooks.refresh().is_some() {
+                        // The command holds the session: the call starts once it is done.
+                        refresh_due = true;
+                    } else {
+                        expired = true;
+                        peer.queue.close(POLICY, "token expired", false);
+                    }
+                }
+                outcome = refreshed(&mut refreshing), if refreshing.is_some() && !expired => {
+                    refreshing = None;
+                    (armed, expired) = apply_refresh(outcome, expiry.as_mut(), &peer);
                 }
                 Ok(()) = expiry_changes.changed(), if !expired => {
+                    (hook_expiry, refreshing, refresh_due) = (false, None, false);
                     armed = rearm(expiry.as_mut(), &mut expiry_changes);
                 }
             }
+        }
+        drop(work);
+        if std::mem::take(&mut refresh_due) && !expired {
+            refreshing = start_refresh(&hub, &session);
         }
     }
     Box::pin(session.finish()).await;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Backend hooks: the application's HTTP endpoints that decide who connects, subscribes,
-/// publishes and what an `rpc` answers (see `docs/hooks.md`). Each hook is off while its URL
+/// publishes, what an `rpc` answers and how long a connection they admitted lives (see
+/// `docs/hooks.md`). Each hook is off while its URL
 /// is not set.
 ///
 /// ```
@@ -38,6 +39,16 @@ pub struct HooksConfig {
     /// Default: none, and `rpc` gets `not_available`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpc: Option<String>,
+    /// Asked when a connection whose deadline the `connect` hook (or an earlier `refresh`
+    /// call) set reaches it: the answer extends the connection or ends it. Default: none,
+    /// and such a connection is closed at its deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    /// The pause after a failed `refresh` call before the next attempt; after
+    /// 6 failed attempts in a row the connection is closed as expired. Default
+    /// 10 s, between 100 ms and 5 min.
+    #[serde(with = "humantime_serde")]
+    pub refresh_retry: Duration,
     /// The client's upgrade-request headers passed to every hook of its connection, by
     /// name (an allowlist, case-insensitive), e.g. `["cookie", "authorization"]`. Headers
     /// that describe the hop or the body (`host`, `content-length`, `connection`, ...) may
@@ -79,6 +90,8 @@ impl Default for HooksConfig {
             subscribe: None,
             publish: None,
             rpc: None,
+            refresh: None,
+            refresh_retry: Duration::from_secs(10),
             headers: Vec::new(),
             timeout: Duration::from_secs(5),
             max_in_flight: 1000,
@@ -115,6 +128,11 @@ pub struct NamespaceHooks {
 /// waits for.
 pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Attempts of the `refresh` hook for one deadline: a backend that fails (or times out, or
+/// answers garbage) this many times in a row, `hooks.refresh_retry` apart, ends the
+/// connection as if it had answered `expired`.
+pub(crate) const REFRESH_ATTEMPTS: u32 = 6;
+
 /// Headers that describe the hook request itself (its hop, its body, its target) or the
 /// WebSocket handshake: passing the client's would corrupt the request (RFC 9110 §7.6.1,
 /// RFC 9112 §6) or mean nothing to the backend.
@@ -140,6 +158,7 @@ impl HooksConfig {
             &self.subscribe,
             &self.publish,
             &self.rpc,
+            &self.refresh,
             &self.events,
         ]
         .into_iter()
@@ -155,6 +174,7 @@ impl HooksConfig {
             ("subscribe", &self.subscribe),
             ("publish", &self.publish),
             ("rpc", &self.rpc),
+            ("refresh", &self.refresh),
             ("events", &self.events),
         ] {
             if let Some(url) = url.as_deref().filter(|u| !u.is_empty()) {
@@ -188,6 +208,11 @@ impl HooksConfig {
             || self.events_max_backoff > Duration::from_secs(300)
         {
             return Err("hooks.events_max_backoff must be between 100ms and 5m".to_owned());
+        }
+        if self.refresh_retry < Duration::from_millis(100)
+            || self.refresh_retry > Duration::from_secs(300)
+        {
+            return Err("hooks.refresh_retry must be between 100ms and 5m".to_owned());
         }
         if self.max_in_flight == 0 {
             return Err("hooks.max_in_flight must be at least 1".to_owned());
@@ -319,6 +344,59 @@ mod tests {
             ..HooksConfig::default()
         };
         assert!(none.validate(1 << 20, true).is_err());
+    }
+
+    #[test]
+    fn the_refresh_hook_is_read_from_toml() {
+        let config = crate::Config::from_toml(
+            r#"
+            [hooks]
+            refresh = "http://127.0.0.1:3000/refresh"
+            refresh_retry = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.hooks.refresh.as_deref(),
+            Some("http://127.0.0.1:3000/refresh")
+        );
+        assert_eq!(config.hooks.refresh_retry, Duration::from_millis(250));
+        assert!(crate::Config::from_toml("[hooks]\nrefresh = \"https://x/\"\n").is_err());
+        assert!(crate::Config::from_toml("[hooks]\nrefresh_retry = \"1ms\"\n").is_err());
+    }
+
+    #[test]
+    fn the_refresh_hook_is_validated_like_the_others() {
+        let ok = HooksConfig {
+            refresh: Some("http://127.0.0.1:3000/refresh".into()),
+            ..HooksConfig::default()
+        };
+        assert!(ok.any());
+        assert_eq!(ok.validate(1 << 20, true), Ok(()));
+        let off = HooksConfig {
+            refresh: Some(String::new()),
+            ..HooksConfig::default()
+        };
+        assert!(!off.any());
+        assert_eq!(off.validate(1 << 20, true), Ok(()));
+        let https = HooksConfig {
+            refresh: Some("https://app.example/refresh".into()),
+            ..HooksConfig::default()
+        };
+        assert!(https
+            .validate(1 << 20, true)
+            .unwrap_err()
+            .contains("hooks.refresh"));
+        for retry in [Duration::from_millis(99), Duration::from_secs(301)] {
+            let c = HooksConfig {
+                refresh_retry: retry,
+                ..HooksConfig::default()
+            };
+            assert!(c
+                .validate(1 << 20, true)
+                .unwrap_err()
+                .contains("refresh_retry"));
+        }
     }
 
     #[test]

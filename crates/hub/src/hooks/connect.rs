@@ -21,8 +21,9 @@ use crate::hub::Shared;
 pub(crate) type Refusal = (u16, Cow<'static, str>);
 
 /// Asks the `connect` hook at `uri` about connection `client`. When it allows, the
-/// identity takes the user and `info` it set, and the channels it named are returned (to be
-/// subscribed server-side); otherwise the close code and reason.
+/// identity takes the user, `info` and `expire_at` it set, and the channels it named are
+/// returned (to be subscribed server-side) with whether it set the deadline; otherwise the
+/// close code and reason.
 pub(crate) async fn admit(
     shared: &Shared,
     uri: &Uri,
@@ -30,7 +31,7 @@ pub(crate) async fn admit(
     context: &Context,
     protocol: Option<&str>,
     identity: &mut Identity,
-) -> Result<Vec<String>, Refusal> {
+) -> Result<(Vec<String>, bool), Refusal> {
     let body = ConnectRequest {
         client,
         node: &shared.node_id,
@@ -51,7 +52,11 @@ pub(crate) async fn admit(
             if let Some(info) = result.info {
                 identity.info = Some(Arc::from(info));
             }
-            Ok(result.channels)
+            let expires = result.expire_at.is_some();
+            if expires {
+                identity.expires_at = result.expire_at;
+            }
+            Ok((result.channels, expires))
         }
         Ok(Verdict::Deny(message)) => {
             let reason = if message.is_empty() {

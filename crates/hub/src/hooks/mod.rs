@@ -1,5 +1,6 @@
 //! Backend hooks: the application's HTTP endpoints decide who connects, subscribes and
-//! publishes, and answer `rpc` commands (`docs/hooks.md`).
+//! publishes, answer `rpc` commands, and extend the connections whose deadline they set
+//! (`refresh`) (`docs/hooks.md`).
 //!
 //! Each call is one `POST` of a JSON body to the hook's URL, through one pooled HTTP/1.1
 //! client per node, with the connection's allowlisted request headers. Every call is bounded:
@@ -32,6 +33,7 @@ use crate::protocol::{CommandError, ErrorCode};
 pub(crate) mod config;
 pub(crate) mod connect;
 pub(crate) mod events;
+pub(crate) mod refresh;
 pub(crate) mod wire;
 
 /// Idle pooled connections kept per backend host. More than the calls a backend serves at
@@ -68,11 +70,18 @@ pub(crate) enum Hook {
     Subscribe,
     Publish,
     Rpc,
+    Refresh,
 }
 
 impl Hook {
     /// Every hook, for metrics registration.
-    pub(crate) const ALL: [Self; 4] = [Self::Connect, Self::Subscribe, Self::Publish, Self::Rpc];
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Connect,
+        Self::Subscribe,
+        Self::Publish,
+        Self::Rpc,
+        Self::Refresh,
+    ];
 
     /// The `hook` label of the metrics.
     pub(crate) fn as_str(self) -> &'static str {
@@ -81,6 +90,7 @@ impl Hook {
             Self::Subscribe => "subscribe",
             Self::Publish => "publish",
             Self::Rpc => "rpc",
+            Self::Refresh => "refresh",
         }
     }
 }
@@ -189,6 +199,9 @@ pub(crate) struct Hooks {
     timeout: Duration,
     max_reply_bytes: usize,
     connect: Option<Uri>,
+    refresh: Option<Uri>,
+    /// The pause between two attempts of the `refresh` hook.
+    refresh_retry: Duration,
     /// Keyed by namespace name, `""` for the default namespace.
     namespaces: HashMap<String, NamespaceUris>,
     /// The `[hooks]` hooks, for namespaces without their own and `rpc` methods without one.
@@ -270,6 +283,8 @@ impl Hooks {
             timeout: h.timeout,
             max_reply_bytes: h.max_reply_bytes,
             connect: uri(h.connect.as_deref())?,
+            refresh: uri(h.refresh.as_deref())?,
+            refresh_retry: h.refresh_retry,
             namespaces,
             global,
             headers,
@@ -305,11 +320,22 @@ impl Hooks {
         self.connect.as_ref()
     }
 
+    /// The `refresh` hook, when one is configured.
+    pub(crate) fn refresh(&self) -> Option<&Uri> {
+        self.refresh.as_ref()
+    }
+
+    /// The pause between two attempts of the `refresh` hook.
+    pub(crate) fn refresh_retry(&self) -> Duration {
+        self.refresh_retry
+    }
+
     /// The hook of `hook` for the channel (or rpc method) namespace `namespace`, if any.
     pub(crate) fn endpoint(&self, hook: Hook, namespace: &str) -> Option<&Uri> {
         let uris = self.namespaces.get(namespace).unwrap_or(&self.global);
         match hook {
             Hook::Connect => self.connect.as_ref(),
+            Hook::Refresh => self.refresh.as_ref(),
             Hook::Subscribe => uris.subscribe.as_ref(),
             Hook::Publish => uris.publish.as_ref(),
             Hook::Rpc => uris.rpc.as_ref(),

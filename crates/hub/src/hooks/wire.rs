@@ -34,6 +34,9 @@ pub(crate) struct ConnectResult {
     pub(crate) info: Option<Box<RawValue>>,
     /// Channels the connection is subscribed to at once, server-side.
     pub(crate) channels: Vec<String>,
+    /// When the connection expires, in seconds since the Unix epoch (in place of the
+    /// token's `exp`); the `refresh` hook, if set, is asked then.
+    pub(crate) expire_at: Option<u64>,
 }
 
 /// The body of a `subscribe` call.
@@ -84,6 +87,50 @@ pub(crate) struct RpcRequest<'a> {
     pub(crate) data: &'a RawValue,
 }
 
+/// The body of a `refresh` call.
+#[derive(Debug, Serialize)]
+pub(crate) struct RefreshRequest<'a> {
+    pub(crate) client: &'a str,
+    pub(crate) user: Option<&'a str>,
+    /// The connection's presence `info`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) info: Option<&'a RawValue>,
+}
+
+/// What a `refresh` hook answers: a new deadline, or that the connection has expired.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RefreshResult {
+    /// The connection's new deadline, in seconds since the Unix epoch.
+    pub(crate) expire_at: Option<u64>,
+    /// `true`: close the connection now, as for an expired token.
+    pub(crate) expired: bool,
+}
+
+/// The furthest ahead a backend may set a connection's deadline: a year. Further is a
+/// mistake (milliseconds for seconds, most often), not a deadline.
+pub(crate) const MAX_EXPIRE_AHEAD: u64 = 366 * 24 * 3600;
+
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An `expire_at` from a backend: in the future, and at most [`MAX_EXPIRE_AHEAD`] away.
+fn check_expire_at(expire_at: u64, now: u64) -> Result<(), String> {
+    if expire_at <= now {
+        return Err("\"expire_at\" is not in the future".to_owned());
+    }
+    if expire_at.saturating_sub(now) > MAX_EXPIRE_AHEAD {
+        return Err(format!(
+            "\"expire_at\" is more than {MAX_EXPIRE_AHEAD} s ahead (seconds, not milliseconds)"
+        ));
+    }
+    Ok(())
+}
+
 /// A presence `info` from a backend: an object within the size and depth of a client's.
 fn check_info(info: Option<&RawValue>, bounds: &Bounds) -> Result<(), String> {
     let Some(info) = info else { return Ok(()) };
@@ -116,7 +163,22 @@ impl Check for ConnectResult {
         for channel in &self.channels {
             crate::channel::validate(channel).map_err(|e| format!("{channel:?}: {e}"))?;
         }
+        if let Some(at) = self.expire_at {
+            check_expire_at(at, now_secs())?;
+        }
         Ok(())
+    }
+}
+
+impl Check for RefreshResult {
+    fn check(&self, _: &Bounds) -> Result<(), String> {
+        if self.expired {
+            return Ok(());
+        }
+        match self.expire_at {
+            Some(at) => check_expire_at(at, now_secs()),
+            None => Err("the reply has neither \"expire_at\" nor \"expired\": true".to_owned()),
+        }
     }
 }
 
@@ -177,6 +239,61 @@ mod tests {
         assert!(connect(r#"{"channels":["bad name"]}"#).is_err());
         assert!(connect(r#"{"info":[1]}"#).is_err());
         assert!(connect(r#"{"info":{"a":[[[[1]]]]}}"#).is_err());
+    }
+
+    #[test]
+    fn a_connect_expiry_is_in_the_future_and_within_a_year() {
+        let now = now_secs();
+        assert_eq!(connect(&format!(r#"{{"expire_at":{}}}"#, now + 60)), Ok(()));
+        assert!(connect(&format!(r#"{{"expire_at":{now}}}"#)).is_err());
+        assert!(connect(r#"{"expire_at":1}"#).is_err());
+        let ms = (now + 60) * 1000;
+        assert!(connect(&format!(r#"{{"expire_at":{ms}}}"#)).is_err());
+        assert!(connect(r#"{"expire_at":-5}"#).is_err());
+        assert!(connect(r#"{"expire_at":"soon"}"#).is_err());
+        assert!(connect(&format!(r#"{{"expire_at":{}}}"#, u64::MAX)).is_err());
+        assert_eq!(check_expire_at(u64::MAX, u64::MAX - 1), Ok(()));
+        assert!(check_expire_at(now + MAX_EXPIRE_AHEAD + 1, now).is_err());
+        assert_eq!(check_expire_at(now + MAX_EXPIRE_AHEAD, now), Ok(()));
+    }
+
+    fn refresh(json: &str) -> Result<RefreshResult, String> {
+        let r = serde_json::from_str::<RefreshResult>(json).map_err(|e| e.to_string())?;
+        r.check(&BOUNDS).map(|()| r)
+    }
+
+    #[test]
+    fn a_refresh_extends_or_expires_and_anything_else_is_a_failure() {
+        let at = now_secs() + 30;
+        let extended = refresh(&format!(r#"{{"expire_at":{at},"extra":1}}"#)).unwrap();
+        assert_eq!(extended.expire_at, Some(at));
+        assert!(!extended.expired);
+        assert!(refresh(r#"{"expired":true}"#).unwrap().expired);
+        assert!(
+            refresh(r#"{"expired":true,"expire_at":1}"#)
+                .unwrap()
+                .expired
+        );
+        for bad in [
+            "{}",
+            r#"{"expired":false}"#,
+            r#"{"expire_at":1}"#,
+            r#"{"expire_at":null}"#,
+            r#"{"expired":"yes"}"#,
+            r#"{"expire_at":1.5}"#,
+            "[]",
+        ] {
+            assert!(refresh(bad).is_err(), "{bad}");
+        }
+        let body = RefreshRequest {
+            client: "c1",
+            user: Some("alice"),
+            info: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"client":"c1","user":"alice"}"#
+        );
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //
 //   POST /connect    cookie `session=alice` -> user "alice", info, channel "news";
 //                    `session=anon` -> allowed as it is; `session=banned` -> disconnect
-//                    4001; no session -> error "log in first" (close 4403).
+//                    4001; `session=brief` -> user "alice", info, expiring in 2 s;
+//                    `session=brief-carol` -> user "carol", expiring in 2 s; no session ->
+//                    error "log in first" (close 4403).
 //   POST /subscribe  channels starting with `secret` are refused; `vip*` get presence
 //                    info {"vip":true}; `norecover*` get recover: false.
 //   POST /publish    "darn" in data.text becomes "****" (and checked: true is added);
 //                    channel `readonly` is refused.
 //   POST /rpc        add {a,b} -> a+b; whoami -> {user, client}; echo -> data.
 //   POST /ns-rpc     any method -> "from the namespace hook".
+//   POST /refresh    user "alice": the first call for a client extends it by 2 s, the next
+//                    ones answer expired; user "carol": 500, always.
 //   POST /events     backend events: 200. /events-flaky answers 503 to its first two
 //                    calls, then 200.
 //
@@ -23,6 +27,10 @@ import http from 'node:http';
 
 const records = [];
 let flaky = 0;
+// Refresh calls per client id.
+const refreshes = new Map();
+
+const inSeconds = (s) => Math.floor(Date.now() / 1000) + s;
 
 function reply(res, status, body) {
   const text = typeof body === 'string' ? body : JSON.stringify(body);
@@ -48,6 +56,10 @@ const hooks = {
         return { result: { user: 'alice', info: { name: 'Alice' }, channels: ['news'] } };
       case 'anon':
         return { result: {} };
+      case 'brief':
+        return { result: { user: 'alice', info: { name: 'Alice' }, expire_at: inSeconds(2) } };
+      case 'brief-carol':
+        return { result: { user: 'carol', expire_at: inSeconds(2) } };
       case 'banned':
         return { disconnect: { code: 4001, reason: 'banned' } };
       default:
@@ -81,6 +93,11 @@ const hooks = {
     }
   },
   '/ns-rpc': () => ({ result: 'from the namespace hook' }),
+  '/refresh': (req, body) => {
+    const n = (refreshes.get(body.client) || 0) + 1;
+    refreshes.set(body.client, n);
+    return n === 1 ? { result: { expire_at: inSeconds(2) } } : { result: { expired: true } };
+  },
 };
 
 const server = http.createServer((req, res) => {
@@ -112,6 +129,9 @@ const server = http.createServer((req, res) => {
         return setTimeout(() => reply(res, 200, { result: {} }), 50);
       case '/events':
         return reply(res, 200, {});
+      case '/refresh':
+        if (body.user === 'carol') return reply(res, 500, { error: { message: 'internal' } });
+        break;
       case '/events-flaky':
         flaky += 1;
         return reply(res, flaky <= 2 ? 503 : 200, {});

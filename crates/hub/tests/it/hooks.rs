@@ -832,3 +832,170 @@ async fn backend_events_over_the_queue_are_dropped_and_counted() {
     // The node serves as before.
     support::assert_served(&server, "127.0.0.2").await;
 }
+
+fn session(server: &TestServer, name: &str) -> ClientBuilder {
+    ClientBuilder::new(server.url())
+        .subprotocol("duplex.v1")
+        .header("Cookie", format!("session={name}"))
+}
+
+/// Waits until the backend has received `n` calls at `path`; those calls.
+async fn await_records(backend: &Backend, path: &str, n: usize) -> Vec<Value> {
+    let until = Instant::now() + WAIT;
+    loop {
+        let records = backend.records_of(path).await;
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            Instant::now() < until,
+            "{n} calls at {path} not made in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A subscribe answered: the connection is served.
+async fn assert_answers(client: &mut Client, channel: &str) {
+    let reply = client
+        .call(json!({"type":"subscribe","channel":channel}))
+        .await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+}
+
+/// The close code and reason once the server closes `client`.
+async fn close_of(client: &mut Client) -> (u16, String) {
+    let code = client.closed().await.expect("a Close frame");
+    let reason = client
+        .ws
+        .close_frame()
+        .map(|f| f.reason.as_str().to_owned())
+        .unwrap_or_default();
+    (code.0, reason)
+}
+
+#[tokio::test]
+async fn a_connect_hook_deadline_without_a_refresh_hook_closes_the_connection() {
+    let backend = Backend::start().await;
+    let mut c = support::config();
+    c.hooks.connect = Some(backend.url("/connect"));
+    c.hooks.headers = vec!["Cookie".into()];
+    let server = support::start_with(c).await;
+    let started = Instant::now();
+    let mut client = Client::connect(session(&server, "brief")).await;
+    let expires_in = client.welcome["expires_in"].as_u64();
+    assert!(
+        expires_in.is_some_and(|s| (1..=2).contains(&s)),
+        "{}",
+        client.welcome
+    );
+    assert_eq!(close_of(&mut client).await, (1008, "token expired".into()));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn the_refresh_hook_extends_a_connection_then_ends_it() {
+    let backend = Backend::start().await;
+    let mut c = support::config();
+    c.hooks.connect = Some(backend.url("/connect"));
+    c.hooks.refresh = Some(backend.url("/refresh"));
+    c.hooks.headers = vec!["Cookie".into()];
+    let server = support::start_with(c).await;
+    let mut client = Client::connect(session(&server, "brief")).await;
+    assert_eq!(client.welcome["user"], "alice", "{}", client.welcome);
+    assert!(client.welcome["expires_in"].as_u64().is_some());
+
+    // The deadline the connect hook set passes: the backend is asked and extends it, and
+    // the connection is still served.
+    let first = await_records(&backend, "/refresh", 1).await;
+    assert_answers(&mut client, "room").await;
+    let body = &first[0]["body"];
+    assert_eq!(body["client"], client.id());
+    assert_eq!(body["user"], "alice");
+    assert_eq!(body["info"], json!({"name":"Alice"}));
+    assert_eq!(first[0]["headers"]["cookie"], "session=brief");
+    assert_eq!(backend.records_of("/refresh").await.len(), 1, "asked once");
+
+    // At the new deadline the backend answers expired: closed as an expired token.
+    assert_eq!(close_of(&mut client).await, (1008, "token expired".into()));
+    assert_eq!(backend.records_of("/refresh").await.len(), 2);
+    assert_eq!(
+        metric(
+            &server,
+            r#"duplex_hook_calls_total{hook="refresh",result="allowed"}"#
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_failing_refresh_hook_is_retried_and_the_connection_stays_open() {
+    let backend = Backend::start().await;
+    let mut c = support::config();
+    c.hooks.connect = Some(backend.url("/connect"));
+    c.hooks.refresh = Some(backend.url("/refresh"));
+    c.hooks.refresh_retry = Duration::from_millis(300);
+    c.hooks.headers = vec!["Cookie".into()];
+    let server = support::start_with(c).await;
+    let mut carol = Client::connect(session(&server, "brief-carol")).await;
+    assert_eq!(carol.welcome["user"], "carol", "{}", carol.welcome);
+
+    // The backend fails (500): asked again after `refresh_retry`, each failure counted,
+    // and meanwhile the connection and others are served.
+    let failed = await_records(&backend, "/refresh", 2).await;
+    assert_eq!(failed[0]["body"], failed[1]["body"]);
+    assert!(
+        metric(
+            &server,
+            r#"duplex_hook_calls_total{hook="refresh",result="unavailable"}"#
+        )
+        .await
+            >= 2.0
+    );
+    assert_answers(&mut carol, "room").await;
+    let mut other = Client::connect(session(&server, "anon")).await;
+    assert_answers(&mut other, "room").await;
+
+    // After every attempt failed, the connection expires; the other one stays.
+    assert_eq!(close_of(&mut carol).await, (1008, "token expired".into()));
+    assert_eq!(backend.records_of("/refresh").await.len(), 6, "6 attempts");
+    assert_eq!(
+        metric(
+            &server,
+            r#"duplex_hook_calls_total{hook="refresh",result="unavailable"}"#
+        )
+        .await,
+        6.0
+    );
+    assert_answers(&mut other, "lobby").await;
+}
+
+#[tokio::test]
+async fn a_token_refresh_replaces_the_connect_hook_deadline() {
+    let backend = Backend::start().await;
+    let secret = "test-secret-0123456789";
+    let mut c = support::config();
+    c.auth.jwt_secret = Some(secret.into());
+    c.auth.anonymous = true;
+    c.hooks.connect = Some(backend.url("/connect"));
+    c.hooks.refresh = Some(backend.url("/refresh"));
+    c.hooks.headers = vec!["Cookie".into()];
+    let server = support::start_with(c).await;
+    let mut client = Client::connect(session(&server, "brief")).await;
+    assert_eq!(client.welcome["user"], "alice", "{}", client.welcome);
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub":"alice","exp":exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let reply = client.call(json!({"type":"refresh","token":token})).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    // Past the hook's deadline: the token's `exp` governs, the refresh hook is not asked.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(client.call(json!({"type":"ping"})).await["type"], "pong");
+    assert!(backend.records_of("/refresh").await.is_empty());
+}
