@@ -186,6 +186,12 @@ pub enum Command<'a> {
         /// Channel name.
         channel: String,
     },
+    /// `presence_stats`: how many connections and distinct users are in the channel's
+    /// presence, without the list.
+    PresenceStats {
+        /// Channel name.
+        channel: String,
+    },
     /// `history`.
     History {
         /// Channel name.
@@ -232,6 +238,7 @@ impl Command<'_> {
             Self::Unsubscribe { .. } => "unsubscribe",
             Self::Publish { .. } => "publish",
             Self::Presence { .. } => "presence",
+            Self::PresenceStats { .. } => "presence_stats",
             Self::History { .. } => "history",
             Self::Ping => "ping",
             Self::Refresh { .. } => "refresh",
@@ -462,6 +469,9 @@ fn command_from<'a>(env: &Envelope<'a>, max_depth: usize) -> Result<Command<'a>,
         "presence" => Command::Presence {
             channel: channel()?,
         },
+        "presence_stats" => Command::PresenceStats {
+            channel: channel()?,
+        },
         "history" => {
             let limit = match env.limit {
                 None => None,
@@ -645,6 +655,25 @@ pub fn rpc_result(id: Option<u64>, result: &RawValue) -> String {
         result: &'a RawValue,
     }
     encode("reply", id, Body { result })
+}
+
+/// The reply to `presence_stats`: `{"type":"reply","id","channel","clients","users"}`.
+pub fn presence_stats(id: Option<u64>, channel: &str, clients: usize, users: usize) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        channel: &'a str,
+        clients: usize,
+        users: usize,
+    }
+    encode(
+        "reply",
+        id,
+        Body {
+            channel,
+            clients,
+            users,
+        },
+    )
 }
 
 /// The reply to `unsubscribe`.

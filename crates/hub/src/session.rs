@@ -13,6 +13,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
 use crate::api::registry::Control;
+use crate::api::PresenceStats;
 use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry, StreamPosition};
 use crate::channel;
@@ -365,6 +366,7 @@ impl Session {
                 self.publish(id, &channel, data, key.as_deref()).await
             }
             Command::Presence { channel } => self.presence(id, &channel).await,
+            Command::PresenceStats { channel } => self.presence_stats(id, &channel).await,
             Command::History {
                 channel,
                 limit,
@@ -777,7 +779,8 @@ impl Session {
         Ok(())
     }
 
-    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+    /// The channel's presence entries, for a client allowed to read the channel.
+    async fn presence_of(&self, channel: &str) -> Result<Vec<PresenceEntry>, CommandError> {
         let ns = self.readable(channel)?;
         if !ns.presence {
             return Err(CommandError::new(
@@ -785,14 +788,20 @@ impl Session {
                 format!("presence is off for {channel:?}"),
             ));
         }
-        let clients = self
-            .hub
-            .broker
-            .presence(channel)
-            .await
-            .map_err(unavailable)?;
+        self.hub.broker.presence(channel).await.map_err(unavailable)
+    }
+
+    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+        let clients = self.presence_of(channel).await?;
         let pages = protocol::presence_pages(id, channel, &clients, self.page_bytes());
         self.send_pages(pages).await;
+        Ok(())
+    }
+
+    async fn presence_stats(&mut self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+        let stats = PresenceStats::of(&self.presence_of(channel).await?);
+        let reply = protocol::presence_stats(id, channel, stats.clients, stats.users);
+        self.send(reply).await;
         Ok(())
     }
 

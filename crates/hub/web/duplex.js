@@ -263,6 +263,16 @@ export class Subscription {
   }
 
   /**
+   * Counts this channel's subscribers and distinct users (see
+   * {@link Client#presenceStats}).
+   * @param {RequestOptions} [opts]
+   * @returns {Promise<{clients: number, users: number}>}
+   */
+  presenceStats(opts) {
+    return this.client.presenceStats(this.channel, opts);
+  }
+
+  /**
    * Fetches recent publications of this channel (see {@link Client#history}).
    * @param {HistoryOptions} [opts]
    * @returns {Promise<object>}
@@ -576,6 +586,19 @@ export class Client {
    */
   presence(channel, opts) {
     return this.request({ type: "presence", channel }, opts);
+  }
+
+  /**
+   * Asks the server how many connections are subscribed to `channel` and how
+   * many distinct users they belong to, without the list (one small reply
+   * however crowded the channel).
+   * @param {string} channel
+   * @param {RequestOptions} [opts]
+   * @returns {Promise<{clients: number, users: number}>} the reply, with
+   *   `channel`, `clients` and `users`
+   */
+  presenceStats(channel, opts) {
+    return this.request({ type: "presence_stats", channel }, opts);
   }
 
   /**

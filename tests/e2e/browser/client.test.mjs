@@ -261,6 +261,16 @@ describe("duplex.js against duplex serve", () => {
     assert.equal(presence.clients.length, 2);
     assert.deepEqual(byClient[ids.a].info, { name: "ada" });
     assert.deepEqual(byClient[ids.b].info, { name: "bob" });
+    // The counts alone, from the client and from the subscription: anonymous, so no users.
+    const stats = await page.evaluate(async () => ({
+      client: await window.clients.a.presenceStats("lib-presence"),
+      sub: await window.clients.b.subscription("lib-presence").presenceStats(),
+    }));
+    for (const s of [stats.client, stats.sub]) {
+      assert.equal(s.channel, "lib-presence");
+      assert.equal(s.clients, 2);
+      assert.equal(s.users, 0);
+    }
 
     await page.evaluate(() => window.clients.b.subscription("lib-presence").unsubscribe());
     const leave = await waitFor("leave of bob at a", async () =>

@@ -83,6 +83,17 @@ pub struct PresenceStats {
     pub users: usize,
 }
 
+impl PresenceStats {
+    /// The counts of a channel's presence entries.
+    pub(crate) fn of(entries: &[PresenceEntry]) -> Self {
+        let users: HashSet<&str> = entries.iter().filter_map(|e| e.user.as_deref()).collect();
+        Self {
+            clients: entries.len(),
+            users: users.len(),
+        }
+    }
+}
+
 /// One node in [`Hub::info`].
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[non_exhaustive]
@@ -611,12 +622,7 @@ impl Hub {
 
     /// How many connections and distinct users are subscribed to `channel`.
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, CommandError> {
-        let entries = self.presence(channel).await?;
-        let users: HashSet<&str> = entries.iter().filter_map(|e| e.user.as_deref()).collect();
-        Ok(PresenceStats {
-            clients: entries.len(),
-            users: users.len(),
-        })
+        Ok(PresenceStats::of(&self.presence(channel).await?))
     }
 
     /// Channels with subscribers whose name matches `pattern` (`*` any run of characters,

@@ -147,6 +147,21 @@ async fn channel_claims_restrict_subscribe_and_publish() {
         p["clients"][0]["info"]["name"], "Ada Lovelace",
         "the token's info wins"
     );
+    // A second connection of the same user: two clients, one user.
+    let mut again = Client::connect(ClientBuilder::new(format!("{}?token={token}", s.url()))).await;
+    again.subscribe("lobby").await;
+    let stats = c
+        .call(json!({"type":"presence_stats","channel":"lobby"}))
+        .await;
+    assert_eq!(
+        (&stats["clients"], &stats["users"]),
+        (&json!(2), &json!(1)),
+        "{stats}"
+    );
+    let err = c
+        .call(json!({"type":"presence_stats","channel":"secret"}))
+        .await;
+    assert_eq!(err["code"], "forbidden");
     let err = c
         .call(json!({"type":"publish","channel":"lobby2","data":1}))
         .await;

@@ -125,6 +125,22 @@ async fn presence_lists_clients_with_info_and_leave_on_disconnect() {
     assert_eq!(leave["leaves"][0]["info"], json!({"name":"Ada"}));
     let reply = b.call(json!({"type":"presence","channel":"lobby"})).await;
     assert_eq!(reply["clients"].as_array().unwrap().len(), 1);
+    // The counts without the list: anonymous connections are no users.
+    let mut c = s.client().await;
+    c.subscribe("lobby").await;
+    let stats = b
+        .call(json!({"type":"presence_stats","channel":"lobby"}))
+        .await;
+    assert_eq!(
+        (
+            &stats["type"],
+            &stats["channel"],
+            &stats["clients"],
+            &stats["users"]
+        ),
+        (&json!("reply"), &json!("lobby"), &json!(2), &json!(0)),
+        "{stats}"
+    );
 }
 
 #[tokio::test]
@@ -163,6 +179,10 @@ async fn namespaces_and_their_rules() {
     assert_eq!(err["code"], "forbidden");
     let err = c
         .call(json!({"type":"presence","channel":"ticker:prices"}))
+        .await;
+    assert_eq!(err["code"], "presence_disabled");
+    let err = c
+        .call(json!({"type":"presence_stats","channel":"ticker:prices"}))
         .await;
     assert_eq!(err["code"], "presence_disabled");
     let err = c.call(json!({"type":"subscribe","channel":"nope:x"})).await;
