@@ -10,7 +10,9 @@ mod cluster_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cluster_support::{api, event_where, publish_http, Follower, HubClient, Nginx, Node, Redis};
+use cluster_support::{
+    api, event_where, publish_http, user_token, Follower, HubClient, Nginx, Node, Redis,
+};
 use serde_json::{json, Value};
 
 /// Redis and three nodes.
@@ -570,5 +572,68 @@ async fn an_idempotent_publish_retried_through_another_node_is_not_repeated() {
         first["offset"].as_u64().map(|o| o + 1),
         "{second}"
     );
+    drop((a, b, redis, dir));
+}
+
+/// The HTTP status a connection attempt was refused with, `None` when it was served.
+fn refused(attempt: &duplex::Result<HubClient>) -> Option<u16> {
+    match attempt {
+        Ok(_) => None,
+        Err(duplex::Error::Refused { status, .. }) => Some(*status),
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn the_per_user_connection_limit_counts_every_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let a = Node::start_with_user_limit(dir.path(), "a", &redis.url(), 2);
+    let b = Node::start_with_user_limit(dir.path(), "b", &redis.url(), 2);
+    // B counts A's connections once it has heard A's heartbeat (3 s apart).
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = api(&b, "info", json!({})).await;
+        assert_eq!(status, 200, "{v}");
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.iter().any(|n| n["node"] == "a") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "B never heard A: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A user id with a brace, which must not end the key's hash tag.
+    let url = |node: &Node, user: &str| format!("{}?token={}", node.ws_url(), user_token(user));
+    let first = HubClient::connect(&url(&a, "ada}"))
+        .await
+        .expect("first on A");
+    let _second = HubClient::connect(&url(&a, "ada}"))
+        .await
+        .expect("second on A");
+    let third = HubClient::connect(&url(&b, "ada}")).await;
+    assert_eq!(refused(&third), Some(429), "the third, on B");
+    // Another user and an anonymous client are served on B meanwhile.
+    let bob = HubClient::connect(&url(&b, "bob")).await;
+    assert_eq!(refused(&bob), None, "another user on B");
+    let anonymous = HubClient::connect(&b.ws_url()).await;
+    assert_eq!(refused(&anonymous), None, "an anonymous client on B");
+
+    // Once one of A's closes, B admits the user again.
+    let mut first = first;
+    let _ = first.ws.close(duplex::CloseCode::NORMAL, "bye").await;
+    drop(first);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let admitted = loop {
+        let attempt = HubClient::connect(&url(&b, "ada}")).await;
+        match refused(&attempt) {
+            None => break attempt,
+            Some(429) if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(status) => panic!("B still refuses the user: HTTP {status}"),
+        }
+    };
+    assert!(admitted.is_ok());
     drop((a, b, redis, dir));
 }
