@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cluster_support::{
-    api, event_where, publish_http, user_token, Follower, HubClient, Nginx, Node, Redis,
+    api, event_where, http, publish_http, user_token, Follower, HubClient, Nginx, Node, Redis,
 };
 use serde_json::{json, Value};
 
@@ -635,5 +635,29 @@ async fn the_per_user_connection_limit_counts_every_node() {
         }
     };
     assert!(admitted.is_ok());
+    let (_, metrics) = http(b.addr(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("duplex_limit_hits_total{limit=\"connections_per_user\"} 1"),
+        "{metrics}"
+    );
+
+    // Without Redis, B admits on its own count (one of the user's connections is on B).
+    let mut redis = redis;
+    redis.kill();
+    let unchecked = HubClient::connect(&url(&b, "ada}")).await;
+    assert_eq!(
+        refused(&unchecked),
+        None,
+        "admitted on the node-local count"
+    );
+    let (_, metrics) = http(b.addr(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("duplex_user_limit_unchecked_total 1"),
+        "{metrics}"
+    );
     drop((a, b, redis, dir));
 }
