@@ -130,12 +130,28 @@ async fn cluster_user_check(
         return Ok(());
     }
     let shared = &hub.shared;
-    let fields = match shared
-        .broker
-        .user_connection_opened(user, &shared.incarnation)
-        .await
-    {
-        Ok(Some(fields)) => fields,
+    // In a task of its own, which makes the slot that takes the count back as soon as the
+    // broker counted: if this upgrade is dropped meanwhile (the client went away), the
+    // task's output, the slot, is dropped with it and the count taken back.
+    let (broker, counted_user, incarnation) = (
+        shared.broker.clone(),
+        user.clone(),
+        shared.incarnation.clone(),
+    );
+    let counting = tokio::spawn(async move {
+        let fields = broker
+            .user_connection_opened(&counted_user, &incarnation)
+            .await?;
+        Ok::<_, crate::broker::BrokerError>(
+            fields.map(|f| (f, ClusterUserSlot::new(broker, counted_user, incarnation))),
+        )
+    });
+    let counted = match counting.await {
+        Ok(counted) => counted,
+        Err(e) => Err(crate::broker::BrokerError::Unavailable(e.to_string())),
+    };
+    let (fields, slot) = match counted {
+        Ok(Some(counted)) => counted,
         Ok(None) => return Ok(()),
         Err(e) => {
             shared.metrics.user_limit_unchecked();
@@ -147,12 +163,6 @@ async fn cluster_user_check(
             return Ok(());
         }
     };
-    // Held from here, so that the count is taken back whatever happens next.
-    let slot = ClusterUserSlot::new(
-        shared.broker.clone(),
-        user.clone(),
-        shared.incarnation.clone(),
-    );
     let open = live_user_count(
         &fields,
         &shared.incarnation,
