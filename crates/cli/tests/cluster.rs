@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cluster_support::{
-    api, event_where, http, publish_http, user_token, Follower, HubClient, Nginx, Node, Redis,
+    api, event_where, http, publish_http, refused, user_token, Follower, HubClient, Nginx, Node,
+    Redis, Upstream,
 };
 use serde_json::{json, Value};
 
@@ -575,34 +576,16 @@ async fn an_idempotent_publish_retried_through_another_node_is_not_repeated() {
     drop((a, b, redis, dir));
 }
 
-/// The HTTP status a connection attempt was refused with, `None` when it was served.
-fn refused(attempt: &duplex::Result<HubClient>) -> Option<u16> {
-    match attempt {
-        Ok(_) => None,
-        Err(duplex::Error::Refused { status, .. }) => Some(*status),
-        Err(e) => panic!("connect failed: {e}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server: cargo xtask test --only cluster"]
 async fn the_per_user_connection_limit_counts_every_node() {
     let dir = tempfile::tempdir().expect("temp dir");
     let redis = Redis::start(dir.path());
-    let a = Node::start_with_user_limit(dir.path(), "a", &redis.url(), 2);
-    let b = Node::start_with_user_limit(dir.path(), "b", &redis.url(), 2);
+    let url = redis.url();
+    let a = Node::start_with_user_limit(dir.path(), "a", &Upstream::Url(&url), 2);
+    let b = Node::start_with_user_limit(dir.path(), "b", &Upstream::Url(&url), 2);
     // B counts A's connections once it has heard A's heartbeat (3 s apart).
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, v) = api(&b, "info", json!({})).await;
-        assert_eq!(status, 200, "{v}");
-        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
-        if nodes.iter().any(|n| n["node"] == "a") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "B never heard A: {v}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    b.wait_hears("a").await;
     // A user id with a brace, which must not end the key's hash tag.
     let url = |node: &Node, user: &str| format!("{}?token={}", node.ws_url(), user_token(user));
     let first = HubClient::connect(&url(&a, "ada}"))

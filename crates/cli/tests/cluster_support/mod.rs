@@ -22,6 +22,15 @@ pub const API_KEY: &str = "cluster-test-key";
 /// The HS256 secret of nodes started with [`Node::start_with_user_limit`].
 pub const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789";
 
+/// The HTTP status a connection attempt was refused with, `None` when it was served.
+pub fn refused(attempt: &duplex::Result<HubClient>) -> Option<u16> {
+    match attempt {
+        Ok(_) => None,
+        Err(duplex::Error::Refused { status, .. }) => Some(*status),
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
 /// A token of `user` signed with [`JWT_SECRET`], valid for an hour.
 pub fn user_token(user: &str) -> String {
     let exp = jsonwebtoken::get_current_timestamp() + 3600;
@@ -220,10 +229,34 @@ impl Node {
         Self::start_configured(dir, name, redis, None)
     }
 
-    /// A node at `redis_url` that verifies tokens of [`user_token`] and allows `per_user`
-    /// connections per user.
-    pub fn start_with_user_limit(dir: &Path, name: &str, redis_url: &str, per_user: usize) -> Self {
-        Self::start_configured(dir, name, &Upstream::Url(redis_url), Some(per_user))
+    /// A node on the Redis `redis` names that verifies tokens of [`user_token`] and allows
+    /// `per_user` connections per user.
+    pub fn start_with_user_limit(
+        dir: &Path,
+        name: &str,
+        redis: &Upstream<'_>,
+        per_user: usize,
+    ) -> Self {
+        Self::start_configured(dir, name, redis, Some(per_user))
+    }
+
+    /// Waits (up to 10 s) until this node lists `other` among the nodes it heard from.
+    pub async fn wait_hears(&self, other: &str) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = api(self, "info", json!({})).await;
+            assert_eq!(status, 200, "{v}");
+            let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+            if nodes.iter().any(|n| n["node"] == other) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{} never heard {other}: {v}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn start_configured(
