@@ -596,6 +596,13 @@ async fn the_per_user_connection_limit_counts_every_node() {
         .expect("second on A");
     let third = HubClient::connect(&url(&b, "ada}")).await;
     assert_eq!(refused(&third), Some(429), "the third, on B");
+    let (_, metrics) = http(b.addr(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("duplex_limit_hits_total{limit=\"connections_per_user\"} 1"),
+        "{metrics}"
+    );
     // Another user and an anonymous client are served on B meanwhile.
     let bob = HubClient::connect(&url(&b, "bob")).await;
     assert_eq!(refused(&bob), None, "another user on B");
@@ -618,13 +625,6 @@ async fn the_per_user_connection_limit_counts_every_node() {
         }
     };
     assert!(admitted.is_ok());
-    let (_, metrics) = http(b.addr(), "GET", "/metrics", None)
-        .await
-        .expect("metrics");
-    assert!(
-        metrics.contains("duplex_limit_hits_total{limit=\"connections_per_user\"} 1"),
-        "{metrics}"
-    );
 
     // Without Redis, B admits on its own count (one of the user's connections is on B).
     let mut redis = redis;
