@@ -10,7 +10,10 @@ mod cluster_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cluster_support::{api, event_where, publish_http, Follower, HubClient, Nginx, Node, Redis};
+use cluster_support::{
+    api, event_where, http, publish_http, refused, user_token, Follower, HubClient, Nginx, Node,
+    Redis, Upstream,
+};
 use serde_json::{json, Value};
 
 /// Redis and three nodes.
@@ -569,6 +572,75 @@ async fn an_idempotent_publish_retried_through_another_node_is_not_repeated() {
         second["offset"].as_u64(),
         first["offset"].as_u64().map(|o| o + 1),
         "{second}"
+    );
+    drop((a, b, redis, dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: cargo xtask test --only cluster"]
+async fn the_per_user_connection_limit_counts_every_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(dir.path());
+    let url = redis.url();
+    let a = Node::start_with_user_limit(dir.path(), "a", &Upstream::Url(&url), 2);
+    let b = Node::start_with_user_limit(dir.path(), "b", &Upstream::Url(&url), 2);
+    // B counts A's connections once it has heard A's heartbeat (3 s apart).
+    b.wait_hears("a").await;
+    // A user id with a brace, which must not end the key's hash tag.
+    let url = |node: &Node, user: &str| format!("{}?token={}", node.ws_url(), user_token(user));
+    let first = HubClient::connect(&url(&a, "ada}"))
+        .await
+        .expect("first on A");
+    let _second = HubClient::connect(&url(&a, "ada}"))
+        .await
+        .expect("second on A");
+    let third = HubClient::connect(&url(&b, "ada}")).await;
+    assert_eq!(refused(&third), Some(429), "the third, on B");
+    let (_, metrics) = http(b.addr(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("duplex_limit_hits_total{limit=\"connections_per_user\"} 1"),
+        "{metrics}"
+    );
+    // Another user and an anonymous client are served on B meanwhile.
+    let bob = HubClient::connect(&url(&b, "bob")).await;
+    assert_eq!(refused(&bob), None, "another user on B");
+    let anonymous = HubClient::connect(&b.ws_url()).await;
+    assert_eq!(refused(&anonymous), None, "an anonymous client on B");
+
+    // Once one of A's closes, B admits the user again.
+    let mut first = first;
+    let _ = first.ws.close(duplex::CloseCode::NORMAL, "bye").await;
+    drop(first);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let admitted = loop {
+        let attempt = HubClient::connect(&url(&b, "ada}")).await;
+        match refused(&attempt) {
+            None => break attempt,
+            Some(429) if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(status) => panic!("B still refuses the user: HTTP {status}"),
+        }
+    };
+    assert!(admitted.is_ok());
+
+    // Without Redis, B admits on its own count (one of the user's connections is on B).
+    let mut redis = redis;
+    redis.kill();
+    let unchecked = HubClient::connect(&url(&b, "ada}")).await;
+    assert_eq!(
+        refused(&unchecked),
+        None,
+        "admitted on the node-local count"
+    );
+    let (_, metrics) = http(b.addr(), "GET", "/metrics", None)
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("duplex_user_limit_unchecked_total 1"),
+        "{metrics}"
     );
     drop((a, b, redis, dir));
 }

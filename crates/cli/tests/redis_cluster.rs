@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_support::{api, event_where, free_port, publish_http, Follower, HubClient, Node};
+use cluster_support::{
+    api, event_where, free_port, publish_http, refused, user_token, Follower, HubClient, Node,
+    Upstream,
+};
 use serde_json::{json, Value};
 
 /// A free port whose cluster bus port (port + 10000) is free too.
@@ -859,4 +862,31 @@ async fn a_slot_moved_to_another_master_keeps_its_stream() {
             node.name
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: cargo xtask test --only cluster"]
+async fn the_per_user_connection_limit_counts_every_node_on_the_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = RedisCluster::start(dir.path());
+    let seeds = redis.seeds();
+    let n1 = Node::start_with_user_limit(dir.path(), "n1", &Upstream::Cluster(&seeds), 1);
+    let n2 = Node::start_with_user_limit(dir.path(), "n2", &Upstream::Cluster(&seeds), 1);
+    n2.wait_hears("n1").await;
+    let url = |node: &Node| format!("{}?token={}", node.ws_url(), user_token("ada"));
+    let mut first = HubClient::connect(&url(&n1)).await.expect("ada on n1");
+    assert_eq!(refused(&HubClient::connect(&url(&n2)).await), Some(429));
+    let _ = first.ws.close(duplex::CloseCode::NORMAL, "bye").await;
+    drop(first);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match refused(&HubClient::connect(&url(&n2)).await) {
+            None => break,
+            Some(429) if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(status) => panic!("n2 still refuses the user: HTTP {status}"),
+        }
+    }
+    drop((n1, n2, redis, dir));
 }

@@ -390,9 +390,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent WebSocket connections from one IP address (0: no limit). Default 1 000.
     pub max_connections_per_ip: usize,
-    /// Concurrent WebSocket connections of one authenticated user on this node (0: no
-    /// limit); more are refused with 429 before the upgrade. Anonymous connections count
-    /// only against the other limits. Default 100.
+    /// Concurrent WebSocket connections of one authenticated user (0: no limit); more are
+    /// refused with 429 before the upgrade. Counted on this node first, then, with a shared
+    /// broker (`redis`, `redis-cluster`), across every live node through Redis (when Redis
+    /// cannot count, the node-local count alone decides). Anonymous connections count only
+    /// against the other limits, and so do users named only by the connect hook (the count
+    /// is taken from the token's `sub` at the upgrade). Default 100.
     pub max_connections_per_user: usize,
     /// Largest incoming WebSocket message in bytes; larger ones close with 1009.
     /// Default 64 KiB.

@@ -47,6 +47,10 @@ pub(crate) struct Shared {
     /// The application's backend hooks.
     pub(crate) hooks: Hooks,
     pub(crate) node_id: String,
+    /// This process among the nodes: the node id and a random nonce, so that a node
+    /// restarted with the same id does not count its predecessor's connections (the field of
+    /// the cluster-wide per-user connection counts, sent in heartbeats).
+    pub(crate) incarnation: Arc<str>,
     /// Publish `idempotency_key`s seen within `api.idempotency_window`.
     pub(crate) idempotency: IdempotencyStore,
     /// Local connections by client id and by user.
@@ -188,6 +192,7 @@ impl Hub {
                 auth,
                 limits,
                 hooks,
+                incarnation: format!("{node_id}/{:016x}", rand::random::<u64>()).into(),
                 node_id,
                 registry: Registry::default(),
                 nodes: crate::api::cluster::Nodes::default(),

@@ -6,11 +6,13 @@
 //! connection holds one slot, whatever it speaks. An application that serves
 //! [`crate::Hub::router`] itself has no accept-time permit; the upgrade takes one then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::broker::Broker;
 
 /// Which limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,61 @@ pub(crate) struct ConnectionPermit {
     /// The user counted against the per-user limit, once the token is verified.
     user: Option<Arc<str>>,
     websocket: bool,
+    /// The connection's count in the shared broker, taken back when the permit drops.
+    cluster: Option<ClusterUserSlot>,
+}
+
+/// One WebSocket of a user counted in the shared broker under this node's incarnation (for
+/// the cluster-wide `limits.max_connections_per_user`). Dropping it takes the count back in
+/// a task of its own, bounded by the broker's command timeout: a drop never waits for the
+/// broker, and a count that could not be taken back stops counting once this incarnation
+/// stops heartbeating.
+#[derive(Debug)]
+pub(crate) struct ClusterUserSlot {
+    broker: Arc<dyn Broker>,
+    user: Arc<str>,
+    incarnation: Arc<str>,
+}
+
+impl ClusterUserSlot {
+    /// A count the broker holds already.
+    pub(crate) fn new(broker: Arc<dyn Broker>, user: Arc<str>, incarnation: Arc<str>) -> Self {
+        Self {
+            broker,
+            user,
+            incarnation,
+        }
+    }
+}
+
+impl Drop for ClusterUserSlot {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (broker, user, incarnation) = (
+            self.broker.clone(),
+            self.user.clone(),
+            self.incarnation.clone(),
+        );
+        runtime.spawn(async move {
+            if let Err(e) = broker.user_connection_closed(&user, &incarnation).await {
+                tracing::debug!(error = %e, "a user's connection count could not be taken back");
+            }
+        });
+    }
+}
+
+/// A user's open WebSockets on every live node: the counts of `fields` (node incarnation →
+/// count, as the broker holds them) whose incarnation is this node's (`own`) or one heard
+/// from in the last heartbeats (`live`). Fields of crashed or restarted nodes are ignored,
+/// and so are negative counts.
+pub(crate) fn live_user_count(fields: &[(String, i64)], own: &str, live: &HashSet<String>) -> u64 {
+    fields
+        .iter()
+        .filter(|(field, _)| field == own || live.contains(field))
+        .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
+        .fold(0, u64::saturating_add)
 }
 
 impl ConnectionLimits {
@@ -139,6 +196,7 @@ impl ConnectionLimits {
             ip: key,
             user: None,
             websocket: false,
+            cluster: None,
         })
     }
 
@@ -198,6 +256,20 @@ impl ConnectionPermit {
         drop(c);
         self.user = Some(user.clone());
         Ok(())
+    }
+
+    /// Stops counting the connection against its user (the cluster-wide count refused it);
+    /// the permit is as before [`ConnectionPermit::assign_user`].
+    pub(crate) fn unassign_user(&mut self) {
+        if let Some(user) = self.user.take() {
+            self.limits.counts.lock().release_user(&user);
+        }
+        self.cluster = None;
+    }
+
+    /// Holds the connection's count in the shared broker until the permit drops.
+    pub(crate) fn hold_cluster_slot(&mut self, slot: ClusterUserSlot) {
+        self.cluster = Some(slot);
     }
 
     /// Marks the connection as an open WebSocket (what [`ConnectionLimits::open`] and the
@@ -288,8 +360,34 @@ mod tests {
         drop(p1);
         let mut p4 = l.acquire(Some(ip("127.0.0.1"))).unwrap();
         p4.assign_user(&ada).unwrap();
+        p4.unassign_user();
+        assert_eq!(p4.user, None);
+        p4.assign_user(&ada).unwrap();
         drop((p2, p3, p4));
         assert!(l.counts.lock().per_user.is_empty());
+    }
+
+    #[test]
+    fn only_live_incarnations_count_towards_a_user() {
+        let fields = vec![
+            ("a/1".to_owned(), 2),
+            ("b/7".to_owned(), 1),
+            ("b/6".to_owned(), 40), // b before its restart
+            ("c/1".to_owned(), 5),  // not heard from
+            ("d/1".to_owned(), -3),
+            ("e/1".to_owned(), i64::MAX),
+        ];
+        let live: HashSet<String> = ["b/7", "d/1"].into_iter().map(String::from).collect();
+        assert_eq!(live_user_count(&fields, "a/1", &live), 3);
+        assert_eq!(live_user_count(&fields, "z/1", &HashSet::new()), 0);
+        let all: HashSet<String> = ["a/1", "e/1", "b/7"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            live_user_count(&fields, "a/1", &all),
+            u64::try_from(i64::MAX).unwrap() + 3
+        );
     }
 
     #[test]

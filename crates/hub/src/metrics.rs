@@ -84,6 +84,7 @@ pub(crate) struct Metrics {
     /// Keys of the last good JWKS fetch.
     pub(crate) jwks_keys: Gauge,
     subscription_tokens_refused: Counter,
+    user_limit_unchecked: Counter,
     hook_calls: Family<Labels2, Counter>,
     hook_duration: Family<Label, Histogram>,
 }
@@ -129,6 +130,7 @@ impl Metrics {
             jwks_fetches: Family::default(),
             jwks_keys: Gauge::default(),
             subscription_tokens_refused: Counter::default(),
+            user_limit_unchecked: Counter::default(),
             hook_calls: Family::default(),
             hook_duration: Family::new_with_constructor(hook_histogram),
             registry: Registry::default(),
@@ -268,6 +270,12 @@ impl Metrics {
             m.subscription_tokens_refused.clone(),
         );
         r.register(
+            "user_limit_unchecked",
+            "WebSockets admitted on the node-local limits.max_connections_per_user alone \
+             because the shared broker could not count the user's connections on every node",
+            m.user_limit_unchecked.clone(),
+        );
+        r.register(
             "hook_calls",
             "Backend hook calls by hook and result (allowed, denied, unavailable, timeout, busy); \
              hook=\"events\" counts event batches (allowed: taken)",
@@ -329,6 +337,11 @@ impl Metrics {
     /// A fetch of `auth.jwks_url`, by result.
     pub(crate) fn jwks_fetch(&self, result: &'static str) {
         self.jwks_fetches.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A WebSocket admitted without the cluster-wide per-user count (the broker failed).
+    pub(crate) fn user_limit_unchecked(&self) {
+        self.user_limit_unchecked.inc();
     }
 
     /// A `subscribe` refused for its subscription token.

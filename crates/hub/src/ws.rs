@@ -5,6 +5,7 @@
 //! at the queue, so a client that stops reading blocks its writer and nothing else.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, State};
@@ -20,7 +21,7 @@ use crate::auth::{token_from_query, AuthError, Identity};
 use crate::hooks::events::Kind;
 use crate::hooks::refresh::{Outcome, Refreshing, Subject};
 use crate::hooks::Context;
-use crate::limits::{ConnectionPermit, LimitError, PermitSlot};
+use crate::limits::{live_user_count, ClusterUserSlot, ConnectionPermit, LimitError, PermitSlot};
 use crate::metrics::HandshakeFailure;
 use crate::node::Peer;
 use crate::queue::Next;
@@ -113,6 +114,87 @@ fn websocket_permit(
     permit.set_websocket();
     Ok(permit)
 }
+
+/// The cluster-wide `limits.max_connections_per_user`, once the node-local count admitted
+/// `user`: with a shared broker, counts the connection there under this node's incarnation
+/// and sums the counts of the live nodes (this one and those heard in heartbeats). Over the
+/// limit, the count is taken back and [`LimitError::PerUser`] returned; otherwise the
+/// permit holds the count until it drops. When the broker cannot count, the node-local
+/// limit alone applies (counted in `duplex_user_limit_unchecked_total`).
+async fn cluster_user_check(
+    hub: &Hub,
+    permit: &mut ConnectionPermit,
+    user: Option<&Arc<str>>,
+) -> Result<(), LimitError> {
+    let max = hub.config().limits.max_connections_per_user;
+    let Some(user) = user else { return Ok(()) };
+    if max == 0 || !hub.clustered() {
+        return Ok(());
+    }
+    let shared = &hub.shared;
+    // In a task of its own, which makes the slot that takes the count back as soon as the
+    // broker counted: if this upgrade is dropped meanwhile (the client went away), the
+    // task's output, the slot, is dropped with it and the count taken back.
+    let (broker, counted_user, incarnation) = (
+        shared.broker.clone(),
+        user.clone(),
+        shared.incarnation.clone(),
+    );
+    let counting = tokio::spawn(async move {
+        let fields = broker
+            .user_connection_opened(&counted_user, &incarnation)
+            .await?;
+        Ok::<_, crate::broker::BrokerError>(
+            fields.map(|f| (f, ClusterUserSlot::new(broker, counted_user, incarnation))),
+        )
+    });
+    let counted = match counting.await {
+        Ok(counted) => counted,
+        Err(e) => Err(crate::broker::BrokerError::Unavailable(e.to_string())),
+    };
+    let (fields, slot) = match counted {
+        Ok(Some(counted)) => counted,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            shared.metrics.user_limit_unchecked();
+            if warn_now() {
+                tracing::warn!(error = %e, "the per-user connection limit is checked on this node only: the broker cannot count");
+            } else {
+                tracing::debug!(error = %e, "the per-user connection limit is checked on this node only");
+            }
+            return Ok(());
+        }
+    };
+    let open = live_user_count(
+        &fields,
+        &shared.incarnation,
+        &shared.nodes.live_incarnations(),
+    );
+    if open > u64::try_from(max).unwrap_or(u64::MAX) {
+        drop(slot);
+        return Err(LimitError::PerUser);
+    }
+    permit.hold_cluster_slot(slot);
+    Ok(())
+}
+
+/// Whether a warning about an unavailable cluster-wide count may be logged now: at most one
+/// every [`WARN_EVERY`], the rest at debug level.
+fn warn_now() -> bool {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    let now = std::time::Instant::now();
+    let mut last = LAST.lock();
+    match *last {
+        Some(at) if now.duration_since(at) < WARN_EVERY => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
+    }
+}
+
+/// See [`warn_now`].
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 async fn upgrade(
     State(hub): State<Hub>,
@@ -208,7 +290,23 @@ async fn upgrade(
                     "too many connections for this user",
                 );
             }
-            _ => p,
+            Some(Ok(())) => match cluster_user_check(&hub, &mut p, identity.user.as_ref()).await {
+                Ok(()) => p,
+                Err(e) => {
+                    hub.shared.metrics.limit_hit(e.metric());
+                    p.unassign_user();
+                    if let Some(slot) = slot {
+                        slot.put_back(p);
+                    }
+                    return refuse(
+                        &hub,
+                        HandshakeFailure::PerUser,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections for this user",
+                    );
+                }
+            },
+            None => p,
         },
         Err(e @ LimitError::Total) => {
             hub.shared.metrics.limit_hit(e.metric());

@@ -19,6 +19,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const DUPLEX: &str = env!("CARGO_BIN_EXE_duplex");
 pub const API_KEY: &str = "cluster-test-key";
+/// The HS256 secret of nodes started with [`Node::start_with_user_limit`].
+pub const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789";
+
+/// The HTTP status a connection attempt was refused with, `None` when it was served.
+pub fn refused(attempt: &duplex::Result<HubClient>) -> Option<u16> {
+    match attempt {
+        Ok(_) => None,
+        Err(duplex::Error::Refused { status, .. }) => Some(*status),
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
+/// A token of `user` signed with [`JWT_SECRET`], valid for an hour.
+pub fn user_token(user: &str) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("token")
+}
 
 /// A free port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).
 pub fn free_port() -> u16 {
@@ -125,7 +147,16 @@ pub struct Node {
 
 /// The test configuration of every node: a short presence TTL, fast failure while Redis is
 /// down, a deep history, no rate limits in the way.
-fn node_config(name: &str, port: u16, redis: &Upstream<'_>) -> String {
+/// With `per_user`, the node also verifies HS256 tokens signed with [`JWT_SECRET`] and
+/// allows that many connections per user (anonymous connections stay allowed).
+fn node_config(name: &str, port: u16, redis: &Upstream<'_>, per_user: Option<usize>) -> String {
+    let (per_user, auth) = match per_user {
+        Some(n) => (
+            format!("max_connections_per_user = {n}\n"),
+            format!("\n[auth]\njwt_secret = \"{JWT_SECRET}\"\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     let (broker, sentinel) = match redis {
         Upstream::Url(url) => (
             format!("broker = \"redis\"\nredis_url = \"{url}\""),
@@ -160,14 +191,14 @@ commands_burst = 100000
 max_errors = 100000
 max_queue_bytes = 16777216
 trusted_proxies = ["127.0.0.1"]
-
+{per_user}
 [demo]
 ticker = false
 
 [channels]
 history_size = 5000
 history_ttl = "10m"
-"#
+{auth}"#
     )
 }
 
@@ -195,9 +226,48 @@ impl Node {
 
     /// A node on the Redis `redis` names.
     pub fn start_with(dir: &Path, name: &str, redis: &Upstream<'_>) -> Self {
+        Self::start_configured(dir, name, redis, None)
+    }
+
+    /// A node on the Redis `redis` names that verifies tokens of [`user_token`] and allows
+    /// `per_user` connections per user.
+    pub fn start_with_user_limit(
+        dir: &Path,
+        name: &str,
+        redis: &Upstream<'_>,
+        per_user: usize,
+    ) -> Self {
+        Self::start_configured(dir, name, redis, Some(per_user))
+    }
+
+    /// Waits (up to 10 s) until this node lists `other` among the nodes it heard from.
+    pub async fn wait_hears(&self, other: &str) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = api(self, "info", json!({})).await;
+            assert_eq!(status, 200, "{v}");
+            let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+            if nodes.iter().any(|n| n["node"] == other) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{} never heard {other}: {v}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn start_configured(
+        dir: &Path,
+        name: &str,
+        redis: &Upstream<'_>,
+        per_user: Option<usize>,
+    ) -> Self {
         let port = free_port();
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, node_config(name, port, redis)).expect("write config");
+        std::fs::write(&config, node_config(name, port, redis, per_user)).expect("write config");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("node log");
         let child = Command::new(DUPLEX)

@@ -9,7 +9,7 @@
 //! waiting for their answers; the node that sent it skips its own copy. With the memory
 //! broker there are no other nodes and nothing is published.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,21 +46,25 @@ pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 /// `duplex_limit_hits_total{limit="cluster_nodes"}`) until others are forgotten.
 pub(crate) const MAX_NODES: usize = 1024;
 
-/// The other nodes, by id, with when each was last heard from.
+/// The other nodes, by id, with their incarnation (`None` from a node that sends none) and
+/// when each was last heard from.
 #[derive(Debug, Default)]
 pub(crate) struct Nodes {
-    inner: Mutex<HashMap<String, (NodeInfo, Instant)>>,
+    inner: Mutex<HashMap<String, Heard>>,
 }
+
+/// A node's last heartbeat: its numbers, its incarnation, when it arrived.
+type Heard = (NodeInfo, Option<String>, Instant);
 
 impl Nodes {
     /// Records a heartbeat; `false` when the table is full of live nodes.
-    fn heard(&self, info: NodeInfo, now: Instant) -> bool {
+    fn heard(&self, info: NodeInfo, incarnation: Option<String>, now: Instant) -> bool {
         let mut nodes = self.inner.lock();
-        nodes.retain(|_, (_, at)| now.duration_since(*at) < HEARTBEAT_INTERVAL * 3);
+        nodes.retain(|_, (_, _, at)| now.duration_since(*at) < HEARTBEAT_INTERVAL * 3);
         if nodes.len() >= MAX_NODES && !nodes.contains_key(&info.node) {
             return false;
         }
-        nodes.insert(info.node.clone(), (info, now));
+        nodes.insert(info.node.clone(), (info, incarnation, now));
         true
     }
 
@@ -70,8 +74,20 @@ impl Nodes {
         self.inner
             .lock()
             .values()
-            .filter(|(_, at)| now.duration_since(*at) < HEARTBEAT_INTERVAL * 3)
-            .map(|(info, _)| info.clone())
+            .filter(|(_, _, at)| now.duration_since(*at) < HEARTBEAT_INTERVAL * 3)
+            .map(|(info, _, _)| info.clone())
+            .collect()
+    }
+
+    /// The incarnations of the nodes heard from within three heartbeats: whose per-user
+    /// connection counts count.
+    pub(crate) fn live_incarnations(&self) -> HashSet<String> {
+        let now = Instant::now();
+        self.inner
+            .lock()
+            .values()
+            .filter(|(_, _, at)| now.duration_since(*at) < HEARTBEAT_INTERVAL * 3)
+            .filter_map(|(_, incarnation, _)| incarnation.clone())
             .collect()
     }
 }
@@ -100,6 +116,9 @@ pub(crate) enum Command {
     /// A node's numbers, every [`HEARTBEAT_INTERVAL`].
     Heartbeat {
         info: NodeInfo,
+        /// The sender's incarnation (see the cluster-wide per-user connection limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incarnation: Option<String>,
     },
 }
 
@@ -197,7 +216,9 @@ impl Hub {
                 Some(Some(data)) => data,
                 Some(None) => {
                     let info = self.node_info();
-                    self.tell_other_nodes(Command::Heartbeat { info }).await;
+                    let incarnation = Some(self.shared.incarnation.to_string());
+                    self.tell_other_nodes(Command::Heartbeat { info, incarnation })
+                        .await;
                     continue;
                 }
                 None => break,
@@ -227,8 +248,8 @@ impl Hub {
             Command::Refresh { user, exp } => {
                 self.refresh_local(&user, exp);
             }
-            Command::Heartbeat { info } => {
-                if !self.shared.nodes.heard(info, Instant::now()) {
+            Command::Heartbeat { info, incarnation } => {
+                if !self.shared.nodes.heard(info, incarnation, Instant::now()) {
                     self.shared.metrics.limit_hit("cluster_nodes");
                 }
             }
@@ -267,14 +288,22 @@ mod tests {
         let nodes = Nodes::default();
         let start = Instant::now();
         for i in 0..MAX_NODES {
-            assert!(nodes.heard(info(&format!("n{i}")), start));
+            assert!(nodes.heard(info(&format!("n{i}")), Some(format!("n{i}/1")), start));
         }
-        assert!(!nodes.heard(info("one-more"), start), "full of live nodes");
-        assert!(nodes.heard(info("n0"), start), "a known node still updates");
+        assert!(
+            !nodes.heard(info("one-more"), None, start),
+            "full of live nodes"
+        );
+        assert!(
+            nodes.heard(info("n0"), Some("n0/2".into()), start),
+            "a known node still updates"
+        );
         assert_eq!(nodes.live().len(), MAX_NODES);
+        let live = nodes.live_incarnations();
+        assert!(live.contains("n0/2") && !live.contains("n0/1"), "restarted");
         // Three heartbeats later the others are gone and a new node has room.
         let later = start + HEARTBEAT_INTERVAL * 3;
-        assert!(nodes.heard(info("late"), later));
+        assert!(nodes.heard(info("late"), None, later));
         assert_eq!(nodes.inner.lock().len(), 1);
     }
 

@@ -242,6 +242,23 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Counts one more WebSocket of `user` under this node incarnation's `field` and
+    /// returns every incarnation's count of the user (field, count), for the cluster-wide
+    /// `limits.max_connections_per_user`; `Ok(None)` when the broker is not shared (the
+    /// memory broker: the node-local count is the whole count).
+    async fn user_connection_opened(
+        &self,
+        _user: &str,
+        _field: &str,
+    ) -> Result<Option<Vec<(String, i64)>>, BrokerError> {
+        Ok(None)
+    }
+
+    /// Takes back one WebSocket of `user` counted by [`Broker::user_connection_opened`].
+    async fn user_connection_closed(&self, _user: &str, _field: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Whether the broker can serve requests now; `Err` says why not (shown by `/healthz`).
     fn health(&self) -> Result<(), String> {
         Ok(())

@@ -15,6 +15,12 @@
 //!
 //! and publications, joins and leaves travel on the pub/sub channel `P:{C}`.
 //!
+//! For the cluster-wide `limits.max_connections_per_user`, user `U` has the hash
+//! `P:{user:X}:conns`, where `X` is `U`'s UTF-8 bytes in lowercase hex (so no character of a
+//! user id can end the hash tag or clash with another key): node incarnation (node id and a
+//! per-process nonce) → its open WebSockets of `U`. It expires [`USER_CONNS_TTL`] after the
+//! user's last connection was opened.
+//!
 //! # Redis Cluster
 //!
 //! With [`RedisOptions::cluster`] the broker talks to a Redis Cluster: the same scripts run
@@ -69,6 +75,24 @@ use crate::config::{redact_password_in, redact_url};
 /// for longer starts a new epoch, as a forgotten channel of the memory broker does.
 const STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a user's connection counts outlive the last connection opened (refreshed on
+/// every open): a crashed node's fields are ignored as soon as it stops heartbeating, and
+/// the hash is gone a day later.
+const USER_CONNS_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The key of `user`'s connection counts (see the module documentation).
+fn user_conns_key(prefix: &str, user: &str) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(prefix.len() + 13 + user.len() * 2);
+    key.push_str(prefix);
+    key.push_str(":{user:");
+    for b in user.as_bytes() {
+        let _ = write!(key, "{b:02x}");
+    }
+    key.push_str("}:conns");
+    key
+}
+
 /// Longest wait between two attempts to reconnect the pub/sub connection.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -88,6 +112,8 @@ struct Scripts {
     presence_remove: Script,
     presence: Script,
     rebase: Script,
+    user_open: Script,
+    user_close: Script,
 }
 
 impl Scripts {
@@ -111,6 +137,9 @@ impl Scripts {
             presence: script(presence),
             // Moves a channel to a new epoch; publishes nothing.
             rebase: Script::new(include_str!("redis/rebase.lua")),
+            // The per-user connection counts; publish nothing.
+            user_open: Script::new(include_str!("redis/user_open.lua")),
+            user_close: Script::new(include_str!("redis/user_close.lua")),
         }
     }
 }
@@ -1323,6 +1352,34 @@ impl Broker for RedisBroker {
         })
     }
 
+    async fn user_connection_opened(
+        &self,
+        user: &str,
+        field: &str,
+    ) -> Result<Option<Vec<(String, i64)>>, BrokerError> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.user_open.prepare_invoke();
+        inv.key(user_conns_key(&inner.prefix, user))
+            .arg(field)
+            .arg(millis(USER_CONNS_TTL));
+        let fields: HashMap<String, String> = inner.run(&inv).await?;
+        // A field that is not a count is not ours: ignored.
+        Ok(Some(
+            fields
+                .into_iter()
+                .filter_map(|(f, n)| Some((f, n.parse::<i64>().ok()?)))
+                .collect(),
+        ))
+    }
+
+    async fn user_connection_closed(&self, user: &str, field: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut inv = inner.scripts.user_close.prepare_invoke();
+        inv.key(user_conns_key(&inner.prefix, user)).arg(field);
+        inner.run::<::redis::Value>(&inv).await?;
+        Ok(())
+    }
+
     /// `SET NX PX` on a key with the channel's hash tag (so it lives with the channel's
     /// stream in Redis Cluster): empty while the first publish runs, then its position.
     async fn claim_idempotency(
@@ -1584,6 +1641,21 @@ impl Broker for RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_keys_are_hex_inside_one_hash_tag() {
+        assert_eq!(
+            user_conns_key("duplex", "ada"),
+            "duplex:{user:616461}:conns"
+        );
+        assert_eq!(
+            user_conns_key("p", "a}b{"),
+            "p:{user:617d627b}:conns",
+            "braces cannot end the tag"
+        );
+        assert_eq!(user_conns_key("p", "é"), "p:{user:c3a9}:conns");
+        assert_ne!(user_conns_key("p", "ab"), user_conns_key("p", "a b"));
+    }
 
     #[test]
     fn cluster_scripts_publish_only_with_spublish() {
