@@ -379,10 +379,12 @@ fn run(
         }
         Step::Cluster => {
             // #[ignore]d like the peer tests: they need redis-server (also as Sentinel) and
-            // nginx, which the step installs. Each test spawns its own on free ports.
+            // nginx, which the step installs. Each test spawns its own on free ports. One at a
+            // time: a Redis Cluster test alone runs six redis-servers and two nodes, and
+            // several at once on two cores turn failover timings into noise.
             cmd::run(
                 ws.cargo()
-                    .args(["nextest", "run", "--no-fail-fast"])
+                    .args(["nextest", "run", "--no-fail-fast", "--test-threads", "1"])
                     .args(["--run-ignored", "only"])
                     .args([
                         "-E",
