@@ -277,8 +277,23 @@ async fn upgrade(
     let client_ip = client_ip(addr.ip(), &headers, &hub.config().limits.trusted_proxies);
     let slot = slot.as_ref().map(|Extension(slot)| slot);
     let permit = match websocket_permit(&hub, slot, client_ip) {
-        Ok(mut p) => match identity.user.as_ref().map(|u| p.assign_user(u)) {
-            Some(Err(e)) => {
+        Ok(mut p) => {
+            // This node's count first, then (with a shared broker) every node's; a refusal
+            // by the second gives this node's count back.
+            let refused = match identity.user.as_ref() {
+                None => None,
+                Some(user) => match p.assign_user(user) {
+                    Err(e) => Some(e),
+                    Ok(()) => {
+                        let e = cluster_user_check(&hub, &mut p, Some(user)).await.err();
+                        if e.is_some() {
+                            p.unassign_user();
+                        }
+                        e
+                    }
+                },
+            };
+            if let Some(e) = refused {
                 hub.shared.metrics.limit_hit(e.metric());
                 if let Some(slot) = slot {
                     slot.put_back(p);
@@ -290,24 +305,8 @@ async fn upgrade(
                     "too many connections for this user",
                 );
             }
-            Some(Ok(())) => match cluster_user_check(&hub, &mut p, identity.user.as_ref()).await {
-                Ok(()) => p,
-                Err(e) => {
-                    hub.shared.metrics.limit_hit(e.metric());
-                    p.unassign_user();
-                    if let Some(slot) = slot {
-                        slot.put_back(p);
-                    }
-                    return refuse(
-                        &hub,
-                        HandshakeFailure::PerUser,
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many connections for this user",
-                    );
-                }
-            },
-            None => p,
-        },
+            p
+        }
         Err(e @ LimitError::Total) => {
             hub.shared.metrics.limit_hit(e.metric());
             return refuse(
