@@ -233,6 +233,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         })
     }
 
+    /// An upgrade request that was read some other way: by a server that reads request heads
+    /// itself and serves some of them as WebSockets (for instance one route, the rest going to
+    /// an HTTP stack). `request` is what
+    /// [`parse_request`](duplex_proto::handshake::server::parse_request) (or
+    /// [`validate`](duplex_proto::handshake::server::validate)) returned, and `leftover` the
+    /// bytes read past its head, which are the client's first frames.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use duplex::proto::handshake::server::parse_request;
+    /// use duplex::{Incoming, ServerConfig};
+    ///
+    /// let head = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    ///     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    /// let mut buf = BytesMut::from(&head[..]);
+    /// let (request, used) = parse_request(&buf, 8192).unwrap().unwrap();
+    /// let leftover = buf.split_off(used);
+    /// let (io, _peer) = tokio::io::duplex(1024);
+    /// let incoming = Incoming::from_parts(io, request, leftover, ServerConfig::default());
+    /// assert_eq!(incoming.request().path(), "/ws");
+    /// ```
+    #[must_use]
+    pub const fn from_parts(
+        io: S,
+        request: Request,
+        leftover: BytesMut,
+        config: ServerConfig,
+    ) -> Self {
+        Self {
+            io,
+            request,
+            leftover,
+            config,
+        }
+    }
+
     /// The validated request: target, headers, offered subprotocols and extensions.
     #[must_use]
     pub const fn request(&self) -> &Request {

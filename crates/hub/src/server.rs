@@ -26,8 +26,14 @@
 //! keep-alive HTTP/1.1 connection is at its header timer.
 //!
 //! The first request head of a cleartext connection is due `limits.header_timeout` after the
-//! accept, the time its first bytes took to be sniffed included; every later head on the
-//! same connection gets the whole `header_timeout` again (hyper's header timer).
+//! accept; every later head on the same connection gets the whole `header_timeout` again
+//! (hyper's header timer).
+//!
+//! The first request of an HTTP/1.1 stream is read here, before hyper: a valid WebSocket
+//! upgrade to `/ws` (the request almost every connection makes) is checked and answered
+//! by `ws::serve_direct`, and the connection then holds nothing of an HTTP stack. Every
+//! other request, an invalid upgrade included, goes to hyper and the router, which read
+//! again the bytes read here.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +48,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use axum::Router;
+use bytes::BytesMut;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -579,7 +586,12 @@ async fn serve_connection(
     let version = HttpVersion::from_alpn(stream.get_ref().1.alpn_protocol());
     // The head gets a timer of its own after the handshake.
     let first_head_by = tokio::time::Instant::now().checked_add(edge.header_timeout);
-    serve_stream(edge, stream, version, peer, permit, first_head_by).await;
+    match version {
+        HttpVersion::Http1 => serve_opening(edge, stream, peer, permit, first_head_by, false).await,
+        HttpVersion::Http2 => {
+            serve_stream(edge, stream, version, peer, permit, first_head_by).await
+        }
+    }
 }
 
 /// Serves a cleartext connection: HTTP/2 with prior knowledge when its first bytes are the
@@ -590,31 +602,65 @@ async fn serve_cleartext(
     peer: SocketAddr,
     permit: ConnectionPermit,
 ) {
-    // Until its first bytes the connection is idle: the drain (or its end, for one accepted
-    // while draining) closes it at once, as it closes an idle HTTP connection.
-    let accepted_at = tokio::time::Instant::now();
+    // The first head is due `header_timeout` after the accept, the time its first bytes took
+    // included.
+    let first_head_by = tokio::time::Instant::now().checked_add(edge.header_timeout);
+    serve_opening(edge, tcp, peer, permit, first_head_by, true).await;
+}
+
+/// Reads the first request of a stream that speaks HTTP/1.1 (or, with `preface`, may open
+/// with HTTP/2's preface) and serves the stream accordingly: a WebSocket upgrade to `/ws`
+/// directly ([`crate::ws::serve_direct`]), everything else through hyper, which reads
+/// again the bytes read here.
+async fn serve_opening<S>(
+    edge: Arc<Edge>,
+    mut io: S,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+    first_head_by: Option<tokio::time::Instant>,
+    preface: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Until its first request the connection is idle: the drain (or its end, for one
+    // accepted while draining) closes it at once, as it closes an idle HTTP connection.
     let mut phase = edge.phase.clone();
     let accepted_in = *phase.borrow_and_update();
-    let sniffed = tokio::select! {
-        sniffed = sniff(tcp, edge.header_timeout) => sniffed,
+    let max_head = edge.hub.config().limits.max_header_bytes;
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let read = read_opening(&mut io, &mut buf, max_head, preface);
+    let opened = tokio::select! {
+        opened = read => opened,
+        () = sleep_until_some(first_head_by) => {
+            edge.hub.shared.metrics.limit_hit("header_timeout");
+            tracing::debug!(%peer, "request head not received in time; closed");
+            return;
+        }
         _ = phase.wait_for(|p| *p != accepted_in) => {
             tracing::debug!(%peer, "closing an idle connection for shutdown");
             return;
         }
     };
-    let (version, io) = match sniffed {
-        Ok(sniffed) => sniffed,
+    let version = match opened {
+        Ok(Opening::WebSocket(request, used)) => {
+            let leftover = buf.split_off(used);
+            drop(buf);
+            let hub = edge.hub.clone();
+            drop(edge);
+            crate::ws::serve_direct(hub, io, request, leftover, peer, permit).await;
+            return;
+        }
+        Ok(Opening::Http2) => HttpVersion::Http2,
+        Ok(Opening::Http1) => HttpVersion::Http1,
         Err(e) => {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                edge.hub.shared.metrics.limit_hit("header_timeout");
-                tracing::debug!(%peer, "no request bytes in time; closed");
-            }
+            tracing::debug!(%peer, error = %e, "connection closed before a request");
             return;
         }
     };
-    // The first head's timer runs from the accept: the time the first bytes took is not
-    // given again.
-    let first_head_by = accepted_at.checked_add(edge.header_timeout);
+    let io = Replay {
+        prefix: buf.freeze(),
+        io,
+    };
     serve_stream(edge, io, version, peer, permit, first_head_by).await;
 }
 
@@ -844,49 +890,89 @@ const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads the first bytes of `tcp` until they are the HTTP/2 preface or cannot be (most
-/// requests differ at the first byte), within `timeout`; the bytes read are replayed to
-/// the HTTP connection.
+/// How much of a connection's first request is read at once: a WebSocket upgrade from a
+/// browser fits, most others too.
+const FIRST_READ: usize = 2048;
+
+/// What a stream's first bytes open.
+#[derive(Debug)]
+enum Opening {
+    /// The HTTP/2 preface.
+    Http2,
+    /// Anything else HTTP/1.1 serves, or refuses (hyper reads again what was read).
+    Http1,
+    /// A complete and valid WebSocket upgrade to `/ws`, and the length of its head.
+    WebSocket(duplex::Request, usize),
+}
+
+/// Reads `io` into `buf` until its first bytes tell how the stream is served: most requests
+/// differ from the HTTP/2 preface and from `GET /ws` at their first bytes, and a WebSocket
+/// upgrade to `/ws` is read until its head is complete (at most `max_head` bytes).
 ///
 /// # Errors
-/// `TimedOut` when the bytes did not come in time, or the read error; an empty connection
-/// (closed before a byte) is `UnexpectedEof`.
-async fn sniff<S>(mut io: S, timeout: Duration) -> std::io::Result<(HttpVersion, Replay<S>)>
+/// The read error; a stream closed before a byte is `UnexpectedEof`.
+async fn read_opening<S>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max_head: usize,
+    preface: bool,
+) -> std::io::Result<Opening>
 where
     S: AsyncRead + Unpin,
 {
-    let mut prefix = Vec::with_capacity(H2_PREFACE.len());
-    let read = async {
-        loop {
-            let mut buf = [0u8; 24];
-            let want = H2_PREFACE.len() - prefix.len();
-            let n = io.read(&mut buf[..want]).await?;
-            if n == 0 {
-                if prefix.is_empty() {
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-                }
-                // A short request: HTTP/1.1 answers (or refuses) it.
-                return Ok(HttpVersion::Http1);
-            }
-            prefix.extend_from_slice(&buf[..n]);
-            if !H2_PREFACE.starts_with(&prefix) {
-                return Ok(HttpVersion::Http1);
-            }
-            if prefix.len() == H2_PREFACE.len() {
-                return Ok::<_, std::io::Error>(HttpVersion::Http2);
-            }
+    loop {
+        if buf.capacity() - buf.len() < FIRST_READ / 4 {
+            buf.reserve(FIRST_READ);
         }
-    };
-    let version = tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    Ok((version, Replay { prefix, at: 0, io }))
+        if io.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            // A short request: HTTP/1.1 answers (or refuses) it.
+            return Ok(Opening::Http1);
+        }
+        if let Some(opening) = opening(buf, max_head, preface) {
+            return Ok(opening);
+        }
+    }
 }
 
-/// A stream whose first bytes, already read by [`sniff`], are read again.
+/// What the bytes read so far open, or `None` while they could still be the HTTP/2 preface
+/// or an incomplete upgrade to `/ws`.
+fn opening(buf: &[u8], max_head: usize, preface: bool) -> Option<Opening> {
+    /// The start of a request for `/ws`, with or without a query.
+    const WS: &[u8] = b"GET /ws";
+    if preface && is_prefix(buf, H2_PREFACE) {
+        return (buf.len() >= H2_PREFACE.len()).then_some(Opening::Http2);
+    }
+    if buf.len() <= WS.len() {
+        return if is_prefix(buf, WS) {
+            None
+        } else {
+            Some(Opening::Http1)
+        };
+    }
+    if !buf.starts_with(WS) || !matches!(buf[WS.len()], b' ' | b'?') {
+        return Some(Opening::Http1);
+    }
+    match duplex_proto::handshake::server::parse_request(buf, max_head) {
+        Ok(Some((request, used))) => Some(Opening::WebSocket(request, used)),
+        Ok(None) if buf.len() < max_head => None,
+        // Too large, or not a valid upgrade: hyper answers it (431, 400, 426) through the
+        // router, with the metrics of a refused upgrade.
+        Ok(None) | Err(_) => Some(Opening::Http1),
+    }
+}
+
+/// Whether `buf` and `text` agree on their common length.
+fn is_prefix(buf: &[u8], text: &[u8]) -> bool {
+    let n = buf.len().min(text.len());
+    buf[..n] == text[..n]
+}
+
+/// A stream whose first bytes, already read by [`read_opening`], are read again.
 struct Replay<S> {
-    prefix: Vec<u8>,
-    at: usize,
+    prefix: Bytes,
     io: S,
 }
 
@@ -897,10 +983,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.at < this.prefix.len() {
-            let n = (this.prefix.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)

@@ -75,8 +75,14 @@ async fn publications_from_users_carry_the_user() {
 #[tokio::test]
 async fn bad_tokens_are_refused_with_401() {
     let s = secured().await;
-    let (status, _) = refused(&s, "", "/ws").await;
+    let (status, head) = refused(&s, "", "/ws").await;
     assert_eq!(status, 401, "anonymous is off");
+    // RFC 6750 §3: the scheme, and an `error` only when a token was sent (§3.1).
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer\r\n"),
+        "{head}"
+    );
     let expired = hs256(json!({"sub":"ada","exp":now()-10}));
     assert_eq!(
         refused(&s, "", &format!("/ws?token={expired}")).await.0,
@@ -91,6 +97,11 @@ async fn bad_tokens_are_refused_with_401() {
     let (status, head) = refused(&s, &format!("Authorization: Bearer {forged}\r\n"), "/ws").await;
     assert_eq!(status, 401);
     assert!(head.contains("invalid token: bad signature"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer error=\"invalid_token\""),
+        "{head}"
+    );
     let no_sub = hs256(json!({"exp":now()+600}));
     assert_eq!(refused(&s, "", &format!("/ws?token={no_sub}")).await.0, 401);
     assert_eq!(refused(&s, "", "/ws?token=garbage").await.0, 401);

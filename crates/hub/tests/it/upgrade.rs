@@ -1,4 +1,12 @@
-//! RFC 6455 §4.2.1 checks of `duplex::axum::WebSocketUpgrade`, seen through `/ws`.
+//! RFC 6455 §4.2.1 checks of an upgrade to `/ws`, read by the server itself or by the
+//! router (`duplex::axum::WebSocketUpgrade`).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use duplex::{Config, Role, WebSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::*;
 
@@ -54,4 +62,77 @@ async fn bad_upgrades_get_400_or_426() {
     // A plain GET of /ws is not an upgrade either.
     assert_eq!(get(a, "/ws", "").await.0, 400);
     assert!(s.hub.stats().handshake_failures >= 8);
+}
+
+/// The server reads the head of an upgrade to `/ws` itself: one that arrives a few bytes at a
+/// time is still one request, and the frames sent right behind it are the connection's first
+/// (the server reads them once it has answered).
+#[tokio::test]
+async fn an_upgrade_in_pieces_with_a_frame_behind_it_is_served() {
+    let s = start().await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let request = upgrade_request(s.addr, "/ws?x=1", "Sec-WebSocket-Protocol: duplex.v1\r\n");
+    let command = br#"{"id":7,"type":"subscribe","channel":"pieces"}"#;
+    let mut bytes = request.into_bytes();
+    // A masked text frame (RFC 6455 §5.2) with a zero masking key: its payload as is.
+    let len = u8::try_from(command.len()).unwrap();
+    bytes.extend_from_slice(&[0x81, 0x80 | len, 0, 0, 0, 0]);
+    bytes.extend_from_slice(command);
+    let split = bytes.len() - command.len() - 30;
+    let (head, rest) = bytes.split_at(split);
+    for piece in head.chunks(7) {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The head's last bytes and the frame in one write.
+    tcp.write_all(rest).await.unwrap();
+    let mut buf = BytesMut::new();
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout(WAIT, tcp.read_buf(&mut buf))
+            .await
+            .expect("response timed out")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+    };
+    let leftover = buf.split_off(end);
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-protocol: duplex.v1"), "{head}");
+    let ws = WebSocket::from_raw(tcp, Role::Client, Config::default(), leftover);
+    let mut c = Client::welcomed(ws).await;
+    let reply = loop {
+        let v = c.recv().await;
+        if v["id"] == 7 {
+            break v;
+        }
+    };
+    assert_eq!(reply["type"], "reply", "{reply}");
+    // Another client is served as usual.
+    s.client().await.subscribe("other").await;
+}
+
+/// Requests that are not an upgrade to `/ws` at all, or not only one, are HTTP's: a pipelined
+/// pair of GETs gets its two answers, and an upgrade to another path gets 404.
+#[tokio::test]
+async fn other_requests_on_the_connection_are_served_by_http() {
+    let s = start().await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    let a = s.addr;
+    let two = format!("GET /healthz HTTP/1.1\r\nHost: {a}\r\n\r\nGET /healthz HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(two.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answers timed out")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    let (status, head) = upgrade_status(a, &upgrade_request(a, "/wsx", "")).await;
+    assert_eq!(status, 404, "{head}");
+    let (status, head) = upgrade_status(a, &upgrade_request(a, "/ws/", "")).await;
+    assert_eq!(status, 404, "{head}");
 }
