@@ -4,8 +4,10 @@
 //! delivery into one [`Frame`] and pushes a clone of it (a reference-counted pointer) into
 //! the outbound queue of every local subscriber. A subscriber that has just subscribed is in
 //! *recovery*: live deliveries are buffered for it until its subscribe reply and any replayed
-//! history are queued, and then flushed without the offsets it already got, which is what
-//! makes recovery gap-free and duplicate-free however deliveries and the history read race.
+//! history are queued, and then flushed without the offsets it already got; a delivery of
+//! such an offset that arrives only after that (the broker's live stream lagging behind its
+//! history read) is skipped too. That is what makes recovery gap-free and duplicate-free
+//! however deliveries and the history read race.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +96,12 @@ struct Subscriber {
     peer: Arc<Peer>,
     /// `Some` while recovering.
     held: Option<Held>,
+    /// Once live: the offset the subscribe reply gave as the position. A networked broker
+    /// reads history on one connection and delivers on another (Redis pub/sub), so a
+    /// publication the history read already returned may reach the node only after the
+    /// subscriber went live; it is at or below this offset and the client has it. Cleared
+    /// by the first publication above it (deliveries of a channel come in offset order).
+    floor: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -223,6 +231,7 @@ impl Node {
             ch.subscribers.lock().push(Subscriber {
                 peer: peer.clone(),
                 held: Some(Held::default()),
+                floor: None,
             });
             self.metrics.subscriptions.inc();
             return Ok(());
@@ -231,7 +240,8 @@ impl Node {
 
     /// Ends `peer`'s recovery on `channel` once its reply and replayed history are queued:
     /// queues the held deliveries whose offset is above `after` (join/leave events always),
-    /// oldest first, and from then on delivers live, all under the channel's lock so nothing
+    /// oldest first, and from then on delivers live (still without a late delivery at or
+    /// below `after`, see [`Subscriber::floor`]), all under the channel's lock so nothing
     /// interleaves. When the queue has no room for the next held frame, the ones before it
     /// are queued, the subscriber stays in recovery (new deliveries keep being held, bounded
     /// by `max_held`) and [`GoLive::NeedRoom`] says how much room to wait for before calling
@@ -275,6 +285,7 @@ impl Node {
             Some(bytes) => GoLive::NeedRoom(bytes),
             None => {
                 sub.held = None;
+                sub.floor = Some(after);
                 GoLive::Live
             }
         }
@@ -410,7 +421,16 @@ impl Node {
         let mut subs = ch.subscribers.lock();
         for sub in subs.iter_mut() {
             match &mut sub.held {
-                None => self.push(&sub.peer, out.clone(), ch.policy),
+                None => {
+                    if let (Some(floor), Some(offset)) = (sub.floor, out.offset) {
+                        if offset <= floor {
+                            // Already sent with the subscribe reply's replay or position.
+                            continue;
+                        }
+                        sub.floor = None;
+                    }
+                    self.push(&sub.peer, out.clone(), ch.policy);
+                }
                 Some(_) if sub.peer.queue.is_closed() => {}
                 Some(held) => {
                     held.bytes += out.frame.wire_len();
@@ -565,6 +585,98 @@ mod tests {
         assert!(got[4].contains("\"offset\":6"));
         assert!(node.remove(&*broker, "c", &peer).await);
         assert!(node.channel_counts().is_empty());
+    }
+
+    /// A sink that keeps deliveries until told to pass them on, as a Redis pub/sub connection
+    /// can hand a publication to the node after the node's own history read (on another
+    /// connection) already returned it.
+    struct Lagging {
+        to: NodeSink,
+        kept: parking_lot::Mutex<Vec<Delivery>>,
+    }
+
+    impl Lagging {
+        fn release(&self) {
+            let kept = std::mem::take(&mut *self.kept.lock());
+            for d in kept {
+                self.to.deliver(d);
+            }
+        }
+    }
+
+    impl DeliverySink for Lagging {
+        fn deliver(&self, delivery: Delivery) {
+            self.kept.lock().push(delivery);
+        }
+    }
+
+    /// A publication that the history read of a subscribe already returned (so it is in the
+    /// replay, at or below the reply's position) but whose live delivery reaches the node
+    /// only after the subscriber went live is not queued a second time.
+    #[tokio::test]
+    async fn a_live_delivery_late_behind_the_history_read_is_not_sent_twice() {
+        let metrics = Arc::new(Metrics::new());
+        let node = Arc::new(Node::new(metrics.clone()));
+        let sink = Arc::new(Lagging {
+            to: NodeSink {
+                node: node.clone(),
+                max_held: 1 << 20,
+                presence: PresenceBatcher::new(&crate::Config::default(), metrics),
+            },
+            kept: parking_lot::Mutex::new(Vec::new()),
+        });
+        let broker = MemoryBroker::new(sink.clone());
+        let keep = Retention {
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let peer = Arc::new(Peer {
+            id: "p".into(),
+            queue: Outbound::new(1 << 20),
+        });
+        let publish = |n: u64| {
+            let broker = broker.clone();
+            async move {
+                let data = Arc::from(RawValue::from_string(n.to_string()).unwrap());
+                broker.publish("c", data, None, None, keep).await.unwrap()
+            }
+        };
+        for n in 1..=2 {
+            publish(n).await;
+        }
+        sink.release();
+        node.add(&*broker, "c", &peer, Policy::Disconnect)
+            .await
+            .unwrap();
+        // 3 is stored; its live delivery is still on its way.
+        publish(3).await;
+        let query = crate::broker::HistoryQuery {
+            since: Some(2),
+            limit: Some(100),
+        };
+        let history = broker.history("c", query, keep).await.unwrap();
+        assert_eq!(history.position.offset, 3);
+        assert_eq!(history.publications.len(), 1, "the replay has 3");
+        peer.queue.push(Frame::text("reply".to_owned()), false);
+        for p in &history.publications {
+            peer.queue
+                .push(Frame::text(protocol::message("c", p)), false);
+        }
+        assert_eq!(node.go_live("c", &peer, 3), GoLive::Live);
+        // Now the live delivery of 3 arrives, then 4.
+        sink.release();
+        publish(4).await;
+        sink.release();
+        let got = offsets_and_texts(&peer);
+        assert_eq!(got[0], "reply");
+        let offsets: Vec<u64> = got[1..]
+            .iter()
+            .map(|t| {
+                let v: serde_json::Value = serde_json::from_str(t).unwrap();
+                v["offset"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(offsets, [3, 4], "3 once, from the replay");
     }
 
     /// Held deliveries that do not fit the queue are flushed in parts as it drains; the
