@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::frame::Frame;
@@ -251,7 +251,10 @@ pub(crate) struct Outbound {
     /// Woken whenever the writer takes a frame out, for [`Outbound::wait_room`].
     room: Notify,
     /// Flips to `true` once, when the queue closes.
-    closed: watch::Sender<bool>,
+    /// Woken (all waiters) when the queue closes; [`Outbound::closed`] checks the state
+    /// after registering, so a close is never missed. (A `watch` channel would cost every
+    /// connection a shared allocation of several hundred bytes.)
+    closed: Notify,
     max_bytes: usize,
     /// The node-wide total of queued bytes (`duplex_queued_bytes`), kept as this queue's
     /// bytes change.
@@ -265,7 +268,7 @@ impl Outbound {
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
             room: Notify::new(),
-            closed: watch::channel(false).0,
+            closed: Notify::new(),
             max_bytes,
             gauge: None,
         }
@@ -513,7 +516,7 @@ impl Outbound {
         drop(inner);
         self.account(before, 0);
         self.notify.notify_one();
-        self.closed.send_replace(true);
+        self.closed.notify_waiters();
         Pushed::Overflow
     }
 
@@ -537,14 +540,19 @@ impl Outbound {
         drop(direct);
         self.account(before, after);
         self.notify.notify_one();
-        self.closed.send_replace(true);
+        self.closed.notify_waiters();
     }
 
     /// Resolves once the queue is closed (at once if it already is).
     pub(crate) async fn closed(&self) {
-        let mut rx = self.closed.subscribe();
-        // The sender lives as long as `self`, so `wait_for` cannot fail while we borrow it.
-        let _ = rx.wait_for(|closed| *closed).await;
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a close after it wakes this wait.
+        notified.as_mut().enable();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
     }
 
     /// Whether the queue has been closed.

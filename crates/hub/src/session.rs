@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
-use crate::api::registry::Control;
+use crate::api::registry::{Control, Inbox, Mailbox};
 use crate::api::PresenceStats;
 use crate::auth::{AuthError, Identity, MAX_INFO_SIZE};
 use crate::broker::{HistoryQuery, PresenceEntry, StreamPosition};
@@ -79,7 +79,7 @@ pub(crate) struct Session {
     /// passes and re-arms its timer when a `refresh` changes it.
     expiry: tokio::sync::watch::Sender<Option<u64>>,
     /// The receiving end of the connection's mailbox until the connection task takes it.
-    mailbox: Option<tokio::sync::mpsc::Receiver<Control>>,
+    mailbox: Option<Inbox>,
 }
 
 /// Seconds from now until `exp` (0 once it has passed).
@@ -142,9 +142,9 @@ impl Session {
         );
         peer.queue.push(Frame::text(welcome), false);
         let expiry = tokio::sync::watch::Sender::new(identity.expires_at);
-        let (mailbox_tx, mailbox) = tokio::sync::mpsc::channel(hub.config.api.mailbox_size.max(1));
+        let mailbox = Mailbox::new(hub.config.api.mailbox_size);
         hub.registry
-            .add(&peer, identity.user.as_ref(), &expiry, &mailbox_tx);
+            .add(&peer, identity.user.as_ref(), &expiry, &mailbox);
         Self {
             hub,
             peer,
@@ -154,13 +154,13 @@ impl Session {
             commands,
             errors,
             expiry,
-            mailbox: Some(mailbox),
+            mailbox: Some(Inbox(mailbox)),
         }
     }
 
     /// The connection's mailbox of server API commands, once (the connection task reads
     /// it). It ends when the session leaves the registry.
-    pub(crate) fn take_mailbox(&mut self) -> Option<tokio::sync::mpsc::Receiver<Control>> {
+    pub(crate) fn take_mailbox(&mut self) -> Option<Inbox> {
         self.mailbox.take()
     }
 

@@ -746,9 +746,9 @@ where
     // buffering commands.
     let mut ahead = None;
     // Server API commands for this connection, run between the client's commands.
-    let mut mailbox = session
+    let mailbox = session
         .take_mailbox()
-        .unwrap_or_else(|| tokio::sync::mpsc::channel(1).1);
+        .unwrap_or_else(|| crate::api::registry::Inbox(crate::api::registry::Mailbox::new(1)));
     loop {
         let input = match ahead.take() {
             Some(message) => Input::Message(message),
@@ -759,7 +759,7 @@ where
                     continue;
                 }
                 message = stream.recv() => Input::Message(message),
-                Some(control) = mailbox.recv(), if !closing_armed => Input::Control(control),
+                control = mailbox.0.recv(), if !closing_armed => Input::Control(control),
                 () = async { let _ = shutdown.wait_for(|d| *d).await; }, if !shutting_down => {
                     shutting_down = true;
                     peer.queue.close(CloseCode::AWAY.0, "server shutting down", true);

@@ -9,11 +9,12 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
 
 use super::cluster::Command;
 use super::idempotency::{Full, MAX_KEY_BYTES};
-use super::registry::Control;
+use super::registry::{Control, Mailbox};
 use crate::broker::{Claim, PresenceEntry, Publication, StreamPosition};
 use crate::hub::ChannelInfo;
 use crate::protocol::{CommandError, ErrorCode, Since};
@@ -184,7 +185,7 @@ enum Posted<T> {
 
 impl Hub {
     /// The local connections of `target`: their client id and mailbox.
-    fn mailboxes(&self, target: &Target) -> Vec<(String, mpsc::Sender<Control>)> {
+    fn mailboxes(&self, target: &Target) -> Vec<(String, Arc<Mailbox>)> {
         let entries = match target {
             Target::User(user) => self.shared.registry.entries_of(user),
             Target::Client(client) => self
@@ -209,7 +210,7 @@ impl Hub {
     ) {
         for (client, mailbox) in self.mailboxes(target) {
             let (tx, _rx) = oneshot::channel();
-            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.try_send(make(tx)) {
+            if let Err(TrySendError::Full(_)) = mailbox.try_send(make(tx)) {
                 self.shared.metrics.limit_hit("api_mailbox");
                 tracing::info!(%client, "mailbox full: another node's command skipped");
             }
@@ -231,7 +232,7 @@ impl Hub {
                 let (tx, rx) = oneshot::channel();
                 match mailbox.try_send(make(tx)) {
                     Ok(()) => Posted::Sent(client, rx),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(TrySendError::Full(_)) => {
                         self.shared.metrics.limit_hit("api_mailbox");
                         let e = CommandError::new(
                             ErrorCode::OverCapacity,
@@ -242,7 +243,7 @@ impl Hub {
                         );
                         Posted::Refused(client, e)
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Posted::Refused(client, gone()),
+                    Err(TrySendError::Closed(_)) => Posted::Refused(client, gone()),
                 }
             })
             .collect();
