@@ -112,7 +112,7 @@ pub use duplex_proto::{
 pub use duplex_proto::{CloseError, HandshakeError, InvalidHeader, ProtocolError, SendError};
 pub use error::{Error, Result};
 pub use server::{accept, accept_with, Incoming, ServerConfig};
-pub use split::{TrySend, TrySender, WsSink, WsStream};
+pub use split::{WsSink, WsStream};
 pub use stream::MaybeTlsStream;
 pub use tls::TlsError;
 pub use websocket::WebSocket;

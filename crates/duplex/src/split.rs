@@ -216,83 +216,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSink<S> {
     }
 }
 
-/// A handle that writes prepared messages beside a [`WsSink`] without waiting, from code
-/// that cannot await: a broadcast loop handing one frame to many connections writes it
-/// straight into each idle connection's socket, and leaves the busy ones to their sinks.
-///
-/// Made by [`WsSink::try_sender`]. A message goes out whole or not at all, never inside
-/// another frame; the order between this handle's messages and the sink's is the order in
-/// which they take the connection, so a caller that needs one order sends through the
-/// handle only while its sink has nothing in flight.
-#[derive(Debug)]
-pub struct TrySender<S> {
-    shared: Arc<Shared<S>>,
-}
-
-impl<S> Clone for TrySender<S> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-/// What [`TrySender::try_send_prepared`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TrySend {
-    /// The whole frame was handed to the transport.
-    Written,
-    /// The frame is queued in the connection and only part of it was written: the transport
-    /// is full. The sink's next [`flush`](WsSink::flush) or send writes the rest.
-    Buffered,
-    /// Nothing was done: a half is using the connection right now, or output of its own (a
-    /// Pong, a frame not yet written) is waiting. Send it through the sink.
-    Busy,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> WsSink<S> {
-    /// A [`TrySender`] for this connection.
-    #[must_use]
-    pub fn try_sender(&self) -> TrySender<S> {
-        TrySender {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TrySender<S> {
-    /// Write `prepared` now if the connection is idle, without waiting: one non-blocking
-    /// write (vectored: the frame's header and its shared payload).
-    ///
-    /// # Errors
-    /// As for [`WebSocket::send`]: [`Error::Closed`](crate::Error::Closed) once the closing
-    /// handshake started, [`Error::Io`](crate::Error::Io) when the transport failed.
-    pub fn try_send_prepared(&self, prepared: &Prepared) -> Result<TrySend> {
-        let mut ws = match self.shared.ws.try_lock() {
-            Ok(ws) => ws,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(TrySend::Busy),
-        };
-        if ws.buffered_amount() > 0 {
-            return Ok(TrySend::Busy);
-        }
-        // The transport's readiness wakes both halves, as for every write of the halves.
-        let mut cx = Context::from_waker(&self.shared.waker);
-        match ws.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return Ok(TrySend::Busy),
-        }
-        ws.queue_prepared(prepared)?;
-        match ws.poll_flush_inner(&mut cx) {
-            Poll::Ready(Ok(())) => Ok(TrySend::Written),
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Ok(TrySend::Buffered),
-        }
-    }
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> futures_core::Stream for WsStream<S> {
     type Item = Result<Message>;
 
@@ -326,7 +249,6 @@ mod tests {
     use bytes::BytesMut;
     use duplex_proto::{Config, Role, Side};
 
-    use super::TrySend;
     use crate::{CloseCode, WebSocket};
 
     /// After a split, the receiving half still learns the peer's close code and reason.
@@ -351,34 +273,5 @@ mod tests {
         assert_eq!(closed.initiated_by, Side::Peer);
         let frame = sink.close_frame().expect("the peer's Close frame");
         assert_eq!(frame.code, CloseCode::from(4001));
-    }
-
-    /// A direct write goes out whole into a transport with room; into a full one it is left
-    /// for the sink to finish, and nothing more is written directly until then.
-    #[tokio::test]
-    async fn try_send_writes_whole_frames_or_leaves_them_to_the_sink() {
-        use duplex_proto::Prepared;
-        let (a, b) = tokio::io::duplex(64);
-        let server = WebSocket::from_raw(a, Role::Server, Config::default(), BytesMut::new());
-        let mut client = WebSocket::from_raw(b, Role::Client, Config::default(), BytesMut::new());
-        let (mut sink, _stream) = server.split();
-        let sender = sink.try_sender();
-        let small = Prepared::text("tick");
-        assert_eq!(sender.try_send_prepared(&small).unwrap(), TrySend::Written);
-        // 100 bytes into a pipe with room for 64 (minus the 6 already there).
-        let big = Prepared::text("x".repeat(100));
-        assert_eq!(sender.try_send_prepared(&big).unwrap(), TrySend::Buffered);
-        assert_eq!(sender.try_send_prepared(&small).unwrap(), TrySend::Busy);
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                let m = client.recv().await.unwrap().unwrap();
-                got.push(m.as_text().unwrap().len());
-            }
-            got
-        });
-        sink.flush().await.unwrap();
-        sink.send_prepared(&small).await.unwrap();
-        assert_eq!(reader.await.unwrap(), [4, 100, 4]);
     }
 }

@@ -382,19 +382,13 @@ impl Node {
     /// Queues a delivery by the channel's policy (join/leave events are never dropped or
     /// conflated).
     fn push(&self, peer: &Peer, out: Outgoing, policy: Policy) {
-        let len = out.frame.payload_len();
         let pushed = match (policy, out.key, out.offset) {
-            (Policy::DropOldest, _, Some(_)) => peer.queue.push_or_write(out.frame, true),
+            (Policy::DropOldest, _, Some(_)) => peer.queue.push(out.frame, true),
             (Policy::Conflate { watermark }, Some(key), Some(_)) => {
                 peer.queue.push_conflated(out.frame, key, watermark)
             }
-            _ => peer.queue.push_or_write(out.frame, false),
+            _ => peer.queue.push(out.frame, false),
         };
-        if pushed == Pushed::Written {
-            // Counted here: the writer, which counts the rest, never saw it.
-            self.metrics.messages_sent.inc();
-            self.metrics.bytes_sent.inc_by(len as u64);
-        }
         self.count(peer, pushed);
     }
 
@@ -409,7 +403,7 @@ impl Node {
                     self.metrics.conflated(conflated as u64);
                 }
             }
-            Pushed::Closed | Pushed::Written => {}
+            Pushed::Closed => {}
             Pushed::Discarded => self.metrics.slow_consumer_dropped(1),
             Pushed::Overflow => {
                 self.metrics.slow_consumer_disconnect();

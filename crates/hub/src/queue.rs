@@ -53,8 +53,6 @@ pub(crate) enum Next {
     Frame(Frame),
     /// Send a Close frame with this code and reason, then stop.
     Close(u16, Arc<str>),
-    /// Write what a direct write ([`Outbound::push_or_write`]) left in the connection.
-    Flush,
 }
 
 /// The result of a push.
@@ -74,9 +72,6 @@ pub(crate) enum Pushed {
     Overflow,
     /// The queue was already closed; nothing happened.
     Closed,
-    /// Nothing was queued and the writer was idle: the frame went straight to the socket
-    /// ([`Outbound::push_or_write`]).
-    Written,
 }
 
 impl Pushed {
@@ -123,38 +118,6 @@ struct Inner {
     /// Set once; no frame is accepted after it. Reported by `pop` after the remaining items.
     close: Option<(u16, Arc<str>)>,
     close_reported: bool,
-    /// The writer holds a frame it took (until it asks for the next one): nothing may be
-    /// written around it.
-    writer_busy: bool,
-    /// A direct write left part of its frame in the connection: the writer is to flush it.
-    flush_due: bool,
-    /// Writes into the connection's socket without waiting, while the connection is open.
-    direct: Option<DirectWriter>,
-}
-
-/// Writes a frame straight into a connection's socket without waiting: the writer's
-/// [`duplex::TrySender`].
-pub(crate) trait Direct: Send + Sync {
-    /// One non-blocking attempt; see [`duplex::TrySender::try_send_prepared`].
-    fn try_write(&self, frame: &Frame) -> duplex::Result<duplex::TrySend>;
-}
-
-impl<S> Direct for duplex::TrySender<S>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    fn try_write(&self, frame: &Frame) -> duplex::Result<duplex::TrySend> {
-        self.try_send_prepared(frame.prepared())
-    }
-}
-
-/// A [`Direct`] writer, in the queue's state.
-struct DirectWriter(Box<dyn Direct>);
-
-impl std::fmt::Debug for DirectWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DirectWriter")
-    }
 }
 
 impl Inner {
@@ -301,45 +264,6 @@ impl Outbound {
             Kind::Fixed
         };
         self.push_locked(inner, frame, kind, usize::MAX)
-    }
-
-    /// As [`Outbound::push`], except that when nothing is queued and the writer is idle the
-    /// frame is written straight into the socket, one non-blocking write, instead of waking
-    /// the writer's task to write it: a broadcast then costs each idle subscriber a system
-    /// call and no task switch. When the socket takes only part of it, the writer is woken
-    /// to write the rest; when the connection is in use, the frame is queued as by `push`.
-    pub(crate) fn push_or_write(&self, frame: Frame, droppable: bool) -> Pushed {
-        let mut inner = self.inner.lock();
-        let idle = inner.items.is_empty() && !inner.writer_busy && !inner.flush_due;
-        if let (true, Some(direct)) = (idle, &inner.direct) {
-            // Under the queue's lock, so that nothing is queued (and written) meanwhile.
-            match direct.0.try_write(&frame) {
-                Ok(duplex::TrySend::Buffered) => {
-                    inner.flush_due = true;
-                    drop(inner);
-                    self.notify.notify_one();
-                    return Pushed::Written;
-                }
-                Ok(duplex::TrySend::Written) => return Pushed::Written,
-                // In use, or failing: the writer sends it, or finds out.
-                Ok(_) | Err(_) => {}
-            }
-        }
-        let kind = if droppable {
-            Kind::Droppable
-        } else {
-            Kind::Fixed
-        };
-        self.push_locked(inner, frame, kind, usize::MAX)
-    }
-
-    /// Lets [`Outbound::push_or_write`] write into the connection through `direct`, until
-    /// the queue closes.
-    pub(crate) fn set_direct(&self, direct: Box<dyn Direct>) {
-        let mut inner = self.inner.lock();
-        if inner.close.is_none() {
-            inner.direct = Some(DirectWriter(direct));
-        }
     }
 
     /// Appends a publication of a `conflate` namespace. While the queue holds more than
@@ -534,10 +458,7 @@ impl Outbound {
         }
         let after = inner.bytes;
         inner.close = Some((code, reason.into()));
-        // Nothing is written around the writer any more; what is queued goes out through it.
-        let direct = inner.direct.take();
         drop(inner);
-        drop(direct);
         self.account(before, after);
         self.notify.notify_one();
         self.closed.notify_waiters();
@@ -571,15 +492,7 @@ impl Outbound {
         loop {
             {
                 let mut inner = self.inner.lock();
-                // The writer asks for the next thing once it is done with the last one.
-                inner.writer_busy = false;
-                if inner.flush_due {
-                    inner.flush_due = false;
-                    inner.writer_busy = true;
-                    return Some(Next::Flush);
-                }
                 if let Some(frame) = inner.pop_front() {
-                    inner.writer_busy = true;
                     drop(inner);
                     self.account(frame.wire_len(), 0);
                     self.room.notify_waiters();
@@ -610,87 +523,9 @@ impl Drop for Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn frame(n: usize) -> Frame {
         Frame::text("x".repeat(n))
-    }
-
-    /// A socket that answers every direct write with `answer` and counts the writes.
-    struct FakeSocket {
-        answer: parking_lot::Mutex<duplex::TrySend>,
-        written: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl Direct for FakeSocket {
-        fn try_write(&self, _: &Frame) -> duplex::Result<duplex::TrySend> {
-            self.written
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(*self.answer.lock())
-        }
-    }
-
-    fn with_socket(answer: duplex::TrySend) -> (Outbound, Arc<std::sync::atomic::AtomicUsize>) {
-        let q = Outbound::new(1000);
-        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        q.set_direct(Box::new(FakeSocket {
-            answer: parking_lot::Mutex::new(answer),
-            written: written.clone(),
-        }));
-        (q, written)
-    }
-
-    fn writes(n: &std::sync::atomic::AtomicUsize) -> usize {
-        n.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Into an idle connection a publication goes straight to the socket; while the writer
-    /// holds a frame, or frames wait, it is queued behind them, so the order holds.
-    #[tokio::test]
-    async fn direct_writes_only_into_an_idle_connection() {
-        let (q, written) = with_socket(duplex::TrySend::Written);
-        assert_eq!(q.push_or_write(frame(10), false), Pushed::Written);
-        assert_eq!((writes(&written), q.bytes()), (1, 0));
-        // A reply is queued; the publication behind it must not overtake it.
-        assert_eq!(q.push(frame(20), false), Pushed::PLAIN);
-        assert_eq!(q.push_or_write(frame(30), true), Pushed::PLAIN);
-        assert_eq!(writes(&written), 1);
-        // The writer takes the reply and is busy with it: still queued.
-        assert!(matches!(q.pop().await, Some(Next::Frame(f)) if f.payload_len() == 20));
-        assert!(matches!(q.pop().await, Some(Next::Frame(f)) if f.payload_len() == 30));
-        assert_eq!(q.push_or_write(frame(40), false), Pushed::PLAIN);
-        assert_eq!(writes(&written), 1);
-        assert!(matches!(q.pop().await, Some(Next::Frame(f)) if f.payload_len() == 40));
-        // Asking for more means the writer is done: idle again.
-        assert!(tokio::time::timeout(Duration::from_millis(20), q.pop())
-            .await
-            .is_err());
-        assert_eq!(q.push_or_write(frame(50), false), Pushed::Written);
-        assert_eq!(writes(&written), 2);
-    }
-
-    /// A socket that took only part of the frame: the writer is told to flush the rest, and
-    /// nothing is written around it until it has.
-    #[tokio::test]
-    async fn a_partial_direct_write_is_finished_by_the_writer() {
-        let (q, written) = with_socket(duplex::TrySend::Buffered);
-        assert_eq!(q.push_or_write(frame(10), false), Pushed::Written);
-        assert_eq!(q.push_or_write(frame(20), false), Pushed::PLAIN);
-        assert_eq!(writes(&written), 1);
-        assert!(matches!(q.pop().await, Some(Next::Flush)));
-        assert!(matches!(q.pop().await, Some(Next::Frame(f)) if f.payload_len() == 20));
-    }
-
-    /// A connection in use (Busy) gets its frame queued; a closed queue writes nothing.
-    #[tokio::test]
-    async fn busy_or_closed_connections_are_not_written_directly() {
-        let (q, written) = with_socket(duplex::TrySend::Busy);
-        assert_eq!(q.push_or_write(frame(10), false), Pushed::PLAIN);
-        assert_eq!(q.bytes(), frame(10).wire_len());
-        let (q, written_after_close) = with_socket(duplex::TrySend::Written);
-        q.close(1000, "", false);
-        assert_eq!(q.push_or_write(frame(10), false), Pushed::Closed);
-        assert_eq!((writes(&written), writes(&written_after_close)), (1, 0));
     }
 
     #[tokio::test]

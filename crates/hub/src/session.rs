@@ -309,7 +309,7 @@ impl Session {
     async fn send_frame(&self, frame: Frame) -> Result<(), Gone> {
         let deadline = tokio::time::Instant::now() + self.hub.config.limits.max_reply_wait;
         match self.peer.queue.push_wait(frame, deadline).await {
-            Pushed::Queued { .. } | Pushed::Written => Ok(()),
+            Pushed::Queued { .. } => Ok(()),
             Pushed::Overflow => {
                 self.hub.metrics.slow_consumer_disconnect();
                 tracing::info!(client = %self.peer.id, "reply not read in time: closed with 1013");

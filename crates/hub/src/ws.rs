@@ -692,8 +692,6 @@ where
         .hooks
         .emit(Kind::Connect, &peer.id, user.as_ref(), None);
     let (mut sink, mut stream) = ws.split();
-    // Broadcasts write straight into the socket while the writer is idle.
-    peer.queue.set_direct(Box::new(sink.try_sender()));
 
     let writer_peer = peer.clone();
     let writer_metrics = metrics.clone();
@@ -706,11 +704,6 @@ where
                     }
                     writer_metrics.messages_sent.inc();
                     writer_metrics.bytes_sent.inc_by(frame.payload_len() as u64);
-                }
-                Next::Flush => {
-                    if sink.flush().await.is_err() {
-                        break;
-                    }
                 }
                 Next::Close(code, reason) => {
                     let close = sink.close(CloseCode(code), &reason);
