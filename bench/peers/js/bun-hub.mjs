@@ -2,21 +2,25 @@
 // with Bun's own pub/sub: `ws.subscribe(channel)`, and one `server.publish(channel, frame)`
 // per publication, which uWebSockets sends to every subscriber.
 //
-//   bun bun-hub.mjs [ADDR]      # ADDR defaults to 127.0.0.1:9003; WebSockets on any path
+//   bun bun-hub.mjs [ADDR] [--deflate]   # ADDR defaults to 127.0.0.1:9003; any path
 //
 // Settings as close to `duplex serve`'s defaults as Bun has them: 64 KiB messages, no
-// compression, a 1 MiB outbound buffer past which a subscriber is closed (duplex closes a slow
+// compression (with --deflate, permessage-deflate with uWebSockets' shared compressor, which
+// compresses a publication once for all its subscribers, as duplex serve does), a 1 MiB outbound buffer past which a subscriber is closed (duplex closes a slow
 // consumer with 1013), and the duplex.v1 subprotocol selected when it is offered.
 
 import { createHub, newClient, offersSubprotocol, parseAddr, SUBPROTOCOL } from './hub-protocol.mjs';
 
-const [hostname, port] = parseAddr(process.argv[2], '127.0.0.1:9003');
+const args = process.argv.slice(2);
+const deflate = args.includes('--deflate');
+const [hostname, port] = parseAddr(args.find((a) => !a.startsWith('--')), '127.0.0.1:9003');
 
 let server;
 const hub = createHub({
   subscribe: (client, channel) => client.ws.subscribe(channel),
   unsubscribe: (client, channel) => client.ws.unsubscribe(channel),
-  publish: (channel, text) => server.publish(channel, text),
+  // With --deflate a publication is sent compressed (Bun's third argument), once.
+  publish: (channel, text) => server.publish(channel, text, deflate),
 });
 
 server = Bun.serve({
@@ -37,7 +41,7 @@ server = Bun.serve({
     return new Response('expected a WebSocket upgrade\n', { status: 400 });
   },
   websocket: {
-    perMessageDeflate: false,
+    perMessageDeflate: deflate ? { compress: 'shared', decompress: true } : false,
     maxPayloadLength: 64 * 1024,
     backpressureLimit: 1024 * 1024,
     closeOnBackpressureLimit: true,

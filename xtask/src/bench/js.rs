@@ -110,7 +110,7 @@ fn find_bun(scope: &Path) -> Result<PathBuf> {
 /// directory: room for 10,000 subscribers from one address, a `bench` namespace without
 /// presence (10,000 joins would otherwise be 10⁸ join events), and commands enough for one
 /// publisher at 200 publications/s. Everything else, history included, keeps its default.
-pub(super) fn hub_config(ws: &Workspace) -> Result<PathBuf> {
+pub(super) fn hub_config(ws: &Workspace) -> Result<HubConfigs> {
     const CONFIG: &str = "\
 [limits]
 max_connections = 20000
@@ -122,9 +122,29 @@ commands_burst = 1000
 presence = false
 join_leave = false
 ";
+    // The deflate points: permessage-deflate accepted, at the default level and threshold.
+    const DEFLATE: &str = "
+[websocket.compression]
+enabled = true
+";
     let dir = ws.target.join("bench-peers");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("hub.toml");
-    fs::write(&path, CONFIG).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok::<_, anyhow::Error>(path)
+    };
+    Ok(HubConfigs {
+        plain: write("hub.toml", CONFIG)?,
+        deflate: write("hub-deflate.toml", &format!("{CONFIG}{DEFLATE}"))?,
+    })
+}
+
+/// The configuration files of `duplex serve` in the hub points.
+#[derive(Debug)]
+pub(super) struct HubConfigs {
+    /// Without compression, as by default.
+    pub(super) plain: PathBuf,
+    /// With `websocket.compression` enabled, for the deflate points.
+    pub(super) deflate: PathBuf,
 }

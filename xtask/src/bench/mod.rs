@@ -21,7 +21,7 @@ mod report;
 use std::{
     fmt::Write as _,
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -107,7 +107,10 @@ impl Server {
     }
 
     const fn supports_deflate(self) -> bool {
-        matches!(self, Self::Duplex | Self::Bun)
+        matches!(
+            self,
+            Self::Duplex | Self::Bun | Self::DuplexHub | Self::BunHub
+        )
     }
 
     const fn color(self) -> &'static str {
@@ -142,10 +145,12 @@ struct Point {
 
 impl Point {
     fn servers(&self) -> Vec<Server> {
-        if self.hub {
-            return Server::HUBS.to_vec();
-        }
-        Server::ECHO
+        let servers = if self.hub {
+            Server::HUBS.to_vec()
+        } else {
+            Server::ECHO.to_vec()
+        };
+        servers
             .into_iter()
             .filter(|s| !self.deflate || s.supports_deflate())
             .collect()
@@ -239,17 +244,35 @@ fn matrix(hub_scale: f64) -> Vec<Point> {
     });
     points.extend(shapes.iter().map(|&(c, s, l, p)| echo(c, s, l, p, true)));
     let scaled = |n: f64| ((n * hub_scale).round() as usize).max(1);
-    for (subscribers, rate) in [(scaled(1000.0), 200), (scaled(10_000.0), 20)] {
+    // (subscribers, publications/s, padding bytes, deflate): the 1 KiB pair measures
+    // compressed broadcast against the same publications uncompressed.
+    let fanouts = [
+        (scaled(1000.0), 200, 0, false),
+        (scaled(10_000.0), 20, 0, false),
+        (scaled(1000.0), 200, 1024, false),
+        (scaled(1000.0), 200, 1024, true),
+    ];
+    for (subscribers, rate, padding, deflate) in fanouts {
+        let mut name = format!("hub fan-out {} × {rate}/s", thousands(subscribers));
+        let mut args = vec![
+            "-n".into(),
+            subscribers.to_string(),
+            "--rate".into(),
+            rate.to_string(),
+        ];
+        if padding > 0 {
+            name.push_str(" 1 KiB");
+            args.extend(["--padding".into(), padding.to_string()]);
+        }
+        if deflate {
+            name.push_str(" deflate");
+            args.push("--deflate".into());
+        }
         points.push(Point {
-            name: format!("hub fan-out {} × {rate}/s", thousands(subscribers)),
+            name,
             kind: Kind::Fanout,
-            args: vec![
-                "-n".into(),
-                subscribers.to_string(),
-                "--rate".into(),
-                rate.to_string(),
-            ],
-            deflate: false,
+            args,
+            deflate,
             hub: true,
         });
     }
@@ -455,7 +478,7 @@ fn build_peers(ws: &Workspace) -> Result<PathBuf> {
 
 struct Run<'a> {
     tools: &'a Tools,
-    hub_config: &'a Path,
+    hub_config: &'a js::HubConfigs,
     args: &'a Args,
     seconds: f64,
     warmup: f64,
@@ -494,12 +517,22 @@ impl Run<'_> {
             Server::DuplexHub => command
                 .arg(&tools.duplex)
                 .args(["--log", "warn", "serve", "--config"])
-                .arg(self.hub_config)
+                .arg(if deflate {
+                    &self.hub_config.deflate
+                } else {
+                    &self.hub_config.plain
+                })
                 .args(["--listen", listen, "--demo-ticker", "false"]),
-            Server::BunHub => command
-                .arg(&tools.js.bun)
-                .arg(tools.js.script("bun-hub.mjs"))
-                .arg(listen),
+            Server::BunHub => {
+                command
+                    .arg(&tools.js.bun)
+                    .arg(tools.js.script("bun-hub.mjs"))
+                    .arg(listen);
+                if deflate {
+                    command.arg("--deflate");
+                }
+                &mut command
+            }
             Server::NodeHub => command
                 .arg(&tools.js.node)
                 .arg(tools.js.script("node-hub.mjs"))
@@ -652,8 +685,23 @@ mod tests {
     fn hub_points_run_on_the_hubs_and_scale_with_hub_scale() {
         let points = matrix(0.1);
         let hub: Vec<&Point> = points.iter().filter(|p| p.name.contains("hub")).collect();
-        assert_eq!(hub.len(), 4, "{hub:?}");
-        assert!(hub.iter().all(|p| p.hub && p.servers() == Server::HUBS));
+        assert_eq!(hub.len(), 6, "{hub:?}");
+        assert!(hub.iter().all(|p| p.hub));
+        assert!(hub
+            .iter()
+            .filter(|p| !p.deflate)
+            .all(|p| p.servers() == Server::HUBS));
+        // Compressed broadcast: the hubs that negotiate permessage-deflate, beside the same
+        // publications uncompressed.
+        let compressed = hub
+            .iter()
+            .find(|p| p.deflate)
+            .expect("a compressed fan-out point");
+        assert_eq!(compressed.servers(), [Server::DuplexHub, Server::BunHub]);
+        assert!(compressed.args.iter().any(|a| a == "--deflate"));
+        assert!(hub
+            .iter()
+            .any(|p| p.name == "hub fan-out 100 × 200/s 1 KiB" && !p.deflate));
         let fanout = points
             .iter()
             .find(|p| p.name == "hub fan-out 100 × 200/s")
@@ -666,7 +714,10 @@ mod tests {
             .iter()
             .filter(|p| !p.hub)
             .all(|p| !p.name.contains("hub") && !p.servers().contains(&Server::DuplexHub)));
-        let deflate = points.iter().find(|p| p.deflate).expect("a deflate point");
+        let deflate = points
+            .iter()
+            .find(|p| p.deflate && !p.hub)
+            .expect("a deflate point");
         assert_eq!(deflate.servers(), [Server::Duplex, Server::Bun]);
         assert!(matrix(1.0)
             .iter()

@@ -198,7 +198,10 @@ pub(super) fn render(rows: &[Row], run: &RunInfo<'_>) -> Result<String> {
              over the deliveries received; latency is from when each publication was due; \
              *lost* is deliveries expected (publications × subscribers) minus those received \
              by 0.5 s after the window (a delivery later than that counts as lost); RSS is \
-             the server's at the end of the window.\n"
+             the server's at the end of the window. *1 KiB*: publications padded to about 1 KiB; \
+             *deflate*: the same with permessage-deflate negotiated, on `duplex serve` \
+             (`websocket.compression`, level 1) and the Bun hub (uWebSockets' shared \
+             compressor), both compressing a publication once for all its subscribers.\n"
         )?;
     }
     let mut fanout = hub(Kind::Fanout).peekable();
