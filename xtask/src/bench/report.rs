@@ -199,7 +199,7 @@ pub(super) fn render(rows: &[Row], run: &RunInfo<'_>) -> Result<String> {
              *lost* is deliveries expected (publications × subscribers) minus those received \
              by 0.5 s after the window (a delivery later than that counts as lost); RSS is \
              the server's at the end of the window. *1 KiB*: publications padded to about 1 KiB; \
-             *deflate*: the same with permessage-deflate negotiated, on `duplex serve` \
+             *deflate*: the same compressed (RFC 7692), on `duplex serve` \
              (`websocket.compression`, level 1) and the Bun hub (uWebSockets' shared \
              compressor), both compressing a publication once for all its subscribers.\n"
         )?;
