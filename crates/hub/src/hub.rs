@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     /// CPU's features (CPUID, which traps to the hypervisor in a VM) and was a third of
     /// the server's CPU time per handshake when each connection built its own.
     pub(crate) clock: governor::clock::DefaultClock,
+    /// The settings of every WebSocket of this hub, derived from `config` once and shared.
+    pub(crate) websocket: Arc<duplex::Config>,
     shutdown: watch::Sender<bool>,
     started: Instant,
 }
@@ -202,6 +204,7 @@ impl Hub {
                 ),
                 next_client: AtomicU64::new(1),
                 clock: governor::clock::DefaultClock::default(),
+                websocket: Arc::new(crate::ws::connection_config(&config)),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),
                 config,

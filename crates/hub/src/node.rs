@@ -522,6 +522,35 @@ mod tests {
     use crate::broker::{MemoryBroker, Retention};
     use crate::queue::Next;
 
+    /// Long enough for every test's publications.
+    const KEEP: Retention = Retention {
+        size: 100,
+        ttl: Duration::from_secs(60),
+    };
+
+    /// The node's sink, as the hub builds it.
+    fn sink_of(node: &Arc<Node>, metrics: Arc<Metrics>) -> NodeSink {
+        NodeSink {
+            node: node.clone(),
+            max_held: 1 << 20,
+            presence: PresenceBatcher::new(&crate::Config::default(), metrics),
+        }
+    }
+
+    /// A subscriber with an outbound queue of `max_bytes`.
+    fn peer(max_bytes: usize) -> Arc<Peer> {
+        Arc::new(Peer {
+            id: "p".into(),
+            queue: Outbound::new(max_bytes),
+        })
+    }
+
+    /// Publishes `data` (JSON) on channel `c`.
+    async fn publish(broker: &MemoryBroker, data: String) {
+        let data = Arc::from(RawValue::from_string(data).unwrap());
+        broker.publish("c", data, None, None, KEEP).await.unwrap();
+    }
+
     fn offsets_and_texts(peer: &Peer) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(Next::Frame(f)) =
@@ -539,27 +568,9 @@ mod tests {
     async fn held_deliveries_are_deduplicated_against_the_replay() {
         let metrics = Arc::new(Metrics::new());
         let node = Arc::new(Node::new(metrics.clone()));
-        let sink = Arc::new(NodeSink {
-            node: node.clone(),
-            max_held: 1 << 20,
-            presence: PresenceBatcher::new(&crate::Config::default(), metrics),
-        });
-        let broker = MemoryBroker::new(sink);
-        let keep = Retention {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
-        let peer = Arc::new(Peer {
-            id: "p".into(),
-            queue: Outbound::new(1 << 20),
-        });
-        let publish = |n: u64| {
-            let broker = broker.clone();
-            async move {
-                let data = Arc::from(RawValue::from_string(n.to_string()).unwrap());
-                broker.publish("c", data, None, None, keep).await.unwrap()
-            }
-        };
+        let broker = MemoryBroker::new(Arc::new(sink_of(&node, metrics)));
+        let peer = peer(1 << 20);
+        let publish = |n: u64| publish(&broker, n.to_string());
         for n in 1..=3 {
             publish(n).await;
         }
@@ -618,29 +629,12 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let node = Arc::new(Node::new(metrics.clone()));
         let sink = Arc::new(Lagging {
-            to: NodeSink {
-                node: node.clone(),
-                max_held: 1 << 20,
-                presence: PresenceBatcher::new(&crate::Config::default(), metrics),
-            },
+            to: sink_of(&node, metrics),
             kept: parking_lot::Mutex::new(Vec::new()),
         });
         let broker = MemoryBroker::new(sink.clone());
-        let keep = Retention {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
-        let peer = Arc::new(Peer {
-            id: "p".into(),
-            queue: Outbound::new(1 << 20),
-        });
-        let publish = |n: u64| {
-            let broker = broker.clone();
-            async move {
-                let data = Arc::from(RawValue::from_string(n.to_string()).unwrap());
-                broker.publish("c", data, None, None, keep).await.unwrap()
-            }
-        };
+        let peer = peer(1 << 20);
+        let publish = |n: u64| publish(&broker, n.to_string());
         for n in 1..=2 {
             publish(n).await;
         }
@@ -654,7 +648,7 @@ mod tests {
             since: Some(2),
             limit: Some(100),
         };
-        let history = broker.history("c", query, keep).await.unwrap();
+        let history = broker.history("c", query, KEEP).await.unwrap();
         assert_eq!(history.position.offset, 3);
         assert_eq!(history.publications.len(), 1, "the replay has 3");
         peer.queue.push(Frame::text("reply".to_owned()), false);
@@ -685,27 +679,9 @@ mod tests {
     async fn held_deliveries_are_flushed_as_the_queue_drains() {
         let metrics = Arc::new(Metrics::new());
         let node = Arc::new(Node::new(metrics.clone()));
-        let sink = Arc::new(NodeSink {
-            node: node.clone(),
-            max_held: 1 << 20,
-            presence: PresenceBatcher::new(&crate::Config::default(), metrics.clone()),
-        });
-        let broker = MemoryBroker::new(sink);
-        let keep = Retention {
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
-        let peer = Arc::new(Peer {
-            id: "p".into(),
-            queue: Outbound::new(4096),
-        });
-        let publish = |n: u64| {
-            let broker = broker.clone();
-            async move {
-                let data = Arc::from(RawValue::from_string(format!("\"{n:0>1000}\"")).unwrap());
-                broker.publish("c", data, None, None, keep).await.unwrap()
-            }
-        };
+        let broker = MemoryBroker::new(Arc::new(sink_of(&node, metrics.clone())));
+        let peer = peer(4096);
+        let publish = |n: u64| publish(&broker, format!("\"{n:0>1000}\""));
         node.add(&*broker, "c", &peer, Policy::Disconnect)
             .await
             .unwrap();

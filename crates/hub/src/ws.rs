@@ -216,7 +216,7 @@ async fn upgrade(
     let version = upgrade.request().version();
     let upgrade = upgrade
         .protocols([crate::SUBPROTOCOL])
-        .config(connection_config(&hub));
+        .config(hub.shared.websocket.clone());
     let protocol = upgrade.selected_protocol().map(str::to_owned);
     // Over HTTP/2 the WebSocket is a stream of its connection, which is not idle while it
     // is open.
@@ -244,28 +244,37 @@ pub(crate) async fn serve_direct<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let slot = PermitSlot::new(permit);
-    let config = duplex::ServerConfig::default()
-        .connection(connection_config(&hub))
-        .subprotocols([crate::SUBPROTOCOL]);
+    let config = duplex::ServerConfig::default().connection(hub.shared.websocket.clone());
     let incoming = duplex::Incoming::from_parts(io, request, leftover, config);
     let request = incoming.request();
-    let checked = check(
+    let checks = check(
         &hub,
         addr,
         Some(&slot),
         request.headers(),
         request.query(),
         request.header("host"),
-    )
-    .await;
-    let admitted = match checked {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
+    );
+    // Bounded as the router bounds a request (`limits.request_timeout`, 408).
+    let admitted = match tokio::time::timeout(hub.config().limits.request_timeout, checks).await {
+        Ok(Ok(admitted)) => admitted,
+        Ok(Err(refusal)) => {
             let _ = incoming.reject(refusal.reject(&hub)).await;
             return;
         }
+        Err(_) => {
+            hub.shared.metrics.limit_hit("request_timeout");
+            let _ = incoming
+                .reject(duplex::Reject::new(408, "request timed out"))
+                .await;
+            return;
+        }
     };
-    let ws = match incoming.accept(duplex::Accept::default()).await {
+    let mut accept = duplex::Accept::default();
+    if let Some(protocol) = request.select_subprotocol([crate::SUBPROTOCOL]) {
+        accept = accept.subprotocol(protocol);
+    }
+    let ws = match incoming.accept(accept).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(%addr, error = %e, "WebSocket upgrade not completed");
@@ -295,9 +304,9 @@ where
     tokio::spawn(task);
 }
 
-/// The settings of a hub connection once it is open.
-fn connection_config(hub: &Hub) -> duplex::Config {
-    let c = hub.config();
+/// The settings of a hub connection once it is open (made once per hub:
+/// `Shared::websocket`).
+pub(crate) fn connection_config(c: &crate::Config) -> duplex::Config {
     duplex::Config::default()
         .max_message_size(c.limits.max_message_size)
         .max_frame_size(c.limits.max_message_size)

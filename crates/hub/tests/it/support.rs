@@ -217,7 +217,7 @@ pub(crate) async fn http(addr: SocketAddr, request: &str) -> (u16, String, Strin
 }
 
 /// Writes `request`, reads until the server closes; returns the status and the whole text.
-async fn exchange(mut tcp: TcpStream, request: &str) -> (u16, String) {
+pub(crate) async fn exchange(mut tcp: TcpStream, request: &str) -> (u16, String) {
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))

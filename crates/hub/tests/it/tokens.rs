@@ -452,3 +452,29 @@ async fn refresh_refuses_another_user_a_bad_token_and_anonymous_connections() {
         "{reply}"
     );
 }
+
+/// An upgrade whose checks outlast `limits.request_timeout` (here: a key provider that
+/// accepts the connection and never answers) gets 408 like any request, whether the server
+/// read the upgrade itself or the router did, and others are served meanwhile.
+#[tokio::test]
+async fn an_upgrade_waiting_on_a_silent_key_provider_gets_408_at_the_request_timeout() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider = silent.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut c = config();
+    c.auth.jwks_url = Some(format!("http://{provider}/jwks"));
+    c.auth.jwks_timeout = Duration::from_secs(30);
+    c.limits.request_timeout = Duration::from_millis(500);
+    let s = start_with(c).await;
+    let started = Instant::now();
+    let (code, head) = status(&s, &signed(Some("k1"), "k1", claims("ada"))).await;
+    assert_eq!(code, 408, "{head}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(metric(&s, "duplex_limit_hits_total{limit=\"request_timeout\"}").await >= 1.0);
+    assert_served(&s, "127.0.0.2").await;
+}

@@ -120,16 +120,9 @@ async fn an_upgrade_in_pieces_with_a_frame_behind_it_is_served() {
 #[tokio::test]
 async fn other_requests_on_the_connection_are_served_by_http() {
     let s = start().await;
-    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
     let a = s.addr;
     let two = format!("GET /healthz HTTP/1.1\r\nHost: {a}\r\n\r\nGET /healthz HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(two.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
-        .await
-        .expect("answers timed out")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let (_, answer) = exchange(TcpStream::connect(a).await.unwrap(), &two).await;
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     let (status, head) = upgrade_status(a, &upgrade_request(a, "/wsx", "")).await;
     assert_eq!(status, 404, "{head}");
